@@ -1,0 +1,88 @@
+"""The Backend protocol: a language model behind a batch API (lists in, lists out, same order)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from .types import Usage
+
+GENERATE = "generate"
+LOGLIKELIHOOD = "loglikelihood"
+CHAT = "chat"
+PROMPT_EMBEDS = "prompt_embeds"
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation. `prompt` is raw text, or chat messages when `messages` is given.
+
+    Sampled requests (temperature > 0) are cached only when they carry a `seed`.
+    """
+
+    prompt: str = ""
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content) pairs; used when non-empty
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def key(self) -> str:
+        return canonical_hash({"kind": "gen", **asdict(self)})
+
+    @property
+    def cacheable(self) -> bool:
+        return self.temperature == 0.0 or self.seed is not None
+
+
+@dataclass(frozen=True)
+class GenResult:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LLRequest:
+    """Log-probability of `continuation` given `context` (teacher forced)."""
+
+    context: str
+    continuation: str
+
+    def key(self) -> str:
+        return canonical_hash({"kind": "ll", "context": self.context, "continuation": self.continuation})
+
+
+@dataclass(frozen=True)
+class LLResult:
+    logprob: float
+    is_greedy: bool = False
+    token_logprobs: tuple[float, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+
+def canonical_hash(obj: Any) -> str:
+    data = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A language model. Implementations may reorder internally but must return results in order.
+
+    A per-request failure is returned as a result with `error` set (finish_reason "error" for
+    generation); an error that sinks the whole batch is raised as BackendError.
+    """
+
+    capabilities: frozenset[str]
+
+    def fingerprint(self) -> str:
+        """Identity for caching: model id + revision + dtype + template hash."""
+        ...
+
+    def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]: ...
+
+    def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]: ...

@@ -1,0 +1,1 @@
+"""Backends: hf (transformers), vllm (offline engine), openai (any compatible server), fake (tests)."""

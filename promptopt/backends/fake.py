@@ -1,0 +1,60 @@
+"""A deterministic in-process backend for fast tests: no model, but real Backend semantics.
+
+Log-likelihoods are a fixed function of the text (so scores differ between prompts and are
+reproducible); generation replays scripted replies, or echoes when none are left.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Sequence
+
+from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from ..errors import BackendError
+from ..registry import register_backend
+from ..types import Usage
+
+
+def _unit(text: str) -> float:
+    """A stable pseudo-random number in [0, 1) derived from text."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+@register_backend("fake")
+class FakeBackend:
+    capabilities = frozenset({GENERATE, LOGLIKELIHOOD, CHAT})
+
+    def __init__(self, model: str = "fake", replies: Sequence[str] | Callable[[GenRequest], str] = (),
+                 fail_every: int = 0, **_: object):
+        self.model = model
+        self._replies = replies if callable(replies) else list(replies)
+        self.fail_every = fail_every
+        self.calls = 0  # batch calls made (tests assert on this, e.g. zero after a cache re-run)
+        self.requests = 0
+
+    def fingerprint(self) -> str:
+        return f"fake:{self.model}"
+
+    def _tick(self, n: int) -> None:
+        self.calls += 1
+        self.requests += n
+        if self.fail_every and self.calls % self.fail_every == 0:
+            raise BackendError("fake backend: injected failure", retryable=False)
+
+    def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
+        self._tick(len(reqs))
+        out = []
+        for r in reqs:
+            text = r.prompt or "\n".join(c for _, c in r.messages)
+            if callable(self._replies):
+                reply = self._replies(r)
+            elif self._replies:
+                reply = self._replies.pop(0)
+            else:
+                reply = text[-40:]
+            out.append(GenResult(reply, "stop", Usage(1, len(text.split()), len(reply.split()))))
+        return out
+
+    def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
+        self._tick(len(reqs))
+        return [LLResult(-1.0 - 4.0 * _unit(r.context + "\x00" + r.continuation),
+                         usage=Usage(1, len((r.context + r.continuation).split()), 0)) for r in reqs]

@@ -1,0 +1,129 @@
+"""The Strategy protocol and the Context a strategy sees (no test split, no files, no global RNG)."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from .backend import GenRequest, GenResult
+from .task import Task
+from .types import Candidate, Evaluation, ExampleResult
+
+
+class StrategyConfig(BaseModel):
+    """Base of every strategy's settings: unknown keys are an error, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Ask the loop to score `candidate` on `n` more unseen examples of `split` (all if None),
+    or exactly on `example_ids` when given. Asking again for a scored candidate means "more"."""
+
+    candidate: Candidate
+    split: str = "dev"
+    n: int | None = None
+    example_ids: tuple[str, ...] | None = None
+
+
+class History:
+    """Read-only record of every candidate and result so far, merged per candidate and split."""
+
+    def __init__(self) -> None:
+        self._candidates: dict[str, Candidate] = {}
+        self._results: dict[tuple[str, str], dict[str, ExampleResult]] = {}
+        self._failures: dict[str, int] = {}
+
+    # -- written by the loop only --
+    def _add_candidate(self, cand: Candidate) -> bool:
+        if cand.id in self._candidates:
+            return False
+        self._candidates[cand.id] = cand
+        return True
+
+    def _add_evaluation(self, ev: Evaluation) -> None:
+        if ev.state == "failed":
+            self._failures[ev.candidate_id] = self._failures.get(ev.candidate_id, 0) + 1
+            return
+        bucket = self._results.setdefault((ev.candidate_id, ev.split), {})
+        for r in ev.results:
+            bucket[r.example_id] = r
+
+    # -- read by anyone --
+    def __contains__(self, candidate_id: str) -> bool:
+        return candidate_id in self._candidates
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def candidate(self, candidate_id: str) -> Candidate:
+        return self._candidates[candidate_id]
+
+    def candidates(self) -> list[Candidate]:
+        return list(self._candidates.values())
+
+    def results(self, candidate_id: str, split: str = "dev") -> Mapping[str, ExampleResult]:
+        return dict(self._results.get((candidate_id, split), {}))
+
+    def n_scored(self, candidate_id: str, split: str = "dev") -> int:
+        return len(self._results.get((candidate_id, split), {}))
+
+    def failures(self, candidate_id: str) -> int:
+        return self._failures.get(candidate_id, 0)
+
+    def score(self, candidate_id: str, split: str = "dev") -> float:
+        res = self._results.get((candidate_id, split))
+        if not res:
+            return math.nan
+        return sum(r.score for r in res.values()) / len(res)
+
+    def ranked(self, split: str = "dev", min_examples: int = 1) -> list[tuple[Candidate, float]]:
+        """Candidates with at least `min_examples` scored, best first (ties: first seen wins)."""
+        scored = [(c, self.score(c.id, split)) for c in self._candidates.values()
+                  if self.n_scored(c.id, split) >= min_examples]
+        return sorted(scored, key=lambda cs: -cs[1])
+
+
+class OptimizerLM(Protocol):
+    """What a strategy calls to use the optimizer LLM; the loop logs, budgets and caches each call."""
+
+    def generate(self, reqs: Sequence[GenRequest], *, purpose: str = "") -> list[GenResult]: ...
+
+
+@dataclass
+class Context:
+    """Everything a strategy may use. `task` has no test split; `rng` is the run's seeded RNG."""
+
+    task: Task
+    optimizer: OptimizerLM | None
+    history: History
+    rng: random.Random
+    step: int
+    budget: Any  # promptopt.budget.BudgetView
+    notes: Any  # callable(kind: str, **data) -> None: log a strategy event (e.g. a failed proposal)
+
+    def note(self, kind: str, **data: Any) -> None:
+        self.notes(kind, **data)
+
+    def require_optimizer(self) -> OptimizerLM:
+        if self.optimizer is None:
+            from .errors import CapabilityError
+            raise CapabilityError("this strategy needs an optimizer model (--optimizer-model)")
+        return self.optimizer
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A search algorithm. `ask` returns what to score next (empty = done); `tell` gets the results
+    of exactly those requests, in order. Strategies never write files or see the test split."""
+
+    Config: ClassVar[type[StrategyConfig]]
+    needs_optimizer: ClassVar[bool]
+
+    def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]: ...
+
+    def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None: ...

@@ -1,0 +1,145 @@
+"""Frozen data types shared by every part of promptopt."""
+from __future__ import annotations
+
+import hashlib
+import math
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+
+def normalize_prompt(text: str) -> str:
+    """Canonical form used for identity: NFC, unified newlines, stripped outer whitespace."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n")).strip()
+
+
+def prompt_id(text: str) -> str:
+    return hashlib.sha256(normalize_prompt(text).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task example. `input` is the text put into the template; `target` the gold answer.
+
+    For classification `label` is the gold option index; `fields` holds extra template fields.
+    """
+
+    id: str
+    input: str
+    target: str
+    label: int | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A prompt with lineage. Identical prompts (after normalization) share one id."""
+
+    text: str
+    parents: tuple[str, ...] = ()
+    origin: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return prompt_id(self.text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "parents": list(self.parents),
+                "origin": self.origin, "meta": dict(self.meta)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
+        return cls(text=d["text"], parents=tuple(d.get("parents", ())),
+                   origin=d.get("origin", ""), meta=dict(d.get("meta", {})))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources one model call (or a sum of calls) consumed."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    usd: float = 0.0
+    cache_hits: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
+                     self.completion_tokens + other.completion_tokens,
+                     self.seconds + other.seconds, self.usd + other.usd,
+                     self.cache_hits + other.cache_hits)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 4),
+                "usd": self.usd, "cache_hits": self.cache_hits}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> "Usage":
+        return cls(**d) if d else cls()
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    """The outcome of one prompt on one example. `score` is higher-is-better."""
+
+    example_id: str
+    output: str
+    score: float
+    logprob: float | None = None  # log-probability of the gold answer, when known
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"example_id": self.example_id, "output": self.output, "score": self.score}
+        if self.logprob is not None:
+            d["logprob"] = self.logprob
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ExampleResult":
+        return cls(d["example_id"], d["output"], d["score"], d.get("logprob"), d.get("error"))
+
+
+Split = Literal["train", "dev", "test"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-example results of scoring one candidate on some examples of one split."""
+
+    candidate_id: str
+    split: str
+    results: tuple[ExampleResult, ...]
+    state: Literal["complete", "failed"] = "complete"
+    error: str | None = None
+    usage: Usage = Usage()
+
+    @property
+    def score(self) -> float:
+        """Mean score; NaN for a failed or empty evaluation."""
+        if self.state != "complete" or not self.results:
+            return math.nan
+        return sum(r.score for r in self.results) / len(self.results)
+
+    @property
+    def example_ids(self) -> tuple[str, ...]:
+        return tuple(r.example_id for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidate_id": self.candidate_id, "split": self.split, "state": self.state,
+                "error": self.error, "score": None if math.isnan(self.score) else self.score,
+                "usage": self.usage.to_json(), "results": [r.to_json() for r in self.results]}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Evaluation":
+        return cls(d["candidate_id"], d["split"],
+                   tuple(ExampleResult.from_json(r) for r in d["results"]),
+                   d.get("state", "complete"), d.get("error"), Usage.from_json(d.get("usage")))
