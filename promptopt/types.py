@@ -93,19 +93,24 @@ class ExampleResult:
     output: str
     score: float
     logprob: float | None = None  # log-probability of the gold answer, when known
+    option_logprobs: tuple[float, ...] | None = None  # classification: one per option
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = {"example_id": self.example_id, "output": self.output, "score": self.score}
+        d: dict[str, Any] = {"example_id": self.example_id, "output": self.output, "score": self.score}
         if self.logprob is not None:
             d["logprob"] = self.logprob
+        if self.option_logprobs is not None:
+            d["option_logprobs"] = list(self.option_logprobs)
         if self.error is not None:
             d["error"] = self.error
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ExampleResult":
-        return cls(d["example_id"], d["output"], d["score"], d.get("logprob"), d.get("error"))
+        opts = d.get("option_logprobs")
+        return cls(d["example_id"], d["output"], d["score"], d.get("logprob"),
+                   tuple(opts) if opts is not None else None, d.get("error"))
 
 
 Split = Literal["train", "dev", "test"]

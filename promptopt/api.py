@@ -1,0 +1,191 @@
+"""Python API: build a run from a RunConfig, run it to the end (or resume it), evaluate prompts."""
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import __version__, registry
+from .backend import Backend
+from .cache import CachedBackend, ResponseCache, default_cache_path
+from .config import ModelConfig, RunConfig, build_config, strategy_config
+from .errors import ConfigError, ResumeError
+from .loop import Report, Run
+from .runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_atomic
+from .scorer import Job, score_jobs
+from .task import Task
+from .types import Evaluation
+
+TASK_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options: Mapping[str, Any] | None = None) -> Task:
+    """A registered task by name, or a custom task from a spec file path."""
+    opts = dict(options or {})
+    if name.endswith(TASK_FILE_SUFFIXES) or Path(name).is_file():
+        factory = registry.get("tasks", "custom")
+        opts["spec"] = name
+    else:
+        factory = registry.get("tasks", name)
+    return factory(data_dir=data_dir, seed=seed, **opts)
+
+
+class Backends:
+    """Creates each distinct backend once (target and optimizer share one when identical)."""
+
+    def __init__(self, cache: ResponseCache | None):
+        self.cache = cache
+        self._made: dict[str, Backend] = {}
+        self.cached: list[CachedBackend] = []
+
+    def get(self, mc: ModelConfig) -> Backend:
+        key = mc.model_dump_json()
+        if key not in self._made:
+            inner = registry.get("backends", mc.backend)(model=mc.model, **mc.options)
+            check = getattr(inner, "check", None)
+            if callable(check):
+                check()  # capability probe at start, never mid-run
+            wrapped = CachedBackend(inner, self.cache)
+            self.cached.append(wrapped)
+            self._made[key] = wrapped
+        return self._made[key]
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"promptopt": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "vllm", "openai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
+            on_step: Callable[[Run], None] | None = None) -> tuple[Run, Backends]:
+    """Validate, create (or reopen) the run dir, load task and models, and return a ready Run."""
+    strategy_cls = registry.get("strategies", cfg.strategy)
+    strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
+    task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    if resume_dir is None:
+        run_dir = new_run_dir(Path(cfg.run_dir), cfg.run_name)
+        log = RunLog(run_dir)
+    else:
+        run_dir = resume_dir
+        log = RunLog(run_dir, resume=True)
+    cache = None
+    if cfg.cache:
+        cache = ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path())
+    backends = Backends(cache)
+    needs_optimizer = getattr(strategy_cls, "needs_optimizer", False)
+    target = backends.get(cfg.target)
+    optimizer = backends.get(cfg.optimizer) if cfg.optimizer is not None and needs_optimizer else None
+    meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
+            "fingerprints": {"target": target.fingerprint(),
+                             "optimizer": optimizer.fingerprint() if optimizer else None},
+            "argv": sys.argv}
+    if resume_dir is None:
+        write_json_atomic(run_dir / CONFIG, meta)
+        log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
+    else:
+        log.session("run.resume", recorded_events=len(log.recorded))
+    run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
+              seed=cfg.seed, log=log, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
+              max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step)
+    return run, backends
+
+
+def finish_run(run: Run, backends: Backends, started: float) -> Report:
+    report = run.finish(started)
+    summary = report.to_json()
+    summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
+                        "misses": sum(b.misses for b in backends.cached),
+                        "model_calls": sum(b.inner_calls for b in backends.cached)}
+    if run.log:
+        run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
+        write_json_atomic(run.log.dir / SUMMARY, summary)
+        run.log.close()
+    report.search["cache"] = summary["cache"]
+    return report
+
+
+def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
+               on_step: Callable[[Run], None] | None = None) -> Report:
+    started = time.monotonic()
+    run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step)
+    try:
+        while run.step_once():
+            pass
+    except KeyboardInterrupt:
+        run.stop_reason = "interrupted"
+    return finish_run(run, backends, started)
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    d = Path(run_dir)
+    import json
+    try:
+        meta = json.loads((d / CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResumeError(f"{d} is not a run directory (no {CONFIG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResumeError(f"{d / CONFIG} is not valid JSON: {e}") from None
+    if (d / SUMMARY).exists():
+        raise ResumeError(f"{d} already finished (see {d / SUMMARY})")
+    return build_config(meta["config"])
+
+
+def optimize(task: str = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
+             optimizer_model: str | None = "embedded", optimizer_backend: str | None = None,
+             budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
+             **settings: Any) -> Report:
+    """Run an optimization end to end and return its Report.
+
+    `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
+    if resume is not None:
+        return run_config(resume_config(resume), resume_dir=Path(resume))
+    data: dict[str, Any] = {"task": task, "strategy": strategy, "seed": seed,
+                            "target": {"backend": backend, "model": model}, **settings}
+    if optimizer_model in (None, "none"):
+        data["optimizer"] = None
+    else:
+        data["optimizer"] = {"backend": optimizer_backend or backend, "model": optimizer_model}
+    if budget is not None:
+        data["budget"] = dict(budget)
+    return run_config(build_config(data))
+
+
+def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", model: str = "embedded",
+             backend: str = "hf", backend_options: Mapping[str, Any] | None = None, data_dir: str | None = None,
+             limit: int | None = None, cache: bool = True, seed: int = 0,
+             target: Backend | None = None) -> Evaluation:
+    """Score one prompt on a split of a task (through the cache unless cache=False)."""
+    t = task if isinstance(task, Task) else load_task(task, data_dir=data_dir, seed=seed)
+    examples = tuple(t.split(split))
+    if not examples:
+        raise ConfigError(f"task {t.name} has no {split} examples")
+    if limit is not None:
+        examples = examples[:limit]
+    if target is None:
+        inner = registry.get("backends", backend)(model=model, **dict(backend_options or {}))
+        target = CachedBackend(inner, ResponseCache(default_cache_path()) if cache else None)
+    from .types import prompt_id
+    return score_jobs(t, target, [Job(prompt_id(prompt), prompt, split, examples)])[0]
+
+
+def summarize_score(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

@@ -1,0 +1,98 @@
+"""Budgets: scored examples, optimizer-LLM calls, tokens, wall time and USD. Any one spent stops the run."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import BudgetExhausted
+from .types import Usage
+
+
+class Budget(BaseModel):
+    """Limits for the search phase (the final dev/test report is not counted). None = no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_examples: int | None = Field(2000, gt=0, description="scored (prompt, example) pairs")
+    max_optimizer_calls: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0, description="target + optimizer tokens")
+    max_seconds: float | None = Field(None, gt=0)
+    max_usd: float | None = Field(None, gt=0)
+
+
+@dataclass
+class BudgetTracker:
+    """Counts what the search has used. Examples count cache hits too, so a run's path does not
+    depend on what happens to be cached."""
+
+    budget: Budget
+    examples: int = 0
+    optimizer_calls: int = 0
+    target: Usage = field(default_factory=Usage)
+    optimizer: Usage = field(default_factory=Usage)
+    started: float = field(default_factory=time.monotonic)
+    elapsed_before: float = 0.0  # wall time of earlier sessions of a resumed run
+
+    @property
+    def seconds(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    @property
+    def tokens(self) -> int:
+        return self.target.tokens + self.optimizer.tokens
+
+    @property
+    def usd(self) -> float:
+        return self.target.usd + self.optimizer.usd
+
+    def examples_left(self) -> int | None:
+        b = self.budget.max_examples
+        return None if b is None else b - self.examples
+
+    def exhausted(self) -> str | None:
+        """The name of the first spent limit, or None."""
+        b = self.budget
+        checks = [
+            ("examples", b.max_examples, self.examples),
+            ("optimizer_calls", b.max_optimizer_calls, self.optimizer_calls),
+            ("tokens", b.max_tokens, self.tokens),
+            ("seconds", b.max_seconds, self.seconds),
+            ("usd", b.max_usd, self.usd),
+        ]
+        for name, limit, used in checks:
+            if limit is not None and used >= limit:
+                return name
+        return None
+
+    def check_optimizer_call(self, n: int) -> None:
+        """Raise BudgetExhausted before an optimizer call that would go over a limit."""
+        b = self.budget
+        if b.max_optimizer_calls is not None and self.optimizer_calls + n > b.max_optimizer_calls:
+            raise BudgetExhausted("optimizer_calls")
+        spent = self.exhausted()
+        if spent:
+            raise BudgetExhausted(spent)
+
+    def view(self) -> "BudgetView":
+        return BudgetView(self)
+
+
+class BudgetView:
+    """Read-only budget facts for strategies (e.g. to size a bandit's pulls)."""
+
+    def __init__(self, tracker: BudgetTracker):
+        self._t = tracker
+
+    @property
+    def examples_used(self) -> int:
+        return self._t.examples
+
+    @property
+    def examples_left(self) -> int | None:
+        return self._t.examples_left()
+
+    @property
+    def optimizer_calls_used(self) -> int:
+        return self._t.optimizer_calls

@@ -1,0 +1,334 @@
+"""A persistent response cache (SQLite, WAL) and a Backend wrapper that serves hits from it.
+
+Several processes may share one cache file: writes are short `BEGIN IMMEDIATE` transactions and a
+lock that outlasts SQLite's own busy timeout is retried. A file that is corrupt, or that another
+schema version wrote, is moved aside and replaced by a fresh one with a warning: a cache can
+always be rebuilt, so it must never crash a run nor serve a wrong answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+
+from .backend import Backend, GenRequest, GenResult, LLRequest, LLResult
+from .errors import BackendError, PromptOptError
+from .types import Usage
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+R = TypeVar("R", GenResult, LLResult)
+_HIT = Usage(cache_hits=1)  # what a result served without a model call reports
+
+
+class CacheError(PromptOptError):
+    """The response cache file cannot be read or written."""
+
+
+class CacheWarning(UserWarning):
+    """The cache had to be rebuilt, or a cache read/write failed and the run went on without it."""
+
+
+def default_cache_path() -> Path:
+    """`$PROMPTOPT_CACHE_DIR/responses.sqlite`, else the user cache dir (`~/.cache/promptopt`)."""
+    base = os.environ.get("PROMPTOPT_CACHE_DIR")
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "promptopt")
+    return Path(base) / "responses.sqlite"
+
+
+def cache_key(fingerprint: str, request: GenRequest | LLRequest) -> str:
+    """Key of one request to one model: the same request to another model never collides."""
+    return hashlib.sha256(f"{fingerprint}\x00{request.key()}".encode("utf-8")).hexdigest()
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    # Matched by message because `sqlite_errorcode` only exists from Python 3.11.
+    return "locked" in str(e) or "busy" in str(e)
+
+
+def _is_corruption(e: sqlite3.Error) -> bool:
+    return "malformed" in str(e) or "not a database" in str(e)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Serialize open/check/rebuild across processes, so none moves aside a file another just rebuilt."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process guard; two rebuilds at once stay merely possible
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _problem(conn: sqlite3.Connection) -> str | None:
+    """Why this file cannot serve as our cache, or None when it can (an empty file can)."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    if rows != [("ok",)]:
+        return f"failed its integrity check ({' '.join(str(rows[0][0]).split())[:160]})"
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    if "schema_version" not in tables or "responses" not in tables:
+        return "is not a promptopt response cache"
+    version = conn.execute("SELECT version FROM schema_version").fetchone()
+    if version != (SCHEMA_VERSION,):
+        return f"has schema version {version and version[0]}, expected {SCHEMA_VERSION}"
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now():%Y%m%dT%H%M%S%f}")
+    for suffix in ("", "-wal", "-shm"):  # a stale WAL must not be replayed onto the new file
+        try:
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        except FileNotFoundError:
+            pass
+    return aside
+
+
+class ResponseCache:
+    """Key -> JSON object store in one SQLite file; batch reads and writes are one statement each.
+
+    `busy_timeout` is how long SQLite itself waits for a lock; a lock still held after that is
+    retried with backoff until `retry_for` seconds have passed, then CacheError is raised.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, retry_for: float = 60.0):
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self.retry_for = retry_for
+        self._lock = threading.Lock()  # one connection, possibly shared by a caller's threads
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create the response cache directory {self.path.parent}: {e}") from e
+        with _exclusive(self.path.with_name(self.path.name + ".lock")):
+            self._conn = self._retrying(self._open)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves to keep transactions explicit and short.
+        return sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            problem = _problem(conn)
+        except sqlite3.DatabaseError as e:
+            if not _is_corruption(e):
+                conn.close()
+                raise
+            problem = f"is unreadable ({e})"
+        if problem:
+            conn.close()
+            aside = _move_aside(self.path)
+            warnings.warn(f"response cache {self.path} {problem}; moved it to {aside.name} and "
+                          f"started a new one", CacheWarning, stacklevel=4)
+            conn = self._connect()
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent; only speed is at stake
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'responses'").fetchone():
+                self._create_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        # Only a new file takes the write lock on open, so opening never waits behind a writer.
+        with self._transaction(conn):
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS responses "
+                         "(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+            conn.execute("INSERT INTO schema_version SELECT ? "
+                         "WHERE NOT EXISTS (SELECT 1 FROM schema_version)", (SCHEMA_VERSION,))
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front, so a reader never has to upgrade (which would fail
+        # at once with "database is locked" instead of waiting).
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _retrying(self, op: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.01
+        while True:
+            try:
+                return op()
+            except sqlite3.Error as e:
+                if not (_is_busy(e) and time.monotonic() < deadline):
+                    raise CacheError(f"response cache {self.path}: {e}") from e
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
+    def _locked(self, op: Callable[[], T]) -> T:
+        with self._lock:
+            return self._retrying(op)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The stored values of those keys that are present (one query whatever the batch size)."""
+        if not keys:
+            return {}
+        # json_each passes the whole batch as one parameter, so no SQLite variable limit applies;
+        # values come back as bytes so that one damaged value cannot fail the whole query.
+        query = ("SELECT key, CAST(value AS BLOB) FROM responses "
+                 "WHERE key IN (SELECT value FROM json_each(?))")
+        rows = self._locked(lambda: self._conn.execute(query, (json.dumps(list(keys)),)).fetchall())
+        found = {}
+        for key, value in rows:
+            try:
+                found[key] = json.loads(value)
+            except ValueError:  # unreadable: treated as absent, and overwritten by the next put
+                continue
+        return found
+
+    def put_many(self, items: Mapping[str, Any]) -> None:
+        """Store JSON-serializable values under their keys in one transaction."""
+        if not items:
+            return
+        rows = [(key, json.dumps(value, ensure_ascii=False)) for key, value in items.items()]
+
+        def write() -> None:
+            with self._transaction(self._conn):
+                self._conn.executemany("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", rows)
+
+        self._locked(write)
+
+    def __len__(self) -> int:
+        return self._locked(lambda: self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "ResponseCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _gen_from_json(d: Mapping[str, Any]) -> GenResult:
+    return GenResult(d["text"], d["finish_reason"], usage=_HIT)
+
+
+def _ll_from_json(d: Mapping[str, Any]) -> LLResult:
+    return LLResult(d["logprob"], d["is_greedy"], tuple(d["token_logprobs"]), usage=_HIT)
+
+
+class CachedBackend:
+    """A Backend that answers from `cache` when it can and sends only the misses to `inner`.
+
+    Misses go to `inner` in one call, in their original order, each distinct request once.
+    Counters: `hits` (results given without a model call: stored ones and in-batch duplicates),
+    `misses` (requests sent to `inner`) and `inner_calls` (batches sent to `inner`).
+    With `cache=None` it only removes in-batch duplicates.
+    """
+
+    def __init__(self, inner: Backend, cache: ResponseCache | None):
+        self.inner = inner
+        self.cache = cache
+        self.capabilities = inner.capabilities
+        self.hits = 0
+        self.misses = 0
+        self.inner_calls = 0
+
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint()
+
+    def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
+        fp = self.inner.fingerprint()
+        keys = [cache_key(fp, r) if r.cacheable else None for r in reqs]
+        return self._serve(reqs, keys, self.inner.generate, _gen_from_json)
+
+    def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
+        fp = self.inner.fingerprint()
+        keys = [cache_key(fp, r) for r in reqs]
+        return self._serve(reqs, keys, self.inner.loglikelihood, _ll_from_json)
+
+    def _serve(self, reqs: Sequence[Any], keys: Sequence[str | None],
+               call: Callable[[list[Any]], list[R]], decode: Callable[[Mapping[str, Any]], R]) -> list[R]:
+        """Fill results from the cache, send the rest once each; `None` keys are never cached or merged."""
+        results: list[R | None] = [None] * len(reqs)
+        stored = self._lookup([k for k in keys if k is not None], decode)
+        sent: list[Any] = []
+        owners: list[int] = []  # owners[j]: position of the request sent j-th
+        first_sent: dict[str, int] = {}
+        copies: list[tuple[int, int]] = []  # (position, j) of in-batch duplicates
+        for i, (req, key) in enumerate(zip(reqs, keys)):
+            if key is not None and key in stored:
+                results[i] = stored[key]
+            elif key is not None and key in first_sent:
+                copies.append((i, first_sent[key]))
+            else:
+                if key is not None:
+                    first_sent[key] = len(sent)
+                sent.append(req)
+                owners.append(i)
+        self.hits += len(reqs) - len(sent)
+        if sent:
+            fresh = self._call_inner(call, sent)
+            for i, res in zip(owners, fresh):
+                results[i] = res
+            for i, j in copies:
+                results[i] = replace(fresh[j], usage=_HIT)
+            self._store({keys[i]: asdict(res) for i, res in zip(owners, fresh)
+                         if keys[i] is not None and res.error is None})
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _call_inner(self, call: Callable[[list[Any]], list[R]], sent: list[Any]) -> list[R]:
+        self.inner_calls += 1
+        self.misses += len(sent)
+        fresh = call(sent)
+        if len(fresh) != len(sent):  # results are matched by position, so a short list would misalign
+            raise BackendError(f"backend {self.inner.fingerprint()} returned {len(fresh)} results "
+                               f"for {len(sent)} requests")
+        return fresh
+
+    def _lookup(self, keys: list[str], decode: Callable[[Mapping[str, Any]], R]) -> dict[str, R]:
+        if self.cache is None or not keys:
+            return {}
+        try:
+            stored = self.cache.get_many(keys)
+        except CacheError as e:
+            warnings.warn(f"{e}; asking the model instead", CacheWarning, stacklevel=4)
+            return {}
+        found = {}
+        for key, value in stored.items():
+            try:
+                found[key] = decode(value)
+            except (KeyError, TypeError):  # a record we cannot read is a miss; the model's answer replaces it
+                continue
+        return found
+
+    def _store(self, items: dict[str, Any]) -> None:
+        if self.cache is None or not items:
+            return
+        try:
+            self.cache.put_many(items)
+        except CacheError as e:  # the results are in hand; losing them to a cache failure would be worse
+            warnings.warn(f"{e}; results were not cached", CacheWarning, stacklevel=4)

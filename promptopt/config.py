@@ -1,0 +1,141 @@
+"""Run configuration: defaults < --config file.toml < flags < --set a.b=c, validated before any model loads."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import registry
+from .budget import Budget
+from .errors import ConfigError
+
+NONE_MODEL = "none"
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = "hf"
+    model: str = "embedded"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. Saved as config.json; resume rebuilds the run from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = "demo"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    strategy: str = "paraphrase"
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    target: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: ModelConfig | None = Field(default_factory=ModelConfig)
+    budget: Budget = Field(default_factory=Budget)
+    seed: int = 0
+    prompt: str | None = None  # overrides the task's seed prompt
+    run_dir: str = "runs"
+    run_name: str | None = None
+    data_dir: str | None = None
+    cache: bool = True
+    cache_path: str | None = None
+    final_top_k: int = Field(3, ge=1)
+    max_failures: int = Field(20, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+    plugins: list[str] = Field(default_factory=list)
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values: JSON when it parses (numbers, true/false, null, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        nxt = d.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {key} is not a section")
+        d = nxt
+    d[path[-1]] = value
+
+
+# Short section names accepted by --set, mapped to RunConfig fields.
+_SECTIONS = {"task": "task_options", "backend": "target.options", "target": "target",
+             "optimizer": "optimizer", "budget": "budget"}
+
+
+def apply_set(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b=c`. `<strategy>.x` sets a strategy option, `task.x` a task option,
+    `backend.x` a target backend option, `budget.x`, `target.x`, `optimizer.x` and top-level keys as named."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    parts = key.strip().split(".")
+    value = parse_value(raw)
+    head = parts[0]
+    if len(parts) == 1:
+        data[head] = value
+    elif head == data.get("strategy", RunConfig.model_fields["strategy"].default) or head == "strategy":
+        _set_path(data, ["strategy_options", *parts[1:]], value)
+    elif head in _SECTIONS:
+        _set_path(data, [*_SECTIONS[head].split("."), *parts[1:]], value)
+    else:
+        raise ConfigError(f"--set {key}: unknown section {head!r} (use the strategy's name, task, backend, "
+                          f"budget, target, optimizer, or a top-level key)")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(data: Mapping[str, Any]) -> RunConfig:
+    """Validate a config dict, including the strategy's own options, without loading any model."""
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+    for module in cfg.plugins:
+        registry.load_module(module)
+    strategy_cls = registry.get("strategies", cfg.strategy)
+    strategy_config(strategy_cls, cfg.strategy_options)
+    registry.get("backends", cfg.target.backend)
+    if cfg.optimizer is not None:
+        registry.get("backends", cfg.optimizer.backend)
+    return cfg
+
+
+def strategy_config(strategy_cls: Any, options: Mapping[str, Any]) -> Any:
+    try:
+        return strategy_cls.Config.model_validate(dict(options))
+    except ValidationError as e:
+        raise ConfigError(f"strategy options: {_one_line(e)}") from None
+
+
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
+    return "; ".join(parts) + more

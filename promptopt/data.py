@@ -1,0 +1,179 @@
+"""Loading task data: local files first, the Hugging Face hub as a fallback, seeded splits.
+
+Every built-in task reads a local copy laid out like `shared/data/` (see its README) from
+`--data-dir` or PROMPTOPT_DATA_DIR when one is there, and otherwise asks the hub. A hub failure
+becomes one DataNotFoundError line that says where to put the files, never a traceback.
+This module also holds the options model every task factory validates its keyword settings with.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError, DataNotFoundError, TaskError
+
+DATA_DIR_ENV = "PROMPTOPT_DATA_DIR"
+T = TypeVar("T")
+O = TypeVar("O", bound="TaskOptions")
+
+
+def resolve_data_dir(explicit: str | Path | None = None) -> Path | None:
+    """The data dir to read: the explicit argument, else $PROMPTOPT_DATA_DIR, else None (hub only)."""
+    chosen, origin = (explicit, "--data-dir") if explicit else (os.environ.get(DATA_DIR_ENV), DATA_DIR_ENV)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise DataNotFoundError(f"data dir {str(path)!r} (from {origin}) is not a directory; "
+                                f"fix the path or leave it unset to use the hub")
+    return path
+
+
+def local_file(data_dir: Path | None, relpath: str) -> Path | None:
+    """`data_dir/relpath` when it exists, else None."""
+    if data_dir is None:
+        return None
+    path = data_dir / relpath
+    return path if path.is_file() else None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object a line; blank lines are skipped. A bad line is named by file and number."""
+    rows = []
+    with _open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def read_table(path: Path, delimiter: str = "\t") -> list[dict[str, str]]:
+    """A CSV/TSV file with a header row, read with standard CSV quoting.
+
+    Quoting matters: some RLPrompt fields are `"`-quoted and one holds a tab inside its quotes,
+    so a naive split on the delimiter would cut rows apart.
+    """
+    with _open(path) as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise TaskError(f"{path}: empty file, expected a header row")
+        rows = []
+        for row in reader:
+            # Rows with more fields than the header put the extras under the key None.
+            if None in row or None in row.values():
+                raise TaskError(f"{path}:{reader.line_num}: has {len(reader.fieldnames)} header columns "
+                                f"but this row does not match; check its quoting")
+            rows.append(row)
+    return rows
+
+
+def _open(path: Path) -> Any:
+    try:
+        return open(path, encoding="utf-8", newline="")
+    except OSError as e:
+        raise TaskError(f"cannot read {path}: {e.strerror}") from None
+
+
+def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], source: str) -> None:
+    """Every row has every column; else one line naming the first row that lacks one."""
+    for i, row in enumerate(rows):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise TaskError(f"{source}: row {i + 1} has no column {missing[0]!r} "
+                            f"(columns there: {', '.join(map(str, row)) or 'none'})")
+
+
+def no_local_copy(task: str, looked_in: Path | None, layout: str, why: str = "") -> DataNotFoundError:
+    """The one-line error for data that is neither local nor fetchable; `why` says what else failed."""
+    where = f"no local copy under {looked_in}" if looked_in else "no data dir given"
+    return DataNotFoundError(f"task {task}: {where}{why}; pass --data-dir or set {DATA_DIR_ENV} to a "
+                             f"folder holding {layout} (laid out as in shared/data/README.md)")
+
+
+def load_hub(dataset: str, split: str, *, config: str | None = None, task: str,
+             looked_in: Path | None, layout: str) -> list[dict[str, Any]]:
+    """Rows of one split from the hub, or a DataNotFoundError naming where local files would go.
+
+    With HF_HUB_OFFLINE=1 `datasets` fails within seconds (or serves its local cache); without
+    it an unreachable hub costs ~25 s of retries, so CI sets it.
+    """
+    try:
+        import datasets  # the `hf` extra; imported late because it is heavy and optional
+    except ImportError:
+        raise no_local_copy(task, looked_in, layout,
+                            f" and the `datasets` package is not installed to fetch {dataset!r}") from None
+    try:
+        return [dict(row) for row in datasets.load_dataset(dataset, config, split=split)]
+    except Exception as e:  # any hub failure (offline, 404, retries exhausted) means "not available"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
+        raise no_local_copy(task, looked_in, layout,
+                            f" and the hub cannot provide {dataset!r} ({reason})") from None
+
+
+def sample(items: Sequence[T], n: int | None, seed: int | str,
+           balance_by: Callable[[T], Hashable] | None = None) -> list[T]:
+    """A seeded sample of `n` items in their original order (all of them when n is None or large).
+
+    With `balance_by`, classes are drawn in turn so each gets an equal share while it lasts.
+    """
+    if n is None or n >= len(items):
+        return list(items)
+    return [items[i] for i in _sample_indices(items, n, seed, balance_by)]
+
+
+def carve(items: Sequence[T], n: int, seed: int | str, what: str) -> tuple[list[T], list[T]]:
+    """Split a seeded random `n` items off `items` (e.g. a dev split from train): (rest, carved)."""
+    if not 0 < n < len(items):
+        raise ConfigError(f"{what}: cannot carve {n} examples from {len(items)}; "
+                          f"choose a size between 1 and {len(items) - 1}")
+    taken = set(_sample_indices(items, n, seed, None))
+    return ([x for i, x in enumerate(items) if i not in taken],
+            [x for i, x in enumerate(items) if i in taken])
+
+
+def _sample_indices(items: Sequence[T], n: int, seed: int | str,
+                    balance_by: Callable[[T], Hashable] | None) -> list[int]:
+    rng = random.Random(seed)
+    groups: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(balance_by(item) if balance_by else None, []).append(i)
+    for members in groups.values():
+        rng.shuffle(members)
+    picked: list[int] = []
+    while len(picked) < n:  # round robin over classes; n < len(items) so this ends
+        for members in groups.values():
+            if members and len(picked) < n:
+                picked.append(members.pop())
+    return sorted(picked)
+
+
+class TaskOptions(BaseModel):
+    """Base of a task factory's keyword options: unknown keys are an error, values validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_options(model: type[O], options: Mapping[str, Any], task: str) -> O:
+    """Validate a factory's options; any problem is one ConfigError line naming the valid options."""
+    valid = ", ".join(model.model_fields) or "none"
+    try:
+        return model(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"task {task}: unknown option {name!r} (valid options: {valid})") from None
+        raise ConfigError(f"task {task}: option {name!r}: {err['msg']} (valid options: {valid})") from None

@@ -1,0 +1,319 @@
+"""The ask -> score -> tell loop. It owns all bookkeeping: steps, the run log, scoring through the
+cache, the budget, failures as data, and the final dev/test report. Strategies only propose and update."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from .backend import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult
+from .budget import Budget, BudgetTracker
+from .errors import BudgetExhausted, CapabilityError, PromptOptError
+from .runlog import RunLog
+from .scorer import Job, score_jobs
+from .strategy import Context, History, ScoreRequest, Strategy
+from .task import Task
+from .types import Candidate, Evaluation, Example, Usage
+
+log = logging.getLogger("promptopt")
+
+
+@dataclass
+class Report:
+    """What a finished (or stopped) run found."""
+
+    run_dir: str | None
+    seed_prompt: str
+    best_prompt: str
+    best_id: str
+    seed_dev: float
+    best_dev: float
+    seed_test: float | None
+    best_test: float | None
+    steps: int
+    candidates: int
+    stop_reason: str
+    search: dict[str, Any] = field(default_factory=dict)  # budget use during the search
+    target_usage: Usage = field(default_factory=Usage)
+    optimizer_usage: Usage = field(default_factory=Usage)
+    failures: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | None:
+            return None if x is None or math.isnan(x) else round(x, 6)
+        return {
+            "run_dir": self.run_dir, "seed_prompt": self.seed_prompt, "best_prompt": self.best_prompt,
+            "best_id": self.best_id, "seed_dev": num(self.seed_dev), "best_dev": num(self.best_dev),
+            "seed_test": num(self.seed_test), "best_test": num(self.best_test), "steps": self.steps,
+            "candidates": self.candidates, "stop_reason": self.stop_reason, "search": self.search,
+            "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
+            "failures": self.failures, "seconds": round(self.seconds, 2),
+        }
+
+
+class _OptimizerChannel:
+    """The optimizer LLM as a strategy sees it: budgeted, logged, replayed on resume, seeded."""
+
+    def __init__(self, run: "Run", backend: Backend):
+        self._run = run
+        self._backend = backend
+
+    def generate(self, reqs: Sequence[GenRequest], *, purpose: str = "") -> list[GenResult]:
+        run = self._run
+        if not reqs:
+            return []
+        run.tracker.check_optimizer_call(len(reqs))
+        # Sampled calls get a seed derived from the run, so they are reproducible and cacheable.
+        reqs = [r if r.temperature == 0 or r.seed is not None
+                else replace(r, seed=run.seed * 1_000_003 + run.tracker.optimizer_calls + i)
+                for i, r in enumerate(reqs)]
+        recorded = run.log.peek() if run.log else None
+        if recorded is not None and recorded["type"] == "optimizer_call":
+            results = [GenResult(o["text"], o.get("finish_reason", "stop"), Usage.from_json(o.get("usage")),
+                                 o.get("error")) for o in recorded["responses"]]
+        else:
+            try:
+                results = self._backend.generate(reqs)
+            except PromptOptError as e:
+                results = [GenResult("", "error", Usage(), str(e)) for _ in reqs]
+        usage = sum((r.usage for r in results), Usage())
+        run.tracker.optimizer_calls += len(reqs)
+        run.tracker.optimizer = run.tracker.optimizer + usage
+        if run.log:
+            run.log.emit("optimizer_call", step=run.step, purpose=purpose,
+                         requests=[_gen_req_json(r) for r in reqs],
+                         responses=[{"text": r.text, "finish_reason": r.finish_reason,
+                                     "usage": r.usage.to_json(), "error": r.error} for r in results])
+        return results
+
+
+def _gen_req_json(r: GenRequest) -> dict[str, Any]:
+    d: dict[str, Any] = {"max_tokens": r.max_tokens, "temperature": r.temperature, "seed": r.seed}
+    if r.messages:
+        d["messages"] = [{"role": role, "content": c} for role, c in r.messages]
+    else:
+        d["prompt"] = r.prompt
+    if r.stop:
+        d["stop"] = list(r.stop)
+    return d
+
+
+class Run:
+    """One optimization run. Use `run()` for the whole loop, or `step()` / `ask()` + `tell()` to drive it
+    from an evaluation harness that scores prompts itself."""
+
+    def __init__(self, *, task: Task, strategy: Strategy, target: Backend | None, optimizer: Backend | None,
+                 budget: Budget | None = None, seed: int = 0, log: RunLog | None = None,
+                 seed_prompt: str | None = None, final_top_k: int = 3, max_failures: int = 20,
+                 test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None):
+        self.task = task
+        self.strategy = strategy
+        self.target = target
+        self.optimizer = optimizer
+        self.seed = seed
+        self.log = log
+        self.tracker = BudgetTracker(budget or Budget())
+        self.history = History()
+        self.step = 0
+        self.seed_prompt = seed_prompt or task.seed_prompts[0]
+        self.final_top_k = final_top_k
+        self.max_failures = max_failures
+        self.test_limit = test_limit
+        self.on_step = on_step
+        self.failures = 0
+        self.target_usage = Usage()  # search + final report; the tracker holds the search part
+        self.stop_reason = ""
+        self._rng = random.Random(seed)
+        # A fixed per-run order of each split: "n more unseen examples" walks it.
+        self._order = {s: _shuffled(task.split(s), random.Random(f"{seed}:{s}")) for s in ("train", "dev")}
+        self._by_id = {ex.id: ex for s in ("train", "dev") for ex in task.split(s)}
+        self._pending: list[ScoreRequest] = []
+        self._ctx = Context(task=task.without_test(),
+                            optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
+                            history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
+                            notes=self._note)
+        self._check_capabilities()
+
+    # -- setup --
+    def _check_capabilities(self) -> None:
+        if self.target is not None:
+            need = LOGLIKELIHOOD if self.task.output == "choose" else GENERATE
+            if need not in self.target.capabilities:
+                raise CapabilityError(f"task {self.task.name} needs {need} but the target model "
+                                      f"({self.target.fingerprint()}) cannot provide it")
+        if getattr(self.strategy, "needs_optimizer", False):
+            if self.optimizer is None:
+                raise CapabilityError(f"strategy {type(self.strategy).__name__} needs an optimizer model; "
+                                      "pass --optimizer-model")
+            if GENERATE not in self.optimizer.capabilities and CHAT not in self.optimizer.capabilities:
+                raise CapabilityError("the optimizer model cannot generate text")
+        if getattr(self.strategy, "needs_loglikelihood", False) and self.target is not None \
+                and LOGLIKELIHOOD not in self.target.capabilities:
+            raise CapabilityError(f"strategy {type(self.strategy).__name__} needs log-likelihoods but the target "
+                                  f"model ({self.target.fingerprint()}) cannot give them")
+
+    def _note(self, kind: str, **data: Any) -> None:
+        if self.log:
+            self.log.emit("note", step=self.step, kind=kind, **data)
+
+    # -- ask / tell --
+    def ask(self) -> list[ScoreRequest]:
+        """The strategy's next requests, with examples resolved. Empty when the search is over."""
+        if self._pending:
+            raise PromptOptError("tell() the results of the previous ask() first")
+        spent = self.tracker.exhausted()
+        if spent:
+            self.stop_reason = f"budget: {spent}"
+            return []
+        self.step += 1
+        self._ctx.step = self.step
+        try:
+            raw = list(self.strategy.ask(self._ctx))
+        except BudgetExhausted as e:
+            self.stop_reason = f"budget: {e}"
+            return []
+        if not raw:
+            self.stop_reason = "strategy finished"
+            return []
+        reqs = [self._resolve(r if isinstance(r, ScoreRequest) else ScoreRequest(r)) for r in raw]
+        need = sum(len(r.example_ids or ()) for r in reqs)
+        left = self.tracker.examples_left()
+        if left is not None and need > left:
+            self.stop_reason = f"budget: examples (step {self.step} needs {need}, {left} left)"
+            return []
+        for r in reqs:
+            if self.history._add_candidate(r.candidate) and self.log:
+                self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
+        self._pending = reqs
+        return reqs
+
+    def _resolve(self, r: ScoreRequest) -> ScoreRequest:
+        if r.split not in ("train", "dev"):
+            raise PromptOptError(f"strategies may score only train or dev examples, not {r.split!r}")
+        if r.example_ids is not None:
+            unknown = [i for i in r.example_ids if i not in self._by_id]
+            if unknown:
+                raise PromptOptError(f"unknown example id(s) {unknown[:3]} in a score request")
+            return r
+        pending = {i for p in self._pending for i in (p.example_ids or ())}
+        seen = self.history.results(r.candidate.id, r.split)
+        fresh = [ex.id for ex in self._order[r.split] if ex.id not in seen and ex.id not in pending]
+        return replace(r, example_ids=tuple(fresh if r.n is None else fresh[:r.n]))
+
+    def tell(self, evals: Sequence[Evaluation]) -> None:
+        """Record the results of the last ask() (same order) and pass them to the strategy."""
+        if len(evals) != len(self._pending):
+            raise PromptOptError(f"tell() got {len(evals)} evaluations for {len(self._pending)} requests")
+        for ev in evals:
+            self._record(ev, search=True)
+        self._pending = []
+        self.strategy.tell(self._ctx, list(evals))
+        if self.failures >= self.max_failures:
+            self.stop_reason = f"too many failed evaluations ({self.failures})"
+
+    def _record(self, ev: Evaluation, *, search: bool) -> None:
+        self.history._add_evaluation(ev)
+        self.target_usage = self.target_usage + ev.usage
+        if search:
+            self.tracker.examples += len(ev.results) if ev.state == "complete" else 0
+            self.tracker.target = self.tracker.target + ev.usage
+        if ev.state == "failed":
+            self.failures += 1
+            log.warning("evaluation of %s failed: %s", ev.candidate_id, ev.error)
+
+    # -- scoring through the log (replay) and the backend --
+    def score(self, reqs: Sequence[ScoreRequest], phase: str = "search") -> list[Evaluation]:
+        """Score requests with one backend call, serving recorded evaluations while replaying."""
+        if self.target is None:
+            raise PromptOptError("this run has no target backend: score prompts yourself and call tell()")
+        out: list[Evaluation | None] = [None] * len(reqs)
+        live = []
+        for i, r in enumerate(reqs):
+            rec = self.log.peek() if self.log else None
+            if rec is not None and rec["type"] == "eval" and rec["candidate_id"] == r.candidate.id and not live:
+                out[i] = Evaluation.from_json(rec)
+                self.log.emit("eval", step=self.step, candidate_id=r.candidate.id, split=r.split)
+            else:
+                live.append(i)
+        jobs = [Job(reqs[i].candidate.id, reqs[i].candidate.text, reqs[i].split,
+                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ()))) for i in live]
+        for i, ev in zip(live, score_jobs(self.task, self.target, jobs)):
+            out[i] = ev
+            if self.log:
+                self.log.emit("eval", step=self.step, phase=phase, **ev.to_json(),
+                              example_ids=list(reqs[i].example_ids or ()))
+        return [e for e in out if e is not None]
+
+    def _example(self, split: str, example_id: str) -> Example:
+        if split == "test":
+            return self._test_by_id[example_id]
+        return self._by_id[example_id]
+
+    def step_once(self) -> bool:
+        """One ask -> score -> tell round. False when the search is over."""
+        reqs = self.ask()
+        if not reqs:
+            return False
+        self.tell(self.score(reqs))
+        if self.on_step:
+            self.on_step(self)
+        return not self.stop_reason
+
+    # -- the whole run --
+    def run(self) -> Report:
+        started = time.monotonic()
+        while self.step_once():
+            pass
+        return self.finish(started)
+
+    def finish(self, started: float | None = None) -> Report:
+        """Final report: top candidates and the seed prompt on the full dev split, then the chosen
+        prompt (and the seed, as the baseline) once on the test split."""
+        seed = Candidate(self.seed_prompt, origin="seed")
+        if self.history._add_candidate(seed) and self.log:
+            self.log.emit("candidate", step=self.step, candidate_id=seed.id, **seed.to_json())
+        finalists = [c for c, _ in self.history.ranked("dev")[: self.final_top_k]]
+        if seed.id not in {c.id for c in finalists}:
+            finalists.append(seed)
+        if self.target is not None:
+            reqs = [self._resolve(ScoreRequest(c, "dev")) for c in finalists]
+            todo = [r for r in reqs if r.example_ids]
+            for ev in self.score(todo, phase="final"):
+                self._record(ev, search=False)
+        full = len(self.task.split("dev"))
+        ranked = [(c, self.history.score(c.id, "dev")) for c in finalists
+                  if self.history.n_scored(c.id, "dev") == full] or [(seed, math.nan)]
+        best = max(ranked, key=lambda cs: -math.inf if math.isnan(cs[1]) else cs[1])[0]
+        seed_test = best_test = None
+        if self.target is not None and self.task.split("test"):
+            test = list(self.task.split("test"))
+            if self.test_limit is not None:
+                test = _shuffled(test, random.Random(f"{self.seed}:test"))[: self.test_limit]
+            self._test_by_id = {ex.id: ex for ex in test}
+            ids = tuple(ex.id for ex in test)
+            cands = [best] if best.id == seed.id else [best, seed]
+            evs = self.score([ScoreRequest(c, "test", example_ids=ids) for c in cands], phase="test")
+            scores = {c.id: ev.score for c, ev in zip(cands, evs)}
+            for ev in evs:
+                self._record(ev, search=False)
+            best_test, seed_test = scores[best.id], scores[seed.id]
+        report = Report(
+            run_dir=str(self.log.dir) if self.log else None, seed_prompt=seed.text, best_prompt=best.text,
+            best_id=best.id, seed_dev=self.history.score(seed.id, "dev"),
+            best_dev=self.history.score(best.id, "dev"), seed_test=seed_test, best_test=best_test,
+            steps=self.step, candidates=len(self.history), stop_reason=self.stop_reason or "done",
+            search={"examples": self.tracker.examples, "optimizer_calls": self.tracker.optimizer_calls},
+            target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
+            failures=self.failures,
+            seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
+        return report
+
+
+def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:
+    out = list(items)
+    rng.shuffle(out)
+    return out

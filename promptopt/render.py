@@ -1,0 +1,42 @@
+"""Terminal tables for reports."""
+from __future__ import annotations
+
+import math
+import shutil
+
+from rich.console import Console
+from rich.table import Table
+
+from .loop import Report
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_report(report: Report, console: Console | None = None) -> None:
+    console = console or Console(width=max(100, shutil.get_terminal_size().columns))
+    t = Table(title="promptopt result")
+    t.add_column("prompt")
+    t.add_column("text", overflow="fold")
+    t.add_column("dev", justify="right")
+    t.add_column("test", justify="right")
+    t.add_row("seed", short(report.seed_prompt), fmt(report.seed_dev), fmt(report.seed_test))
+    t.add_row("best", short(report.best_prompt), fmt(report.best_dev), fmt(report.best_test))
+    console.print(t)
+    tu, ou = report.target_usage, report.optimizer_usage
+    cache = report.search.get("cache", {})
+    console.print(
+        f"steps {report.steps} · candidates {report.candidates} · scored examples {report.search.get('examples', 0)}"
+        f" · optimizer calls {report.search.get('optimizer_calls', 0)} · stop: {report.stop_reason}")
+    console.print(
+        f"target tokens {tu.tokens:,} · optimizer tokens {ou.tokens:,} · usd {tu.usd + ou.usd:.4f}"
+        f" · model calls {cache.get('model_calls', '-')} · cache hits {cache.get('hits', '-')}"
+        f" · failures {report.failures} · {report.seconds:.1f}s")
+    if report.run_dir:
+        console.print(f"run log: {report.run_dir}")

@@ -1,0 +1,149 @@
+"""The append-only run log: runs/<id>/{config.json, events.jsonl, summary.json}.
+
+Every event is one JSON line written with a single append and flushed, so a crash leaves at most one
+partial last line, which reading detects and drops. Resume = replay: the loop runs again from the
+start with the same seed; while its events match the recorded ones they are not written again, and
+recorded model responses are served instead of calling a model. Past the end of the log the run is live.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError, ResumeError
+
+EVENTS = "events.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+# Events outside the replayed stream: they describe sessions, not the search.
+SESSION_EVENTS = frozenset({"run.start", "run.resume", "run.end"})
+
+
+def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Parse events.jsonl. Returns the complete events and the byte length they occupy; a partial
+    or corrupt last line (from a crash mid-write) is excluded."""
+    events: list[dict[str, Any]] = []
+    good = 0
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break  # no newline: the last write never finished
+        try:
+            events.append(json.loads(data[pos:end]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if data.find(b"\n", end + 1) >= 0:
+                raise ResumeError(f"{path}: corrupt line {len(events) + 1} in the middle of the log")
+            break
+        pos = good = end + 1
+    return events, good
+
+
+def new_run_dir(root: Path, name: str | None = None) -> Path:
+    """Create a fresh run directory; the name has a random suffix so parallel runs never collide."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run directory {root}: {e.strerror}") from e
+    if not os.access(root, os.W_OK):
+        raise ConfigError(f"run directory {root} is not writable")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for _ in range(20):
+        d = root / f"{name or stamp}-{secrets.token_hex(3)}"
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise ConfigError(f"could not create a unique run directory under {root}")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Writer (and replayer) of one run's events. Holds an exclusive lock on the run dir."""
+
+    def __init__(self, run_dir: Path, *, resume: bool = False, fsync: bool = False):
+        self.dir = Path(run_dir)
+        self.path = self.dir / EVENTS
+        self.fsync = fsync
+        self._lock = open(self.dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ResumeError(f"{self.dir} is in use by another promptopt process") from None
+        self.recorded: list[dict[str, Any]] = []
+        self.sessions: list[dict[str, Any]] = []
+        if resume:
+            if not self.path.exists():
+                raise ResumeError(f"{self.dir} has no {EVENTS}; nothing to resume")
+            events, good = read_events(self.path)
+            if good < self.path.stat().st_size:
+                os.truncate(self.path, good)  # drop the partial last line before appending
+            self.sessions = [e for e in events if e["type"] in SESSION_EVENTS]
+            self.recorded = [e for e in events if e["type"] not in SESSION_EVENTS]
+        self.cursor = 0  # position in `recorded` of the next event the run will produce
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @property
+    def replaying(self) -> bool:
+        return self.cursor < len(self.recorded)
+
+    def peek(self) -> dict[str, Any] | None:
+        return self.recorded[self.cursor] if self.replaying else None
+
+    def _write(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        os.write(self._fd, line.encode("utf-8"))  # one append: no interleaving, at most one torn line
+        if self.fsync:
+            os.fsync(self._fd)
+
+    def session(self, type_: str, **data: Any) -> None:
+        """Write a session event (start/resume/end); never part of the replayed stream."""
+        self._write({"type": type_, "time": time.time(), **data})
+
+    def emit(self, type_: str, **data: Any) -> dict[str, Any]:
+        """Record a stream event; while replaying, check it matches the log instead of writing."""
+        event = {"seq": self.cursor, "type": type_, **data}
+        if self.replaying:
+            old = self.recorded[self.cursor]
+            if old["type"] != type_ or _identity(old) != _identity(event):
+                raise ResumeError(
+                    f"{self.path}: event {self.cursor} was {old['type']} {_identity(old)} but the resumed run "
+                    f"produced {type_} {_identity(event)}; resume with the original configuration and seed")
+            self.cursor += 1
+            return old
+        self.recorded.append(event)
+        self.cursor += 1
+        self._write({**event, "time": time.time()})
+        return event
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self._lock.close()
+
+
+def _identity(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields that must agree between a recorded event and its replay."""
+    return tuple(event.get(k) for k in ("step", "candidate_id", "split", "purpose", "kind"))
+
+
+def iter_runs(root: Path) -> Iterator[Path]:
+    return (p for p in sorted(root.iterdir()) if (p / EVENTS).exists())

@@ -1,0 +1,98 @@
+"""Turn (prompt, examples) jobs into Evaluations with one backend call per batch.
+
+"choose" tasks score each option as a continuation by log-likelihood; "generate" tasks let the
+model write, then extract and compare. A batch-wide BackendError makes every job in it a failed
+Evaluation (data, not a crash); a per-request error fails that job only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .backend import Backend, GenRequest, LLRequest
+from .errors import BackendError
+from .task import Task
+from .types import Evaluation, Example, ExampleResult, Usage
+
+
+@dataclass(frozen=True)
+class Job:
+    candidate_id: str
+    prompt: str
+    split: str
+    examples: tuple[Example, ...]
+
+
+def score_jobs(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evaluation]:
+    if not jobs:
+        return []
+    started = time.monotonic()
+    try:
+        evals = _score_choose(task, backend, jobs) if task.output == "choose" else _score_generate(task, backend, jobs)
+    except BackendError as e:
+        return [Evaluation(j.candidate_id, j.split, (), "failed", str(e)) for j in jobs]
+    # Spread the batch's wall time over jobs by size, so per-candidate cost is comparable.
+    total = sum(len(j.examples) for j in jobs) or 1
+    seconds = time.monotonic() - started
+    return [Evaluation(e.candidate_id, e.split, e.results, e.state, e.error,
+                       Usage(e.usage.calls, e.usage.prompt_tokens, e.usage.completion_tokens,
+                             seconds * len(j.examples) / total, e.usage.usd, e.usage.cache_hits))
+            for e, j in zip(evals, jobs)]
+
+
+def _finish(job: Job, results: list[ExampleResult], usage: Usage) -> Evaluation:
+    errors = [r for r in results if r.error]
+    if errors:
+        return Evaluation(job.candidate_id, job.split, tuple(results), "failed",
+                          f"{len(errors)}/{len(results)} examples failed: {errors[0].error}", usage)
+    return Evaluation(job.candidate_id, job.split, tuple(results), "complete", None, usage)
+
+
+def _score_choose(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evaluation]:
+    reqs = [LLRequest(task.render(j.prompt, ex), opt) for j in jobs for ex in j.examples for opt in task.options]
+    out = backend.loglikelihood(reqs)
+    k = len(task.options)
+    evals, i = [], 0
+    for j in jobs:
+        results, usage = [], Usage()
+        for ex in j.examples:
+            chunk = out[i:i + k]
+            i += k
+            for r in chunk:
+                usage = usage + r.usage
+            err = next((r.error for r in chunk if r.error), None)
+            if err:
+                results.append(ExampleResult(ex.id, "", 0.0, error=err))
+                continue
+            lps = tuple(r.logprob for r in chunk)
+            pred = max(range(k), key=lps.__getitem__)
+            results.append(ExampleResult(ex.id, task.options[pred].strip(), float(pred == ex.label),
+                                         logprob=lps[ex.label], option_logprobs=lps))
+        evals.append(_finish(j, results, usage))
+    return evals
+
+
+def _gen_request(task: Task, text: str) -> GenRequest:
+    if task.chat:
+        return GenRequest(messages=(("user", text),), max_tokens=task.max_tokens, stop=task.stop)
+    return GenRequest(prompt=text, max_tokens=task.max_tokens, stop=task.stop)
+
+
+def _score_generate(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evaluation]:
+    reqs = [_gen_request(task, task.render(j.prompt, ex)) for j in jobs for ex in j.examples]
+    out = backend.generate(reqs)
+    evals, i = [], 0
+    for j in jobs:
+        results, usage = [], Usage()
+        for ex in j.examples:
+            r = out[i]
+            i += 1
+            usage = usage + r.usage
+            if r.error:
+                results.append(ExampleResult(ex.id, r.text, 0.0, error=r.error))
+                continue
+            answer = task.extract(r.text)
+            results.append(ExampleResult(ex.id, r.text, float(task.metric(answer, ex))))
+        evals.append(_finish(j, results, usage))
+    return evals

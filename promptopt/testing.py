@@ -1,0 +1,150 @@
+"""Contract test kit: subclass StrategyContract / BackendContract in a test module to inherit the
+checks every strategy and backend must pass. Also small helpers for tests (a toy task, a fake optimizer)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .backend import GenRequest, LLRequest
+from .backends.fake import FakeBackend
+from .budget import Budget
+from .errors import ConfigError
+from .loop import Run
+from .runlog import EVENTS, RunLog, read_events
+from .strategy import Strategy
+from .task import Task
+from .types import Example
+
+WORDS = ["clearly", "carefully", "briefly", "precisely", "think", "label", "answer", "review", "decide", "sentiment"]
+
+
+def toy_task(n_train: int = 12, n_dev: int = 12, n_test: int = 12, output: str = "choose") -> Task:
+    """A small made-up classification (or generation) task for fast tests."""
+    def split(name: str, n: int) -> list[Example]:
+        return [Example(f"{name}-{i}", f"item {name} {i} is {'good' if i % 2 else 'bad'}", ["bad", "good"][i % 2],
+                        label=i % 2) for i in range(n)]
+    return Task(name="toy", splits={"train": split("train", n_train), "dev": split("dev", n_dev),
+                                    "test": split("test", n_test)},
+                template="{prompt}\nText: {input}\nAnswer:", output=output,  # type: ignore[arg-type]
+                options=(" bad", " good") if output == "choose" else (),
+                seed_prompts=("Is the text good or bad?", "Classify the text."))
+
+
+def fake_optimizer() -> FakeBackend:
+    """An optimizer whose replies are new, deterministic prompt variants (a function of the request)."""
+    def reply(req: GenRequest) -> str:
+        text = req.messages[-1][1] if req.messages else req.prompt
+        k = sum(map(ord, text)) + (req.seed or 0)
+        return f"Decide {WORDS[k % len(WORDS)]} and {WORDS[(k // 7) % len(WORDS)]}: is the text good or bad?"
+    return FakeBackend("fake-optimizer", replies=reply)
+
+
+def make_run(strategy: Strategy, *, task: Task | None = None, target: Any = None, optimizer: Any = None,
+             budget: Budget | None = None, seed: int = 0, run_dir: Path | None = None, resume: bool = False) -> Run:
+    log = RunLog(run_dir, resume=resume) if run_dir is not None else None
+    return Run(task=task or toy_task(), strategy=strategy, target=target or FakeBackend(),
+               optimizer=optimizer if optimizer is not None else fake_optimizer(), budget=budget or Budget(max_examples=400),
+               seed=seed, log=log)
+
+
+class StrategyContract:
+    """Inherit and implement `make_strategy(**options)`; set `needs_optimizer` if it uses an LLM."""
+
+    budget = Budget(max_examples=300)
+
+    def make_strategy(self, **options: Any) -> Strategy:
+        raise NotImplementedError
+
+    def make_task(self) -> Task:
+        return toy_task()
+
+    def _run(self, seed: int = 0, run_dir: Path | None = None, resume: bool = False,
+             budget: Budget | None = None):
+        run = make_run(self.make_strategy(), task=self.make_task(), budget=budget or self.budget, seed=seed,
+                       run_dir=run_dir, resume=resume)
+        report = run.run()
+        if run.log:
+            run.log.close()
+        return run, report
+
+    def test_completes_within_budget(self) -> None:
+        run, report = self._run()
+        assert report.stop_reason
+        assert run.tracker.examples <= self.budget.max_examples  # type: ignore[operator]
+        assert not math.isnan(report.best_dev)
+        assert report.best_dev >= report.seed_dev - 1e-9  # the seed is always a finalist
+
+    def test_deterministic_for_a_seed(self) -> None:
+        _, a = self._run(seed=3)
+        _, b = self._run(seed=3)
+        assert (a.best_prompt, a.best_dev, a.candidates) == (b.best_prompt, b.best_dev, b.candidates)
+
+    def test_context_has_no_test_split(self) -> None:
+        strategy = self.make_strategy()
+        run = make_run(strategy, task=self.make_task(), budget=self.budget)
+        assert not run._ctx.task.split("test")
+        assert "test" not in run._ctx.task.splits
+
+    def test_resume_replays_to_the_same_result(self, tmp_path: Path) -> None:
+        full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+        full_dir.mkdir()
+        cut_dir.mkdir()
+        _, full = self._run(seed=5, run_dir=full_dir)
+        events = (full_dir / EVENTS).read_bytes().splitlines(keepends=True)
+        # Keep the first half of the log plus a torn half-line, as a crash would leave it.
+        half = len(events) // 2
+        (cut_dir / EVENTS).write_bytes(b"".join(events[:half]) + events[half][: len(events[half]) // 2])
+        _, resumed = self._run(seed=5, run_dir=cut_dir, resume=True)
+        assert (resumed.best_prompt, resumed.best_dev, resumed.best_test) == \
+            (full.best_prompt, full.best_dev, full.best_test)
+        a, _ = read_events(full_dir / EVENTS)
+        b, _ = read_events(cut_dir / EVENTS)
+        # Same events in the same order; only timing and cache-hit counts may differ.
+        strip = lambda es: [{k: v for k, v in e.items() if k not in ("time", "usage")} for e in es if "seq" in e]
+        assert strip(a) == strip(b)
+
+    def test_unknown_option_is_rejected(self) -> None:
+        from .config import strategy_config
+        strategy = self.make_strategy()
+        try:
+            strategy_config(type(strategy), {"no_such_option_xyz": 1})
+        except ConfigError:
+            return
+        raise AssertionError("an unknown strategy option was accepted")
+
+
+class BackendContract:
+    """Inherit and implement `make_backend()` (may be a fixture-backed attribute)."""
+
+    def make_backend(self) -> Any:
+        raise NotImplementedError
+
+    def test_loglikelihood_order_and_sign(self) -> None:
+        be = self.make_backend()
+        reqs = [LLRequest("The capital of France is", " Paris"), LLRequest("1 2 3 4", " 5 6 7"),
+                LLRequest("The capital of France is", " a banana split"), LLRequest("Hi", " there")]
+        out = be.loglikelihood(reqs)
+        assert len(out) == len(reqs)
+        assert all(r.error is None and r.logprob < 0 for r in out)
+        again = be.loglikelihood(list(reversed(reqs)))
+        for a, b in zip(out, reversed(again)):
+            assert abs(a.logprob - b.logprob) < 1e-3
+
+    def test_generate_greedy_is_deterministic(self) -> None:
+        be = self.make_backend()
+        reqs = [GenRequest(prompt="Count: one, two, three,", max_tokens=6),
+                GenRequest(messages=(("user", "Say hello."),), max_tokens=6)]
+        a, b = be.generate(reqs), be.generate(reqs)
+        assert [r.text for r in a] == [r.text for r in b]
+        assert all(isinstance(r.text, str) and r.error is None for r in a)
+
+    def test_fingerprint_is_stable(self) -> None:
+        be = self.make_backend()
+        assert be.fingerprint() == be.fingerprint() and be.fingerprint()
+
+
+def events_of(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / EVENTS).read_text(encoding="utf-8").splitlines()]
+

@@ -1,0 +1,63 @@
+"""Reference strategy: ask the optimizer LLM to rewrite the best prompts, keep what scores better.
+
+Small on purpose: it is the example to copy when writing a strategy. Each round scores the new
+proposals on the dev split; proposals are rewrites of the current top `parents` prompts."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from pydantic import Field
+
+from promptopt.backend import GenRequest
+from promptopt.parsing import clean_prompt
+from promptopt.registry import register_strategy
+from promptopt.strategy import Context, ScoreRequest, StrategyConfig
+from promptopt.types import Candidate, Evaluation
+
+INSTRUCTION = ("Rewrite the following instruction so that a language model follows it better. "
+               "Keep its meaning and task. Reply with the new instruction only.\n\nInstruction: {prompt}")
+
+
+class ParaphraseConfig(StrategyConfig):
+    rounds: int = Field(4, ge=1, description="rewrite rounds after scoring the seed prompts")
+    proposals: int = Field(4, ge=1, description="rewrites asked for in each round")
+    parents: int = Field(2, ge=1, description="how many of the best prompts are rewritten")
+    temperature: float = Field(0.9, ge=0.0, le=2.0)
+    max_tokens: int = Field(96, ge=8)
+
+
+@register_strategy("paraphrase")
+class Paraphrase:
+    Config = ParaphraseConfig
+    needs_optimizer = True
+
+    def __init__(self, config: ParaphraseConfig):
+        self.config = config
+        self.round = 0
+
+    def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
+        if self.round == 0:
+            self.round = 1
+            return [Candidate(p, origin="seed") for p in ctx.task.seed_prompts]
+        if self.round > self.config.rounds:
+            return []
+        self.round += 1
+        parents = [c for c, _ in ctx.history.ranked("dev")[: self.config.parents]]
+        reqs = [GenRequest(messages=(("user", INSTRUCTION.format(prompt=parents[i % len(parents)].text)),),
+                           max_tokens=self.config.max_tokens, temperature=self.config.temperature)
+                for i in range(self.config.proposals)]
+        outs = ctx.require_optimizer().generate(reqs, purpose="paraphrase")
+        proposals = []
+        for i, out in enumerate(outs):
+            parent = parents[i % len(parents)]
+            text, problem = clean_prompt(out.text, parent=parent.text, error=out.error)
+            if problem:
+                ctx.note("proposal.rejected", parent=parent.id, reason=problem, raw=out.text)
+                continue
+            cand = Candidate(text, parents=(parent.id,), origin="paraphrase")
+            if cand.id not in ctx.history:
+                proposals.append(cand)
+        return proposals
+
+    def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
+        """Nothing to update: the ranking lives in ctx.history."""

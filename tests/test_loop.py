@@ -1,0 +1,137 @@
+"""The loop's bookkeeping with fakes: budget, logging, failures, final report, test isolation."""
+import json
+import math
+
+import pytest
+
+from promptopt.backends.fake import FakeBackend
+from promptopt.budget import Budget
+from promptopt.errors import CapabilityError, PromptOptError, ResumeError
+from promptopt.runlog import RunLog, read_events
+from promptopt.strategy import ScoreRequest, StrategyConfig
+from promptopt.testing import events_of, make_run, toy_task
+from promptopt.types import Candidate
+
+
+class Scripted:
+    """A strategy that asks for a fixed list of request batches."""
+
+    Config = StrategyConfig
+    needs_optimizer = False
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+        self.told = []
+        self.seen_splits = set()
+
+    def ask(self, ctx):
+        self.seen_splits |= set(ctx.task.splits)
+        return self.batches.pop(0) if self.batches else []
+
+    def tell(self, ctx, evals):
+        self.told.append(evals)
+
+
+def test_ask_again_scores_unseen_examples_only():
+    c = Candidate("Is the text good or bad?")
+    s = Scripted([[ScoreRequest(c, n=5)], [ScoreRequest(c, n=5)], [ScoreRequest(c, n=5)]])
+    run = make_run(s)
+    run.run()
+    ids = [ev.example_ids for (ev,) in s.told]
+    assert [len(x) for x in ids] == [5, 5, 2]  # 12 dev examples in all
+    assert len(set(sum(map(list, ids), []))) == 12
+    assert run.history.n_scored(c.id) == 12
+
+
+def test_budget_in_examples_stops_cleanly(tmp_path):
+    cands = [Candidate(f"prompt number {i}") for i in range(10)]
+    s = Scripted([[c] for c in cands])
+    run = make_run(s, budget=Budget(max_examples=30), run_dir=tmp_path)
+    report = run.run()
+    assert run.tracker.examples == 24  # two full dev passes; the third would exceed 30
+    assert report.stop_reason.startswith("budget: examples")
+    assert not math.isnan(report.best_test)
+
+
+def test_budget_in_optimizer_calls(tmp_path):
+    from promptopt.strategies.paraphrase import Paraphrase, ParaphraseConfig
+    run = make_run(Paraphrase(ParaphraseConfig(rounds=50, proposals=2)), budget=Budget(max_examples=None, max_optimizer_calls=5))
+    report = run.run()
+    assert run.tracker.optimizer_calls <= 5
+    assert report.stop_reason == "budget: optimizer_calls"
+
+
+def test_every_candidate_and_eval_is_logged(tmp_path):
+    a, b = Candidate("Alpha prompt"), Candidate("Beta prompt", parents=(Candidate("Alpha prompt").id,), origin="edit",
+                                                meta={"edit": "renamed"})
+    run = make_run(Scripted([[a, b]]), run_dir=tmp_path)
+    run.run()
+    run.log.close()
+    ev = events_of(tmp_path)
+    cands = {e["candidate_id"]: e for e in ev if e["type"] == "candidate"}
+    assert cands[b.id]["parents"] == [a.id] and cands[b.id]["meta"] == {"edit": "renamed"}
+    evals = [e for e in ev if e["type"] == "eval"]
+    assert {e["phase"] for e in evals} == {"search", "final", "test"}
+    assert all(len(e["results"]) == len(e["example_ids"]) for e in evals)
+    assert [e["seq"] for e in ev if "seq" in e] == list(range(len([e for e in ev if "seq" in e])))
+
+
+def test_failed_evaluations_are_data_and_capped():
+    target = FakeBackend(fail_every=1)
+    cands = [Candidate(f"prompt {i}") for i in range(30)]
+    run = make_run(Scripted([[c] for c in cands]), target=target)
+    run.max_failures = 4
+    report = run.run()
+    assert run.failures >= 4 and "too many failed" in report.stop_reason
+    assert run.history.failures(cands[0].id) == 1
+
+
+def test_test_split_is_scored_once_for_best_and_seed_only(tmp_path):
+    cands = [Candidate(f"prompt number {i}") for i in range(4)]
+    s = Scripted([cands])
+    run = make_run(s, run_dir=tmp_path)
+    report = run.run()
+    run.log.close()
+    assert s.seen_splits == {"train", "dev"}
+    test_evals = [e for e in events_of(tmp_path) if e["type"] == "eval" and e["split"] == "test"]
+    assert {e["candidate_id"] for e in test_evals} <= {report.best_id, Candidate(report.seed_prompt).id}
+    assert len(test_evals) == len({e["candidate_id"] for e in test_evals})
+    assert all(e["phase"] == "test" for e in test_evals)
+
+
+def test_strategy_cannot_request_test_examples():
+    run = make_run(Scripted([[ScoreRequest(Candidate("x prompt"), split="test")]]))
+    with pytest.raises(PromptOptError, match="only train or dev"):
+        run.run()
+
+
+def test_capability_checked_at_start():
+    class NoLL(FakeBackend):
+        capabilities = frozenset({"generate"})
+    with pytest.raises(CapabilityError, match="loglikelihood"):
+        make_run(Scripted([]), target=NoLL())
+
+
+def test_torn_last_line_is_dropped_and_log_is_locked(tmp_path):
+    log = RunLog(tmp_path)
+    log.emit("note", kind="a")
+    log.emit("note", kind="b")
+    with pytest.raises(ResumeError, match="in use"):
+        RunLog(tmp_path, resume=True)
+    log.close()
+    with open(tmp_path / "events.jsonl", "ab") as f:
+        f.write(b'{"seq": 2, "type": "no')
+    events, good = read_events(tmp_path / "events.jsonl")
+    assert [e["kind"] for e in events] == ["a", "b"]
+    log = RunLog(tmp_path, resume=True)
+    assert len(log.recorded) == 2 and (tmp_path / "events.jsonl").stat().st_size == good
+    log.close()
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    run = make_run(Scripted([[Candidate("first prompt")]]), run_dir=tmp_path)
+    run.run()
+    run.log.close()
+    other = make_run(Scripted([[Candidate("a different prompt")]]), run_dir=tmp_path, resume=True)
+    with pytest.raises(ResumeError, match="original configuration"):
+        other.run()

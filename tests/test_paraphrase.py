@@ -1,0 +1,26 @@
+from promptopt.strategies.paraphrase import Paraphrase, ParaphraseConfig
+from promptopt.testing import StrategyContract, make_run, toy_task
+from promptopt.budget import Budget
+from promptopt.backends.fake import FakeBackend
+
+
+class TestParaphrase(StrategyContract):
+    def make_strategy(self, **options):
+        return Paraphrase(ParaphraseConfig(**options))
+
+
+def test_bad_proposals_are_logged_not_adopted(tmp_path):
+    replies = ["", "Is the text good or bad?", "Instruction: {input} says", "Sure! Here is the new instruction:\n\"Label the text as good or bad, carefully.\""]
+    opt = FakeBackend("opt", replies=replies * 10)
+    run = make_run(Paraphrase(ParaphraseConfig(rounds=1, proposals=4, parents=1)), optimizer=opt,
+                   run_dir=tmp_path, budget=Budget(max_examples=500))
+    report = run.run()
+    run.log.close()
+    texts = [c.text for c in run.history.candidates()]
+    assert "Label the text as good or bad, carefully." in texts  # chatter and quotes stripped
+    assert not any("{input}" in t for t in texts)
+    import json
+    notes = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines() if '"note"' in l]
+    reasons = sorted(n["reason"] for n in notes)
+    assert reasons == ["contains template fields", "copy of the parent prompt", "empty or too short"]
+    assert report.candidates == 3
