@@ -48,7 +48,7 @@ def default_cache_path() -> Path:
 
 def cache_key(fingerprint: str, request: GenRequest | LLRequest) -> str:
     """Key of one request to one model: the same request to another model never collides."""
-    return hashlib.sha256(f"{fingerprint}\x00{request.key()}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(request.key().encode("utf-8")).hexdigest()
 
 
 def _is_busy(e: sqlite3.Error) -> bool:

@@ -55,8 +55,10 @@ class Paraphrase:
                 ctx.note("proposal.rejected", parent=parent.id, reason=problem, raw=out.text)
                 continue
             cand = Candidate(text, parents=(parent.id,), origin="paraphrase")
-            if cand.id not in ctx.history:
-                proposals.append(cand)
+            if cand.id in ctx.history or cand in proposals:
+                ctx.note("proposal.rejected", parent=parent.id, reason="duplicate of an earlier candidate", raw=out.text)
+                continue
+            proposals.append(cand)
         return proposals
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:

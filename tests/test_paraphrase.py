@@ -22,5 +22,7 @@ def test_bad_proposals_are_logged_not_adopted(tmp_path):
     import json
     notes = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines() if '"note"' in l]
     reasons = sorted(n["reason"] for n in notes)
-    assert reasons == ["contains template fields", "copy of the parent prompt", "empty or too short"]
+    # The seed-prompt copy is either a copy of the parent or of the other seed, depending on ranking.
+    assert reasons[0] == "contains template fields" and reasons[2] == "empty or too short"
+    assert reasons[1] in ("copy of the parent prompt", "duplicate of an earlier candidate")
     assert report.candidates == 3
