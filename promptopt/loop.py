@@ -200,7 +200,7 @@ class Run:
                 raise PromptOptError(f"unknown example id(s) {unknown[:3]} in a score request")
             return r
         pending = {i for p in self._pending for i in (p.example_ids or ())}
-        seen = self.history.results(r.candidate.id, r.split)
+        seen = self.history.results(r.candidate.id, r.split, r.objective)
         fresh = [ex.id for ex in self._order[r.split] if ex.id not in seen and ex.id not in pending]
         return replace(r, example_ids=tuple(fresh if r.n is None else fresh[:r.n]))
 
@@ -240,7 +240,8 @@ class Run:
             else:
                 live.append(i)
         jobs = [Job(reqs[i].candidate.id, reqs[i].candidate.text, reqs[i].split,
-                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ()))) for i in live]
+                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective)
+                for i in live]
         for i, ev in zip(live, score_jobs(self.task, self.target, jobs)):
             out[i] = ev
             if self.log:

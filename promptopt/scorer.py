@@ -6,6 +6,7 @@ Evaluation (data, not a crash); a per-request error fails that job only.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,22 +23,32 @@ class Job:
     prompt: str
     split: str
     examples: tuple[Example, ...]
+    objective: str = "task"
 
 
 def score_jobs(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evaluation]:
     if not jobs:
         return []
     started = time.monotonic()
+    unknown = {j.objective for j in jobs} - {"task", "loss"}
+    if unknown:
+        raise ValueError(f"unknown scoring objective(s) {sorted(unknown)}")
     try:
-        evals = _score_choose(task, backend, jobs) if task.output == "choose" else _score_generate(task, backend, jobs)
+        if task.output == "choose":
+            evals = _score_choose(task, backend, jobs)
+        else:
+            evals = _score_generate(task, backend, [j for j in jobs if j.objective == "task"])
+            loss = iter(_score_reference_loss(task, backend, [j for j in jobs if j.objective == "loss"]))
+            gen = iter(evals)
+            evals = [next(loss) if j.objective == "loss" else next(gen) for j in jobs]
     except BackendError as e:
-        return [Evaluation(j.candidate_id, j.split, (), "failed", str(e)) for j in jobs]
+        return [Evaluation(j.candidate_id, j.split, (), "failed", str(e), objective=j.objective) for j in jobs]
     # Spread the batch's wall time over jobs by size, so per-candidate cost is comparable.
     total = sum(len(j.examples) for j in jobs) or 1
     seconds = time.monotonic() - started
     return [Evaluation(e.candidate_id, e.split, e.results, e.state, e.error,
                        Usage(e.usage.calls, e.usage.prompt_tokens, e.usage.completion_tokens,
-                             seconds * len(j.examples) / total, e.usage.usd, e.usage.cache_hits))
+                             seconds * len(j.examples) / total, e.usage.usd, e.usage.cache_hits), j.objective)
             for e, j in zip(evals, jobs)]
 
 
@@ -67,8 +78,41 @@ def _score_choose(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Eva
                 continue
             lps = tuple(r.logprob for r in chunk)
             pred = max(range(k), key=lps.__getitem__)
-            results.append(ExampleResult(ex.id, task.options[pred].strip(), float(pred == ex.label),
+            # "loss": log-probability of the gold option normalized over the options (-cross-entropy).
+            score = float(pred == ex.label) if j.objective == "task" else lps[ex.label] - _logsumexp(lps)
+            results.append(ExampleResult(ex.id, task.options[pred].strip(), score,
                                          logprob=lps[ex.label], option_logprobs=lps))
+        evals.append(_finish(j, results, usage))
+    return evals
+
+
+def _logsumexp(xs: Sequence[float]) -> float:
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def reference_text(example: Example) -> str:
+    """The gold output a loss is computed on: a full worked solution when the task has one."""
+    return example.fields.get("reference", example.target)
+
+
+def _score_reference_loss(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evaluation]:
+    """Generation tasks scored by the mean per-token log-likelihood of the reference output."""
+    if not jobs:
+        return []
+    reqs = [LLRequest(task.render(j.prompt, ex), " " + reference_text(ex).strip()) for j in jobs for ex in j.examples]
+    out = iter(backend.loglikelihood(reqs))
+    evals = []
+    for j in jobs:
+        results, usage = [], Usage()
+        for ex in j.examples:
+            r = next(out)
+            usage = usage + r.usage
+            if r.error:
+                results.append(ExampleResult(ex.id, "", 0.0, error=r.error))
+                continue
+            n_tokens = max(1, len(r.token_logprobs))
+            results.append(ExampleResult(ex.id, "", r.logprob / n_tokens, logprob=r.logprob))
         evals.append(_finish(j, results, usage))
     return evals
 

@@ -22,12 +22,16 @@ class StrategyConfig(BaseModel):
 @dataclass(frozen=True)
 class ScoreRequest:
     """Ask the loop to score `candidate` on `n` more unseen examples of `split` (all if None),
-    or exactly on `example_ids` when given. Asking again for a scored candidate means "more"."""
+    or exactly on `example_ids` when given. Asking again for a scored candidate means "more".
+
+    objective "task" scores with the task metric; "loss" scores each example by the gold answer's
+    log-likelihood (higher is better; see promptopt.scorer) for loss-driven strategies such as PMPO."""
 
     candidate: Candidate
     split: str = "dev"
     n: int | None = None
     example_ids: tuple[str, ...] | None = None
+    objective: str = "task"
 
 
 class History:
@@ -35,7 +39,7 @@ class History:
 
     def __init__(self) -> None:
         self._candidates: dict[str, Candidate] = {}
-        self._results: dict[tuple[str, str], dict[str, ExampleResult]] = {}
+        self._results: dict[tuple[str, str, str], dict[str, ExampleResult]] = {}
         self._failures: dict[str, int] = {}
 
     # -- written by the loop only --
@@ -49,7 +53,7 @@ class History:
         if ev.state == "failed":
             self._failures[ev.candidate_id] = self._failures.get(ev.candidate_id, 0) + 1
             return
-        bucket = self._results.setdefault((ev.candidate_id, ev.split), {})
+        bucket = self._results.setdefault((ev.candidate_id, ev.split, ev.objective), {})
         for r in ev.results:
             bucket[r.example_id] = r
 
@@ -66,25 +70,25 @@ class History:
     def candidates(self) -> list[Candidate]:
         return list(self._candidates.values())
 
-    def results(self, candidate_id: str, split: str = "dev") -> Mapping[str, ExampleResult]:
-        return dict(self._results.get((candidate_id, split), {}))
+    def results(self, candidate_id: str, split: str = "dev", objective: str = "task") -> Mapping[str, ExampleResult]:
+        return dict(self._results.get((candidate_id, split, objective), {}))
 
-    def n_scored(self, candidate_id: str, split: str = "dev") -> int:
-        return len(self._results.get((candidate_id, split), {}))
+    def n_scored(self, candidate_id: str, split: str = "dev", objective: str = "task") -> int:
+        return len(self._results.get((candidate_id, split, objective), {}))
 
     def failures(self, candidate_id: str) -> int:
         return self._failures.get(candidate_id, 0)
 
-    def score(self, candidate_id: str, split: str = "dev") -> float:
-        res = self._results.get((candidate_id, split))
+    def score(self, candidate_id: str, split: str = "dev", objective: str = "task") -> float:
+        res = self._results.get((candidate_id, split, objective))
         if not res:
             return math.nan
         return sum(r.score for r in res.values()) / len(res)
 
-    def ranked(self, split: str = "dev", min_examples: int = 1) -> list[tuple[Candidate, float]]:
+    def ranked(self, split: str = "dev", min_examples: int = 1, objective: str = "task") -> list[tuple[Candidate, float]]:
         """Candidates with at least `min_examples` scored, best first (ties: first seen wins)."""
-        scored = [(c, self.score(c.id, split)) for c in self._candidates.values()
-                  if self.n_scored(c.id, split) >= min_examples]
+        scored = [(c, self.score(c.id, split, objective)) for c in self._candidates.values()
+                  if self.n_scored(c.id, split, objective) >= min_examples]
         return sorted(scored, key=lambda cs: -cs[1])
 
 

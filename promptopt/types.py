@@ -126,6 +126,7 @@ class Evaluation:
     state: Literal["complete", "failed"] = "complete"
     error: str | None = None
     usage: Usage = Usage()
+    objective: str = "task"  # "task": the task metric; "loss": gold log-likelihood (see scorer)
 
     @property
     def score(self) -> float:
@@ -139,7 +140,8 @@ class Evaluation:
         return tuple(r.example_id for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"candidate_id": self.candidate_id, "split": self.split, "state": self.state,
+        return {"candidate_id": self.candidate_id, "split": self.split, "objective": self.objective,
+                "state": self.state,
                 "error": self.error, "score": None if math.isnan(self.score) else self.score,
                 "usage": self.usage.to_json(), "results": [r.to_json() for r in self.results]}
 
@@ -147,4 +149,5 @@ class Evaluation:
     def from_json(cls, d: Mapping[str, Any]) -> "Evaluation":
         return cls(d["candidate_id"], d["split"],
                    tuple(ExampleResult.from_json(r) for r in d["results"]),
-                   d.get("state", "complete"), d.get("error"), Usage.from_json(d.get("usage")))
+                   d.get("state", "complete"), d.get("error"), Usage.from_json(d.get("usage")),
+                   d.get("objective", "task"))
