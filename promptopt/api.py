@@ -1,7 +1,7 @@
 """Python API: build a run from a RunConfig, run it to the end (or resume it), evaluate prompts."""
 from __future__ import annotations
 
-import math
+import json
 import platform
 import subprocess
 import sys
@@ -81,12 +81,6 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
-    if resume_dir is None:
-        run_dir = new_run_dir(Path(cfg.run_dir), cfg.run_name)
-        log = RunLog(run_dir)
-    else:
-        run_dir = resume_dir
-        log = RunLog(run_dir, resume=True)
     cache = None
     if cfg.cache:
         cache = ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path())
@@ -94,6 +88,13 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     needs_optimizer = getattr(strategy_cls, "needs_optimizer", False)
     target = backends.get(cfg.target)
     optimizer = backends.get(cfg.optimizer) if cfg.optimizer is not None and needs_optimizer else None
+    # The run dir is made only once everything loaded, so a bad input leaves nothing half-written.
+    if resume_dir is None:
+        run_dir = new_run_dir(Path(cfg.run_dir), cfg.run_name)
+        log = RunLog(run_dir)
+    else:
+        run_dir = resume_dir
+        log = RunLog(run_dir, resume=True)
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None},
@@ -137,7 +138,6 @@ def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
 
 def resume_config(run_dir: str | Path) -> RunConfig:
     d = Path(run_dir)
-    import json
     try:
         meta = json.loads((d / CONFIG).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -186,6 +186,3 @@ def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", mode
     from .types import prompt_id
     return score_jobs(t, target, [Job(prompt_id(prompt), prompt, split, examples)])[0]
 
-
-def summarize_score(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

@@ -1,0 +1,119 @@
+"""The CLI end to end on the fake backend: outputs on disk, cache re-runs, and one-line errors."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from promptopt.cli import main
+
+
+def run_cli(*args, capsys):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def base(tmp_path):
+    return ["optimize", "--task", "demo", "--strategy", "paraphrase", "--backend", "fake", "--model", "m",
+            "--run-dir", str(tmp_path / "runs"), "--set", f"cache_path={tmp_path / 'cache.sqlite'}", "-q",
+            "--budget", "300"]
+
+
+def the_run(tmp_path) -> Path:
+    (d,) = [p for p in (tmp_path / "runs").iterdir()]
+    return d
+
+
+def test_optimize_writes_config_events_summary(base, tmp_path, capsys):
+    code, out, err = run_cli(*base, capsys=capsys)
+    assert code == 0, err
+    d = the_run(tmp_path)
+    assert {p.name for p in d.iterdir()} >= {"config.json", "events.jsonl", "summary.json"}
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["best_dev"] >= summary["seed_dev"]
+    assert "seed" in out and "best" in out
+    types = {json.loads(l)["type"] for l in (d / "events.jsonl").read_text().splitlines()}
+    assert {"run.start", "candidate", "eval", "optimizer_call", "run.end"} <= types
+
+
+def test_rerun_makes_zero_model_calls(base, tmp_path, capsys):
+    assert run_cli(*base, capsys=capsys)[0] == 0
+    first = json.loads((the_run(tmp_path) / "summary.json").read_text())
+    for d in (tmp_path / "runs").iterdir():
+        d.rename(tmp_path / f"old-{d.name}")
+    assert run_cli(*base, capsys=capsys)[0] == 0
+    second = json.loads((the_run(tmp_path) / "summary.json").read_text())
+    assert first["cache"]["model_calls"] > 0
+    assert second["cache"]["model_calls"] == 0 and second["cache"]["hits"] > 0
+    assert second["best_prompt"] == first["best_prompt"]
+
+
+def test_show_and_list(base, tmp_path, capsys):
+    assert run_cli(*base, capsys=capsys)[0] == 0
+    code, out, _ = run_cli("show", str(the_run(tmp_path)), capsys=capsys)
+    assert code == 0 and "lineage" in out and "best dev score by step" in out
+    code, out, _ = run_cli("list", "strategies", capsys=capsys)
+    assert code == 0 and "paraphrase" in out.split()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "nosuchtask"], "unknown task 'nosuchtask'"),
+    (["--strategy", "paraphrse"], "did you mean 'paraphrase'"),
+    (["--budget", "0"], "must be positive"),
+    (["--budget", "dollars=3"], "unknown limit"),
+    (["--set", "paraphrase.rounds=0"], "rounds"),
+    (["--set", "paraphrase.nope=1"], "unknown setting"),
+    (["--set", "bogus.x=1"], "unknown section"),
+    (["--backend", "nosuch"], "unknown backend"),
+    (["--set", "seed=notanint"], "seed"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(base, tmp_path, capsys, args, needle):
+    code, _, err = run_cli(*base, *args, capsys=capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("promptopt: error:") and needle in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unwritable_run_dir(base, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    args = [a if a != str(tmp_path / "runs") else str(ro / "runs") for a in base]
+    code, _, err = run_cli(*args, capsys=capsys)
+    if os.geteuid() == 0:  # root ignores permission bits; use a path under a regular file instead
+        args = [a if a != str(ro / "runs") else str(tmp_path / "cache.sqlite" / "runs") for a in args]
+        (tmp_path / "cache.sqlite").touch()
+        code, _, err = run_cli(*args, capsys=capsys)
+    assert code == 2 and "run directory" in err and err.count("\n") == 1
+
+
+def test_bad_config_file(base, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("task = [unclosed")
+    code, _, err = run_cli(*base, "--config", str(cfg), capsys=capsys)
+    assert code == 2 and "not valid TOML" in err
+    code, _, err = run_cli(*base, "--config", str(tmp_path / "missing.toml"), capsys=capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_config_precedence(base, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('seed = 7\nstrategy = "paraphrase"\n[strategy_options]\nrounds = 1\nproposals = 2\n')
+    code, _, err = run_cli(*base, "--config", str(cfg), "--seed", "9", "--set", "paraphrase.proposals=3", capsys=capsys)
+    assert code == 0, err
+    c = json.loads((the_run(tmp_path) / "config.json").read_text())["config"]
+    assert c["seed"] == 9 and c["strategy_options"] == {"rounds": 1, "proposals": 3}
+
+
+def test_resume_errors(tmp_path, capsys):
+    code, _, err = run_cli("optimize", "--resume", str(tmp_path / "nope"), capsys=capsys)
+    assert code == 2 and "not a run directory" in err
+
+
+def test_evaluate_prompt(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROMPTOPT_CACHE_DIR", str(tmp_path))
+    code, out, err = run_cli("evaluate", "--task", "demo", "--prompt", "Is it a complaint?", "--backend", "fake",
+                             "--model", "m", "--split", "dev", capsys=capsys)
+    assert code == 0 and "dev score" in out, err
