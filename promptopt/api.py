@@ -88,21 +88,16 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     needs_optimizer = getattr(strategy_cls, "needs_optimizer", False)
     target = backends.get(cfg.target)
     optimizer = backends.get(cfg.optimizer) if cfg.optimizer is not None and needs_optimizer else None
-    # The run dir is made only once everything loaded, so a bad input leaves nothing half-written.
-    if resume_dir is None:
-        run_dir = new_run_dir(Path(cfg.run_dir), cfg.run_name)
-        log = RunLog(run_dir)
-    else:
-        run_dir = resume_dir
-        log = RunLog(run_dir, resume=True)
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None},
             "argv": sys.argv}
+    # The run dir is made only once everything loaded, so a bad input leaves nothing half-written.
     if resume_dir is None:
-        write_json_atomic(run_dir / CONFIG, meta)
+        log = RunLog(new_run_dir(Path(cfg.run_dir), meta, cfg.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
     else:
+        log = RunLog(resume_dir, resume=True)
         log.session("run.resume", recorded_events=len(log.recorded))
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
               seed=cfg.seed, log=log, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,

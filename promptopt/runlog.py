@@ -47,22 +47,29 @@ def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
     return events, good
 
 
-def new_run_dir(root: Path, name: str | None = None) -> Path:
-    """Create a fresh run directory; the name has a random suffix so parallel runs never collide."""
+def new_run_dir(root: Path, config: Any, name: str | None = None) -> Path:
+    """Create a fresh run directory holding config.json. It is built under a hidden name and renamed
+    into place, so a run dir never exists without its config; a random suffix keeps parallel runs apart."""
     try:
         root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(13, "permission denied")
     except OSError as e:
-        raise ConfigError(f"cannot create run directory {root}: {e.strerror}") from e
-    if not os.access(root, os.W_OK):
-        raise ConfigError(f"run directory {root} is not writable")
+        raise ConfigError(f"cannot create run directory {root}: {e.strerror or e}") from e
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     for _ in range(20):
-        d = root / f"{name or stamp}-{secrets.token_hex(3)}"
+        final = root / f"{name or stamp}-{secrets.token_hex(3)}"
+        staging = root / f".{final.name}.partial"
         try:
-            d.mkdir()
-            return d
+            staging.mkdir()
         except FileExistsError:
             continue
+        write_json_atomic(staging / CONFIG, config)
+        try:
+            os.rename(staging, final)  # fails if `final` exists: then try another name
+        except OSError:
+            continue
+        return final
     raise ConfigError(f"could not create a unique run directory under {root}")
 
 

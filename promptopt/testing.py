@@ -17,9 +17,6 @@ from .strategy import Strategy
 from .task import Task
 from .types import Example
 
-WORDS = ["clearly", "carefully", "briefly", "precisely", "think", "label", "answer", "review", "decide", "sentiment"]
-
-
 def toy_task(n_train: int = 12, n_dev: int = 12, n_test: int = 12, output: str = "choose") -> Task:
     """A small made-up classification (or generation) task for fast tests."""
     def split(name: str, n: int) -> list[Example]:
@@ -34,11 +31,7 @@ def toy_task(n_train: int = 12, n_dev: int = 12, n_test: int = 12, output: str =
 
 def fake_optimizer() -> FakeBackend:
     """An optimizer whose replies are new, deterministic prompt variants (a function of the request)."""
-    def reply(req: GenRequest) -> str:
-        text = req.messages[-1][1] if req.messages else req.prompt
-        k = sum(map(ord, text)) + (req.seed or 0)
-        return f"Decide {WORDS[k % len(WORDS)]} and {WORDS[(k // 7) % len(WORDS)]}: is the text good or bad?"
-    return FakeBackend("fake-optimizer", replies=reply)
+    return FakeBackend("fake-optimizer")
 
 
 def make_run(strategy: Strategy, *, task: Task | None = None, target: Any = None, optimizer: Any = None,

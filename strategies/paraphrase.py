@@ -39,9 +39,14 @@ class Paraphrase:
         if self.round == 0:
             self.round = 1
             return [Candidate(p, origin="seed") for p in ctx.task.seed_prompts]
-        if self.round > self.config.rounds:
-            return []
-        self.round += 1
+        while self.round <= self.config.rounds:
+            self.round += 1
+            proposals = self._propose(ctx)
+            if proposals:
+                return proposals
+        return []
+
+    def _propose(self, ctx: Context) -> list[Candidate]:
         parents = [c for c, _ in ctx.history.ranked("dev")[: self.config.parents]]
         reqs = [GenRequest(messages=(("user", INSTRUCTION.format(prompt=parents[i % len(parents)].text)),),
                            max_tokens=self.config.max_tokens, temperature=self.config.temperature)

@@ -1,11 +1,12 @@
 """A deterministic in-process backend for fast tests: no model, but real Backend semantics.
 
 Log-likelihoods are a fixed function of the text (so scores differ between prompts and are
-reproducible); generation replays scripted replies, or echoes when none are left.
+reproducible); generation replays scripted replies, or writes a deterministic instruction variant when none are left.
 """
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Callable, Sequence
 
 from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
@@ -19,15 +20,26 @@ def _unit(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
+_WORDS = ("clearly", "carefully", "briefly", "precisely", "think", "label", "answer", "read", "decide", "check")
+
+
+def _variant(text: str, seed: int | None) -> str:
+    """A deterministic new instruction derived from the request: lets strategies run on the fake."""
+    k = int(_unit(f"{seed}\x00{text}") * 1e9)
+    return (f"Read the text {_WORDS[k % 10]}, {_WORDS[(k // 10) % 10]} and {_WORDS[(k // 100) % 10]}, "
+            "then give the answer.")
+
+
 @register_backend("fake")
 class FakeBackend:
     capabilities = frozenset({GENERATE, LOGLIKELIHOOD, CHAT})
 
     def __init__(self, model: str = "fake", replies: Sequence[str] | Callable[[GenRequest], str] = (),
-                 fail_every: int = 0, **_: object):
+                 fail_every: int = 0, delay: float = 0.0, **_: object):
         self.model = model
         self._replies = replies if callable(replies) else list(replies)
         self.fail_every = fail_every
+        self.delay = delay  # seconds per batch call: lets crash tests kill a run mid-call
         self.calls = 0  # batch calls made (tests assert on this, e.g. zero after a cache re-run)
         self.requests = 0
 
@@ -35,6 +47,8 @@ class FakeBackend:
         return f"fake:{self.model}"
 
     def _tick(self, n: int) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         self.calls += 1
         self.requests += n
         if self.fail_every and self.calls % self.fail_every == 0:
@@ -50,7 +64,7 @@ class FakeBackend:
             elif self._replies:
                 reply = self._replies.pop(0)
             else:
-                reply = text[-40:]
+                reply = _variant(text, r.seed)
             out.append(GenResult(reply, "stop", Usage(1, len(text.split()), len(reply.split()))))
         return out
 
