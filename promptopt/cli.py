@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -33,8 +34,8 @@ def parse_budget(text: str) -> dict[str, Any]:
             num = float(val)
         except ValueError:
             raise ConfigError(f"--budget: {key}={val!r} is not a number") from None
-        if num <= 0:
-            raise ConfigError(f"--budget: {key} must be positive, got {val}")
+        if not math.isfinite(num) or num <= 0:
+            raise ConfigError(f"--budget: {key} must be a positive finite number, got {val}")
         out[BUDGET_KEYS[key]] = int(num) if key in ("examples", "calls", "tokens") else num
     return out
 
@@ -79,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="at most N examples")
     e.add_argument("--no-cache", action="store_true")
     _model_flags(e)
+
+    x = sub.add_parser("explain", help="how much each sentence of a prompt raises or lowers loss and accuracy")
+    x.add_argument("--task", required=True, help="task name or a task spec file")
+    x.add_argument("--prompt", required=True)
+    x.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    x.add_argument("--limit", type=int, help="at most N examples")
+    x.add_argument("--by", default="sentence", choices=["sentence", "phrase"], help="segment size")
+    x.add_argument("--mask-token", default="", help="what replaces a segment (default: delete it)")
+    x.add_argument("--loss", default="auto", choices=["auto", "cross_entropy", "margin"],
+                   help="auto: margin for classification, cross_entropy for generation")
+    x.add_argument("--out", help="JSON file to write (default: runs/explain/<task>-<prompt id>.json)")
+    x.add_argument("--no-cache", action="store_true")
+    _model_flags(x)
 
     s = sub.add_parser("show", help="top candidates, lineage and score per step of a run")
     s.add_argument("run")
@@ -161,6 +175,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import default_json_path, explain, print_explanation, write_explanation
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    expl = explain(args.prompt, args.task, split=args.split, limit=args.limit, by=args.by,
+                   mask_token=args.mask_token, loss=args.loss, model=args.model or "embedded",
+                   backend=args.backend or "hf", data_dir=args.data_dir, cache=not args.no_cache)
+    print_explanation(expl)
+    path = Path(args.out) if args.out else default_json_path(expl)
+    write_explanation(expl, path)
+    print(f"json: {path}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for name in registry.names(args.kind):
         print(name)
@@ -179,7 +208,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "list": _list, "show": _show,
+COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
             "download-model": _download_model}
 
 

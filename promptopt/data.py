@@ -81,10 +81,35 @@ def read_table(path: Path, delimiter: str = "\t") -> list[dict[str, str]]:
 
 
 def _open(path: Path) -> Any:
+    """Open a data file as UTF-8; invalid bytes surface as a TaskError naming the file and line."""
     try:
-        return open(path, encoding="utf-8", newline="")
+        return _Utf8Lines(open(path, encoding="utf-8", newline=""), path)
     except OSError as e:
         raise TaskError(f"cannot read {path}: {e.strerror}") from None
+
+
+class _Utf8Lines:
+    """A text file whose decoding errors become one clear TaskError."""
+
+    def __init__(self, f: Any, path: Path):
+        self._f, self._path, self._line = f, path, 0
+
+    def __enter__(self) -> "_Utf8Lines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def __iter__(self) -> "_Utf8Lines":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line = next(self._f)
+        except UnicodeDecodeError:
+            raise TaskError(f"{self._path}:{self._line + 1}: not UTF-8 text; re-save the file as UTF-8") from None
+        self._line += 1
+        return line
 
 
 def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], source: str) -> None:

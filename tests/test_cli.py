@@ -61,7 +61,7 @@ def test_show_and_list(base, tmp_path, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["--task", "nosuchtask"], "unknown task 'nosuchtask'"),
     (["--strategy", "paraphrse"], "did you mean 'paraphrase'"),
-    (["--budget", "0"], "must be positive"),
+    (["--budget", "0"], "must be a positive"),
     (["--budget", "dollars=3"], "unknown limit"),
     (["--set", "paraphrase.rounds=0"], "rounds"),
     (["--set", "paraphrase.nope=1"], "unknown setting"),
