@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import registry
 from .budget import Budget
@@ -15,12 +16,25 @@ from .errors import ConfigError
 NONE_MODEL = "none"
 
 
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.I)
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = "hf"
     model: str = "embedded"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # Options are saved in config.json and the run log: secrets must come from the environment.
+        for key in options:
+            if _SECRET_KEY.search(key):
+                raise ValueError(f"{key!r} looks like a secret; put it in an environment variable and "
+                                 f"name that variable instead (e.g. api_key_env=MY_KEY_VAR)")
+        return options
 
 
 class RunConfig(BaseModel):

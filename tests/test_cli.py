@@ -117,3 +117,8 @@ def test_evaluate_prompt(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli("evaluate", "--task", "demo", "--prompt", "Is it a complaint?", "--backend", "fake",
                              "--model", "m", "--split", "dev", capsys=capsys)
     assert code == 0 and "dev score" in out, err
+
+
+def test_secret_in_options_is_refused(base, tmp_path, capsys):
+    code, _, err = run_cli(*base, "--set", "backend.api_key=sk-live-123", capsys=capsys)
+    assert code == 2 and "environment variable" in err and "sk-live-123" not in err
