@@ -8,7 +8,7 @@ import threading
 import time
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -42,7 +42,7 @@ class RecordingBackend(FakeBackend):
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> ResponseCache:
+def cache(tmp_path: Path) -> Iterator[ResponseCache]:
     with ResponseCache(tmp_path / "responses.sqlite") as c:
         yield c
 
@@ -233,10 +233,15 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_write_distinct, args=(str(path), w, n, barrier)) for w in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
 
     reqs = [ll(f"w{w} r{i}") for w in range(2) for i in range(n)]
@@ -327,5 +332,5 @@ def test_default_cache_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_unusable_directory_is_one_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(CacheError, match="cannot create the response cache directory"):
+    with pytest.raises(CacheError, match="cannot open the response cache"):
         ResponseCache(blocker / "responses.sqlite")

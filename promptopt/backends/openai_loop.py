@@ -28,7 +28,12 @@ class LoopThread:
         """Run `coro` on the private loop and wait for it from the calling thread."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopThread.run called from its own loop; await the coroutine instead")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C in the caller: stop the batch instead of leaving it running
+            raise
 
     def stop(self, cleanup: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run `cleanup` (e.g. closing HTTP clients) on the loop, then stop and join the thread."""

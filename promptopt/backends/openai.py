@@ -1,0 +1,400 @@
+"""The `openai` backend: any OpenAI-compatible server (OpenAI, vLLM's server, llama.cpp, ...).
+
+Generation goes through `/chat/completions`; log-likelihoods through `/completions` with
+`echo` + `logprobs` + `max_tokens=0` (or 1 where a server refuses 0), which `check()` probes once
+per server before the run. Requests run concurrently on a private event loop, bounded by
+`concurrency` and optional requests/tokens-per-minute limits, retried only when retrying can help.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
+
+from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from ..errors import CapabilityError, ConfigError
+from ..registry import register_backend
+from ..types import Usage
+from .openai_limits import RateLimiter
+from .openai_logprobs import EchoedPrompt, continuation_logprob, echoed_prompt
+from .openai_loop import LoopThread
+from .openai_prices import DEFAULT_PRICES, price_for, usd
+from .openai_retry import CallStats, retrying
+from .openai_transport import OpenAIRequestError, Server
+
+T = TypeVar("T")
+Scored = tuple[float, bool, tuple[float, ...]]  # logprob, is_greedy, per-token logprobs
+OPENAI_URL = "https://api.openai.com/v1"
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
+_PROBE_TAIL = " lazy dog."
+_PROBE_LL_RETRIES = 2  # llama.cpp answers echo with a 500: absorb a blip, not a refusal
+
+
+@dataclass(frozen=True)
+class _ServerInfo:
+    """What check() learned about one server."""
+
+    url: str
+    served_model: str  # the model id the server reports in its responses
+    chat_error: str | None  # why chat completions do not work, if they do not
+    ll_max_tokens: int | None  # 0 or 1: what echo+logprobs needs; None when unsupported
+    ll_error: str | None
+
+
+def _base_urls(base_url: str | Sequence[str] | None) -> list[str]:
+    if base_url is None:
+        base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not urls:
+        raise ConfigError("openai backend: base_url is an empty list; give at least one server URL")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"openai backend: base_url {url!r} is not an http(s) URL "
+                              "(e.g. http://127.0.0.1:8000/v1)")
+    return list(dict.fromkeys(u.rstrip("/") for u in urls))
+
+
+def _usage_counts(data: Mapping[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens; 0 where a server leaves usage out or garbles it."""
+    usage = data.get("usage")
+    try:
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0, 0
+
+
+async def _gather(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """Like asyncio.gather, but a raised (fatal) error cancels the other requests at once."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _shutdown(loop: LoopThread, servers: list[Server]) -> None:
+    async def close_clients() -> None:
+        for server in servers:
+            await server.aclose()
+    loop.stop(close_clients)
+
+
+@register_backend("openai")
+class OpenAIBackend:
+    """A model behind one or more OpenAI-compatible servers (load spread over all of them).
+
+    The API key is read from the environment variable `api_key_env` and only ever sent in the
+    Authorization header. `prices` maps model -> (USD per 1M input, per 1M output tokens) and
+    extends/overrides the defaults. Retry-After is honored up to `max_wait` seconds.
+    """
+
+    def __init__(self, model: str, base_url: str | Sequence[str] | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 32,
+                 rpm: float | None = None, tpm: float | None = None, timeout: float = 60.0,
+                 max_retries: int = 6, prices: Mapping[str, Sequence[float]] | None = None,
+                 backoff: float = 0.5, max_wait: float = 60.0, **_: object):
+        if not model:
+            raise ConfigError("openai backend: name a model, e.g. model='gpt-4o-mini'")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_wait < 0:
+            raise ConfigError("openai backend: concurrency must be >= 1, max_retries >= 0, "
+                              "timeout > 0, backoff and max_wait >= 0")
+        urls = _base_urls(base_url)
+        api_key = os.environ.get(api_key_env, "").strip() or None
+        if api_key is None and any(urlsplit(u).hostname == "api.openai.com" for u in urls):
+            raise ConfigError(f"openai backend: model {model!r} on {OPENAI_URL} needs an API key; "
+                              f"set ${api_key_env}")
+        self.model = model
+        self._servers = [Server(u, api_key, api_key_env, timeout, concurrency) for u in urls]
+        table = {**DEFAULT_PRICES, **{k: (float(v[0]), float(v[1])) for k, v in (prices or {}).items()}}
+        self._price = price_for(model, table)
+        self._retry = dict(max_retries=max_retries, backoff=backoff, max_wait=max_wait)
+        self._limits = (concurrency, rpm, tpm)
+        self._slots: asyncio.Semaphore  # these three are made with the loop, in _run
+        self._rpm: RateLimiter | None
+        self._tpm: RateLimiter | None
+        self._stats = CallStats()
+        self._usage = Usage()
+        self._turn = 0  # round-robin among equally loaded servers
+        self._info: dict[Server, _ServerInfo] | None = None
+        self._check_lock = threading.Lock()
+        self._loop: LoopThread | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, servers={[s.url for s in self._servers]})"
+
+    # --- public API --------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What every server can do for this model; probes the servers on first use."""
+        info = self._checked()
+        caps = {GENERATE, CHAT} if all(i.chat_error is None for i in info.values()) else set()
+        if all(i.ll_max_tokens is not None for i in info.values()):
+            caps.add(LOGLIKELIHOOD)
+        return frozenset(caps)
+
+    def check(self, needs: Iterable[str] = ()) -> None:
+        """Probe every server once (idempotent) and fail with one line if the model, key or URL is
+        wrong, or if a capability in `needs` is missing, naming the server and its reason."""
+        info = self._checked()
+        for cap in needs:
+            if cap not in self.capabilities:
+                raise self._capability_error(cap, info)
+
+    def fingerprint(self) -> str:
+        """The model asked for plus what the servers report serving; never URLs or keys."""
+        served = sorted({i.served_model for i in self._checked().values()})
+        return f"openai:{self.model}|served:{','.join(served)}"
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Requests sent, retries and failures by kind, and the summed usage (tokens, USD)."""
+        return {**self._stats.to_json(), "usage": self._usage.to_json()}
+
+    def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
+        self.check(needs=[GENERATE])
+        return self._run(_gather(self._generate_one(r) for r in reqs)) if reqs else []
+
+    def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
+        self.check(needs=[LOGLIKELIHOOD])
+        return self._run(_gather(self._loglikelihood_one(r) for r in reqs)) if reqs else []
+
+    def close(self) -> None:
+        """Close HTTP connections and stop the private loop thread (also done at garbage collection)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> "OpenAIBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        if self._loop is None or not self._loop.running:
+            # asyncio primitives belong to one loop: a new loop (first use, or use after close())
+            # gets fresh ones.
+            concurrency, rpm, tpm = self._limits
+            self._slots = asyncio.Semaphore(concurrency)
+            self._rpm = RateLimiter(rpm) if rpm else None
+            self._tpm = RateLimiter(tpm) if tpm else None
+            self._loop = LoopThread()
+            self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._servers)
+        return self._loop.run(coro)
+
+    def _checked(self) -> dict[Server, _ServerInfo]:
+        with self._check_lock:
+            if self._info is None:
+                infos = self._run(_gather(self._probe(s) for s in self._servers))
+                self._info = dict(zip(self._servers, infos))
+            return self._info
+
+    def _capability_error(self, cap: str, info: Mapping[Server, _ServerInfo]) -> CapabilityError:
+        if cap == LOGLIKELIHOOD:
+            bad = next(i for i in info.values() if i.ll_max_tokens is None)
+            return CapabilityError(
+                f"openai backend at {bad.url} (model {self.model!r}) cannot give prompt "
+                f"log-likelihoods ({bad.ll_error}); use a task scored by generation, or serve the "
+                "model with vLLM, whose /v1/completions echoes prompt logprobs")
+        if cap in (GENERATE, CHAT):
+            bad = next(i for i in info.values() if i.chat_error is not None)
+            return CapabilityError(
+                f"openai backend at {bad.url} (model {self.model!r}) cannot chat ({bad.chat_error}); "
+                "serve the model with a chat template, or use a task scored by log-likelihood")
+        return CapabilityError(f"openai backend (model {self.model!r}) cannot do {cap!r}; "
+                               f"it can do: {', '.join(sorted(self.capabilities)) or 'nothing'}")
+
+    def _pick(self, avoid: Server | None) -> Server:
+        """The least busy server, rotating among ties; after a failure prefer another server."""
+        pool = [s for s in self._servers if s is not avoid] or self._servers
+        least = min(s.in_flight for s in pool)
+        ties = [s for s in pool if s.in_flight == least]
+        self._turn += 1
+        return ties[self._turn % len(ties)]
+
+    async def _attempt(self, server: Server, path: str, payload: dict[str, Any],
+                       parse: Callable[[dict[str, Any], Server], T], est_tokens: int) -> T:
+        # Limits are taken before a concurrency slot so waiting on them never holds a slot.
+        if self._rpm:
+            await self._rpm.acquire(1)
+        if self._tpm:
+            await self._tpm.acquire(est_tokens)
+        async with self._slots:
+            server.in_flight += 1
+            self._stats.requests += 1
+            try:
+                data = await server.post(path, self.model, payload)
+            finally:
+                server.in_flight -= 1
+        if self._tpm:
+            self._tpm.correct(sum(_usage_counts(data)) - est_tokens)
+        return parse(data, server)
+
+    async def _call(self, path: str, payload: Callable[[Server], dict[str, Any]],
+                    parse: Callable[[dict[str, Any], Server], T], est_tokens: int,
+                    server: Server | None = None, retry_connect: bool = True,
+                    max_retries: int | None = None) -> T:
+        """One logical call with retries; `server` pins it (probes), else load is spread."""
+        failed: Server | None = None
+
+        async def once() -> T:
+            nonlocal failed
+            target = server or self._pick(avoid=failed)
+            try:
+                return await self._attempt(target, path, payload(target), parse, est_tokens)
+            except OpenAIRequestError:
+                failed = target
+                raise
+
+        policy = {**self._retry, **({} if max_retries is None else {"max_retries": max_retries})}
+        return await retrying(self._stats, retry_connect=retry_connect, **policy)(once)
+
+    def _account(self, prompt_tokens: int, completion_tokens: int, started: float) -> Usage:
+        usage = Usage(1, prompt_tokens, completion_tokens, time.monotonic() - started,
+                      usd(prompt_tokens, completion_tokens, self._price))
+        self._usage = self._usage + usage
+        return usage
+
+    def _failed(self, err: OpenAIRequestError, started: float) -> Usage:
+        if err.fatal:
+            raise err
+        self._stats.record_failure(err.kind)
+        return self._account(0, 0, started)
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _parse_chat(self, data: dict[str, Any], server: Server) -> tuple[str, str, tuple[int, int]]:
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise server.malformed(self.model, "no choices[0].message") from None
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return str(text), finish, _usage_counts(data)
+
+    async def _generate_one(self, req: GenRequest) -> GenResult:
+        messages = ([{"role": r, "content": c} for r, c in req.messages]
+                    or [{"role": "user", "content": req.prompt}])
+        payload: dict[str, Any] = {"model": self.model, "messages": messages,
+                                   "max_tokens": req.max_tokens, "temperature": req.temperature}
+        if req.stop:
+            payload["stop"] = list(req.stop)
+        if req.seed is not None:
+            payload["seed"] = req.seed
+        est = sum(len(m["content"]) for m in messages) // 4 + req.max_tokens
+        started = time.monotonic()
+        try:
+            text, finish, (pt, ct) = await self._call("chat/completions", lambda _: payload,
+                                                      self._parse_chat, est)
+        except OpenAIRequestError as e:
+            return GenResult("", "error", self._failed(e, started), error=str(e))
+        return GenResult(text, finish, self._account(pt, ct, started))
+
+    # --- log-likelihood ------------------------------------------------------------------------
+
+    def _echo_payload(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        return {"model": self.model, "prompt": prompt, "echo": True, "logprobs": 1,
+                "max_tokens": max_tokens, "temperature": 0.0}
+
+    def _parse_echo(self, continuation: str, max_tokens: int,
+                    data: dict[str, Any]) -> tuple[EchoedPrompt, Scored]:
+        """Raises ValueError when the response does not carry usable prompt logprobs."""
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise ValueError("no choices in the response")
+        # With max_tokens=1 the echo also holds the generated token; usage says where the prompt ends.
+        prompt_tokens = _usage_counts(data)[0] if max_tokens else None
+        try:
+            echo = echoed_prompt(choices[0], prompt_tokens or None)
+            return echo, continuation_logprob(echo, continuation)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:  # wrongly typed fields
+            raise ValueError(f"unexpected logprobs layout ({type(e).__name__}: {e})") from None
+
+    async def _loglikelihood_one(self, req: LLRequest) -> LLResult:
+        started = time.monotonic()
+        if not req.context:
+            msg = (f"openai backend (model {self.model!r}): an empty context cannot be scored "
+                   "through echo (the first token has no logprob); put the prompt before the answer")
+            self._stats.record_failure("empty_context")
+            return LLResult(math.nan, usage=self._account(0, 0, started), error=msg)
+        info = self._info
+        assert info is not None, "check() runs before any request"
+
+        def payload(server: Server) -> dict[str, Any]:
+            return self._echo_payload(req.context + req.continuation, info[server].ll_max_tokens or 0)
+
+        def parse(data: dict[str, Any], server: Server) -> tuple[Scored, tuple[int, int]]:
+            try:
+                _, scored = self._parse_echo(req.continuation, info[server].ll_max_tokens or 0, data)
+            except ValueError as e:
+                raise server.malformed(self.model, str(e)) from None
+            return scored, _usage_counts(data)
+
+        est = len(req.context + req.continuation) // 4 + 1
+        try:
+            (logprob, greedy, tokens), (pt, ct) = await self._call("completions", payload, parse, est)
+        except OpenAIRequestError as e:
+            return LLResult(math.nan, usage=self._failed(e, started), error=str(e))
+        return LLResult(logprob, greedy, tokens, self._account(pt, ct, started))
+
+    # --- start-up probe ------------------------------------------------------------------------
+
+    async def _probe(self, server: Server) -> _ServerInfo:
+        """Chat with max_tokens=1, then echo+logprobs with max_tokens=0 (or 1). A refused
+        connection, bad key, unknown model or wrong URL raises; an unsupported endpoint is noted."""
+        chat_model, chat_error = None, None
+        chat = {"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
+                "max_tokens": 1, "temperature": 0.0}
+        try:
+            chat_model = await self._call("chat/completions", lambda _: chat,
+                                          lambda d, _: str(d.get("model") or ""), 8,
+                                          server=server, retry_connect=False)
+        except OpenAIRequestError as e:
+            if e.fatal or e.retryable:
+                raise
+            chat_error = e.detail
+        ll_model, ll_max_tokens, ll_error = None, None, None
+        for max_tokens in (0, 1):
+            try:
+                ll_model = await self._call(
+                    "completions", lambda _: self._echo_payload(_PROBE_TEXT, max_tokens),
+                    lambda d, _: self._validate_probe(d, max_tokens), 16, server=server,
+                    retry_connect=False, max_retries=min(_PROBE_LL_RETRIES, self._retry["max_retries"]))
+                ll_max_tokens = max_tokens
+                break
+            except OpenAIRequestError as e:
+                if e.fatal and chat_error is not None:
+                    raise  # a bad key or URL explains both failures
+                ll_error = e.detail
+                if e.kind not in ("http_400", "http_422"):
+                    break  # only a refused max_tokens=0 is worth asking again with 1
+            except ValueError as e:
+                ll_error = f"/completions with echo gave no usable prompt logprobs: {e}"
+        if chat_error is not None and ll_max_tokens is None:
+            raise OpenAIRequestError(
+                f"openai backend at {server.url} (model {self.model!r}): neither chat completions "
+                f"({chat_error}) nor /completions with echo ({ll_error}) work; check base_url and model",
+                kind="unsupported", fatal=True)
+        served = chat_model or ll_model or self.model
+        return _ServerInfo(server.url, served, chat_error, ll_max_tokens,
+                           None if ll_max_tokens is not None else ll_error)
+
+    def _validate_probe(self, data: dict[str, Any], max_tokens: int) -> str:
+        """The server's model id, if the probe's echo carries usable prompt logprobs."""
+        echo, (logprob, _, _) = self._parse_echo(_PROBE_TAIL, max_tokens, data)
+        if echo.text_length < len(_PROBE_TEXT) or len(echo.tokens) < 3 or not math.isfinite(logprob):
+            raise ValueError("the echo does not cover the prompt")
+        return str(data.get("model") or "")

@@ -1,0 +1,200 @@
+"""A fault-injecting HTTP proxy for testing clients of OpenAI-compatible servers.
+
+It listens on 127.0.0.1 only, forwards each request to a real upstream server, and at chosen
+rates replaces the exchange with a fault: 429 with or without Retry-After, 500/502/503, a hang
+(no response until the client times out), a dropped connection, malformed JSON, a truncated
+body, or a slow (but correct) response. It counts what it injected. Faults can also be queued to
+hit the next requests in order, which makes tests deterministic. It stops itself after
+`max_lifetime` seconds.
+
+    with FakeOpenAIServer() as server, FaultProxy(server.url, rates={"503": 0.1}) as proxy:
+        ...  # point the client at proxy.url
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import threading
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+FAULTS = ("429", "429_no_retry_after", "500", "502", "503", "hang", "drop", "malformed",
+          "truncated", "slow")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
+               "proxy-connection", "te", "trailer", "upgrade"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # see testing_server: avoids a delayed-ACK stall per response
+    timeout = 30
+    server: "_ProxyServer"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.owner._handle(self, b"")
+
+    def do_POST(self) -> None:
+        self.server.owner._handle(self, self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    owner: "FaultProxy"
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, rates: Mapping[str, float] | None = None, *, seed: int = 0,
+                 retry_after: float = 1.0, hang_seconds: float = 30.0, slow_seconds: float = 0.5,
+                 max_lifetime: float = 600.0):
+        rates = dict(rates or {})
+        unknown = set(rates) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        if sum(rates.values()) > 1.0 or any(r < 0 for r in rates.values()):
+            raise ValueError("fault rates must be >= 0 and sum to at most 1")
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream {upstream!r} is not an http(s) URL")
+        self._upstream = parts
+        self.rates = rates
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self.slow_seconds = slow_seconds
+        self.max_lifetime = max_lifetime
+        self.injected: Counter[str] = Counter()
+        self.requests = 0
+        self.forwarded = 0  # requests that reached the upstream (slow/malformed/truncated included)
+        self._planned: deque[str | None] = deque()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: _ProxyServer | None = None
+        self._timer: threading.Timer | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy's base URL: the upstream's path on the proxy's port."""
+        assert self._httpd is not None, "proxy not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{self._upstream.path.rstrip('/')}"
+
+    def queue(self, *faults: str | None) -> None:
+        """Inject these faults, in order, into the next requests (None lets one through)."""
+        unknown = {f for f in faults if f is not None} - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}")
+        with self._lock:
+            self._planned.extend(faults)
+
+    def start(self) -> "FaultProxy":
+        self._httpd = _ProxyServer(("127.0.0.1", 0), _Handler)
+        self._httpd.owner = self
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        self._timer = threading.Timer(self.max_lifetime, self.stop)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # releases hanging handlers
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- per request ----------------------------------------------------------------------
+
+    def _choose(self) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self._planned:
+                fault = self._planned.popleft()
+            else:
+                fault, edge, draw = None, 0.0, self._rng.random()
+                for kind, rate in self.rates.items():
+                    edge += rate
+                    if draw < edge:
+                        fault = kind
+                        break
+            if fault is not None:
+                self.injected[fault] += 1
+            return fault
+
+    def _handle(self, h: _Handler, body: bytes) -> None:
+        fault = self._choose()
+        if fault in ("429", "429_no_retry_after", "500", "502", "503"):
+            status = int(fault[:3])
+            extra = {"Retry-After": f"{self.retry_after:g}"} if fault == "429" else {}
+            return self._reply(h, status, _error_body(status), extra)
+        if fault in ("hang", "drop"):
+            if fault == "hang":
+                self._stopping.wait(self.hang_seconds)
+            h.close_connection = True
+            return
+        if fault == "slow":
+            self._stopping.wait(self.slow_seconds)
+        status, headers, data = self._forward(h, body)
+        if fault == "malformed" and status == 200:
+            data = data[: len(data) // 2]  # cut JSON, but a complete HTTP message
+        if fault == "truncated":
+            return self._reply(h, status, data, headers, send=len(data) // 2)
+        self._reply(h, status, data, headers)
+
+    def _forward(self, h: _Handler, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        up = self._upstream
+        conn_cls = http.client.HTTPSConnection if up.scheme == "https" else http.client.HTTPConnection
+        conn = conn_cls(up.hostname, up.port, timeout=self.hang_seconds + 30)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            conn.request(h.command, h.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            kept = {k: v for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP}
+            with self._lock:
+                self.forwarded += 1
+            return resp.status, kept, data
+        except OSError as e:
+            return 502, {"Content-Type": "application/json"}, json.dumps(
+                {"error": {"message": f"faultproxy: upstream unreachable ({e})", "code": 502}}).encode()
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _reply(h: _Handler, status: int, data: bytes, headers: Mapping[str, str],
+               send: int | None = None) -> None:
+        """Send a response; `send` < len(data) announces the full length but stops early and
+        closes, which is what a truncated body looks like to the client."""
+        h.send_response(status)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        if not any(k.lower() == "content-type" for k in headers):
+            h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        if send is not None:
+            h.send_header("Connection", "close")
+        h.end_headers()
+        h.wfile.write(data if send is None else data[:send])
+        if send is not None:
+            h.wfile.flush()
+            h.close_connection = True
+
+
+def _error_body(status: int) -> bytes:
+    message = {429: "Rate limit reached", 500: "Internal server error", 502: "Bad gateway",
+               503: "Service unavailable"}[status]
+    return json.dumps({"error": {"message": f"{message} (injected by faultproxy)",
+                                 "type": "server_error", "code": status}}).encode()

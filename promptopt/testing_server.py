@@ -1,0 +1,234 @@
+"""A tiny OpenAI-compatible HTTP server for tests and benchmarks: deterministic, on 127.0.0.1 only.
+
+It serves `/v1/models`, `/v1/chat/completions` and `/v1/completions` (echo + logprobs in the
+shape vLLM returns) with values that are a fixed function of the text, so tests can recompute
+them. Switches imitate other servers: a key check, a small context window, a server that wants
+max_tokens >= 1 with echo (older vLLM), one that cannot echo (llama.cpp: HTTP 500), one without a chat
+template (a base model on vLLM), a BOS token in the echo. It stops itself after `max_lifetime`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping
+
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
+GREEDY_ABOVE = -1.0  # a token is the greedy choice iff its logprob is above this
+GENERATED_TOKEN = " the"  # what the server "generates" after an echoed prompt
+
+
+def tokenize(text: str) -> list[str]:
+    """Words and punctuation with their leading whitespace; the pieces join back to `text`."""
+    return _TOKEN.findall(text)
+
+
+def token_logprob(prefix: str, token: str) -> float:
+    """The server's deterministic log-probability of `token` after `prefix`, in (-4.05, -0.05]."""
+    digest = hashlib.sha256(f"{prefix}\x00{token}".encode("utf-8")).digest()
+    return -0.05 - 4.0 * int.from_bytes(digest[:8], "big") / 2**64
+
+
+def chat_reply(messages: list[Mapping[str, Any]]) -> str:
+    return "echo: " + str(messages[-1].get("content", "")) if messages else "echo:"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+    timeout = 30  # idle keep-alive connections release their thread
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet in tests
+        pass
+
+    def _send(self, status: int, body: Mapping[str, Any]) -> None:
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, code: str | int) -> None:
+        self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
+
+    def do_GET(self) -> None:
+        self.server.owner._handle(self, "GET", None)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._error(400, "request body is not JSON", 400)
+        self.server.owner._handle(self, "POST", body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many concurrent connects must not overflow the listen backlog
+    owner: "FakeOpenAIServer"
+
+
+class FakeOpenAIServer:
+    """Use as a context manager; `url` is the base URL (ending in /v1) to give a client."""
+
+    def __init__(self, model: str = "test-model", *, api_key: str | None = None, delay: float = 0.0,
+                 max_context: int = 4096, echo: bool = True, echo_min_max_tokens: int = 0,
+                 chat: bool = True, bos: str = "", served_model: str | None = None,
+                 leak_key_in_errors: bool = False, max_lifetime: float = 120.0):
+        self.model = model
+        self.api_key = api_key
+        self.delay = delay
+        self.max_context = max_context
+        self.echo = echo
+        self.echo_min_max_tokens = echo_min_max_tokens
+        self.chat = chat
+        self.bos = bos
+        self.served_model = served_model or model
+        self.leak_key_in_errors = leak_key_in_errors  # a careless server, to test redaction
+        self.max_lifetime = max_lifetime
+        self.requests: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.bodies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._httpd: _Server | None = None
+        self._timer: threading.Timer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> "FakeOpenAIServer":
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd.owner = self
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        self._timer = threading.Timer(self.max_lifetime, self.stop)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- request handling -------------------------------------------------------------------
+
+    def _handle(self, h: _Handler, method: str, body: dict[str, Any] | None) -> None:
+        path = h.path.split("?")[0]
+        with self._lock:
+            self.requests[path] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if body is not None:
+                self.bodies.append(body)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            self._route(h, method, path, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _route(self, h: _Handler, method: str, path: str, body: dict[str, Any] | None) -> None:
+        sent = h.headers.get("Authorization", "")
+        if self.api_key is not None and sent != f"Bearer {self.api_key}":
+            shown = sent.removeprefix("Bearer ") if self.leak_key_in_errors else "sk-...redacted"
+            return h._error(401, f"Incorrect API key provided: {shown}.", "invalid_api_key")
+        if method == "GET" and path == "/v1/models":
+            return h._send(200, {"object": "list", "data": [
+                {"id": self.served_model, "object": "model", "owned_by": "promptopt-test", "root": self.model}]})
+        if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
+            return h._send(404, {"detail": "Not Found"})
+        assert body is not None
+        if body.get("model") != self.model:
+            return h._error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+        if path == "/v1/chat/completions":
+            return self._chat(h, body)
+        return self._completions(h, body)
+
+    def _too_long(self, h: _Handler, prompt_tokens: int, max_tokens: int) -> bool:
+        if prompt_tokens + max_tokens <= self.max_context:
+            return False
+        h._error(400, f"This model's maximum context length is {self.max_context} tokens. However, you "
+                      f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+                      f"{max_tokens} in the completion).", 400)
+        return True
+
+    def _chat(self, h: _Handler, body: dict[str, Any]) -> None:
+        if not self.chat:
+            return h._error(400, "Cannot use chat template functions because tokenizer.chat_template "
+                                 "is not set and no template argument was passed!", 400)
+        messages = body.get("messages") or []
+        prompt_tokens = sum(len(tokenize(str(m.get("content", "")))) for m in messages)
+        max_tokens = int(body.get("max_tokens") or 16)
+        if self._too_long(h, prompt_tokens, max_tokens):
+            return
+        reply = chat_reply(messages)
+        for stop in body.get("stop") or []:
+            reply = reply.split(stop)[0]
+        pieces = tokenize(reply)
+        finish = "length" if len(pieces) > max_tokens else "stop"
+        reply = "".join(pieces[:max_tokens])
+        h._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "model": self.served_model,
+                      "choices": [{"index": 0, "finish_reason": finish,
+                                   "message": {"role": "assistant", "content": reply}}],
+                      "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": min(len(pieces), max_tokens),
+                                "total_tokens": prompt_tokens + min(len(pieces), max_tokens)}})
+
+    def _completions(self, h: _Handler, body: dict[str, Any]) -> None:
+        prompt = str(body.get("prompt", ""))
+        max_tokens = int(body.get("max_tokens", 16))
+        echo = bool(body.get("echo"))
+        if echo and not self.echo:  # llama.cpp raises a runtime_error, which it sends as a 500
+            return h._error(500, "Only no echo is supported", 500)
+        if echo and max_tokens < self.echo_min_max_tokens:
+            return h._error(400, f"max_tokens must be at least {self.echo_min_max_tokens}, got {max_tokens}.", 400)
+        tokens = ([self.bos] if self.bos else []) + tokenize(prompt)
+        if self._too_long(h, len(tokens), max_tokens):
+            return
+        generated = [GENERATED_TOKEN] * max_tokens
+        shown = (tokens if echo else []) + generated
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length",
+                                  "text": (prompt if echo else "") + "".join(generated), "logprobs": None}
+        if body.get("logprobs") is not None:
+            choice["logprobs"] = self._logprobs(shown, echo, len(tokens))
+        h._send(200, {"id": "cmpl-test", "object": "text_completion", "model": self.served_model,
+                      "choices": [choice],
+                      "usage": {"prompt_tokens": len(tokens), "completion_tokens": max_tokens,
+                                "total_tokens": len(tokens) + max_tokens}})
+
+    def _logprobs(self, shown: list[str], echo: bool, n_prompt: int) -> dict[str, Any]:
+        values: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        text = ""
+        for i, tok in enumerate(shown):
+            offsets.append(len(text))
+            if echo and i == 0:  # the first prompt token has no context, as in vLLM
+                values.append(None)
+                tops.append(None)
+            else:
+                lp = token_logprob(text, tok)
+                values.append(lp)
+                tops.append({tok: lp} if lp > GREEDY_ABOVE else {"<alt>": GREEDY_ABOVE / 2, tok: lp})
+            text += tok
+        return {"tokens": shown, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}

@@ -1,0 +1,515 @@
+"""The openai backend against a real local OpenAI-compatible server, behind a fault proxy.
+
+Every server here is a real HTTP server on 127.0.0.1 that stops itself; nothing is mocked.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from promptopt.backend import GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
+from promptopt.backends.openai import OpenAIBackend
+from promptopt.backends.openai_limits import RateLimiter
+from promptopt.backends.openai_logprobs import EchoedPrompt, continuation_logprob
+from promptopt.backends.openai_prices import price_for, usd
+from promptopt.backends.openai_transport import parse_retry_after, server_message
+from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptOptError
+from promptopt.faultproxy import FaultProxy
+from promptopt.registry import get
+from promptopt.testing import BackendContract
+from promptopt.testing_server import GREEDY_ABOVE, FakeOpenAIServer, token_logprob, tokenize
+
+KEY_ENV = "PROMPTOPT_TEST_OPENAI_KEY"
+SECRET = "sk-test-SECRET-0123456789abcdef"
+MODEL = "test-model"
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quick_thread_switches():
+    # Client and servers share this process (and its GIL); with the default 5 ms switch interval
+    # every hand-over between them stalls, which real, separate servers never see.
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer(MODEL, max_lifetime=60) as s:
+        yield s
+
+
+@pytest.fixture
+def proxy(server):
+    with FaultProxy(server.url, retry_after=0.3, hang_seconds=3, slow_seconds=0.2, max_lifetime=60) as p:
+        yield p
+
+
+def make(url, **kw) -> OpenAIBackend:
+    opts = dict(api_key_env=KEY_ENV, backoff=0.01, max_wait=5, timeout=2, max_retries=3)
+    return OpenAIBackend(kw.pop("model", MODEL), base_url=url, **{**opts, **kw})
+
+
+@pytest.fixture
+def backend_factory():
+    made: list[OpenAIBackend] = []
+
+    def factory(url, **kw):
+        made.append(make(url, **kw))
+        return made[-1]
+    yield factory
+    for b in made:
+        b.close()
+
+
+def expected_ll(context: str, continuation: str, bos: str = "") -> tuple[float, bool]:
+    """Recompute what the test server assigns to the continuation's tokens."""
+    pieces = ([bos] if bos else []) + tokenize(context + continuation)
+    text, values, boundary = "", [], len(bos) + len(context)
+    for tok in pieces:
+        if len(text) + len(tok) > boundary:
+            values.append(token_logprob(text, tok))
+        text += tok
+    return sum(values), all(v > GREEDY_ABOVE for v in values)
+
+
+def assert_one_clear_line(err: BaseException, *must_contain: str) -> None:
+    msg = str(err)
+    assert isinstance(err, PromptOptError)
+    assert "\n" not in msg and "Traceback" not in msg
+    for part in must_contain:
+        assert part in msg, f"{part!r} not in {msg!r}"
+    assert SECRET not in msg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- happy path -------------------------------------------------------------------------------
+
+class TestBackendContract(BackendContract):
+    """The shared backend contract, against the test server."""
+
+    @pytest.fixture(autouse=True)
+    def _backend(self, server, backend_factory):
+        self._backend_under_test = backend_factory(server.url)
+
+    def make_backend(self) -> OpenAIBackend:
+        return self._backend_under_test
+
+
+def test_registered_under_openai():
+    assert get("backends", "openai") is OpenAIBackend
+
+
+def test_generate_keeps_order_and_reports_usage(server, backend_factory):
+    b = backend_factory(server.url)
+    reqs = [GenRequest(f"prompt number {i}", max_tokens=20) for i in range(12)]
+    reqs.append(GenRequest(messages=(("system", "be brief"), ("user", "hi there")), max_tokens=20))
+    reqs.append(GenRequest("a b c d e f", max_tokens=2))
+    out = b.generate(reqs)
+    assert [r.text for r in out[:12]] == [f"echo: prompt number {i}" for i in range(12)]
+    assert out[12].text == "echo: hi there"
+    assert (out[13].text, out[13].finish_reason) == ("echo:", "length")
+    assert out[0].usage.prompt_tokens == 3 and out[0].usage.completion_tokens == 5
+    assert all(r.error is None and r.usage.calls == 1 for r in out)
+    body = next(x for x in server.bodies if x.get("messages", [{}])[0].get("content") == "be brief")
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+
+
+def test_stop_and_seed_are_sent(server, backend_factory):
+    b = backend_factory(server.url)
+    (r,) = b.generate([GenRequest("one, two", stop=(",",), seed=7, temperature=0.7)])
+    assert r.text == "echo: one"
+    assert server.bodies[-1]["seed"] == 7 and server.bodies[-1]["stop"] == [","]
+
+
+def test_usd_from_price_table_and_overrides(server, backend_factory):
+    b = backend_factory(server.url, prices={MODEL: (1.5, 4.0)})
+    out = b.generate([GenRequest("x y z", max_tokens=20)] * 3)
+    for r in out:
+        assert r.usage.usd == pytest.approx((r.usage.prompt_tokens * 1.5 + r.usage.completion_tokens * 4.0) / 1e6)
+        assert r.usage.usd > 0
+    assert b.stats["usage"]["usd"] == pytest.approx(sum(r.usage.usd for r in out))
+    free = backend_factory(server.url)
+    assert free.generate([GenRequest("x")])[0].usage.usd == 0.0
+
+
+def test_price_lookup():
+    table = {"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6)}
+    assert price_for("gpt-4o-mini-2024-07-18", table) == (0.15, 0.6)
+    assert price_for("gpt-4o-2024-08-06", table) == (2.5, 10.0)
+    assert price_for("gpt-4omni", table) == (0.0, 0.0)
+    assert price_for("my-local-llama", table) == (0.0, 0.0)
+    assert usd(1_000_000, 500_000, (2.5, 10.0)) == pytest.approx(7.5)
+
+
+# --- log-likelihood ---------------------------------------------------------------------------
+
+LL_CASES = [("Review: great film. Sentiment:", " positive"),
+            ("Answer: ", "positive"),  # the continuation's token starts inside the context
+            ("Q: 2+2=? A:", " four, clearly."),
+            ("Hello", "")]
+
+
+@pytest.mark.parametrize("bos", ["", "<s>"])
+def test_loglikelihood_matches_server_logprobs(bos, backend_factory):
+    with FakeOpenAIServer(MODEL, bos=bos, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        assert LOGLIKELIHOOD in b.capabilities
+        out = b.loglikelihood([LLRequest(c, x) for c, x in LL_CASES])
+        for (ctx, cont), res in zip(LL_CASES, out):
+            logprob, greedy = expected_ll(ctx, cont, bos)
+            assert res.error is None
+            assert res.logprob == pytest.approx(logprob, abs=1e-9)
+            assert res.is_greedy == greedy
+        assert len(out[1].token_logprobs) == 1  # " positive", which starts inside the context
+        assert len(out[2].token_logprobs) == 4 and out[3].token_logprobs == ()
+        body = next(x for x in srv.bodies if x.get("prompt") == LL_CASES[0][0] + LL_CASES[0][1])
+        assert body["echo"] is True and body["max_tokens"] == 0 and body["logprobs"] == 1
+
+
+def test_greedy_flag_varies():
+    greedy = [expected_ll("ctx", f" w{i}")[1] for i in range(40)]
+    assert any(greedy) and not all(greedy)  # the server's data exercises both branches
+
+
+def test_max_tokens_one_fallback_gives_same_scores(backend_factory):
+    with FakeOpenAIServer(MODEL, echo_min_max_tokens=1, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        assert LOGLIKELIHOOD in b.capabilities
+        out = b.loglikelihood([LLRequest(c, x) for c, x in LL_CASES])
+        for (ctx, cont), res in zip(LL_CASES, out):
+            assert res.logprob == pytest.approx(expected_ll(ctx, cont)[0], abs=1e-9)
+        assert srv.bodies[-1]["max_tokens"] == 1
+
+
+def test_server_without_echo_lacks_loglikelihood(backend_factory):
+    with FakeOpenAIServer(MODEL, echo=False, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        assert b.capabilities == {GENERATE, "chat"}
+        with pytest.raises(CapabilityError) as e:
+            b.check(needs=[LOGLIKELIHOOD])
+        assert_one_clear_line(e.value, srv.url, MODEL, "Only no echo is supported", "log-likelihood")
+        with pytest.raises(CapabilityError):
+            b.loglikelihood([LLRequest("a", " b")])
+        assert b.generate([GenRequest("still chats")])[0].text == "echo: still chats"
+        assert srv.requests["/v1/completions"] == 3  # the probe and two retries: a 500 may be a blip
+
+
+def test_server_without_chat_template_still_scores(backend_factory):
+    with FakeOpenAIServer(MODEL, chat=False, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        assert b.capabilities == {LOGLIKELIHOOD}
+        assert b.loglikelihood([LLRequest("a b", " c")])[0].error is None
+        with pytest.raises(CapabilityError) as e:
+            b.generate([GenRequest("hi")])
+        assert_one_clear_line(e.value, srv.url, "chat_template")
+
+
+def test_continuation_offsets_unit():
+    # "<s>" is a BOS the server echoed; offsets count it, the prompt does not start with it.
+    echo = EchoedPrompt(tokens=["<s>", "Answer", ":", " yes"], offsets=[0, 3, 9, 10],
+                        logprobs=[None, -1.0, -0.5, -0.25], top=[None, None, {":": -0.5}, {" no": -0.1, " yes": -0.25}])
+    assert continuation_logprob(echo, " yes") == (-0.25, False, (-0.25,))
+    assert continuation_logprob(echo, "yes") == (-0.25, False, (-0.25,))
+    assert continuation_logprob(echo, ": yes") == (-0.75, False, (-0.5, -0.25))
+    with pytest.raises(ValueError):
+        continuation_logprob(echo, "<s>Answer: yes")
+
+
+def test_empty_context_is_a_per_request_error(server, backend_factory):
+    b = backend_factory(server.url)
+    res = b.loglikelihood([LLRequest("", "hello"), LLRequest("x", " y")])
+    assert math.isnan(res[0].logprob) and "empty context" in res[0].error
+    assert res[1].error is None
+
+
+# --- faults: retried and survived -------------------------------------------------------------
+
+FAULT_KIND = {"429": "http_429", "429_no_retry_after": "http_429", "500": "http_500",
+              "502": "http_502", "503": "http_503", "drop": "dropped", "truncated": "dropped",
+              "malformed": "malformed", "hang": "timeout"}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_KIND))
+def test_each_retryable_fault_is_retried(fault, proxy, backend_factory):
+    b = backend_factory(proxy.url, timeout=0.6 if fault == "hang" else 2.0)
+    b.check()
+    proxy.retry_after = 0.05
+    proxy.queue(fault, fault)
+    gen, = b.generate([GenRequest("survive this")])
+    assert gen.error is None and gen.text == "echo: survive this"
+    proxy.queue(fault)
+    ll, = b.loglikelihood([LLRequest("Review: fine. Sentiment:", " positive")])
+    assert ll.error is None and ll.logprob == pytest.approx(expected_ll("Review: fine. Sentiment:", " positive")[0])
+    assert proxy.injected[fault] == 3
+    assert b.stats["retries_by_kind"] == {FAULT_KIND[fault]: 3}
+    assert b.stats["failures"] == 0
+
+
+def test_slow_response_is_not_a_fault_for_the_client(proxy, backend_factory):
+    b = backend_factory(proxy.url)
+    b.check()
+    proxy.queue("slow")
+    started = time.monotonic()
+    assert b.generate([GenRequest("slowly")])[0].text == "echo: slowly"
+    assert time.monotonic() - started >= 0.2
+    assert b.stats["retries"] == 0
+
+
+def test_retry_after_is_honored(proxy, backend_factory):
+    b = backend_factory(proxy.url)
+    b.check()
+    proxy.retry_after = 1.0
+    proxy.queue("429")
+    started = time.monotonic()
+    assert b.generate([GenRequest("wait for it")])[0].error is None
+    waited = time.monotonic() - started
+    assert 1.0 <= waited < 2.5  # the proxy says Retry-After: 1; our own backoff would be ~0.01 s
+    proxy.queue("429_no_retry_after")
+    started = time.monotonic()
+    assert b.generate([GenRequest("no header")])[0].error is None
+    assert time.monotonic() - started < 0.8
+
+
+def test_retry_after_parsing():
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "0.5"}) == 0.5
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
+    assert 50 < parse_retry_after({"retry-after": time.strftime(
+        "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))}) <= 61
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_retries_exhausted_become_error_results(proxy, backend_factory):
+    b = backend_factory(proxy.url, max_retries=2)
+    b.check()
+    proxy.queue("503", "503", "503")
+    bad, = b.generate([GenRequest("doomed")])
+    assert bad.finish_reason == "error" and bad.text == ""
+    assert_one_clear_line(BackendError(bad.error), proxy.url, MODEL, "HTTP 503", "Service unavailable")
+    proxy.queue("malformed", "malformed", "malformed")
+    ll, = b.loglikelihood([LLRequest("a", " b")])
+    assert math.isnan(ll.logprob)
+    assert_one_clear_line(BackendError(ll.error), proxy.url, MODEL, "malformed JSON")
+    assert b.stats["failures_by_kind"] == {"http_503": 1, "malformed": 1}
+    assert b.generate([GenRequest("fine again")])[0].error is None  # the backend keeps working
+
+
+def test_retry_moves_to_another_server(backend_factory):
+    with FakeOpenAIServer(MODEL, max_lifetime=60) as a, FakeOpenAIServer(MODEL, max_lifetime=60) as b_srv, \
+            FaultProxy(a.url, max_lifetime=60) as broken:
+        b = backend_factory([broken.url, b_srv.url], max_retries=1)
+        b.check()
+        broken.rates = {"503": 1.0}  # from now on every request through it fails
+        out = b.generate([GenRequest(f"q{i}") for i in range(10)])
+        assert all(r.error is None for r in out)
+        assert broken.injected["503"] >= 1
+
+
+# --- start-up errors: one clear line, fast -----------------------------------------------------
+
+def test_bad_api_key_fails_fast(monkeypatch, backend_factory):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeOpenAIServer(MODEL, api_key="sk-the-right-one", leak_key_in_errors=True, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        started = time.monotonic()
+        with pytest.raises(BackendError) as e:
+            b.check()
+        assert time.monotonic() - started < 2.0
+        assert_one_clear_line(e.value, srv.url, MODEL, "HTTP 401", f"${KEY_ENV}", "***")
+        assert srv.requests["/v1/chat/completions"] == 1  # not retried
+
+
+def test_missing_api_key_says_which_variable(backend_factory):
+    with FakeOpenAIServer(MODEL, api_key="sk-the-right-one", max_lifetime=60) as srv:
+        with pytest.raises(BackendError) as e:
+            backend_factory(srv.url).check()
+        assert_one_clear_line(e.value, "no key was sent", f"${KEY_ENV}")
+
+
+def test_good_api_key_is_sent(monkeypatch, backend_factory):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeOpenAIServer(MODEL, api_key=SECRET, max_lifetime=60) as srv:
+        assert backend_factory(srv.url).generate([GenRequest("ok")])[0].text == "echo: ok"
+
+
+def test_unknown_model_fails_fast(server, backend_factory):
+    with pytest.raises(BackendError) as e:
+        backend_factory(server.url, model="no-such-model").check()
+    assert_one_clear_line(e.value, server.url, "no-such-model", "does not exist", "/models")
+
+
+def test_wrong_base_url_path(server, backend_factory):
+    root = server.url.removesuffix("/v1")
+    with pytest.raises(BackendError) as e:
+        backend_factory(root).check()
+    assert_one_clear_line(e.value, root, "HTTP 404", "check base_url", "/v1")
+
+
+def test_refused_connection_fails_fast(backend_factory):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    b = backend_factory(url, max_retries=6, backoff=0.5)  # retrying would take seconds
+    started = time.monotonic()
+    with pytest.raises(BackendError) as e:
+        b.check()
+    assert time.monotonic() - started < 2.0 and b.stats["retries"] == 0
+    assert_one_clear_line(e.value, url, MODEL, "cannot connect", "start the server or fix base_url")
+
+
+def test_key_with_a_stray_newline_is_one_line_without_the_key(monkeypatch, server, backend_factory):
+    monkeypatch.setenv(KEY_ENV, SECRET[:8] + "\n" + SECRET[8:])
+    with pytest.raises(BackendError) as e:
+        backend_factory(server.url).check()
+    assert_one_clear_line(e.value, f"${KEY_ENV}", "stray characters")
+    assert SECRET[8:] not in str(e.value)
+
+
+def test_local_servers_bypass_proxy_settings(monkeypatch, server, backend_factory):
+    dead = f"http://127.0.0.1:{free_port()}"
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, dead)
+    assert backend_factory(server.url).generate([GenRequest("direct")])[0].text == "echo: direct"
+
+
+def test_server_messages_in_other_shapes():
+    assert server_message(b'{"detail": "Not Found"}') == ("Not Found", "")
+    assert server_message(b'{"object": "error", "message": "bad", "code": 400}') == ("bad", "400")
+    assert server_message(b"<html><body><h1>502 Bad Gateway</h1></body></html>")[0] == "502 Bad Gateway"
+    assert len(server_message(b"x" * 5000)[0]) <= 240
+
+
+def test_config_errors_before_any_request(monkeypatch):
+    with pytest.raises(ConfigError, match="not an http"):
+        OpenAIBackend(MODEL, base_url="127.0.0.1:8000/v1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"\$OPENAI_API_KEY"):
+        OpenAIBackend("gpt-4o-mini")
+    with pytest.raises(ConfigError):
+        OpenAIBackend(MODEL, base_url="http://127.0.0.1:1/v1", concurrency=0)
+
+
+def test_context_too_long_is_a_per_request_error(backend_factory):
+    with FakeOpenAIServer(MODEL, max_context=64, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        long = " ".join(["word"] * 100)
+        out = b.generate([GenRequest(long, max_tokens=8), GenRequest("short", max_tokens=8)])
+        assert out[0].finish_reason == "error"
+        assert_one_clear_line(BackendError(out[0].error), srv.url, MODEL, "maximum context length",
+                              "shorten the prompt or lower max_tokens")
+        assert out[1].error is None
+        ll = b.loglikelihood([LLRequest(long, " end")])[0]
+        assert "maximum context length" in ll.error
+        assert b.stats["retries"] == 0 and b.stats["failures_by_kind"] == {"context_length": 2}
+
+
+def test_key_revoked_mid_run_sinks_the_batch(monkeypatch, backend_factory):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeOpenAIServer(MODEL, api_key=SECRET, delay=0.01, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        b.check()
+        srv.api_key = "sk-rotated"
+        with pytest.raises(BackendError) as e:
+            b.generate([GenRequest(f"q{i}") for i in range(20)])
+        assert_one_clear_line(e.value, srv.url, "HTTP 401")
+
+
+def test_key_never_in_repr_fingerprint_or_stats(monkeypatch, backend_factory):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeOpenAIServer(MODEL, api_key=SECRET, served_model="test-model-2024-01-01", max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        b.generate([GenRequest("x")])
+        for text in (repr(b), b.fingerprint(), json.dumps(b.stats), str(b.__dict__.get("_info"))):
+            assert SECRET not in text
+        assert b.fingerprint() == "openai:test-model|served:test-model-2024-01-01"
+
+
+# --- load: concurrency, several servers, rate limits, callers --------------------------------
+
+def test_concurrency_bound_is_respected_across_base_urls(backend_factory):
+    # Two base URLs reach the same server (one through a proxy), so the server sees the total.
+    with FakeOpenAIServer(MODEL, delay=0.05, max_lifetime=60) as srv, \
+            FaultProxy(srv.url, max_lifetime=60) as other_route:
+        b = backend_factory([srv.url, other_route.url], concurrency=4)
+        out = b.generate([GenRequest(f"q{i}") for i in range(24)])
+        assert all(r.error is None for r in out)
+        assert srv.max_in_flight == 4
+
+
+def test_load_spreads_over_base_urls_and_fingerprint_ignores_order(backend_factory):
+    with FakeOpenAIServer(MODEL, delay=0.02, max_lifetime=60) as a, \
+            FakeOpenAIServer(MODEL, delay=0.02, max_lifetime=60) as c:
+        b = backend_factory([a.url, c.url], concurrency=8)
+        out = b.generate([GenRequest(f"q{i}") for i in range(40)])
+        assert [r.text for r in out] == [f"echo: q{i}" for i in range(40)]
+        served = (a.requests["/v1/chat/completions"], c.requests["/v1/chat/completions"])
+        assert min(served) >= 15, served
+        assert backend_factory([c.url, a.url]).fingerprint() == b.fingerprint()
+
+
+def test_requests_per_minute_limit(server, backend_factory):
+    b = backend_factory(server.url, rpm=1200)  # 20 a second, at most a second's worth at once
+    started = time.monotonic()
+    b.generate([GenRequest(f"q{i}") for i in range(40)])  # + 2 probe requests
+    assert time.monotonic() - started >= 0.9
+
+
+def test_tokens_per_minute_limiter():
+    async def run() -> float:
+        limiter = RateLimiter(1_200_000)  # 20,000 tokens a second, at most that many at once
+        started = time.monotonic()
+        await limiter.acquire(25_000)  # over capacity: passes on a full bucket, leaves a 5,000 debt
+        await limiter.acquire(1_000)  # waits out the debt and its own share: 0.3 s
+        limiter.correct(2_000)  # the call used 2,000 more tokens than estimated
+        await limiter.acquire(2_000)  # 0.2 s
+        return time.monotonic() - started
+    waited = asyncio.run(run())
+    assert 0.45 <= waited < 1.5
+
+
+def test_callable_from_a_running_loop_and_from_threads(server, backend_factory):
+    b = backend_factory(server.url)
+
+    async def inside_a_loop():
+        return b.generate([GenRequest("from a coroutine")])
+
+    assert asyncio.run(inside_a_loop())[0].text == "echo: from a coroutine"
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(b.generate([GenRequest(f"t{i}")])[0].text))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == [f"echo: t{i}" for i in range(4)]
+
+
+def test_close_stops_the_loop_thread_and_the_backend_can_start_again(server):
+    b = make(server.url, concurrency=2, rpm=6000)
+    b.generate([GenRequest("x")] * 4)
+    loop = b._loop
+    b.close()
+    assert loop is not None and not loop.running
+    assert [r.text for r in b.generate([GenRequest("again")] * 4)] == ["echo: again"] * 4
+    b.close()
