@@ -85,9 +85,10 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     if cfg.cache:
         cache = ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path())
     backends = Backends(cache)
-    needs_optimizer = getattr(strategy_cls, "needs_optimizer", False)
+    # `uses_optimizer`: a strategy that runs without one but uses it when configured (Plum's paraphrase).
+    wants_optimizer = getattr(strategy_cls, "needs_optimizer", False) or getattr(strategy_cls, "uses_optimizer", False)
     target = backends.get(cfg.target)
-    optimizer = backends.get(cfg.optimizer) if cfg.optimizer is not None and needs_optimizer else None
+    optimizer = backends.get(cfg.optimizer) if cfg.optimizer is not None and wants_optimizer else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None},
@@ -111,6 +112,9 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
                         "model_calls": sum(b.inner_calls for b in backends.cached)}
+    # Backends that count retries and failures by kind (e.g. openai) report them here.
+    summary["backend_stats"] = {b.fingerprint(): b.inner.stats for b in backends.cached
+                                if isinstance(getattr(b.inner, "stats", None), dict)}
     if run.log:
         run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
         write_json_atomic(run.log.dir / SUMMARY, summary)
