@@ -8,6 +8,7 @@ This module also holds the options model every task factory validates its keywor
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -43,20 +44,33 @@ def local_file(data_dir: Path | None, relpath: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def read_text(path: Path) -> str:
+    """A whole UTF-8 file; unreadable or non-UTF-8 content is one TaskError naming file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TaskError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TaskError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """One JSON object a line; blank lines are skipped. A bad line is named by file and number."""
     rows = []
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    # Split on "\n" only: JSON strings may hold other line separators (U+2028) unescaped.
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -66,50 +80,20 @@ def read_table(path: Path, delimiter: str = "\t") -> list[dict[str, str]]:
     Quoting matters: some RLPrompt fields are `"`-quoted and one holds a tab inside its quotes,
     so a naive split on the delimiter would cut rows apart.
     """
-    with _open(path) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    rows = []
+    try:
         if not reader.fieldnames:
             raise TaskError(f"{path}: empty file, expected a header row")
-        rows = []
         for row in reader:
             # Rows with more fields than the header put the extras under the key None.
             if None in row or None in row.values():
                 raise TaskError(f"{path}:{reader.line_num}: has {len(reader.fieldnames)} header columns "
                                 f"but this row does not match; check its quoting")
             rows.append(row)
+    except csv.Error as e:
+        raise TaskError(f"{path}:{reader.line_num}: cannot parse this row ({e})") from None
     return rows
-
-
-def _open(path: Path) -> Any:
-    """Open a data file as UTF-8; invalid bytes surface as a TaskError naming the file and line."""
-    try:
-        return _Utf8Lines(open(path, encoding="utf-8", newline=""), path)
-    except OSError as e:
-        raise TaskError(f"cannot read {path}: {e.strerror}") from None
-
-
-class _Utf8Lines:
-    """A text file whose decoding errors become one clear TaskError."""
-
-    def __init__(self, f: Any, path: Path):
-        self._f, self._path, self._line = f, path, 0
-
-    def __enter__(self) -> "_Utf8Lines":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-    def __iter__(self) -> "_Utf8Lines":
-        return self
-
-    def __next__(self) -> str:
-        try:
-            line = next(self._f)
-        except UnicodeDecodeError:
-            raise TaskError(f"{self._path}:{self._line + 1}: not UTF-8 text; re-save the file as UTF-8") from None
-        self._line += 1
-        return line
 
 
 def require_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], source: str) -> None:

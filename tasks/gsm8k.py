@@ -41,7 +41,7 @@ def gsm8k(data_dir: str | Path | None = None, seed: int = 0, **options: Any) -> 
     train_rows, source = _rows("train", root)
     test_rows, _ = _rows("test", root)
     train = [_example("train", i, row) for i, row in enumerate(train_rows)]
-    train, dev = carve(train, opts.dev_size, seed, "gsm8k dev_size")
+    train, dev = carve(train, opts.dev_size, seed, "task gsm8k, option dev_size")
     splits = {
         "train": sample(train, opts.train_size, seed),
         "dev": dev,

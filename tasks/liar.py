@@ -4,10 +4,10 @@ Local files only: `protegi/liar/{train,test}.jsonl` (fields `label`, `text`). Pr
 version is not on the hub in this form. Label 1 is PolitiFact "false", a lie, answer "Yes";
 label 0 is "true", answer "No" (shared/data/README.md explains why the generator's comment misleads).
 
-Dev is carved from train with the run seed. Its default size is 200, not 100: LIAR sits near
-60% accuracy for most prompts, and the standard error of an accuracy on 100 examples (~5 points)
-is larger than the gap between ordinary prompts, so selection on 100 would mostly pick noise.
-Strategies that race candidates still score only as many dev examples as they need.
+Dev is carved from train with the run seed. Its default size is 200 rather than 100: on 100
+examples the standard error of an accuracy near 60% is ~5 points, as large as the gains one hopes
+to measure; 200 brings it to ~3.5 and still leaves ~3,500 train rows. Strategies that race
+candidates score only as many dev examples as they need.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class LiarOptions(TaskOptions):
 def liar(data_dir: str | Path | None = None, seed: int = 0, **options: Any) -> Task:
     opts = parse_options(LiarOptions, options, "liar")
     root = resolve_data_dir(data_dir)
-    train, dev = carve(_examples("train", root), opts.dev_size, seed, "liar dev_size")
+    train, dev = carve(_examples("train", root), opts.dev_size, seed, "task liar, option dev_size")
     # The test sample ignores the run seed: every run reports on the same statements.
     test = sample(_examples("test", root), opts.test_limit, "test", balance_by=lambda ex: ex.label)
     splits = {"train": train, "dev": dev, "test": test}

@@ -1,0 +1,269 @@
+"""A task from a user's own files, described by a small TOML (or YAML) spec.
+
+    name = "intents"                        # optional, defaults to the spec's file name
+    template = "{prompt}\\n\\nMessage: {input}\\nIntent:"
+    output = "choose"                       # or "generate"
+    options = [" billing", " technical", " other"]   # choose only; index = label
+    seed_prompts = ["What is this message about?"]
+    metric = "accuracy"                     # choose: accuracy; generate: exact_match (alias accuracy),
+                                            #   contains or numeric
+    [columns]
+    input = "text"                          # the column put into {input}
+    target = "intent"                       # gold answer; for choose it must match an option
+    # label = "label"                       # choose: a column holding the option index instead
+    [data]
+    file = "intents.csv"                    # .jsonl, .csv or .tsv; paths are relative to the spec
+    split = { train = 0.4, dev = 0.3, test = 0.3 }   # fractions or counts
+    # or: train = "train.jsonl", dev = "dev.jsonl", test = "test.jsonl"
+
+Other `{name}` fields in the template are filled from the column of the same name. A seeded split
+draws test with a fixed seed, so every run reports on the same rows, then dev and train with the
+run seed. Generation settings: extract (strip | last_number | first_line), chat, max_tokens, stop.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from promptopt.data import (TaskOptions, carve, parse_options, read_jsonl, read_table, read_text, require_columns,
+                            sample)
+from promptopt.errors import ConfigError, TaskError
+from promptopt.registry import register_task
+from promptopt.task import SPLITS, Task, exact_match, identity, last_number
+from promptopt.template import template_fields
+from promptopt.types import Example
+
+Size = Union[PositiveInt, float]  # a count of rows, or a fraction of the file in (0, 1)
+
+
+def contains(prediction: str, example: Example) -> float:
+    """1 when the gold answer appears in the prediction, ignoring case."""
+    return float(example.target.strip().lower() in prediction.lower())
+
+
+def numeric(prediction: str, example: Example) -> float:
+    """1 when both parse as the same number (so "3.50" matches "3.5")."""
+    try:
+        got, want = float(prediction.replace(",", "")), float(example.target.replace(",", ""))
+    except ValueError:
+        return 0.0
+    return float(math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9))
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
+METRICS: dict[str, Callable[[str, Example], float]] = {
+    "exact_match": exact_match, "accuracy": exact_match, "contains": contains, "numeric": numeric}
+EXTRACTORS: dict[str, Callable[[str], str]] = {
+    "strip": identity, "last_number": last_number, "first_line": first_line}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Columns(_Spec):
+    input: str
+    target: str | None = None
+    label: str | None = None
+
+
+class DataFiles(_Spec):
+    file: str | None = None
+    split: dict[Literal["train", "dev", "test"], Size] | None = None
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+
+    @model_validator(mode="after")
+    def one_layout(self) -> "DataFiles":
+        explicit = [self.train, self.dev, self.test]
+        if self.file is not None:
+            if any(explicit):
+                raise ValueError("give either `file` with `split`, or `train`/`dev`/`test` files, not both")
+            if self.split is None or set(self.split) != set(SPLITS):
+                raise ValueError("`file` needs `split = { train = ..., dev = ..., test = ... }`")
+        elif not all(explicit):
+            raise ValueError("give `train`, `dev` and `test` files, or one `file` with a `split`")
+        return self
+
+
+class TaskSpec(_Spec):
+    name: str | None = None
+    description: str = ""
+    template: str
+    output: Literal["generate", "choose"]
+    options: list[str] = []
+    seed_prompts: list[str] = Field(min_length=1)
+    metric: Literal["exact_match", "contains", "numeric", "accuracy"] | None = None
+    extract: Literal["strip", "last_number", "first_line"] | None = None
+    chat: bool = False
+    max_tokens: PositiveInt = 256
+    stop: list[str] = []
+    columns: Columns
+    data: DataFiles
+
+    @model_validator(mode="after")
+    def consistent(self) -> "TaskSpec":
+        missing = [f"{{{f}}}" for f in ("prompt", "input") if f not in template_fields(self.template)]
+        if missing:
+            raise ValueError(f"the template lacks {' and '.join(missing)}")
+        if self.output == "choose":
+            if self.metric not in (None, "accuracy"):
+                raise ValueError(f"a choose task is scored by accuracy, not {self.metric!r}")
+            if len(self.options) < 2:
+                raise ValueError("a choose task needs at least two `options`")
+            if (self.columns.target is None) == (self.columns.label is None):
+                raise ValueError("a choose task needs exactly one of columns.target or columns.label")
+        else:
+            if self.options:
+                raise ValueError("`options` are for output = 'choose'; a generate task has none")
+            if self.columns.target is None:
+                raise ValueError("a generate task needs columns.target")
+        return self
+
+
+class CustomOptions(TaskOptions):
+    spec: Path
+
+
+@register_task("custom")
+def custom(data_dir: str | Path | None = None, seed: int = 0, **options: Any) -> Task:
+    """Build the task a spec file describes; `data_dir` is unused (the spec names its files)."""
+    path = parse_options(CustomOptions, options, "custom").spec
+    spec = load_spec(path)
+    name = spec.name or path.stem
+    splits = _splits(spec, path.parent, name, seed)
+    for split, examples in splits.items():
+        if not examples:
+            raise TaskError(f"{path}: the {split} split is empty; give it at least one row")
+    metric = spec.metric or ("accuracy" if spec.output == "choose" else "exact_match")
+    extract = spec.extract or ("last_number" if metric == "numeric" else "strip")
+    return Task(
+        name=name,
+        splits=splits,
+        template=spec.template,
+        output=spec.output,
+        options=tuple(spec.options),
+        seed_prompts=tuple(spec.seed_prompts),
+        extract=EXTRACTORS[extract],
+        metric=METRICS[metric],
+        max_tokens=spec.max_tokens,
+        stop=tuple(spec.stop),
+        chat=spec.chat,
+        description=spec.description,
+        meta={"source": str(path), "metric": metric, "extract": extract,
+              "sizes": {k: len(v) for k, v in splits.items()}},
+    )
+
+
+def load_spec(path: Path) -> TaskSpec:
+    """Read and validate a spec; every problem is one line naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"task spec {str(path)!r} does not exist; pass the path to a .toml or .yaml file")
+    raw = _parse(path, read_text(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table of settings at the top level")
+    try:
+        return TaskSpec(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        # Errors from the model validators have no location and start "Value error, ".
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        raise ConfigError(f"{path}: {where + ': ' if where else ''}{msg}") from None
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise ConfigError(f"{path}: TOML specs need Python 3.11+; write the spec in YAML") from None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML specs need PyYAML (pip install pyyaml); or write TOML") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    raise ConfigError(f"{path}: a task spec must end in .toml, .yaml or .yml")
+
+
+def _splits(spec: TaskSpec, base: Path, name: str, seed: int) -> dict[str, list[Example]]:
+    data = spec.data
+    if data.file is None:
+        files = {"train": data.train, "dev": data.dev, "test": data.test}
+        return {split: [_example(spec, row, f"{name}-{split}-{i}", f"{file} row {i + 1}")
+                        for i, row in enumerate(_read(spec, base / file))]
+                for split, file in files.items() if file}
+    rows = _read(spec, base / data.file)
+    examples = [_example(spec, row, f"{name}-{i}", f"{data.file} row {i + 1}") for i, row in enumerate(rows)]
+    sizes = _sizes(data.split or {}, len(examples), base / data.file)
+    # Test with a fixed seed (the same rows in every run), then dev and train with the run seed.
+    rest, test = carve(examples, sizes["test"], "test", f"{data.file} test split")
+    rest, dev = carve(rest, sizes["dev"], seed, f"{data.file} dev split")
+    return {"train": sample(rest, sizes["train"], seed), "dev": dev, "test": test}
+
+
+def _sizes(split: Mapping[str, float], n_rows: int, file: Path) -> dict[str, int]:
+    sizes = {}
+    for name, size in split.items():
+        if isinstance(size, float) and not 0 < size < 1:
+            raise ConfigError(f"{file}: split.{name} = {size} must be a row count or a fraction in (0, 1)")
+        sizes[name] = round(size * n_rows) if isinstance(size, float) else int(size)
+        if sizes[name] < 1:
+            raise TaskError(f"{file}: the {name} split would be empty ({size} of {n_rows} rows)")
+    if sum(sizes.values()) > n_rows:
+        raise ConfigError(f"{file}: the split asks for {sum(sizes.values())} rows but the file has {n_rows}")
+    return sizes
+
+
+def _read(spec: TaskSpec, path: Path) -> Sequence[Mapping[str, Any]]:
+    if not path.is_file():
+        raise TaskError(f"data file {str(path)!r} does not exist; paths in a spec are relative to the spec")
+    readers = {".jsonl": read_jsonl, ".csv": lambda p: read_table(p, ","), ".tsv": read_table}
+    if path.suffix not in readers:
+        raise ConfigError(f"{path}: data files must end in .jsonl, .csv or .tsv")
+    rows = readers[path.suffix](path)
+    needed = [c for c in (spec.columns.input, spec.columns.target, spec.columns.label) if c]
+    require_columns(rows, needed + sorted(template_fields(spec.template) - {"prompt", "input"}), str(path))
+    return rows
+
+
+def _example(spec: TaskSpec, row: Mapping[str, Any], example_id: str, where: str) -> Example:
+    cols, options = spec.columns, [o.strip() for o in spec.options]
+    extra = {f: str(row[f]) for f in template_fields(spec.template) - {"prompt", "input"}}
+    text = str(row[cols.input])
+    if spec.output == "generate":
+        return Example(example_id, text, str(row[cols.target]), fields=extra)
+    if cols.label is not None:
+        label = _int_or_none(row[cols.label])
+        if label is None or not 0 <= label < len(options):
+            raise TaskError(f"{where}: label {row[cols.label]!r} is not an option index 0..{len(options) - 1}")
+    else:
+        target = str(row[cols.target]).strip()
+        if target not in options:
+            raise TaskError(f"{where}: target {target!r} is not one of the options ({', '.join(options)})")
+        label = options.index(target)
+    return Example(example_id, text, options[label], label=label, fields=extra)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
