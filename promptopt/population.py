@@ -1,0 +1,155 @@
+"""Population bookkeeping shared by the evolutionary and local-search strategies.
+
+`Member` is a scored candidate; `roulette`, `tournament` and `top` are the selection rules of
+EvoPrompt and Plum; `IterativeSearch` is the ask/tell skeleton they all share: each iteration
+proposes candidates, asks the loop to score only those not scored before, turns the results into
+members (fitness from `promptopt.plum_score.Objective`) and hands them to the strategy's `update`.
+Everything is a function of ctx.rng and the results, so replay-based resume rebuilds the state.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
+
+from pydantic import Field
+
+from .plum_score import PLUM_ENTROPY_WEIGHT, Objective
+from .strategy import Context, ScoreRequest, StrategyConfig
+from .types import Candidate, Evaluation
+
+
+@dataclass(frozen=True)
+class Member:
+    """A candidate with its fitness (NaN until scored) and, for phrase edits, the phrases deleted
+    along its lineage (Plum's "add back" pool)."""
+
+    candidate: Candidate
+    fitness: float = math.nan
+    deleted: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.candidate.id
+
+    @property
+    def text(self) -> str:
+        return self.candidate.text
+
+    @property
+    def rank_key(self) -> float:
+        """Sort key: a failed (NaN) member ranks below everything."""
+        return -math.inf if math.isnan(self.fitness) else self.fitness
+
+
+def best(members: Sequence[Member]) -> Member:
+    """The fittest member; ties go to the first."""
+    return max(members, key=lambda m: m.rank_key)
+
+
+def top(members: Sequence[Member], n: int) -> list[Member]:
+    """The n fittest distinct members (first occurrence of a text wins; ties keep order)."""
+    seen: dict[str, Member] = {}
+    for m in members:
+        seen.setdefault(m.id, m)
+    return sorted(seen.values(), key=lambda m: -m.rank_key)[:n]
+
+
+def roulette(rng: random.Random, members: Sequence[Member], k: int) -> list[Member]:
+    """k draws with replacement, probability proportional to fitness (EvoPrompt's wheel).
+    Negative or NaN fitness weighs nothing; if nothing weighs, draws are uniform."""
+    weights = [max(m.fitness, 0.0) if not math.isnan(m.fitness) else 0.0 for m in members]
+    if sum(weights) <= 0:
+        weights = [1.0] * len(members)
+    return rng.choices(list(members), weights=weights, k=k)
+
+
+def tournament(rng: random.Random, members: Sequence[Member], k: int) -> Member:
+    """The best of k uniform draws with replacement (Plum's GA parent selection)."""
+    return best([rng.choice(members) for _ in range(k)])
+
+
+class SearchConfig(StrategyConfig):
+    """Settings every population or local search shares."""
+
+    eval_examples: int | None = Field(100, ge=1, description="dev examples each candidate is scored on "
+                                      "(the same ones for every candidate; null: the whole dev split)")
+    objective: Literal["plum", "task"] = Field("plum", description="plum: balanced accuracy + weighted label "
+                                               "entropy on classification tasks; task: the task metric")
+    entropy_weight: float = Field(PLUM_ENTROPY_WEIGHT, ge=0.0, description="weight of the label entropy (plum)")
+
+
+class IterativeSearch:
+    """The ask/tell skeleton. Subclasses implement `initial`, `start`, `propose`, `update` and
+    `finished`; they never build ScoreRequests or read scores themselves."""
+
+    config: SearchConfig
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        self.best: Member | None = None  # best ever, by fitness
+        self.iteration = 0  # proposals made so far (the seed round is not one)
+        self.stale = 0  # iterations in a row that did not beat the best (Plum's patience counter)
+        self._started = False
+        self._pending: list[Member] | None = None
+        self._objective: Objective | None = None
+
+    # -- hooks --
+    def initial(self, ctx: Context) -> list[Member]:
+        """What to score first: the task's seed prompts."""
+        return [Member(Candidate(p, origin="seed")) for p in ctx.task.seed_prompts]
+
+    def start(self, ctx: Context, scored: list[Member]) -> None:
+        raise NotImplementedError
+
+    def propose(self, ctx: Context) -> list[Member]:
+        """The next iteration's proposals (may include texts scored before: they cost nothing)."""
+        raise NotImplementedError
+
+    def update(self, ctx: Context, scored: list[Member]) -> None:
+        raise NotImplementedError
+
+    def finished(self, ctx: Context) -> bool:
+        raise NotImplementedError
+
+    # -- the protocol --
+    def ask(self, ctx: Context) -> list[ScoreRequest]:
+        while True:
+            if not self._started:
+                proposals = self.initial(ctx)
+            elif self.finished(ctx):
+                return []
+            else:
+                self.iteration += 1
+                proposals = self.propose(ctx)
+            fresh = {m.id: m.candidate for m in proposals if m.id not in ctx.history}
+            if fresh:
+                self._pending = proposals
+                return [ScoreRequest(c, "dev", n=self.config.eval_examples) for c in fresh.values()]
+            self._absorb(ctx, proposals)  # nothing new to score: this iteration is already decided
+
+    def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
+        if self._pending is not None:
+            proposals, self._pending = self._pending, None
+            self._absorb(ctx, proposals)
+
+    def fitness(self, ctx: Context, candidate_id: str) -> float:
+        if self._objective is None:
+            self._objective = Objective(ctx.task, self.config.objective, self.config.entropy_weight)
+        return self._objective(ctx.history.results(candidate_id, "dev"))
+
+    def _absorb(self, ctx: Context, proposals: list[Member]) -> None:
+        scored = [replace(m, fitness=self.fitness(ctx, m.id)) for m in proposals]
+        step_best = best(scored) if scored else None
+        improved = step_best is not None and not math.isnan(step_best.fitness) and (
+            self.best is None or step_best.fitness > self.best.fitness)
+        if improved:
+            self.best = step_best
+        self.stale = 0 if improved else self.stale + 1
+        if self._started:
+            self.update(ctx, scored)
+        else:
+            self._started = True
+            self.start(ctx, scored)
+

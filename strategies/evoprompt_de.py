@@ -1,0 +1,37 @@
+"""EvoPrompt's differential evolution: for each member x of the population, the optimizer LLM finds
+the parts where two other members a and b differ, mutates those parts, puts them into the best prompt
+so far, and crosses the result with x; the child replaces x only if it scores higher.
+
+"Best" is the best prompt ever scored, including initial prompts that did not enter the population
+(as in EvoPrompt). EvoPrompt calls the LLM member by member and updates the best as it goes; we ask
+for all of a generation's children in one batched call, so the best is updated once per generation."""
+from __future__ import annotations
+
+from promptopt.evoprompt import DE_REQUEST, Evolution
+from promptopt.population import Member, best
+from promptopt.registry import register_strategy
+from promptopt.strategy import Context
+
+
+@register_strategy("evoprompt_de")
+class EvoPromptDE(Evolution):
+    _slots: list[int]  # the population position each proposed child competes for
+
+    def generation(self, ctx: Context) -> list[Member]:
+        leader = self.best or best(self.population)
+        requests, slots = [], []
+        for j, x in enumerate(self.population):
+            others = [m for m in self.population if m.id != x.id]
+            a, b = ctx.rng.sample(others, 2) if len(others) >= 2 else [ctx.rng.choice(self.population)
+                                                                        for _ in range(2)]
+            text = DE_REQUEST.format(a=a.text, b=b.text, best=leader.text, current=x.text)
+            requests.append((text, (x, a, b, leader)))
+            slots.append(j)
+        children = self.ask_optimizer(ctx, requests, "evoprompt.de")
+        self._slots = [j for j, c in zip(slots, children) if c]
+        return [c for c in children if c]
+
+    def survive(self, ctx: Context, children: list[Member]) -> None:
+        for j, child in zip(self._slots, children):
+            if child.rank_key > self.population[j].rank_key:
+                self.population[j] = child

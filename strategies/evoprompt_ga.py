@@ -1,0 +1,24 @@
+"""EvoPrompt's genetic algorithm: each generation draws a pool of `population` parents by roulette
+wheel (probability proportional to fitness), and for each child asks the optimizer LLM, in one
+request, to cross over two parents from the pool and then mutate the result. The population keeps
+the `population` fittest distinct prompts of parents and children (EvoPrompt's `topk` survival)."""
+from __future__ import annotations
+
+from promptopt.evoprompt import GA_REQUEST, Evolution
+from promptopt.population import Member, roulette, top
+from promptopt.registry import register_strategy
+from promptopt.strategy import Context
+
+
+@register_strategy("evoprompt_ga")
+class EvoPromptGA(Evolution):
+    def generation(self, ctx: Context) -> list[Member]:
+        n = self.config.population
+        pool = roulette(ctx.rng, self.population, n)
+        # Two distinct pool slots per child; they may hold the same prompt, as in EvoPrompt.
+        pairs = [tuple(ctx.rng.sample(pool, 2)) for _ in range(n)]
+        requests = [(GA_REQUEST.format(a=a.text, b=b.text), (a, b)) for a, b in pairs]
+        return [c for c in self.ask_optimizer(ctx, requests, "evoprompt.crossover") if c]
+
+    def survive(self, ctx: Context, children: list[Member]) -> None:
+        self.population = top(self.population + children, self.config.population)

@@ -1,0 +1,23 @@
+"""Hill climbing over phrase edits (GrIPS; Plum's HC): each step makes `candidates` random edits of
+the current prompt and moves to the best of them only if it scores strictly higher."""
+from __future__ import annotations
+
+from promptopt.phrase_search import PhraseSearch
+from promptopt.population import Member, best
+from promptopt.registry import register_strategy
+from promptopt.strategy import Context
+
+
+@register_strategy("hill_climb")
+class HillClimb(PhraseSearch):
+    current: Member
+
+    def start(self, ctx: Context, scored: list[Member]) -> None:
+        self.current = best(scored)
+
+    def propose(self, ctx: Context) -> list[Member]:
+        return self.mutants(ctx, [self.current] * self.config.candidates)
+
+    def update(self, ctx: Context, scored: list[Member]) -> None:
+        if scored and best(scored).rank_key > self.current.rank_key:
+            self.current = best(scored)
