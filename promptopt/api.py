@@ -118,6 +118,9 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
     if run.log:
         run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
         write_json_atomic(run.log.dir / SUMMARY, summary)
+        if any(n == "rl.step" for n in run.note_kinds):
+            from .plots import plot_rl_curves
+            plot_rl_curves(run.log.dir)  # reward and dev score by step, as rl_curves.png
         run.log.close()
     report.search["cache"] = summary["cache"]
     return report

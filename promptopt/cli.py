@@ -217,8 +217,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _download_model(args: argparse.Namespace) -> int:
-    from .models import install_embedded
-    print(install_embedded())
+    from .models import embedded_hf_dir, install_embedded
+    print(f"embedded model: {install_embedded()}")
+    print(f"converted for transformers/vLLM: {embedded_hf_dir()}")
     return 0
 
 

@@ -125,6 +125,7 @@ class Run:
         self.test_limit = test_limit
         self.on_step = on_step
         self.failures = 0
+        self.note_kinds: set[str] = set()  # kinds of strategy notes seen (e.g. "rl.step" → plot curves)
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
         self.stop_reason = ""
         self._rng = random.Random(seed)
@@ -157,6 +158,7 @@ class Run:
                                   f"model ({self.target.fingerprint()}) cannot give them")
 
     def _note(self, kind: str, **data: Any) -> None:
+        self.note_kinds.add(kind)
         if self.log:
             self.log.emit("note", step=self.step, kind=kind, **data)
 
