@@ -2,6 +2,7 @@
 cache, the budget, failures as data, and the final dev/test report. Strategies only propose and update."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -133,7 +134,10 @@ class Run:
         self._order = {s: _shuffled(task.split(s), random.Random(f"{seed}:{s}")) for s in ("train", "dev")}
         self._by_id = {ex.id: ex for s in ("train", "dev") for ex in task.split(s)}
         self._pending: list[ScoreRequest] = []
-        self._ctx = Context(task=task.without_test(),
+        view = task.without_test()
+        if seed_prompt:  # a user's seed prompt is where every strategy starts
+            view = dataclasses.replace(view, seed_prompts=(seed_prompt, *[p for p in view.seed_prompts if p != seed_prompt]))
+        self._ctx = Context(task=view,
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note)

@@ -137,7 +137,7 @@ class VLLMBackend:
         if model == EMBEDDED:
             return str(embedded_hf_dir())  # vLLM cannot read the GGUF; this converts it once
         source = resolve_model(model)
-        if model.startswith(("/", ".", "~")) and not source.is_local:
+        if model.startswith(("/", ".", "~")) and not Path(source.path).is_dir():
             raise ModelNotFoundError(f"vllm backend: model directory {model!r} not found")
         if source.gguf_file:
             raise ConfigError(f"vllm backend: {model!r} is a GGUF file; vLLM needs an HF safetensors "
