@@ -28,7 +28,7 @@ test-fast: install
 
 test-vllm:
 	bash .ci/vllm-env.sh $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pytest -ra -m vllm
+	$(VLLM_VENV)/bin/python -m pytest -ra -m vllm tests/test_vllm_backend.py tests/test_vllm_server.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
