@@ -73,10 +73,13 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path):
 
 def test_sigint_stops_gracefully_with_summary(tmp_path):
     proc = subprocess.Popen(cli(tmp_path, tmp_path / "runs"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not list((tmp_path / "runs").glob("*/events.jsonl")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+
+    def searching() -> bool:  # the first evaluation is logged: the search loop is running
+        return any(b'"type":"eval"' in p.read_bytes() for p in (tmp_path / "runs").glob("*/events.jsonl"))
+
+    while not searching() and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
