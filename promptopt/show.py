@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError
@@ -95,10 +96,10 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
         console.print("[bold]lineage of the best prompt[/bold] (newest first):")
         for c in view.lineage(best):
             why = c.get("meta", {}).get("gradient") or c.get("meta", {}).get("edit") or ""
-            console.print(f"  {c['candidate_id'][:8]} [{c.get('origin', '')}] dev {fmt(view.score(c['candidate_id']))}: "
-                          f"{short(c['text'], 80)}")
+            console.print(escape(f"  {c['candidate_id'][:8]} [{c.get('origin', '')}] "
+                                 f"dev {fmt(view.score(c['candidate_id']))}: {short(c['text'], 80)}"))
             if why:
-                console.print(f"      because: {short(str(why), 100)}")
+                console.print(escape(f"      because: {short(str(why), 100)}"))
     steps = Table(title="best dev score by step")
     for col in ("step", "best dev", "candidates"):
         steps.add_column(col, justify="right")
