@@ -8,12 +8,13 @@ the tags, answers with the example, or repeats a parent: such replies are noted,
 from __future__ import annotations
 
 import re
-from typing import Literal, Sequence
+from typing import Sequence
 
 from pydantic import Field
 
 from .backend import GenRequest
 from .parsing import clean_prompt
+from .plum_score import ObjectiveName
 from .population import IterativeSearch, Member, SearchConfig, top
 from .strategy import Context
 from .types import Candidate, normalize_prompt
@@ -113,8 +114,8 @@ class EvolutionConfig(SearchConfig):
     generations: int = Field(10, ge=1, description="generations after the initial population")
     eval_examples: int | None = Field(200, ge=1, description="dev examples each candidate is scored on "
                                       "(the same ones for every candidate; null: the whole dev split)")
-    objective: Literal["plum", "task"] = Field("task", description="fitness: the task metric (EvoPrompt), "
-                                               "or Plum's balanced accuracy + label entropy")
+    objective: ObjectiveName = Field("task", description="fitness: the task metric (EvoPrompt), Plum's "
+                                     "balanced accuracy + label entropy, or the gold-option likelihood")
     temperature: float = Field(0.5, ge=0.0, le=2.0, description="sampling temperature of every optimizer call")
     max_tokens: int = Field(300, ge=16, description="reply length limit (EvoPrompt: 1000)")
 

@@ -4,6 +4,10 @@ Plum scores a prompt by 100 * balanced accuracy + 10 * H(predicted-label frequen
 The entropy term penalizes prompts that make the model answer one label for everything, which plain
 accuracy on a small, balanced score set rewards too easily. We keep the 0..1 scale of the task
 metric, so the default weight is 10 / 100 = 0.1. Tasks that generate text use the task metric.
+
+"likelihood" (our addition, not Plum's) scores the mean log-probability of the gold option,
+normalized over the options. When every prompt makes a small model answer the same label, accuracy
+is flat and a search cannot tell its candidates apart; the likelihood still moves.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Literal, Mapping, Sequence
 from .task import Task
 from .types import ExampleResult
 
-ObjectiveName = Literal["plum", "task"]
+ObjectiveName = Literal["plum", "task", "likelihood"]
 PLUM_ENTROPY_WEIGHT = 0.1
 
 
@@ -45,12 +49,12 @@ def label_entropy(pred: Sequence[int | None]) -> float:
 
 
 class Objective:
-    """Scores a candidate from its per-example results: Plum's score on classification tasks
-    ("plum"), or the mean task metric ("task", and always for generation tasks)."""
+    """Scores a candidate from its per-example results: Plum's score ("plum"), the mean gold-option
+    log-probability ("likelihood"), or the mean task metric ("task", and always for generation tasks)."""
 
     def __init__(self, task: Task, name: ObjectiveName = "plum", entropy_weight: float = PLUM_ENTROPY_WEIGHT):
         self.task = task
-        self.use_plum = name == "plum" and task.output == "choose"
+        self.name = name if task.output == "choose" else "task"
         self.entropy_weight = entropy_weight
         self._gold = {ex.id: ex.label for split in ("train", "dev") for ex in task.split(split)}
 
@@ -58,9 +62,20 @@ class Objective:
         """NaN when there is nothing to score (e.g. every evaluation of the candidate failed)."""
         if not results:
             return math.nan
-        if not self.use_plum:
+        if self.name == "task":
             return sum(r.score for r in results.values()) / len(results)
         ids = sorted(results)
+        if self.name == "likelihood":
+            return sum(_gold_logprob(results[i], self._gold[i]) for i in ids) / len(ids)  # type: ignore[arg-type]
         gold = [self._gold[i] for i in ids]
         pred = [predicted_label(self.task, results[i]) for i in ids]
         return balanced_accuracy(gold, pred) + self.entropy_weight * label_entropy(pred)  # type: ignore[arg-type]
+
+
+def _gold_logprob(result: ExampleResult, gold: int) -> float:
+    """log p(gold option | options): 0 for a sure right answer, very negative for a sure wrong one."""
+    lps = result.option_logprobs
+    if not lps:
+        return -math.inf if result.score <= 0 else 0.0  # no log-probabilities: right or wrong only
+    top = max(lps)
+    return lps[gold] - top - math.log(sum(math.exp(x - top) for x in lps))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from typing import Sequence
 
 from pydantic import Field
 
-from .plum_score import PLUM_ENTROPY_WEIGHT, Objective
+from .plum_score import PLUM_ENTROPY_WEIGHT, Objective, ObjectiveName
 from .strategy import Context, ScoreRequest, StrategyConfig
 from .types import Candidate, Evaluation
 
@@ -75,8 +75,9 @@ class SearchConfig(StrategyConfig):
 
     eval_examples: int | None = Field(100, ge=1, description="dev examples each candidate is scored on "
                                       "(the same ones for every candidate; null: the whole dev split)")
-    objective: Literal["plum", "task"] = Field("plum", description="plum: balanced accuracy + weighted label "
-                                               "entropy on classification tasks; task: the task metric")
+    objective: ObjectiveName = Field("plum", description="plum: balanced accuracy + weighted label entropy "
+                                     "(classification); likelihood: mean gold-option log-probability; "
+                                     "task: the task metric")
     entropy_weight: float = Field(PLUM_ENTROPY_WEIGHT, ge=0.0, description="weight of the label entropy (plum)")
 
 
@@ -124,6 +125,11 @@ class IterativeSearch:
                 self.iteration += 1
                 proposals = self.propose(ctx)
             fresh = {m.id: m.candidate for m in proposals if m.id not in ctx.history}
+            room = self._room(ctx)
+            if 0 < room < len(fresh):
+                # The loop ends a run whose step does not fit the budget: spend what is left instead.
+                fresh = dict(list(fresh.items())[:room])
+                proposals = [m for m in proposals if m.id in fresh or m.id in ctx.history]
             if fresh:
                 self._pending = proposals
                 return [ScoreRequest(c, "dev", n=self.config.eval_examples) for c in fresh.values()]
@@ -133,6 +139,14 @@ class IterativeSearch:
         if self._pending is not None:
             proposals, self._pending = self._pending, None
             self._absorb(ctx, proposals)
+
+    def _room(self, ctx: Context) -> int:
+        """How many new candidates the example budget still pays for (a large number if unlimited)."""
+        left = ctx.budget.examples_left
+        if left is None:
+            return 1 << 30
+        per = min(self.config.eval_examples or 1 << 30, len(ctx.task.split("dev")))
+        return left // max(per, 1)
 
     def fitness(self, ctx: Context, candidate_id: str) -> float:
         if self._objective is None:

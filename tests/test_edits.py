@@ -122,6 +122,9 @@ def test_plum_objective_rewards_balance_and_spread():
     assert objective(always_one) == pytest.approx(0.5)  # balanced accuracy 0.5, entropy 0
     assert objective(perfect) == pytest.approx(1.0 + 0.1 * math.log(2))
     assert Objective(task, "task")(always_one) == pytest.approx(0.5)
+    likelihood = Objective(task, "likelihood")
+    assert likelihood(perfect) == pytest.approx(-math.log(1 + math.exp(-1)))  # gold option 1 nat ahead
+    assert likelihood(always_one) < likelihood(perfect)
     assert math.isnan(objective({}))
     assert balanced_accuracy([0, 0, 0, 1], [0, 0, 0, 0]) == pytest.approx(0.5)
     assert label_entropy([0, 1, None]) == pytest.approx(math.log(2))

@@ -86,6 +86,12 @@ def test_runs_without_an_optimizer_and_logs_lineage(strategy):
         next(c.id for c in cands if c.origin == "seed"))
 
 
+def test_the_last_step_shrinks_to_spend_the_whole_budget():
+    run = run_without_optimizer(HillClimb(PhraseSearchConfig(candidates=5, steps=50, patience=None)), budget=100)
+    assert run.tracker.examples == 96  # 8 candidates of 12 dev examples; the last step had room for 2 of 5
+    assert run.report.stop_reason.startswith("budget")
+
+
 def test_paraphrase_edits_use_the_optimizer_and_bad_replies_are_noted(tmp_path):
     replies = ["", "{input} phrase", "carefully and slowly", "Phrase: \"with a single word\""] * 20
     run = make_run(HillClimb(PhraseSearchConfig(edits=("paraphrase",), candidates=4, steps=3, patience=None)),
