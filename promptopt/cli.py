@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--top", type=int, default=5)
 
+    r = sub.add_parser("report", help="self-contained HTML report of a run: plots, lineage, top candidates, cost")
+    r.add_argument("run")
+    r.add_argument("--out", help="HTML file or folder to write (default: RUN/report.html); PNGs go beside it")
+    r.add_argument("--top", type=int, default=10, help="how many top candidates to list")
+
     ls = sub.add_parser("list", help="list strategies, tasks or backends")
     ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
 
@@ -251,8 +256,14 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    print(f"report: {write_report(Path(args.run), args.out, top=args.top)}")
+    return 0
+
+
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
-            "compare": _compare, "download-model": _download_model}
+            "report": _report, "compare": _compare, "download-model": _download_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

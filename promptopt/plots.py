@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 from .runlog import EVENTS, read_events
 
@@ -22,12 +23,16 @@ def rl_curves(run_dir: str | Path) -> tuple[list[tuple[int, float]], list[tuple[
     return rewards, dev
 
 
-def plot_rl_curves(run_dir: str | Path) -> Path:
-    """Save rl_curves.png in the run directory: reward (left axis) and dev score (right) by step."""
+def _pyplot() -> Any:
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on servers and in CI
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_rl_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Save the reward (left axis) and dev score (right) by step; to rl_curves.png in the run dir by default."""
+    plt = _pyplot()
     rewards, dev = rl_curves(run_dir)
     if not rewards and not dev:
         raise ValueError(f"{run_dir} has no RL training notes (was it an rlprompt run?)")
@@ -42,7 +47,26 @@ def plot_rl_curves(run_dir: str | Path) -> Path:
     dev_ax.set_ylabel("dev score", color="tab:red")
     fig.legend(loc="lower right")
     fig.tight_layout()
-    out = Path(run_dir) / RL_CURVES
+    out = Path(out) if out is not None else Path(run_dir) / RL_CURVES
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]], out: str | Path) -> Path:
+    """Save each candidate's dev score at the step it was proposed, and the best-so-far curve over them."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if scores:
+        ax.scatter(*zip(*scores), s=14, alpha=0.5, color="tab:blue", label="candidate")
+    if best:
+        ax.step(*zip(*best), where="post", color="tab:red", linewidth=2, label="best so far")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
+    ax.set_xlabel("step")
+    ax.set_ylabel("dev score")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
