@@ -71,6 +71,8 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.requests = 0
         self.forwarded = 0  # requests that reached the upstream (slow/malformed/truncated included)
+        self.peak_in_flight = 0  # most requests waiting on the upstream at once: the concurrency it saw
+        self._in_flight = 0
         self._planned: deque[str | None] = deque()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -159,6 +161,9 @@ class FaultProxy:
         conn_cls = http.client.HTTPSConnection if up.scheme == "https" else http.client.HTTPConnection
         conn = conn_cls(up.hostname, up.port, timeout=self.hang_seconds + 30)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
+        with self._lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
         try:
             conn.request(h.command, h.path, body=body or None, headers=headers)
             resp = conn.getresponse()
@@ -172,6 +177,8 @@ class FaultProxy:
                 {"error": {"message": f"faultproxy: upstream unreachable ({e})", "code": 502}}).encode()
         finally:
             conn.close()
+            with self._lock:
+                self._in_flight -= 1
 
     @staticmethod
     def _reply(h: _Handler, status: int, data: bytes, headers: Mapping[str, str],

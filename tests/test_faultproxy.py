@@ -161,3 +161,14 @@ def test_bad_configuration_is_refused(upstream):
     with pytest.raises(ValueError):
         FaultProxy(upstream.url).queue("nope")
     assert set(FAULTS) >= {"429", "hang", "drop", "malformed", "truncated", "slow"}
+
+
+def test_counts_the_concurrency_the_upstream_saw():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeOpenAIServer("test-model", delay=0.3, max_lifetime=30) as slow, FaultProxy(slow.url) as proxy:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: post(proxy).status, range(8)))
+        assert statuses == [200] * 8
+        assert 2 <= proxy.peak_in_flight <= 8  # 8 requests of 0.3 s each were sent at once
+        assert proxy._in_flight == 0

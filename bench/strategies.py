@@ -1,0 +1,179 @@
+"""Every strategy on one task with the same budget of scored examples and the same seeds: seed vs
+best dev/test score (mean ± std over seeds), optimizer calls, wall time; a markdown table, a JSON
+file, and a PNG of the best-so-far dev score against scored examples (one line per strategy).
+
+    PROMPTOPT_DATA_DIR=../shared/data python bench/strategies.py --task sst2 --seeds 0,1,2 --budget 256
+
+Each (strategy, seed) is one `promptopt optimize` process writing runs/bench-strategies/<task>/
+<strategy>-seed<N>. A finished run is read back instead of re-run, and a cut-off one is resumed from its
+log, so the bench can be stopped and started again. Strategies that can run without an optimizer LLM
+(the Plum-style ones, rlprompt) run with `--optimizer-model none` unless --llm-edits is given, so the
+comparison of search quality does not hinge on the weak embedded optimizer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from promptopt import registry
+from promptopt.runlog import EVENTS, read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--strategies", help="comma-separated (default: every registered strategy)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budget", type=int, default=256, help="scored examples per run (search phase)")
+    p.add_argument("--test-limit", type=int, default=200)
+    p.add_argument("--prompt", help="seed prompt for every strategy (default: the task's)")
+    p.add_argument("--llm-edits", action="store_true", help="let LLM-free strategies use the optimizer too")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra setting passed to every run")
+    p.add_argument("--run-dir", default="runs/bench-strategies")
+    p.add_argument("--out", help="output prefix (default: <run-dir>/<task>/strategies)")
+    return p.parse_args(argv)
+
+
+def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume, or read back) one optimize run and return its summary."""
+    name = f"{strategy}-seed{seed}"
+    root = run_dir / name  # holds this run's one run directory (the loop adds a random suffix)
+    found = sorted(root.glob("*/config.json"))
+    path = found[0].parent if found else None
+    if path and (path / "summary.json").exists():
+        return json.loads((path / "summary.json").read_text())
+    exe = [sys.executable, "-m", "promptopt.cli"]
+    if path:
+        cmd = exe + ["optimize", "--resume", str(path), "-q"]
+    else:
+        cmd = exe + ["optimize", "--task", args.task, "--strategy", strategy, "--seed", str(seed),
+                     "--budget", str(args.budget), "--test-limit", str(args.test_limit),
+                     "--run-dir", str(root), "--set", f"run_name={name}", "-q"]
+        if args.prompt:
+            cmd += ["--prompt", args.prompt]
+        if not registry.get("strategies", strategy).needs_optimizer and not args.llm_edits:
+            cmd += ["--optimizer-model", "none"]
+        for s in args.sets:
+            cmd += ["--set", s]
+    print(f"-- {name}: {' '.join(cmd[3:])}", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy())
+    done = sorted(root.glob("*/summary.json"))
+    if proc.returncode != 0 or not done:
+        raise SystemExit(f"bench: {name} failed (exit {proc.returncode}); its log is under {root}")
+    return json.loads(done[0].read_text())
+
+
+def best_so_far(run: Path) -> list[tuple[int, float]]:
+    """(scored examples so far, best dev score of any candidate scored on the whole dev set so far),
+    from the search-phase task-metric evaluations in the run log."""
+    events, _ = read_events(run / EVENTS)
+    seen: dict[str, dict[str, float]] = {}
+    examples, best, curve = 0, float("-inf"), []
+    n_dev = 0
+    for e in events:
+        if e.get("type") != "eval" or e.get("phase") != "search":
+            continue
+        results = e.get("results") or []
+        examples += len(results)
+        if e.get("split") != "dev" or e.get("objective", "task") != "task":
+            continue
+        scores = seen.setdefault(e["candidate_id"], {})
+        scores.update({r["example_id"]: r["score"] for r in results})
+        n_dev = max(n_dev, len(scores))
+        if len(scores) == n_dev and scores:
+            best = max(best, sum(scores.values()) / len(scores))
+        if best > float("-inf"):
+            curve.append((examples, best))
+    return curve
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| strategy | optimizer | seed dev | best dev | seed test | best test | Δ test | "
+            "scored ex. | opt. calls | wall s |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        cells = [r["strategy"], r["optimizer"]]
+        for key in ("seed_dev", "best_dev", "seed_test", "best_test", "delta_test"):
+            m, s = r[key]
+            cells.append(f"{m:.3f} ± {s:.3f}")
+        cells += [f"{r['examples'][0]:.0f}", f"{r['optimizer_calls'][0]:.1f}", f"{r['seconds'][0]:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, out: Path) -> None:
+    """Mean best-so-far dev score over seeds, sampled on a common grid of scored examples."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    grid = list(range(0, budget + 1, max(1, budget // 64)))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for strategy, runs in sorted(curves.items()):
+        ys = []
+        for x in grid:
+            vals = [next((b for e, b in reversed(c) if e <= x), None) for c in runs]
+            vals = [v for v in vals if v is not None]
+            ys.append(statistics.fmean(vals) if len(vals) == len(runs) else None)
+        pts = [(x, y) for x, y in zip(grid, ys) if y is not None]
+        if pts:
+            ax.step(*zip(*pts), where="post", label=strategy)
+    ax.set_xlabel("scored examples (search)")
+    ax.set_ylabel("best dev score so far (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not os.environ.get("PROMPTOPT_DATA_DIR"):
+        raise SystemExit("bench: set PROMPTOPT_DATA_DIR (e.g. ../shared/data)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    strategies = args.strategies.split(",") if args.strategies else sorted(registry.names("strategies"))
+    run_dir = (ROOT / args.run_dir / args.task).resolve()
+    rows, curves, raw = [], {}, {}
+    for strategy in strategies:
+        summaries = [run_one(args, strategy, seed, run_dir) for seed in seeds]
+        raw[strategy] = summaries
+        curves[strategy] = [best_so_far(Path(s["run_dir"])) for s in summaries]
+        llm_free = not registry.get("strategies", strategy).needs_optimizer and not args.llm_edits
+        row: dict[str, Any] = {"strategy": strategy, "optimizer": "none" if llm_free else "embedded"}
+        for key in ("seed_dev", "best_dev", "seed_test", "best_test"):
+            row[key] = mean_std([s[key] for s in summaries])
+        row["delta_test"] = mean_std([s["best_test"] - s["seed_test"] for s in summaries])
+        row["examples"] = mean_std([s["search"]["examples"] for s in summaries])
+        row["optimizer_calls"] = mean_std([s["search"]["optimizer_calls"] for s in summaries])
+        row["seconds"] = mean_std([s["seconds"] for s in summaries])
+        rows.append(row)
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    out = Path(args.out) if args.out else run_dir / "strategies"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = table(rows)
+    header = (f"task {args.task}, budget {args.budget} scored examples, seeds {args.seeds}, "
+              f"test limit {args.test_limit}; mean ± std over seeds")
+    out.with_suffix(".md").write_text(header + "\n\n" + md + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"config": vars(args), "rows": rows, "runs": raw,
+                                                    "curves": curves}, indent=1) + "\n")
+    plot(curves, args.budget, out.with_suffix(".png"))
+    print("\n" + header + "\n\n" + md)
+    print(f"\nwrote {out.with_suffix('.md')}, .json, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
