@@ -99,6 +99,20 @@ def test_test_split_is_scored_once_for_best_and_seed_only(tmp_path):
     assert all(e["phase"] == "test" for e in test_evals)
 
 
+def test_test_limit_samples_the_same_examples_whatever_the_seed(tmp_path):
+    def tested_ids(seed: int) -> set[str]:
+        (tmp_path / str(seed)).mkdir()
+        run = make_run(Scripted([[Candidate("a prompt")]]), seed=seed, run_dir=tmp_path / str(seed))
+        run.test_limit = 5
+        run.run()
+        run.log.close()
+        evals = [e for e in events_of(tmp_path / str(seed)) if e["type"] == "eval" and e["split"] == "test"]
+        return {r["example_id"] for e in evals for r in e["results"]}
+
+    first = tested_ids(0)
+    assert len(first) == 5 and first == tested_ids(1) == tested_ids(7)
+
+
 def test_strategy_cannot_request_test_examples():
     run = make_run(Scripted([[ScoreRequest(Candidate("x prompt"), split="test")]]))
     with pytest.raises(PromptOptError, match="only train or dev"):
