@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", help="seed prompt for every strategy (default: the task's)")
     p.add_argument("--llm-edits", action="store_true", help="let LLM-free strategies use the optimizer too")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra setting passed to every run")
+                   help="extra setting for every run; one for a strategy (apo.rounds=2) goes to that one only")
     p.add_argument("--run-dir", default="runs/bench-strategies")
     p.add_argument("--out", help="output prefix (default: <run-dir>/<task>/strategies)")
     return p.parse_args(argv)
@@ -63,7 +63,9 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -
         if not registry.get("strategies", strategy).needs_optimizer and not args.llm_edits:
             cmd += ["--optimizer-model", "none"]
         for s in args.sets:
-            cmd += ["--set", s]
+            head = s.split(".", 1)[0]
+            if head not in registry.names("strategies") or head == strategy:  # e.g. apo.rounds=2: apo only
+                cmd += ["--set", s]
     print(f"-- {name}: {' '.join(cmd[3:])}", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy())
     done = sorted(root.glob("*/summary.json"))
