@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from .errors import CapabilityError
 from .types import Usage
 
 GENERATE = "generate"
@@ -75,6 +76,9 @@ class Backend(Protocol):
 
     A per-request failure is returned as a result with `error` set (finish_reason "error" for
     generation); an error that sinks the whole batch is raised as BackendError.
+
+    Optional: `check(needs=())` probes the model once and raises CapabilityError, saying why, when a
+    capability in `needs` is missing (the openai backend knows, e.g., that a server refused echo).
     """
 
     capabilities: frozenset[str]
@@ -86,3 +90,15 @@ class Backend(Protocol):
     def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]: ...
 
     def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]: ...
+
+
+def missing_reason(backend: Backend, capability: str) -> str | None:
+    """The backend's own words on why it lacks `capability`, if it has a `check` that says so."""
+    check = getattr(backend, "check", None)
+    if not callable(check):
+        return None
+    try:
+        check(needs=[capability])
+    except CapabilityError as e:
+        return str(e)
+    return None

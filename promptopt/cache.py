@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from .backend import Backend, GenRequest, GenResult, LLRequest, LLResult
 from .errors import BackendError, PromptOptError
@@ -269,6 +269,12 @@ class CachedBackend:
 
     def fingerprint(self) -> str:
         return self.inner.fingerprint()
+
+    def check(self, needs: Iterable[str] = ()) -> None:
+        """The inner backend's optional check(), so its reasons for a missing capability show through."""
+        check = getattr(self.inner, "check", None)
+        if callable(check):
+            check(needs=needs)
 
     def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
         fp = self.inner.fingerprint()

@@ -17,9 +17,10 @@ import json
 import random
 import threading
 from collections import Counter, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Mapping
 from urllib.parse import urlsplit
+
+from ._http import Handler, LocalService, respond
 
 FAULTS = ("429", "429_no_retry_after", "500", "502", "503", "hang", "drop", "malformed",
           "truncated", "slow")
@@ -27,29 +28,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
                "proxy-connection", "te", "trailer", "upgrade"}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # see testing_server: avoids a delayed-ACK stall per response
-    timeout = 30
-    server: "_ProxyServer"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.owner._handle(self, b"")
-
-    def do_POST(self) -> None:
-        self.server.owner._handle(self, self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-
-
-class _ProxyServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    owner: "FaultProxy"
-
-
-class FaultProxy:
+class FaultProxy(LocalService):
     def __init__(self, upstream: str, rates: Mapping[str, float] | None = None, *, seed: int = 0,
                  retry_after: float = 1.0, hang_seconds: float = 30.0, slow_seconds: float = 0.5,
                  max_lifetime: float = 600.0):
@@ -77,14 +56,11 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd: _ProxyServer | None = None
-        self._timer: threading.Timer | None = None
 
     @property
     def url(self) -> str:
         """The proxy's base URL: the upstream's path on the proxy's port."""
-        assert self._httpd is not None, "proxy not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}{self._upstream.path.rstrip('/')}"
+        return f"http://127.0.0.1:{self.port}{self._upstream.path.rstrip('/')}"
 
     def queue(self, *faults: str | None) -> None:
         """Inject these faults, in order, into the next requests (None lets one through)."""
@@ -94,29 +70,9 @@ class FaultProxy:
         with self._lock:
             self._planned.extend(faults)
 
-    def start(self) -> "FaultProxy":
-        self._httpd = _ProxyServer(("127.0.0.1", 0), _Handler)
-        self._httpd.owner = self
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self._timer = threading.Timer(self.max_lifetime, self.stop)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
     def stop(self) -> None:
         self._stopping.set()  # releases hanging handlers
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> "FaultProxy":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     # --- per request ----------------------------------------------------------------------
 
@@ -136,12 +92,12 @@ class FaultProxy:
                 self.injected[fault] += 1
             return fault
 
-    def _handle(self, h: _Handler, body: bytes) -> None:
+    def _handle(self, h: Handler, body: bytes) -> None:
         fault = self._choose()
         if fault in ("429", "429_no_retry_after", "500", "502", "503"):
             status = int(fault[:3])
             extra = {"Retry-After": f"{self.retry_after:g}"} if fault == "429" else {}
-            return self._reply(h, status, _error_body(status), extra)
+            return respond(h, status, _error_body(status), extra)
         if fault in ("hang", "drop"):
             if fault == "hang":
                 self._stopping.wait(self.hang_seconds)
@@ -153,10 +109,10 @@ class FaultProxy:
         if fault == "malformed" and status == 200:
             data = data[: len(data) // 2]  # cut JSON, but a complete HTTP message
         if fault == "truncated":
-            return self._reply(h, status, data, headers, send=len(data) // 2)
-        self._reply(h, status, data, headers)
+            return respond(h, status, data, headers, send=len(data) // 2)
+        respond(h, status, data, headers)
 
-    def _forward(self, h: _Handler, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _forward(self, h: Handler, body: bytes) -> tuple[int, dict[str, str], bytes]:
         up = self._upstream
         conn_cls = http.client.HTTPSConnection if up.scheme == "https" else http.client.HTTPConnection
         conn = conn_cls(up.hostname, up.port, timeout=self.hang_seconds + 30)
@@ -179,25 +135,6 @@ class FaultProxy:
             conn.close()
             with self._lock:
                 self._in_flight -= 1
-
-    @staticmethod
-    def _reply(h: _Handler, status: int, data: bytes, headers: Mapping[str, str],
-               send: int | None = None) -> None:
-        """Send a response; `send` < len(data) announces the full length but stops early and
-        closes, which is what a truncated body looks like to the client."""
-        h.send_response(status)
-        for k, v in headers.items():
-            h.send_header(k, v)
-        if not any(k.lower() == "content-type" for k in headers):
-            h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        if send is not None:
-            h.send_header("Connection", "close")
-        h.end_headers()
-        h.wfile.write(data if send is None else data[:send])
-        if send is not None:
-            h.wfile.flush()
-            h.close_connection = True
 
 
 def _error_body(status: int) -> bytes:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from .backend import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult
+from .backend import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
 from .budget import Budget, BudgetTracker
 from .errors import BudgetExhausted, CapabilityError, PromptOptError
 from .runlog import RunLog
@@ -92,6 +92,12 @@ class _OptimizerChannel:
         return results
 
 
+def _because(backend: Backend, capability: str) -> str:
+    """': <the backend's reason>' for a missing capability, or '' when it gives none."""
+    reason = missing_reason(backend, capability)
+    return f": {reason}" if reason else ""
+
+
 def _gen_req_json(r: GenRequest) -> dict[str, Any]:
     d: dict[str, Any] = {"max_tokens": r.max_tokens, "temperature": r.temperature, "seed": r.seed}
     if r.messages:
@@ -149,17 +155,19 @@ class Run:
             need = LOGLIKELIHOOD if self.task.output == "choose" else GENERATE
             if need not in self.target.capabilities:
                 raise CapabilityError(f"task {self.task.name} needs {need} but the target model "
-                                      f"({self.target.fingerprint()}) cannot provide it")
+                                      f"({self.target.fingerprint()}) cannot provide it"
+                                      f"{_because(self.target, need)}")
         if getattr(self.strategy, "needs_optimizer", False):
             if self.optimizer is None:
                 raise CapabilityError(f"strategy {type(self.strategy).__name__} needs an optimizer model; "
                                       "pass --optimizer-model")
             if GENERATE not in self.optimizer.capabilities and CHAT not in self.optimizer.capabilities:
-                raise CapabilityError("the optimizer model cannot generate text")
+                raise CapabilityError(f"the optimizer model cannot generate text{_because(self.optimizer, GENERATE)}")
         if getattr(self.strategy, "needs_loglikelihood", False) and self.target is not None \
                 and LOGLIKELIHOOD not in self.target.capabilities:
             raise CapabilityError(f"strategy {type(self.strategy).__name__} needs log-likelihoods but the target "
-                                  f"model ({self.target.fingerprint()}) cannot give them")
+                                  f"model ({self.target.fingerprint()}) cannot give them"
+                                  f"{_because(self.target, LOGLIKELIHOOD)}")
 
     def _note(self, kind: str, **data: Any) -> None:
         self.note_kinds.add(kind)

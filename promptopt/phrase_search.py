@@ -1,5 +1,6 @@
 """What the Plum-style metaheuristics share: their settings, random phrase edits of a prompt (with
-paraphrases from the optimizer LLM batched into one call), and Plum's stopping rules.
+paraphrases from the optimizer LLM batched into one call), Plum's stopping rules, and the
+single-state search that hill climbing, annealing and tabu search differ from only in where they move.
 
 Delete, swap and add-back need no model. Paraphrase is used only when the run has an optimizer
 (ctx.optimizer is not None); a reply that is not a usable phrase is noted and dropped, never applied.
@@ -15,7 +16,7 @@ from .backend import GenRequest
 from .edits import (PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, plan_edit, render, segment,
                     tidy)
 from .parsing import strip_wrapping
-from .population import IterativeSearch, Member, SearchConfig
+from .population import IterativeSearch, Member, SearchConfig, best
 from .strategy import Context
 from .types import Candidate, normalize_prompt
 
@@ -124,6 +125,19 @@ class PhraseSearch(IterativeSearch):
             else:
                 out[k] = Edit(PARAPHRASE, edit.index, edit.phrase, new=phrase)
         return out
+
+
+class LocalSearch(PhraseSearch):
+    """Base of hill climbing, annealing and tabu search: one current prompt, which starts as the best
+    seed; each step scores `candidates` mutants of it, and `update` decides where to move."""
+
+    current: Member
+
+    def start(self, ctx: Context, scored: list[Member]) -> None:
+        self.current = best(scored)
+
+    def propose(self, ctx: Context) -> list[Member]:
+        return self.mutants(ctx, [self.current] * self.config.candidates)
 
 
 def clean_phrase(raw: str, phrase: str, error: str | None = None) -> tuple[str, str | None]:

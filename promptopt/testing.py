@@ -1,13 +1,14 @@
 """Contract test kit: subclass StrategyContract / BackendContract in a test module to inherit the
-checks every strategy and backend must pass. Also small helpers for tests (a toy task, a fake optimizer)."""
+checks every strategy and backend must pass. Also small helpers for tests (a toy task, a fake optimizer,
+a fake target with one harmful sentence, a tiny random causal LM)."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .backend import GenRequest, LLRequest
+from .backend import GenRequest, LLRequest, LLResult
 from .backends.fake import FakeBackend
 from .budget import Budget
 from .errors import ConfigError
@@ -15,7 +16,7 @@ from .loop import Run
 from .runlog import EVENTS, RunLog, read_events
 from .strategy import Strategy
 from .task import Task
-from .types import Example
+from .types import Example, Usage
 
 def toy_task(n_train: int = 12, n_dev: int = 12, n_test: int = 12, output: str = "choose") -> Task:
     """A small made-up classification (or generation) task for fast tests."""
@@ -32,6 +33,25 @@ def toy_task(n_train: int = 12, n_dev: int = 12, n_test: int = 12, output: str =
 def fake_optimizer() -> FakeBackend:
     """An optimizer whose replies are new, deterministic prompt variants (a function of the request)."""
     return FakeBackend("fake-optimizer")
+
+
+HARMFUL = "Always answer bad."
+BAD_PROMPT = f"Is the text good or bad? {HARMFUL} Reply with one word."
+
+
+class HarmfulSentenceBackend(FakeBackend):
+    """A target for toy_task() that favours the gold option of an example ("... is good" / "... is bad")
+    unless the context contains HARMFUL, which makes it favour " bad" everywhere. Other sentences
+    change nothing."""
+
+    def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
+        self._tick(len(reqs))
+        out = []
+        for r in reqs:
+            item = r.context.rsplit("Text: ", 1)[-1]
+            favoured = "bad" if HARMFUL in r.context else ("good" if " is good" in item else "bad")
+            out.append(LLResult(-0.2 if r.continuation.strip() == favoured else -2.5, usage=Usage(1, 1, 0)))
+        return out
 
 
 def make_run(strategy: Strategy, *, task: Task | None = None, target: Any = None, optimizer: Any = None,
@@ -141,3 +161,28 @@ class BackendContract:
 def events_of(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / EVENTS).read_text(encoding="utf-8").splitlines()]
 
+
+TINY_LM_WORDS = ("good", "bad", "great", "terrible", "movie", "review", "the", "is", "a", "sentiment", "answer",
+                 "text", "classify", "positive", "negative", "film", "plot", "really", "not", "very")
+
+
+def save_tiny_causal_lm(directory: Path) -> Path:
+    """A 2-layer, 64-wide Llama with a word-level tokenizer (<unk>, <s>, </s>, then TINY_LM_WORDS),
+    randomly initialised, saved as an HF model directory. Needs torch, tokenizers and transformers."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *TINY_LM_WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    with torch.random.fork_rng():  # the weights must not depend on (or disturb) other tests' RNG use
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

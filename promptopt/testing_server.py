@@ -14,8 +14,9 @@ import re
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
+
+from ._http import Handler, LocalService, respond
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 GREEDY_ABOVE = -1.0  # a token is the greedy choice iff its logprob is above this
@@ -37,46 +38,15 @@ def chat_reply(messages: list[Mapping[str, Any]]) -> str:
     return "echo: " + str(messages[-1].get("content", "")) if messages else "echo:"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-    timeout = 30  # idle keep-alive connections release their thread
-    server: "_Server"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet in tests
-        pass
-
-    def _send(self, status: int, body: Mapping[str, Any]) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, message: str, code: str | int) -> None:
-        self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
-
-    def do_GET(self) -> None:
-        self.server.owner._handle(self, "GET", None)
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return self._error(400, "request body is not JSON", 400)
-        self.server.owner._handle(self, "POST", body)
+def _send(h: Handler, status: int, body: Mapping[str, Any]) -> None:
+    respond(h, status, json.dumps(body).encode("utf-8"))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # many concurrent connects must not overflow the listen backlog
-    owner: "FakeOpenAIServer"
+def _error(h: Handler, status: int, message: str, code: str | int) -> None:
+    _send(h, status, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalService):
     """Use as a context manager; `url` is the base URL (ending in /v1) to give a client."""
 
     def __init__(self, model: str = "test-model", *, api_key: str | None = None, delay: float = 0.0,
@@ -99,40 +69,20 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self._timer: threading.Timer | None = None
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def start(self) -> "FakeOpenAIServer":
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.owner = self
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self._timer = threading.Timer(self.max_lifetime, self.stop)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> "FakeOpenAIServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"http://127.0.0.1:{self.port}/v1"
 
     # --- request handling -------------------------------------------------------------------
 
-    def _handle(self, h: _Handler, method: str, body: dict[str, Any] | None) -> None:
+    def _handle(self, h: Handler, raw: bytes) -> None:
+        method, body = h.command, None
+        if method == "POST":
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _error(h, 400, "request body is not JSON", 400)
         path = h.path.split("?")[0]
         with self._lock:
             self.requests[path] += 1
@@ -148,35 +98,35 @@ class FakeOpenAIServer:
             with self._lock:
                 self.in_flight -= 1
 
-    def _route(self, h: _Handler, method: str, path: str, body: dict[str, Any] | None) -> None:
+    def _route(self, h: Handler, method: str, path: str, body: dict[str, Any] | None) -> None:
         sent = h.headers.get("Authorization", "")
         if self.api_key is not None and sent != f"Bearer {self.api_key}":
             shown = sent.removeprefix("Bearer ") if self.leak_key_in_errors else "sk-...redacted"
-            return h._error(401, f"Incorrect API key provided: {shown}.", "invalid_api_key")
+            return _error(h, 401, f"Incorrect API key provided: {shown}.", "invalid_api_key")
         if method == "GET" and path == "/v1/models":
-            return h._send(200, {"object": "list", "data": [
+            return _send(h, 200, {"object": "list", "data": [
                 {"id": self.served_model, "object": "model", "owned_by": "promptopt-test", "root": self.model}]})
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
-            return h._send(404, {"detail": "Not Found"})
+            return _send(h, 404, {"detail": "Not Found"})
         assert body is not None
         if body.get("model") != self.model:
-            return h._error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+            return _error(h, 404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
         if path == "/v1/chat/completions":
             return self._chat(h, body)
         return self._completions(h, body)
 
-    def _too_long(self, h: _Handler, prompt_tokens: int, max_tokens: int) -> bool:
+    def _too_long(self, h: Handler, prompt_tokens: int, max_tokens: int) -> bool:
         if prompt_tokens + max_tokens <= self.max_context:
             return False
-        h._error(400, f"This model's maximum context length is {self.max_context} tokens. However, you "
-                      f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
-                      f"{max_tokens} in the completion).", 400)
+        _error(h, 400, f"This model's maximum context length is {self.max_context} tokens. However, you "
+                       f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+                       f"{max_tokens} in the completion).", 400)
         return True
 
-    def _chat(self, h: _Handler, body: dict[str, Any]) -> None:
+    def _chat(self, h: Handler, body: dict[str, Any]) -> None:
         if not self.chat:
-            return h._error(400, "Cannot use chat template functions because tokenizer.chat_template "
-                                 "is not set and no template argument was passed!", 400)
+            return _error(h, 400, "Cannot use chat template functions because tokenizer.chat_template "
+                                  "is not set and no template argument was passed!", 400)
         messages = body.get("messages") or []
         prompt_tokens = sum(len(tokenize(str(m.get("content", "")))) for m in messages)
         max_tokens = int(body.get("max_tokens") or 16)
@@ -188,20 +138,20 @@ class FakeOpenAIServer:
         pieces = tokenize(reply)
         finish = "length" if len(pieces) > max_tokens else "stop"
         reply = "".join(pieces[:max_tokens])
-        h._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "model": self.served_model,
-                      "choices": [{"index": 0, "finish_reason": finish,
-                                   "message": {"role": "assistant", "content": reply}}],
-                      "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": min(len(pieces), max_tokens),
-                                "total_tokens": prompt_tokens + min(len(pieces), max_tokens)}})
+        _send(h, 200, {"id": "chatcmpl-test", "object": "chat.completion", "model": self.served_model,
+                       "choices": [{"index": 0, "finish_reason": finish,
+                                    "message": {"role": "assistant", "content": reply}}],
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": min(len(pieces), max_tokens),
+                                 "total_tokens": prompt_tokens + min(len(pieces), max_tokens)}})
 
-    def _completions(self, h: _Handler, body: dict[str, Any]) -> None:
+    def _completions(self, h: Handler, body: dict[str, Any]) -> None:
         prompt = str(body.get("prompt", ""))
         max_tokens = int(body.get("max_tokens", 16))
         echo = bool(body.get("echo"))
         if echo and not self.echo:  # llama.cpp raises a runtime_error, which it sends as a 500
-            return h._error(500, "Only no echo is supported", 500)
+            return _error(h, 500, "Only no echo is supported", 500)
         if echo and max_tokens < self.echo_min_max_tokens:
-            return h._error(400, f"max_tokens must be at least {self.echo_min_max_tokens}, got {max_tokens}.", 400)
+            return _error(h, 400, f"max_tokens must be at least {self.echo_min_max_tokens}, got {max_tokens}.", 400)
         tokens = ([self.bos] if self.bos else []) + tokenize(prompt)
         if self._too_long(h, len(tokens), max_tokens):
             return
@@ -211,10 +161,10 @@ class FakeOpenAIServer:
                                   "text": (prompt if echo else "") + "".join(generated), "logprobs": None}
         if body.get("logprobs") is not None:
             choice["logprobs"] = self._logprobs(shown, echo, len(tokens))
-        h._send(200, {"id": "cmpl-test", "object": "text_completion", "model": self.served_model,
-                      "choices": [choice],
-                      "usage": {"prompt_tokens": len(tokens), "completion_tokens": max_tokens,
-                                "total_tokens": len(tokens) + max_tokens}})
+        _send(h, 200, {"id": "cmpl-test", "object": "text_completion", "model": self.served_model,
+                       "choices": [choice],
+                       "usage": {"prompt_tokens": len(tokens), "completion_tokens": max_tokens,
+                                 "total_tokens": len(tokens) + max_tokens}})
 
     def _logprobs(self, shown: list[str], echo: bool, n_prompt: int) -> dict[str, Any]:
         values: list[float | None] = []

@@ -2,22 +2,14 @@
 the current prompt and moves to the best of them only if it scores strictly higher."""
 from __future__ import annotations
 
-from promptopt.phrase_search import PhraseSearch
+from promptopt.phrase_search import LocalSearch
 from promptopt.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 
 
 @register_strategy("hill_climb")
-class HillClimb(PhraseSearch):
-    current: Member
-
-    def start(self, ctx: Context, scored: list[Member]) -> None:
-        self.current = best(scored)
-
-    def propose(self, ctx: Context) -> list[Member]:
-        return self.mutants(ctx, [self.current] * self.config.candidates)
-
+class HillClimb(LocalSearch):
     def update(self, ctx: Context, scored: list[Member]) -> None:
         if scored and best(scored).rank_key > self.current.rank_key:
             self.current = best(scored)

@@ -11,7 +11,7 @@ import math
 
 from pydantic import Field
 
-from promptopt.phrase_search import PhraseSearch, PhraseSearchConfig
+from promptopt.phrase_search import LocalSearch, PhraseSearchConfig
 from promptopt.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
@@ -24,16 +24,9 @@ class AnnealingConfig(PhraseSearchConfig):
 
 
 @register_strategy("simulated_annealing")
-class SimulatedAnnealing(PhraseSearch):
+class SimulatedAnnealing(LocalSearch):
     Config = AnnealingConfig
     config: AnnealingConfig
-    current: Member
-
-    def start(self, ctx: Context, scored: list[Member]) -> None:
-        self.current = best(scored)
-
-    def propose(self, ctx: Context) -> list[Member]:
-        return self.mutants(ctx, [self.current] * self.config.candidates)
 
     def update(self, ctx: Context, scored: list[Member]) -> None:
         if not scored or math.isnan(best(scored).fitness):

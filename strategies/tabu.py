@@ -12,7 +12,7 @@ from collections import deque
 
 from pydantic import Field
 
-from promptopt.phrase_search import PhraseSearch, PhraseSearchConfig
+from promptopt.phrase_search import LocalSearch, PhraseSearchConfig
 from promptopt.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
@@ -23,13 +23,12 @@ class TabuConfig(PhraseSearchConfig):
 
 
 @register_strategy("tabu")
-class Tabu(PhraseSearch):
+class Tabu(LocalSearch):
     Config = TabuConfig
     config: TabuConfig
-    current: Member
 
     def start(self, ctx: Context, scored: list[Member]) -> None:
-        self.current = best(scored)
+        super().start(ctx, scored)
         self.tabu: deque[str] = deque([self.current.id], maxlen=self.config.tabu_size)
 
     def propose(self, ctx: Context) -> list[Member]:

@@ -9,31 +9,14 @@ import pytest
 
 from promptopt.attribution import (Segment, example_loss, margin_loss, marked_segments, mask, merge_segments,
                                    preference_loss, split_prompt)
-from promptopt.backend import CHAT, GENERATE, LLRequest, LLResult
+from promptopt.backend import CHAT, GENERATE
 from promptopt.backends.fake import FakeBackend
 from promptopt.cli import main
 from promptopt.api import load_task
 from promptopt.errors import CapabilityError, ConfigError, TaskError
 from promptopt.explain import explain_prompt
-from promptopt.testing import toy_task
-from promptopt.types import Example, ExampleResult, Usage
-
-HARMFUL = "Always answer bad."
-BAD_PROMPT = f"Is the text good or bad? {HARMFUL} Reply with one word."
-
-
-class HarmfulSentenceBackend(FakeBackend):
-    """Favours the gold option of a toy example ("... is good" / "... is bad") unless the context
-    contains HARMFUL, which makes it favour " bad" everywhere. Other sentences change nothing."""
-
-    def loglikelihood(self, reqs: list[LLRequest]) -> list[LLResult]:
-        self._tick(len(reqs))
-        out = []
-        for r in reqs:
-            item = r.context.rsplit("Text: ", 1)[-1]
-            favoured = "bad" if HARMFUL in r.context else ("good" if " is good" in item else "bad")
-            out.append(LLResult(-0.2 if r.continuation.strip() == favoured else -2.5, usage=Usage(1, 1, 0)))
-        return out
+from promptopt.testing import BAD_PROMPT, HARMFUL, HarmfulSentenceBackend, toy_task
+from promptopt.types import Example, ExampleResult
 
 
 # ---- segmentation and masking ------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import sys
 import time
 
 import pytest
@@ -12,23 +11,8 @@ import pytest
 from promptopt.faultproxy import FAULTS, FaultProxy
 from promptopt.testing_server import FakeOpenAIServer
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("quick_thread_switches")]
 CHAT = json.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quick_thread_switches():
-    # Servers and client share one process; see test_openai_backend for why this matters.
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    yield
-    sys.setswitchinterval(before)
-
-
-@pytest.fixture
-def upstream():
-    with FakeOpenAIServer("test-model", max_lifetime=30) as s:
-        yield s
 
 
 def post(proxy: FaultProxy, timeout: float = 5.0) -> http.client.HTTPResponse:
@@ -38,8 +22,8 @@ def post(proxy: FaultProxy, timeout: float = 5.0) -> http.client.HTTPResponse:
     return conn.getresponse()
 
 
-def test_passes_requests_through_unchanged(upstream):
-    with FaultProxy(upstream.url) as proxy:
+def test_passes_requests_through_unchanged(openai_server):
+    with FaultProxy(openai_server.url) as proxy:
         assert proxy.url.startswith("http://127.0.0.1:") and proxy.url.endswith("/v1")
         resp = post(proxy)
         assert resp.status == 200
@@ -49,12 +33,12 @@ def test_passes_requests_through_unchanged(upstream):
         conn.request("GET", "/v1/models")
         assert json.loads(conn.getresponse().read())["data"][0]["id"] == "test-model"
         assert (proxy.requests, proxy.forwarded, sum(proxy.injected.values())) == (2, 2, 0)
-        assert upstream.requests["/v1/chat/completions"] == 1
+        assert openai_server.requests["/v1/chat/completions"] == 1
 
 
 @pytest.mark.parametrize("fault,status", [("500", 500), ("502", 502), ("503", 503), ("429_no_retry_after", 429)])
-def test_error_statuses(fault, status, upstream):
-    with FaultProxy(upstream.url) as proxy:
+def test_error_statuses(fault, status, openai_server):
+    with FaultProxy(openai_server.url) as proxy:
         proxy.queue(fault)
         resp = post(proxy)
         assert resp.status == status and resp.getheader("Retry-After") is None
@@ -63,23 +47,23 @@ def test_error_statuses(fault, status, upstream):
         assert post(proxy).status == 200  # only the queued request was hit
 
 
-def test_429_carries_retry_after(upstream):
-    with FaultProxy(upstream.url, retry_after=2.5) as proxy:
+def test_429_carries_retry_after(openai_server):
+    with FaultProxy(openai_server.url, retry_after=2.5) as proxy:
         proxy.queue("429")
         resp = post(proxy)
         assert resp.status == 429 and resp.getheader("Retry-After") == "2.5"
 
 
-def test_dropped_connection(upstream):
-    with FaultProxy(upstream.url) as proxy:
+def test_dropped_connection(openai_server):
+    with FaultProxy(openai_server.url) as proxy:
         proxy.queue("drop")
         with pytest.raises(http.client.RemoteDisconnected):
             post(proxy)
-        assert upstream.requests["/v1/chat/completions"] == 0
+        assert openai_server.requests["/v1/chat/completions"] == 0
 
 
-def test_hang_until_the_client_gives_up_and_stop_releases_it(upstream):
-    proxy = FaultProxy(upstream.url, hang_seconds=20).start()
+def test_hang_until_the_client_gives_up_and_stop_releases_it(openai_server):
+    proxy = FaultProxy(openai_server.url, hang_seconds=20).start()
     try:
         proxy.queue("hang")
         started = time.monotonic()
@@ -92,8 +76,8 @@ def test_hang_until_the_client_gives_up_and_stop_releases_it(upstream):
         assert time.monotonic() - started < 2  # the hanging handler does not hold up shutdown
 
 
-def test_malformed_json_is_a_complete_http_message(upstream):
-    with FaultProxy(upstream.url) as proxy:
+def test_malformed_json_is_a_complete_http_message(openai_server):
+    with FaultProxy(openai_server.url) as proxy:
         proxy.queue("malformed")
         resp = post(proxy)
         body = resp.read()  # the announced length matches: no transport error
@@ -102,8 +86,8 @@ def test_malformed_json_is_a_complete_http_message(upstream):
             json.loads(body)
 
 
-def test_truncated_body(upstream):
-    with FaultProxy(upstream.url) as proxy:
+def test_truncated_body(openai_server):
+    with FaultProxy(openai_server.url) as proxy:
         proxy.queue("truncated")
         resp = post(proxy)
         with pytest.raises(http.client.IncompleteRead):
@@ -111,8 +95,8 @@ def test_truncated_body(upstream):
         assert proxy.forwarded == 1
 
 
-def test_slow_response_still_correct(upstream):
-    with FaultProxy(upstream.url, slow_seconds=0.3) as proxy:
+def test_slow_response_still_correct(openai_server):
+    with FaultProxy(openai_server.url, slow_seconds=0.3) as proxy:
         proxy.queue("slow")
         started = time.monotonic()
         resp = post(proxy)
@@ -120,9 +104,9 @@ def test_slow_response_still_correct(upstream):
         assert time.monotonic() - started >= 0.3
 
 
-def test_rates_are_seeded_and_counted(upstream):
+def test_rates_are_seeded_and_counted(openai_server):
     def run(seed: int) -> list[int]:
-        with FaultProxy(upstream.url, rates={"503": 0.3, "500": 0.2}, seed=seed) as proxy:
+        with FaultProxy(openai_server.url, rates={"503": 0.3, "500": 0.2}, seed=seed) as proxy:
             statuses = [post(proxy).status for _ in range(40)]
             assert proxy.requests == 40
             assert proxy.injected["503"] == statuses.count(503)
@@ -143,23 +127,23 @@ def test_unreachable_upstream_is_a_502():
         assert resp.status == 502 and "upstream unreachable" in resp.read().decode()
 
 
-def test_stops_itself_after_its_lifetime(upstream):
-    proxy = FaultProxy(upstream.url, max_lifetime=0.2).start()
+def test_stops_itself_after_its_lifetime(openai_server):
+    proxy = FaultProxy(openai_server.url, max_lifetime=0.2).start()
     url_port = int(proxy.url.split(":")[2].split("/")[0])
     time.sleep(0.6)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", url_port), timeout=1).close()
 
 
-def test_bad_configuration_is_refused(upstream):
+def test_bad_configuration_is_refused(openai_server):
     with pytest.raises(ValueError, match="unknown fault"):
-        FaultProxy(upstream.url, rates={"teapot": 0.1})
+        FaultProxy(openai_server.url, rates={"teapot": 0.1})
     with pytest.raises(ValueError, match="sum to at most 1"):
-        FaultProxy(upstream.url, rates={"500": 0.7, "503": 0.6})
+        FaultProxy(openai_server.url, rates={"500": 0.7, "503": 0.6})
     with pytest.raises(ValueError, match="not an http"):
         FaultProxy("127.0.0.1:8000")
     with pytest.raises(ValueError):
-        FaultProxy(upstream.url).queue("nope")
+        FaultProxy(openai_server.url).queue("nope")
     assert set(FAULTS) >= {"429", "hang", "drop", "malformed", "truncated", "slow"}
 
 

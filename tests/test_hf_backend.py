@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from promptopt.backend import CHAT, GenRequest, LLRequest
+from promptopt.backends._local import generation_prompt
 from promptopt.backends.hf import MIN_SHARED_TOKENS_SAVED, HFBackend, _Row, _Scored
 from promptopt.errors import ModelNotFoundError
 from promptopt.models import embedded_hf_dir
@@ -103,6 +105,33 @@ def test_plan_does_not_share_tiny_prefixes() -> None:
 
 def test_registered_as_hf() -> None:
     assert get("backends", "hf") is HFBackend
+
+
+class _WordTokenizer:
+    """One id per word; 0 stands for the special token a tokenizer adds in front."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [0] * add_special_tokens + [len(w) for w in text.split()]}
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **_: object) -> str:
+        return " ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>"
+
+
+def test_generation_prompt_tokenizes_or_refuses() -> None:  # shared by the hf and vllm backends
+    tok, chat = _WordTokenizer(), (("user", "hi there"),)
+
+    def prepare(req: GenRequest, **kw: Any) -> Any:
+        return generation_prompt(req, tok, **{"backend": "hf", "model": "m", "chat": True, "window": 6, **kw})
+
+    assert prepare(GenRequest(prompt="a bb ccc")) == [0, 1, 2, 3]
+    assert prepare(GenRequest(messages=chat)) == [6, 2, 5, 11]  # the template wrote the specials
+    no_chat = prepare(GenRequest(messages=chat), chat=False)
+    assert no_chat.finish_reason == "error" and no_chat.error.startswith("hf backend: m has no chat template")
+    too_long = prepare(GenRequest(prompt="a b c d e"), backend="vllm", reader="the engine")
+    assert too_long.finish_reason == "error"
+    assert too_long.error.startswith("vllm backend: prompt is 6 tokens but the engine reads at most 6")
+    empty = prepare(GenRequest(prompt="a b", max_tokens=0))
+    assert (empty.text, empty.finish_reason, empty.usage.calls, empty.usage.prompt_tokens) == ("", "length", 1, 3)
 
 
 # ---- real model ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
+from promptopt.cache import CachedBackend
 from promptopt.errors import CapabilityError, PromptOptError, ResumeError
 from promptopt.runlog import RunLog, read_events
 from promptopt.strategy import ScoreRequest, StrategyConfig
@@ -122,8 +123,20 @@ def test_strategy_cannot_request_test_examples():
 def test_capability_checked_at_start():
     class NoLL(FakeBackend):
         capabilities = frozenset({"generate"})
-    with pytest.raises(CapabilityError, match="loglikelihood"):
+    with pytest.raises(CapabilityError, match="loglikelihood .* cannot provide it$"):
         make_run(Scripted([]), target=NoLL())
+
+
+def test_capability_error_carries_the_backends_reason():
+    class EchoRefused(FakeBackend):
+        capabilities = frozenset({"generate"})
+
+        def check(self, needs=()):
+            if "loglikelihood" in needs:
+                raise CapabilityError("fake backend: the server refused echo")
+    for target in (EchoRefused(), CachedBackend(EchoRefused(), None)):  # the cache wrapper passes it on
+        with pytest.raises(CapabilityError, match="cannot provide it: fake backend: the server refused echo$"):
+            make_run(Scripted([]), target=target)
 
 
 def test_torn_last_line_is_dropped_and_log_is_locked(tmp_path):

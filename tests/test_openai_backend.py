@@ -8,7 +8,6 @@ import asyncio
 import json
 import math
 import socket
-import sys
 import threading
 import time
 
@@ -20,16 +19,18 @@ from promptopt.backends.openai_limits import RateLimiter
 from promptopt.backends.openai_logprobs import EchoedPrompt, continuation_logprob
 from promptopt.backends.openai_prices import price_for, usd
 from promptopt.backends.openai_transport import parse_retry_after, server_message
+from promptopt.cache import CachedBackend
+from promptopt.config import strategy_config
 from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptOptError
 from promptopt.faultproxy import FaultProxy
 from promptopt.registry import get
-from promptopt.testing import BackendContract
+from promptopt.testing import BackendContract, make_run
 from promptopt.testing_server import GREEDY_ABOVE, FakeOpenAIServer, token_logprob, tokenize
 
 KEY_ENV = "PROMPTOPT_TEST_OPENAI_KEY"
 SECRET = "sk-test-SECRET-0123456789abcdef"
 MODEL = "test-model"
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("quick_thread_switches")]
 
 
 @pytest.fixture(autouse=True)
@@ -37,25 +38,9 @@ def _no_key(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quick_thread_switches():
-    # Client and servers share this process (and its GIL); with the default 5 ms switch interval
-    # every hand-over between them stalls, which real, separate servers never see.
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    yield
-    sys.setswitchinterval(before)
-
-
 @pytest.fixture
-def server():
-    with FakeOpenAIServer(MODEL, max_lifetime=60) as s:
-        yield s
-
-
-@pytest.fixture
-def proxy(server):
-    with FaultProxy(server.url, retry_after=0.3, hang_seconds=3, slow_seconds=0.2, max_lifetime=60) as p:
+def proxy(openai_server):
+    with FaultProxy(openai_server.url, retry_after=0.3, hang_seconds=3, slow_seconds=0.2, max_lifetime=60) as p:
         yield p
 
 
@@ -108,8 +93,8 @@ class TestBackendContract(BackendContract):
     """The shared backend contract, against the test server."""
 
     @pytest.fixture(autouse=True)
-    def _backend(self, server, backend_factory):
-        self._backend_under_test = backend_factory(server.url)
+    def _backend(self, openai_server, backend_factory):
+        self._backend_under_test = backend_factory(openai_server.url)
 
     def make_backend(self) -> OpenAIBackend:
         return self._backend_under_test
@@ -119,8 +104,8 @@ def test_registered_under_openai():
     assert get("backends", "openai") is OpenAIBackend
 
 
-def test_generate_keeps_order_and_reports_usage(server, backend_factory):
-    b = backend_factory(server.url)
+def test_generate_keeps_order_and_reports_usage(openai_server, backend_factory):
+    b = backend_factory(openai_server.url)
     reqs = [GenRequest(f"prompt number {i}", max_tokens=20) for i in range(12)]
     reqs.append(GenRequest(messages=(("system", "be brief"), ("user", "hi there")), max_tokens=20))
     reqs.append(GenRequest("a b c d e f", max_tokens=2))
@@ -130,25 +115,25 @@ def test_generate_keeps_order_and_reports_usage(server, backend_factory):
     assert (out[13].text, out[13].finish_reason) == ("echo:", "length")
     assert out[0].usage.prompt_tokens == 3 and out[0].usage.completion_tokens == 5
     assert all(r.error is None and r.usage.calls == 1 for r in out)
-    body = next(x for x in server.bodies if x.get("messages", [{}])[0].get("content") == "be brief")
+    body = next(x for x in openai_server.bodies if x.get("messages", [{}])[0].get("content") == "be brief")
     assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
 
 
-def test_stop_and_seed_are_sent(server, backend_factory):
-    b = backend_factory(server.url)
+def test_stop_and_seed_are_sent(openai_server, backend_factory):
+    b = backend_factory(openai_server.url)
     (r,) = b.generate([GenRequest("one, two", stop=(",",), seed=7, temperature=0.7)])
     assert r.text == "echo: one"
-    assert server.bodies[-1]["seed"] == 7 and server.bodies[-1]["stop"] == [","]
+    assert openai_server.bodies[-1]["seed"] == 7 and openai_server.bodies[-1]["stop"] == [","]
 
 
-def test_usd_from_price_table_and_overrides(server, backend_factory):
-    b = backend_factory(server.url, prices={MODEL: (1.5, 4.0)})
+def test_usd_from_price_table_and_overrides(openai_server, backend_factory):
+    b = backend_factory(openai_server.url, prices={MODEL: (1.5, 4.0)})
     out = b.generate([GenRequest("x y z", max_tokens=20)] * 3)
     for r in out:
         assert r.usage.usd == pytest.approx((r.usage.prompt_tokens * 1.5 + r.usage.completion_tokens * 4.0) / 1e6)
         assert r.usage.usd > 0
     assert b.stats["usage"]["usd"] == pytest.approx(sum(r.usage.usd for r in out))
-    free = backend_factory(server.url)
+    free = backend_factory(openai_server.url)
     assert free.generate([GenRequest("x")])[0].usage.usd == 0.0
 
 
@@ -214,6 +199,15 @@ def test_server_without_echo_lacks_loglikelihood(backend_factory):
         assert srv.requests["/v1/completions"] == 3  # the probe and two retries: a 500 may be a blip
 
 
+def test_run_start_names_the_servers_reason_for_no_loglikelihood(backend_factory):
+    hill_climb = get("strategies", "hill_climb")
+    with FakeOpenAIServer(MODEL, echo=False, max_lifetime=60) as srv:
+        target = CachedBackend(backend_factory(srv.url), None)  # as api.prepare wraps it
+        with pytest.raises(CapabilityError) as e:
+            make_run(hill_climb(strategy_config(hill_climb, {})), target=target)  # toy task: scored by log-likelihood
+        assert_one_clear_line(e.value, "task toy needs loglikelihood", srv.url, "Only no echo is supported")
+
+
 def test_server_without_chat_template_still_scores(backend_factory):
     with FakeOpenAIServer(MODEL, chat=False, max_lifetime=60) as srv:
         b = backend_factory(srv.url)
@@ -235,8 +229,8 @@ def test_continuation_offsets_unit():
         continuation_logprob(echo, "<s>Answer: yes")
 
 
-def test_empty_context_is_a_per_request_error(server, backend_factory):
-    b = backend_factory(server.url)
+def test_empty_context_is_a_per_request_error(openai_server, backend_factory):
+    b = backend_factory(openai_server.url)
     res = b.loglikelihood([LLRequest("", "hello"), LLRequest("x", " y")])
     assert math.isnan(res[0].logprob) and "empty context" in res[0].error
     assert res[1].error is None
@@ -354,14 +348,14 @@ def test_good_api_key_is_sent(monkeypatch, backend_factory):
         assert backend_factory(srv.url).generate([GenRequest("ok")])[0].text == "echo: ok"
 
 
-def test_unknown_model_fails_fast(server, backend_factory):
+def test_unknown_model_fails_fast(openai_server, backend_factory):
     with pytest.raises(BackendError) as e:
-        backend_factory(server.url, model="no-such-model").check()
-    assert_one_clear_line(e.value, server.url, "no-such-model", "does not exist", "/models")
+        backend_factory(openai_server.url, model="no-such-model").check()
+    assert_one_clear_line(e.value, openai_server.url, "no-such-model", "does not exist", "/models")
 
 
-def test_wrong_base_url_path(server, backend_factory):
-    root = server.url.removesuffix("/v1")
+def test_wrong_base_url_path(openai_server, backend_factory):
+    root = openai_server.url.removesuffix("/v1")
     with pytest.raises(BackendError) as e:
         backend_factory(root).check()
     assert_one_clear_line(e.value, root, "HTTP 404", "check base_url", "/v1")
@@ -377,19 +371,19 @@ def test_refused_connection_fails_fast(backend_factory):
     assert_one_clear_line(e.value, url, MODEL, "cannot connect", "start the server or fix base_url")
 
 
-def test_key_with_a_stray_newline_is_one_line_without_the_key(monkeypatch, server, backend_factory):
+def test_key_with_a_stray_newline_is_one_line_without_the_key(monkeypatch, openai_server, backend_factory):
     monkeypatch.setenv(KEY_ENV, SECRET[:8] + "\n" + SECRET[8:])
     with pytest.raises(BackendError) as e:
-        backend_factory(server.url).check()
+        backend_factory(openai_server.url).check()
     assert_one_clear_line(e.value, f"${KEY_ENV}", "stray characters")
     assert SECRET[8:] not in str(e.value)
 
 
-def test_local_servers_bypass_proxy_settings(monkeypatch, server, backend_factory):
+def test_local_servers_bypass_proxy_settings(monkeypatch, openai_server, backend_factory):
     dead = f"http://127.0.0.1:{free_port()}"
     for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.setenv(var, dead)
-    assert backend_factory(server.url).generate([GenRequest("direct")])[0].text == "echo: direct"
+    assert backend_factory(openai_server.url).generate([GenRequest("direct")])[0].text == "echo: direct"
 
 
 def test_server_messages_in_other_shapes():
@@ -468,8 +462,8 @@ def test_load_spreads_over_base_urls_and_fingerprint_ignores_order(backend_facto
         assert backend_factory([c.url, a.url]).fingerprint() == b.fingerprint()
 
 
-def test_requests_per_minute_limit(server, backend_factory):
-    b = backend_factory(server.url, rpm=1200)  # 20 a second, at most a second's worth at once
+def test_requests_per_minute_limit(openai_server, backend_factory):
+    b = backend_factory(openai_server.url, rpm=1200)  # 20 a second, at most a second's worth at once
     started = time.monotonic()
     b.generate([GenRequest(f"q{i}") for i in range(40)])  # + 2 probe requests
     assert time.monotonic() - started >= 0.9
@@ -488,8 +482,8 @@ def test_tokens_per_minute_limiter():
     assert 0.45 <= waited < 1.5
 
 
-def test_callable_from_a_running_loop_and_from_threads(server, backend_factory):
-    b = backend_factory(server.url)
+def test_callable_from_a_running_loop_and_from_threads(openai_server, backend_factory):
+    b = backend_factory(openai_server.url)
 
     async def inside_a_loop():
         return b.generate([GenRequest("from a coroutine")])
@@ -505,8 +499,8 @@ def test_callable_from_a_running_loop_and_from_threads(server, backend_factory):
     assert sorted(results) == [f"echo: t{i}" for i in range(4)]
 
 
-def test_close_stops_the_loop_thread_and_the_backend_can_start_again(server):
-    b = make(server.url, concurrency=2, rpm=6000)
+def test_close_stops_the_loop_thread_and_the_backend_can_start_again(openai_server):
+    b = make(openai_server.url, concurrency=2, rpm=6000)
     b.generate([GenRequest("x")] * 4)
     loop = b._loop
     b.close()

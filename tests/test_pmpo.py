@@ -10,8 +10,8 @@ from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.errors import CapabilityError
 from promptopt.strategies.pmpo import PMPO, PMPOConfig
-from promptopt.testing import StrategyContract, events_of, make_run, toy_task
-from test_explain import BAD_PROMPT, HARMFUL, HarmfulSentenceBackend
+from promptopt.testing import (BAD_PROMPT, HARMFUL, HarmfulSentenceBackend, StrategyContract, events_of, make_run,
+                               toy_task)
 
 FIXED = "Is the text good or bad? Reply with one word."
 SMALL = dict(iterations=3, train_examples=8, hard_examples=2, rewrites_per_example=2)

