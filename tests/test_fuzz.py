@@ -1,7 +1,6 @@
 """Hostile and bad input, fuzzed with hypothesis: every input gets a clear error or correct handling,
 never a traceback of another kind, and the template engine never evaluates anything."""
 import json
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,5 +1,4 @@
 """The loop's bookkeeping with fakes: budget, logging, failures, final report, test isolation."""
-import json
 import math
 
 import pytest
@@ -10,7 +9,7 @@ from promptopt.cache import CachedBackend
 from promptopt.errors import CapabilityError, PromptOptError, ResumeError
 from promptopt.runlog import RunLog, read_events
 from promptopt.strategy import ScoreRequest, StrategyConfig
-from promptopt.testing import events_of, make_run, toy_task
+from promptopt.testing import events_of, make_run
 from promptopt.types import Candidate
 
 

@@ -1,5 +1,5 @@
 from promptopt.strategies.paraphrase import Paraphrase, ParaphraseConfig
-from promptopt.testing import StrategyContract, make_run, toy_task
+from promptopt.testing import StrategyContract, make_run
 from promptopt.budget import Budget
 from promptopt.backends.fake import FakeBackend
 

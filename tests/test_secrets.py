@@ -1,6 +1,4 @@
 """API keys never reach any file a run writes, nor its output: a run on the openai backend, then grep."""
-import os
-from pathlib import Path
 
 from promptopt.cli import main
 from promptopt.testing_server import FakeOpenAIServer
