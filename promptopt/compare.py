@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError
+from .loop import test_sample
 from .runlog import CONFIG, EVENTS, SUMMARY, read_events, write_json_atomic
 from .scorer import Job, score_jobs
 from .task import Task
@@ -60,7 +61,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _score(task: Task, backend: Any, prompt: str, split: str, limit: int | None) -> float | None:
-    examples = tuple(task.split(split))[:limit]
+    examples = tuple(test_sample(task.split(split), limit) if split == "test" else tuple(task.split(split))[:limit])
     if not examples:
         return None
     ev = score_jobs(task, backend, [Job(prompt_id(prompt), prompt, split, examples)])[0]
@@ -114,7 +115,7 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
     model_name = target.get("model", "embedded")
     hf = HFBackend(model_name, device=device, dtype="float32")
     scorer = CachedBackend(hf, ResponseCache(default_cache_path()))  # the run's own scores are usually cached
-    n_test = len(tuple(task.split("test"))[:test_limit])
+    n_test = len(test_sample(task.split("test"), test_limit))
     out = Comparison(str(run), task.name, model_name, n_test)
     second = CachedBackend(HFBackend(second_model, device=device), scorer.cache) if second_model else None
 

@@ -306,9 +306,7 @@ class Run:
         seed_test = best_test = None
         if self.target is not None and self.task.split("test"):
             test = list(self.task.split("test"))
-            if self.test_limit is not None:
-                # Independent of the run seed: runs that differ only in seed report on the same examples.
-                test = _shuffled(test, random.Random("test"))[: self.test_limit]
+            test = test_sample(test, self.test_limit)
             self._test_by_id = {ex.id: ex for ex in test}
             ids = tuple(ex.id for ex in test)
             cands = [best] if best.id == seed.id else [best, seed]
@@ -327,6 +325,12 @@ class Run:
             failures=self.failures,
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         return report
+
+
+def test_sample(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """The test examples a limit keeps: a fixed shuffle, independent of the run seed, so runs that differ
+    only in seed (and `promptopt compare`) report on the same examples."""
+    return list(examples) if limit is None else _shuffled(examples, random.Random("test"))[:limit]
 
 
 def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:
