@@ -63,13 +63,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optimize_cli import ROOT, optimize_command, run_optimize
 from promptopt import registry
 from promptopt.api import evaluate, load_task
 from promptopt.cache import CachedBackend
 from promptopt.runlog import EVENTS, read_events
 from promptopt.vllm_server import VLLMServer
 
-ROOT = Path(__file__).resolve().parent.parent
 TASK = "sst2"
 DEV_SIZE = 32  # the 16-shot dev split: 16 per class
 PEER_DESCRIPTION = ("The dataset consists of movie reviews (SST-2). The task is to classify each review "
@@ -240,24 +240,18 @@ def run_ours(args: argparse.Namespace, url: str, strategy: str, out_dir: Path) -
                  f"evoprompt_ga.max_tokens={META_MAX_TOKENS}"]
     elif strategy == "apo":
         sets += APO_SETTINGS
-    cmd = [sys.executable, "-m", "promptopt.cli", "optimize", "--task", TASK, "--strategy", strategy,
-           "--backend", "openai", "--model", args.model, "--optimizer-backend", "openai",
-           "--optimizer-model", args.model, "--budget", f"examples={budget_of(args)}", "--seed", str(args.seed),
-           "--test-limit", str(args.test_limit), "--no-cache", "--run-dir", str(out_dir), "-q"]
+    args_ = ["--task", TASK, "--strategy", strategy,
+             "--backend", "openai", "--model", args.model, "--optimizer-backend", "openai",
+             "--optimizer-model", args.model, "--budget", f"examples={budget_of(args)}", "--seed", str(args.seed),
+             "--test-limit", str(args.test_limit), "--no-cache", "--run-dir", str(out_dir), "-q"]
     for s in sets:
-        cmd += ["--set", s]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy())
-    wall = time.monotonic() - started
-    runs = sorted(out_dir.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if proc.returncode != 0 or not runs:
-        raise SystemExit(f"bench: our {strategy} run failed (exit {proc.returncode}); see {out_dir}")
-    summary = json.loads(runs[-1].read_text())
+        args_ += ["--set", s]
+    summary, wall = run_optimize(args_, out_dir, f"our {strategy} run")
     return {"best_prompt": summary["best_prompt"], "best_own_dev": summary["best_dev"],
             "own_test": summary["best_test"], "scored_examples": summary["search"]["examples"],
             "optimizer_calls": summary["search"]["optimizer_calls"], "stop_reason": summary["stop_reason"],
             "search_s": search_seconds(Path(summary["run_dir"])), "process_s": round(wall, 2),
-            "run_dir": summary["run_dir"], "command": " ".join(cmd[1:])}
+            "run_dir": summary["run_dir"], "command": " ".join(optimize_command(args_)[1:])}
 
 
 def score(prompt: str, url: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from optimize_cli import ROOT, run_optimize
 from promptopt.faultproxy import FAULTS, FaultProxy
 from promptopt.runlog import EVENTS, read_events
 from promptopt.vllm_server import VLLMServer
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +53,7 @@ def optimize(args: argparse.Namespace, url: str, name: str) -> dict[str, Any]:
     root = (ROOT / args.run_dir / name).resolve()
     backend = [f"backend.base_url={url}", f"backend.concurrency={args.concurrency}",
                f"backend.timeout={args.timeout}", "backend.max_retries=8", "backend.backoff=0.5"]
-    cmd = [sys.executable, "-m", "promptopt.cli", "optimize", "--task", args.task, "--strategy", args.strategy,
+    cmd = ["--task", args.task, "--strategy", args.strategy,
            "--backend", "openai", "--model", args.model, "--budget", str(args.budget), "--seed", str(args.seed),
            "--test-limit", str(args.test_limit), "--no-cache", "--run-dir", str(root), "-q"]
     if args.optimizer == "none":
@@ -66,13 +64,7 @@ def optimize(args: argparse.Namespace, url: str, name: str) -> dict[str, Any]:
                 "--set", f"optimizer.options.timeout={max(args.timeout, 120)}"]
     for s in backend + args.sets:
         cmd += ["--set", s]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy())
-    wall = time.monotonic() - started
-    runs = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if proc.returncode != 0 or not runs:
-        raise SystemExit(f"bench: the {name} run failed (exit {proc.returncode}); see {root}")
-    summary = json.loads(runs[-1].read_text())
+    summary, wall = run_optimize(cmd, root, f"the {name} run")
     summary["process_wall_s"] = round(wall, 2)
     return summary
 

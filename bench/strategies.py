@@ -16,15 +16,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from optimize_cli import ROOT, run_optimize
 from promptopt import registry
 from promptopt.runlog import EVENTS, read_events
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,28 +50,23 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -
     path = found[0].parent if found else None
     if path and (path / "summary.json").exists():
         return json.loads((path / "summary.json").read_text())
-    exe = [sys.executable, "-m", "promptopt.cli"]
     if path:
-        cmd = exe + ["optimize", "--resume", str(path), "-q"]
+        args_ = ["--resume", str(path), "-q"]
     else:
-        cmd = exe + ["optimize", "--task", args.task, "--strategy", strategy, "--seed", str(seed),
-                     "--budget", str(args.budget), "--test-limit", str(args.test_limit),
-                     "--run-dir", str(root), "--set", f"run_name={name}", "-q"]
+        args_ = ["--task", args.task, "--strategy", strategy, "--seed", str(seed),
+                 "--budget", str(args.budget), "--test-limit", str(args.test_limit),
+                 "--run-dir", str(root), "--set", f"run_name={name}", "-q"]
         if args.prompt:
-            cmd += ["--prompt", args.prompt]
+            args_ += ["--prompt", args.prompt]
         if not registry.get("strategies", strategy).needs_optimizer and not args.llm_edits:
-            cmd += ["--optimizer-model", "none"]
+            args_ += ["--optimizer-model", "none"]
         for s in args.sets:
             head = s.split(".", 1)[0]
             if head not in registry.names("strategies") or head == strategy:  # e.g. apo.rounds=2: apo only
-                cmd += ["--set", s]
-    print(f"-- {name}: {' '.join(cmd[3:])}", flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy())
-    done = sorted(root.glob("*/summary.json"))
-    if proc.returncode != 0 or not done:
-        raise SystemExit(f"bench: {name} failed (exit {proc.returncode}); its log is under {root}")
-    return json.loads(done[0].read_text())
-
+                args_ += ["--set", s]
+    print(f"-- {name}: optimize {' '.join(args_)}", flush=True)
+    summary, _ = run_optimize(args_, root, name)
+    return summary
 
 def best_so_far(run: Path) -> list[tuple[int, float]]:
     """(scored examples so far, best dev score of any candidate scored on the whole dev set so far),
@@ -145,8 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not os.environ.get("PROMPTOPT_DATA_DIR"):
         raise SystemExit("bench: set PROMPTOPT_DATA_DIR (e.g. ../shared/data)")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"bench: --seeds takes comma-separated integers, not {args.seeds!r}") from None
     strategies = args.strategies.split(",") if args.strategies else sorted(registry.names("strategies"))
+    unknown = sorted(set(strategies) - set(registry.names("strategies")))
+    if unknown:
+        raise SystemExit(f"bench: unknown strategy {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(registry.names('strategies')))})")
     run_dir = (ROOT / args.run_dir / args.task).resolve()
     rows, curves, raw = [], {}, {}
     for strategy in strategies:
