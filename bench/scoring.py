@@ -3,7 +3,8 @@
 Side by side in one process, on the same model weights and the same (context, continuation)
 pairs: promptopt's hf backend, lm-evaluation-harness's HFLM.loglikelihood (skipped with a message
 when lm_eval is not importable), and a naive loop with one full forward per request. Prints a
-table and writes JSON (runs/bench/scoring-<time>.json, or --out).
+table and writes JSON (runs/bench/scoring-<time>.json, or --out). Then the response cache: the same
+requests through promptopt's SQLite cache twice (a fresh file); the second pass must make no model call.
 
     PROMPTOPT_DATA_DIR=../shared/data python bench/scoring.py [--n 200] [--threads 2] [--repeats 2]
 
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 
 from promptopt.backend import LLRequest
 from promptopt.backends.hf import HFBackend
+from promptopt.cache import CachedBackend, ResponseCache
 
 SST2_TEST = Path("rlprompt_fsc") / "16-shot" / "sst-2" / "test.tsv"
 LABELS = (" negative", " positive")  # SST-2 label 0, 1
@@ -148,6 +151,23 @@ def lm_eval_scorer(backend: HFBackend, batch_size: int) -> Callable[[list[LLRequ
     return score
 
 
+def cache_passes(backend: HFBackend, reqs: list[LLRequest]) -> list[dict[str, float | int]]:
+    """The requests through a fresh response cache twice: what each pass sent to the model, and its time."""
+    passes = []
+    with tempfile.TemporaryDirectory() as tmp, ResponseCache(Path(tmp) / "responses.sqlite") as cache:
+        cached = CachedBackend(backend, cache)
+        for _ in range(2):
+            misses, hits, start = cached.misses, cached.hits, time.perf_counter()
+            results = cached.loglikelihood(reqs)
+            seconds = time.perf_counter() - start
+            if any(r.error for r in results):
+                raise SystemExit(f"scoring bench: cached pass returned an error: {next(r.error for r in results if r.error)}")
+            passes.append({"seconds": round(seconds, 3), "model_requests": cached.misses - misses,
+                           "model_calls": sum(r.usage.calls for r in results), "cache_hits": cached.hits - hits,
+                           "logprobs": [r.logprob for r in results]})
+    return passes
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -170,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest counts")
     parser.add_argument("--naive-n", type=int, default=None, help="examples for the slow naive loop (default --n)")
     parser.add_argument("--skip-lm-eval", action="store_true")
+    parser.add_argument("--skip-cache", action="store_true", help="skip the two passes through the response cache")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default runs/bench/scoring-<time>.json)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -225,6 +246,15 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads; roofline {roofline_eps:.1f} ex/s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
+    cache: dict[str, object] = {}
+    if not args.skip_cache:
+        first, second = cache_passes(backend, reqs)
+        same = first.pop("logprobs") == second.pop("logprobs")
+        cache = {"first_pass": first, "second_pass": second, "identical_logprobs": same}
+        print(f"response cache: first pass {first['seconds']:.2f} s, {first['model_requests']} requests to the "
+              f"model; second pass {second['seconds']:.3f} s, {second['model_requests']} requests to the model, "
+              f"{second['cache_hits']} cache hits; logprobs {'identical' if same else 'DIFFER'}")
+
     out = args.out or Path("runs") / "bench" / f"scoring-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -234,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "threads": torch.get_num_threads(), "batch_size": backend.batch_size, "repeats": args.repeats,
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
         "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
-        "results": [asdict(m) for m in table]}, indent=2) + "\n")
+        "results": [asdict(m) for m in table], "cache": cache}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
