@@ -116,20 +116,23 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, out: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     grid = list(range(0, budget + 1, max(1, budget // 64)))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for strategy, runs in sorted(curves.items()):
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colors = plt.get_cmap("tab20").colors
+    styles = ("-", "--", ":", "-.")
+    for i, (strategy, runs) in enumerate(sorted(curves.items())):
         ys = []
         for x in grid:
             vals = [next((b for e, b in reversed(c) if e <= x), None) for c in runs]
             vals = [v for v in vals if v is not None]
             ys.append(statistics.fmean(vals) if len(vals) == len(runs) else None)
         pts = [(x, y) for x, y in zip(grid, ys) if y is not None]
-        if pts:
-            ax.step(*zip(*pts), where="post", label=strategy)
+        if pts:  # strategies that make the same search draw the same line: styles keep both visible
+            ax.step(*zip(*pts), where="post", label=strategy, color=colors[(2 * i + i // 10) % 20],
+                    linestyle=styles[i % len(styles)], linewidth=1.6)
     ax.set_xlabel("scored examples (search)")
     ax.set_ylabel("best dev score so far (mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
