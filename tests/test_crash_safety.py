@@ -72,7 +72,10 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path):
 
 
 def test_sigint_stops_gracefully_with_summary(tmp_path):
-    proc = subprocess.Popen(cli(tmp_path, tmp_path / "runs"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Slower model calls than the kill trials: on an idle machine the whole search can otherwise end
+    # between the first logged evaluation and the signal.
+    proc = subprocess.Popen(cli(tmp_path, tmp_path / "runs", "--set", "backend.delay=0.5"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
 
     def searching() -> bool:  # the first evaluation is logged: the search loop is running
