@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--dry-run", action="store_true",
+                   help="check the config, task and strategy settings and print the plan; load no model, write nothing")
 
     e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split")
     e.add_argument("--task", default=None)
@@ -171,6 +173,10 @@ def _optimize(args: argparse.Namespace) -> int:
             apply_set(data, assignment)
         cfg = build_config(data)
         resume_dir = None
+    if args.dry_run:
+        from .plan import describe, plan
+        print(describe(plan(cfg)))
+        return 0
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
     try:
         report = run_config(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None)

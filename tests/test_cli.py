@@ -122,3 +122,31 @@ def test_evaluate_prompt(tmp_path, capsys, monkeypatch):
 def test_secret_in_options_is_refused(base, tmp_path, capsys):
     code, _, err = run_cli(*base, "--set", "backend.api_key=sk-live-123", capsys=capsys)
     assert code == 2 and "environment variable" in err and "sk-live-123" not in err
+
+
+def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tmp_path, capsys):
+    # A model path that does not exist: a real run would fail loading it, a dry run never loads it.
+    args = ["optimize", "--task", "demo", "--strategy", "apo", "--backend", "hf", "--model", str(tmp_path / "no-model"),
+            "--run-dir", str(tmp_path / "runs"), "--set", f"cache_path={tmp_path / 'cache.sqlite'}",
+            "--set", "apo.rounds=2", "--budget", "examples=300,usd=1.5", "--test-limit", "10", "--dry-run"]
+    code, out, err = run_cli(*args, capsys=capsys)
+    assert code == 0, err
+    assert "task       demo (choose: ' other', ' complaint'); train 24, dev 24, test 10 of 30" in out
+    assert "strategy   apo: rounds=2, beam_width=4," in out
+    assert f"optimizer  hf:{tmp_path / 'no-model'}" in out
+    assert "budget     search: examples 300, USD 1.5" in out
+    assert "at most 116 more scored examples" in out  # (3 finalists + seed) x 24 dev + 2 x 10 test
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strategy", "apo", "--optimizer-model", "none"], "strategy apo needs an optimizer model"),
+    (["--set", "paraphrase.rounds=0"], "strategy options: rounds:"),
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--set", "optimizer.backend=nope"], "unknown backend 'nope'"),
+])
+def test_dry_run_refuses_what_a_run_would_refuse(base, tmp_path, capsys, extra, message):
+    code, out, err = run_cli(*base, "--dry-run", *extra, capsys=capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"promptopt: error: {message}") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

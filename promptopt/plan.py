@@ -1,0 +1,71 @@
+"""`promptopt optimize --dry-run`: the checks a run makes before it starts, and the most it may
+spend, without loading a model or writing a file. Model checks (capabilities, a server's reply)
+need the model, so they stay with the real run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .api import load_task
+from .cache import default_cache_path
+from .config import RunConfig, strategy_config
+from .errors import CapabilityError
+from .loop import test_sample
+
+
+def plan(cfg: RunConfig) -> dict[str, Any]:
+    """What `cfg` would run: task splits, strategy settings with defaults, models, and what the search
+    and the final report may score. Raises the same errors a real run raises for a bad config."""
+    strategy_cls = registry.get("strategies", cfg.strategy)
+    settings = strategy_config(strategy_cls, cfg.strategy_options)
+    task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    needs = bool(getattr(strategy_cls, "needs_optimizer", False))
+    if needs and cfg.optimizer is None:
+        raise CapabilityError(f"strategy {cfg.strategy} needs an optimizer model; pass --optimizer-model")
+    uses_optimizer = needs or bool(getattr(strategy_cls, "uses_optimizer", False))
+    optimizer = cfg.optimizer if uses_optimizer else None
+    for model in (cfg.target, optimizer):
+        if model is not None:
+            registry.get("backends", model.backend)
+    dev = len(task.split("dev"))
+    test = len(test_sample(task.split("test"), cfg.test_limit))
+    return {
+        "task": task.name, "output": task.output, "options": list(task.options or ()),
+        "splits": {"train": len(task.split("train")), "dev": dev, "test": test,
+                   "test_of": len(task.split("test"))},
+        "seed_prompt": cfg.prompt or task.seed_prompts[0],
+        "strategy": cfg.strategy, "settings": settings.model_dump(mode="json"),
+        "target": f"{cfg.target.backend}:{cfg.target.model}",
+        "optimizer": f"{optimizer.backend}:{optimizer.model}" if optimizer else None,
+        "budget": cfg.budget.model_dump(mode="json"),
+        # Finalists (top k and the seed) complete the dev split; then the best and the seed score test.
+        "final_examples_at_most": dev * (cfg.final_top_k + 1) + 2 * test,
+        "run_dir": str(Path(cfg.run_dir) / f"{cfg.run_name or '<time>'}-…"),
+        "cache": str(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None,
+    }
+
+
+def describe(p: dict[str, Any]) -> str:
+    """The plan as a few lines for a terminal."""
+    limits = {"max_examples": "examples", "max_optimizer_calls": "optimizer calls", "max_tokens": "tokens",
+              "max_seconds": "seconds", "max_usd": "USD"}
+    budget = ", ".join(f"{name} {p['budget'][key]}" for key, name in limits.items()
+                       if p["budget"].get(key) is not None) or "none (runs until the strategy stops)"
+    s = p["splits"]
+    test = f"{s['test']} of {s['test_of']}" if s["test"] != s["test_of"] else str(s["test"])
+    settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items())
+    return "\n".join([
+        "dry run: nothing was loaded or written",
+        f"task       {p['task']} ({p['output']}{': ' + ', '.join(map(repr, p['options'])) if p['options'] else ''}); "
+        f"train {s['train']}, dev {s['dev']}, test {test}",
+        f"seed       {p['seed_prompt']!r}",
+        f"strategy   {p['strategy']}: {settings}",
+        f"target     {p['target']}",
+        f"optimizer  {p['optimizer'] or 'none'}",
+        f"budget     search: {budget}",
+        f"final      at most {p['final_examples_at_most']} more scored examples "
+        f"(finalists on dev, then the best and the seed on test)",
+        f"run dir    {p['run_dir']}",
+        f"cache      {p['cache'] or 'off'}",
+    ])
