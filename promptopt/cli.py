@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("promptopt: interrupted", file=sys.stderr)
         return 130
     finally:
-        if in_main_thread:
+        if previous is not None:  # None: the handler was not set from Python, so there is none to restore
             signal.signal(signal.SIGTERM, previous)
 
 
