@@ -26,4 +26,12 @@ def run_optimize(args: list[str], root: Path, what: str) -> tuple[dict[str, Any]
     runs = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
     if proc.returncode != 0 or not runs:
         raise SystemExit(f"bench: {what} failed (exit {proc.returncode}); its run log is under {root}")
-    return json.loads(runs[-1].read_text()), wall
+    return finished(runs[-1], what), wall
+
+
+def finished(summary_path: Path, what: str) -> dict[str, Any]:
+    """A run's summary, refused when the run was interrupted: a partial search must not enter a table."""
+    summary = json.loads(summary_path.read_text())
+    if summary.get("stop_reason") == "interrupted":
+        raise SystemExit(f"bench: {what} was interrupted; delete {summary_path.parent} and run the bench again")
+    return summary

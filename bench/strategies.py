@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optimize_cli import ROOT, run_optimize
+from optimize_cli import ROOT, finished, run_optimize
 from promptopt import registry
 from promptopt.runlog import EVENTS, read_events
 
@@ -49,7 +49,7 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -
     found = sorted(root.glob("*/config.json"))
     path = found[0].parent if found else None
     if path and (path / "summary.json").exists():
-        return json.loads((path / "summary.json").read_text())
+        return finished(path / "summary.json", name)
     if path:
         args_ = ["--resume", str(path), "-q"]
     else:
@@ -140,8 +140,6 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not os.environ.get("PROMPTOPT_DATA_DIR"):
-        raise SystemExit("bench: set PROMPTOPT_DATA_DIR (e.g. ../shared/data)")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -151,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"bench: unknown strategy {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(registry.names('strategies')))})")
+    if not os.environ.get("PROMPTOPT_DATA_DIR"):
+        raise SystemExit("bench: set PROMPTOPT_DATA_DIR (e.g. ../shared/data)")
     run_dir = (ROOT / args.run_dir / args.task).resolve()
     rows, curves, raw = [], {}, {}
     for strategy in strategies:

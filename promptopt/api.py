@@ -93,16 +93,17 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None},
             "argv": sys.argv}
-    # The run dir is made only once everything loaded, so a bad input leaves nothing half-written.
+    # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
+    run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
+              seed=cfg.seed, log=None, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
+              max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step)
     if resume_dir is None:
         log = RunLog(new_run_dir(Path(cfg.run_dir), meta, cfg.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
     else:
         log = RunLog(resume_dir, resume=True)
         log.session("run.resume", recorded_events=len(log.recorded))
-    run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
-              seed=cfg.seed, log=log, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
-              max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step)
+    run.log = log
     return run, backends
 
 

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     o.add_argument("--dry-run", action="store_true",
-                   help="check the config, task and strategy settings and print the plan; load no model, write nothing")
+                   help="check the config, task, strategy settings and run dir, print the plan, and stop: "
+                        "no model is loaded and no run dir made")
 
     e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split")
     e.add_argument("--task", default=None)
@@ -141,6 +142,8 @@ def _optimize(args: argparse.Namespace) -> int:
     from .render import print_report
 
     if args.resume:
+        if args.dry_run:
+            raise ConfigError("--dry-run plans a new run; a resumed run keeps its recorded plan (see promptopt show)")
         cfg = resume_config(args.resume)
         resume_dir: Path | None = Path(args.resume)
     else:

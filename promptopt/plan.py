@@ -1,8 +1,9 @@
-"""`promptopt optimize --dry-run`: the checks a run makes before it starts, and the most it may
-spend, without loading a model or writing a file. Model checks (capabilities, a server's reply)
-need the model, so they stay with the real run."""
+"""`promptopt optimize --dry-run`: the checks a run makes before it starts that need no model, and
+the most it may spend, without making a run directory. Backend options and the model itself
+(capabilities, a server's reply, an API key) are checked when a real run builds its backends."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,24 +11,26 @@ from . import registry
 from .api import load_task
 from .cache import default_cache_path
 from .config import RunConfig, strategy_config
-from .errors import CapabilityError
+from .errors import CapabilityError, ConfigError
 from .loop import test_sample
 
 
 def plan(cfg: RunConfig) -> dict[str, Any]:
     """What `cfg` would run: task splits, strategy settings with defaults, models, and what the search
-    and the final report may score. Raises the same errors a real run raises for a bad config."""
+    and the final report may score. Raises what a real run raises for a bad strategy, task, backend
+    name or run directory."""
     strategy_cls = registry.get("strategies", cfg.strategy)
     settings = strategy_config(strategy_cls, cfg.strategy_options)
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     needs = bool(getattr(strategy_cls, "needs_optimizer", False))
     if needs and cfg.optimizer is None:
-        raise CapabilityError(f"strategy {cfg.strategy} needs an optimizer model; pass --optimizer-model")
+        raise CapabilityError(f"strategy {strategy_cls.__name__} needs an optimizer model; pass --optimizer-model")
     uses_optimizer = needs or bool(getattr(strategy_cls, "uses_optimizer", False))
     optimizer = cfg.optimizer if uses_optimizer else None
     for model in (cfg.target, optimizer):
         if model is not None:
             registry.get("backends", model.backend)
+    _check_run_dir(Path(cfg.run_dir))
     dev = len(task.split("dev"))
     test = len(test_sample(task.split("test"), cfg.test_limit))
     return {
@@ -46,6 +49,17 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+def _check_run_dir(root: Path) -> None:
+    """What creating `root` would hit, found without creating it."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create run directory {root}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"cannot create run directory {root}: permission denied")
+
+
 def describe(p: dict[str, Any]) -> str:
     """The plan as a few lines for a terminal."""
     limits = {"max_examples": "examples", "max_optimizer_calls": "optimizer calls", "max_tokens": "tokens",
@@ -56,7 +70,7 @@ def describe(p: dict[str, Any]) -> str:
     test = f"{s['test']} of {s['test_of']}" if s["test"] != s["test_of"] else str(s["test"])
     settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items())
     return "\n".join([
-        "dry run: nothing was loaded or written",
+        "dry run: no model loaded, no run directory made",
         f"task       {p['task']} ({p['output']}{': ' + ', '.join(map(repr, p['options'])) if p['options'] else ''}); "
         f"train {s['train']}, dev {s['dev']}, test {test}",
         f"seed       {p['seed_prompt']!r}",

@@ -15,7 +15,8 @@ STRATEGIES, SEEDS, BUDGET = ("hill_climb", "tabu"), (0, 1), 48
 
 
 def bench(run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PROMPTOPT_CACHE_DIR": str(run_dir.parent / "cache")}
+    # The demo task ships with the package: any data dir will do when none is set.
+    env = {"PROMPTOPT_DATA_DIR": str(run_dir.parent), **os.environ, "PROMPTOPT_CACHE_DIR": str(run_dir.parent / "cache")}
     cmd = [sys.executable, "bench/strategies.py", "--task", "demo", "--strategies", ",".join(STRATEGIES),
            "--seeds", ",".join(map(str, SEEDS)), "--budget", str(BUDGET), "--test-limit", "10",
            "--run-dir", str(run_dir), *extra]

@@ -139,14 +139,23 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+# Each of these passes build_config: only loading the task, the strategy class or the run dir refuses it.
 @pytest.mark.parametrize("extra, message", [
-    (["--strategy", "apo", "--optimizer-model", "none"], "strategy apo needs an optimizer model"),
-    (["--set", "paraphrase.rounds=0"], "strategy options: rounds:"),
+    (["--strategy", "apo", "--optimizer-model", "none"], "strategy APO needs an optimizer model"),
     (["--task", "nope"], "unknown task 'nope'"),
-    (["--set", "optimizer.backend=nope"], "unknown backend 'nope'"),
+    (["--set", "task.dev_size=3"], "task demo: unknown option 'dev_size'"),
+    (["--run-dir", "{tmp}/file/runs"], "cannot create run directory"),
 ])
 def test_dry_run_refuses_what_a_run_would_refuse(base, tmp_path, capsys, extra, message):
-    code, out, err = run_cli(*base, "--dry-run", *extra, capsys=capsys)
-    assert code == 2 and out == ""
-    assert err.startswith(f"promptopt: error: {message}") and len(err.strip().splitlines()) == 1
+    (tmp_path / "file").write_text("not a directory")
+    for a in ([], ["--dry-run"]):  # the real run refuses it the same way
+        code, out, err = run_cli(*base, *a, *[x.format(tmp=tmp_path) for x in extra], capsys=capsys)
+        assert code == 2 and out == ""
+        assert err.startswith(f"promptopt: error: {message}") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_does_not_combine_with_resume(base, tmp_path, capsys):
+    assert run_cli(*base, capsys=capsys)[0] == 0
+    code, out, err = run_cli("optimize", "--resume", str(the_run(tmp_path)), "--dry-run", capsys=capsys)
+    assert code == 2 and err.startswith("promptopt: error: --dry-run plans a new run")
