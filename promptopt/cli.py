@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags of `optimize` that make up a run's config (flag -> argparse attribute).
+_RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "--backend": "backend",
+              "--data-dir": "data_dir", "--optimizer-model": "optimizer_model",
+              "--optimizer-backend": "optimizer_backend", "--budget": "budget", "--max-usd": "max_usd",
+              "--seed": "seed", "--prompt": "prompt", "--run-dir": "run_dir", "--config": "config",
+              "--set": "sets", "--test-limit": "test_limit", "--no-cache": "no_cache", "--plugin": "plugin"}
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from .api import resume_config, run_config
     from .config import apply_set, build_config, deep_merge, load_toml
@@ -144,6 +152,10 @@ def _optimize(args: argparse.Namespace) -> int:
     if args.resume:
         if args.dry_run:
             raise ConfigError("--dry-run plans a new run; a resumed run keeps its recorded plan (see promptopt show)")
+        # A resumed run replays its recorded config; a flag that would change it must not be silently dropped.
+        given = [flag for flag, value in _RUN_FLAGS.items() if getattr(args, value) not in (None, False, [])]
+        if given:
+            raise ConfigError(f"--resume continues a run with its recorded config; drop {', '.join(given)}")
         cfg = resume_config(args.resume)
         resume_dir: Path | None = Path(args.resume)
     else:

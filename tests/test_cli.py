@@ -159,3 +159,16 @@ def test_dry_run_does_not_combine_with_resume(base, tmp_path, capsys):
     assert run_cli(*base, capsys=capsys)[0] == 0
     code, out, err = run_cli("optimize", "--resume", str(the_run(tmp_path)), "--dry-run", capsys=capsys)
     assert code == 2 and err.startswith("promptopt: error: --dry-run plans a new run")
+
+
+@pytest.mark.parametrize("flags", [["--budget", "5"], ["--set", "paraphrase.rounds=1", "--seed", "3"], ["--no-cache"]])
+def test_resume_refuses_flags_it_would_ignore(base, tmp_path, capsys, flags):
+    assert run_cli(*base, capsys=capsys)[0] == 0
+    d = the_run(tmp_path)
+    (d / "summary.json").unlink()  # as if cut off before the final report
+    before = (d / "events.jsonl").read_bytes()
+    code, out, err = run_cli("optimize", "--resume", str(d), *flags, capsys=capsys)
+    assert code == 2 and err.startswith("promptopt: error: --resume continues a run with its recorded config; drop")
+    assert all(f in err for f in flags if f.startswith("--"))
+    assert (d / "events.jsonl").read_bytes() == before and not (d / "summary.json").exists()
+    assert run_cli("optimize", "--resume", str(d), "-q", capsys=capsys)[0] == 0
