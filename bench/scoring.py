@@ -151,9 +151,10 @@ def lm_eval_scorer(backend: HFBackend, batch_size: int) -> Callable[[list[LLRequ
     return score
 
 
-def cache_passes(backend: HFBackend, reqs: list[LLRequest]) -> list[dict[str, float | int]]:
-    """The requests through a fresh response cache twice: what each pass sent to the model, and its time."""
-    passes = []
+def cache_passes(backend: HFBackend, reqs: list[LLRequest]) -> tuple[list[dict[str, float | int]], bool]:
+    """The requests through a fresh response cache twice: what each pass sent to the model and its time,
+    and whether both passes gave the same log-likelihoods."""
+    passes, logprobs = [], []
     with tempfile.TemporaryDirectory() as tmp, ResponseCache(Path(tmp) / "responses.sqlite") as cache:
         cached = CachedBackend(backend, cache)
         for _ in range(2):
@@ -163,9 +164,9 @@ def cache_passes(backend: HFBackend, reqs: list[LLRequest]) -> list[dict[str, fl
             if any(r.error for r in results):
                 raise SystemExit(f"scoring bench: cached pass returned an error: {next(r.error for r in results if r.error)}")
             passes.append({"seconds": round(seconds, 3), "model_requests": cached.misses - misses,
-                           "model_calls": sum(r.usage.calls for r in results), "cache_hits": cached.hits - hits,
-                           "logprobs": [r.logprob for r in results]})
-    return passes
+                           "model_calls": sum(r.usage.calls for r in results), "cache_hits": cached.hits - hits})
+            logprobs.append([r.logprob for r in results])
+    return passes, logprobs[0] == logprobs[1]
 
 
 def cpu_name() -> str:
@@ -248,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cache: dict[str, object] = {}
     if not args.skip_cache:
-        first, second = cache_passes(backend, reqs)
-        same = first.pop("logprobs") == second.pop("logprobs")
+        (first, second), same = cache_passes(backend, reqs)
         cache = {"first_pass": first, "second_pass": second, "identical_logprobs": same}
         print(f"response cache: first pass {first['seconds']:.2f} s, {first['model_requests']} requests to the "
               f"model; second pass {second['seconds']:.3f} s, {second['model_requests']} requests to the model, "

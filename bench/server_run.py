@@ -26,7 +26,6 @@ from promptopt.runlog import EVENTS, read_events
 from promptopt.vllm_server import VLLMServer
 
 
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="python of a venv with vllm")

@@ -25,7 +25,6 @@ from promptopt import registry
 from promptopt.runlog import EVENTS, read_events
 
 
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="sst2")

@@ -13,7 +13,7 @@ from . import __version__, registry
 from .backend import Backend
 from .cache import CachedBackend, ResponseCache, default_cache_path
 from .config import ModelConfig, RunConfig, build_config, strategy_config
-from .errors import ConfigError, ResumeError
+from .errors import CapabilityError, ConfigError, ResumeError
 from .loop import Report, Run
 from .runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_atomic
 from .scorer import Job, score_jobs
@@ -75,6 +75,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def optimizer_config(strategy_cls: Any, cfg: RunConfig) -> ModelConfig | None:
+    """The optimizer model a run of this strategy uses, or None; refuses a strategy that needs one
+    when none is configured."""
+    if getattr(strategy_cls, "needs_optimizer", False):
+        if cfg.optimizer is None:
+            raise CapabilityError(f"strategy {strategy_cls.__name__} needs an optimizer model; pass --optimizer-model")
+        return cfg.optimizer
+    # `uses_optimizer`: a strategy that runs without one but uses it when configured (Plum's paraphrase).
+    return cfg.optimizer if getattr(strategy_cls, "uses_optimizer", False) else None
+
+
 def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             on_step: Callable[[Run], None] | None = None) -> tuple[Run, Backends]:
     """Validate, create (or reopen) the run dir, load task and models, and return a ready Run."""
@@ -85,10 +96,9 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     if cfg.cache:
         cache = ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path())
     backends = Backends(cache)
-    # `uses_optimizer`: a strategy that runs without one but uses it when configured (Plum's paraphrase).
-    wants_optimizer = getattr(strategy_cls, "needs_optimizer", False) or getattr(strategy_cls, "uses_optimizer", False)
-    target = backends.get(cfg.target)
-    optimizer = backends.get(cfg.optimizer) if cfg.optimizer is not None and wants_optimizer else None
+    target = backends.get(cfg.target)  # first: a target that cannot load is the first thing to report
+    optimizer_cfg = optimizer_config(strategy_cls, cfg)
+    optimizer = backends.get(optimizer_cfg) if optimizer_cfg is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None},

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .api import load_task
+from .api import load_task, optimizer_config
 from .cache import default_cache_path
 from .config import RunConfig, strategy_config
-from .errors import CapabilityError, ConfigError
+from .errors import ConfigError
 from .loop import test_sample
 
 
@@ -22,11 +22,7 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     strategy_cls = registry.get("strategies", cfg.strategy)
     settings = strategy_config(strategy_cls, cfg.strategy_options)
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
-    needs = bool(getattr(strategy_cls, "needs_optimizer", False))
-    if needs and cfg.optimizer is None:
-        raise CapabilityError(f"strategy {strategy_cls.__name__} needs an optimizer model; pass --optimizer-model")
-    uses_optimizer = needs or bool(getattr(strategy_cls, "uses_optimizer", False))
-    optimizer = cfg.optimizer if uses_optimizer else None
+    optimizer = optimizer_config(strategy_cls, cfg)
     for model in (cfg.target, optimizer):
         if model is not None:
             registry.get("backends", model.backend)
