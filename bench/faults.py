@@ -5,7 +5,7 @@ the client retried, what still failed, and the wall-time overhead.
     python bench/faults.py --n 300 --rate 0.2
     python bench/faults.py --base-url http://127.0.0.1:8000/v1 --model smol --n 200 --rate 0.1
 
-Without --base-url it runs against the built-in test server (promptopt.testing_server).
+Without --base-url it runs against the built-in test server (promptopt.testing.openai_server).
 All traffic stays on 127.0.0.1 unless --base-url points elsewhere.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from promptopt.backend import GenRequest, LLRequest
-from promptopt.backends.openai import OpenAIBackend
-from promptopt.faultproxy import FAULTS, FaultProxy
-from promptopt.testing_server import FakeOpenAIServer
+from promptopt.backends.base import GenRequest, LLRequest
+from promptopt.backends.openai.backend import OpenAIBackend
+from promptopt.testing.faultproxy import FAULTS, FaultProxy
+from promptopt.testing.openai_server import FakeOpenAIServer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

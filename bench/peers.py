@@ -68,7 +68,7 @@ from promptopt import registry
 from promptopt.api import evaluate, load_task
 from promptopt.cache import CachedBackend
 from promptopt.runlog import EVENTS, read_events
-from promptopt.vllm_server import VLLMServer
+from promptopt.testing.vllm_server import VLLMServer
 
 TASK = "sst2"
 DEV_SIZE = 32  # the 16-shot dev split: 16 per class

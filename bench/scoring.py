@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from promptopt.backend import LLRequest
+from promptopt.backends.base import LLRequest
 from promptopt.backends.hf import HFBackend
 from promptopt.cache import CachedBackend, ResponseCache
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from optimize_cli import ROOT, run_optimize
-from promptopt.faultproxy import FAULTS, FaultProxy
+from promptopt.testing.faultproxy import FAULTS, FaultProxy
 from promptopt.runlog import EVENTS, read_events
-from promptopt.vllm_server import VLLMServer
+from promptopt.testing.vllm_server import VLLMServer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

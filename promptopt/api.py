@@ -9,16 +9,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import __version__, registry
-from .backend import Backend
-from .cache import CachedBackend, ResponseCache, default_cache_path
-from .config import ModelConfig, RunConfig, build_config, strategy_config
-from .errors import CapabilityError, ConfigError, ResumeError
-from .loop import Report, Run
-from .runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_atomic
-from .scorer import Job, score_jobs
-from .task import Task
-from .types import Evaluation
+from promptopt import __version__, registry
+from promptopt.backends.base import Backend
+from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
+from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
+from promptopt.errors import CapabilityError, ConfigError, ResumeError
+from promptopt.loop import Report, Run
+from promptopt.runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_atomic
+from promptopt.scorer import Job, score_jobs
+from promptopt.task import Task
+from promptopt.types import Evaluation
 
 TASK_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
 
@@ -130,7 +130,7 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
         run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
         write_json_atomic(run.log.dir / SUMMARY, summary)
         if any(n == "rl.step" for n in run.note_kinds):
-            from .plots import plot_rl_curves
+            from promptopt.cli.plots import plot_rl_curves
             plot_rl_curves(run.log.dir)  # reward and dev score by step, as rl_curves.png
         run.log.close()
     report.search["cache"] = summary["cache"]
@@ -196,6 +196,6 @@ def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", mode
     if target is None:
         inner = registry.get("backends", backend)(model=model, **dict(backend_options or {}))
         target = CachedBackend(inner, ResponseCache(default_cache_path()) if cache else None)
-    from .types import prompt_id
+    from promptopt.types import prompt_id
     return score_jobs(t, target, [Job(prompt_id(prompt), prompt, split, examples)])[0]
 

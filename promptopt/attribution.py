@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
-from .task import Task
-from .types import Example, ExampleResult
+from promptopt.task import Task
+from promptopt.types import Example, ExampleResult
 
 LossKind = Literal["cross_entropy", "margin"]
 Granularity = Literal["sentence", "phrase"]

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import BudgetExhausted
-from .types import Usage
+from promptopt.errors import BudgetExhausted
+from promptopt.types import Usage
 
 
 class Budget(BaseModel):

@@ -20,9 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from .backend import Backend, GenRequest, GenResult, LLRequest, LLResult
-from .errors import BackendError, PromptOptError
-from .types import Usage
+from promptopt.backends.base import Backend, GenRequest, GenResult, LLRequest, LLResult
+from promptopt.errors import BackendError, PromptOptError
+from promptopt.types import Usage
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")

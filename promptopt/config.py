@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import registry
-from .budget import Budget
-from .errors import ConfigError
+from promptopt import registry
+from promptopt.budget import Budget
+from promptopt.errors import ConfigError
 
 NONE_MODEL = "none"
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError, DataNotFoundError, TaskError
+from promptopt.errors import ConfigError, DataNotFoundError, TaskError
 
 DATA_DIR_ENV = "PROMPTOPT_DATA_DIR"
 T = TypeVar("T")

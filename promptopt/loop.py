@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from .backend import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
-from .budget import Budget, BudgetTracker
-from .errors import BudgetExhausted, CapabilityError, PromptOptError
-from .runlog import RunLog
-from .scorer import Job, score_jobs
-from .strategy import Context, History, ScoreRequest, Strategy
-from .task import Task
-from .types import Candidate, Evaluation, Example, Usage
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
+from promptopt.budget import Budget, BudgetTracker
+from promptopt.errors import BudgetExhausted, CapabilityError, PromptOptError
+from promptopt.runlog import RunLog
+from promptopt.scorer import Job, score_jobs
+from promptopt.strategy import Context, History, ScoreRequest, Strategy
+from promptopt.task import Task
+from promptopt.types import Candidate, Evaluation, Example, Usage
 
 log = logging.getLogger("promptopt")
 

@@ -10,7 +10,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
-from .errors import RegistryError
+from promptopt.errors import RegistryError
 
 KINDS = ("strategies", "tasks", "backends")
 _registered: dict[str, dict[str, Any]] = {k: {} for k in KINDS}

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError, ResumeError
+from promptopt.errors import ConfigError, ResumeError
 
 EVENTS = "events.jsonl"
 CONFIG = "config.json"

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backend import Backend, GenRequest, LLRequest
-from .errors import BackendError
-from .task import Task
-from .types import Evaluation, Example, ExampleResult, Usage
+from promptopt.backends.base import Backend, GenRequest, LLRequest
+from promptopt.errors import BackendError
+from promptopt.task import Task
+from promptopt.types import Evaluation, Example, ExampleResult, Usage
 
 
 @dataclass(frozen=True)

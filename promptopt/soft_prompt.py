@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .backend import CHAT, GENERATE, LOGLIKELIHOOD, PROMPT_EMBEDS, GenRequest, GenResult, LLRequest, LLResult
-from .errors import ConfigError, PromptOptError
-from .scorer import Job, reference_text, score_jobs
-from .task import Task
-from .types import Evaluation, Usage, prompt_id
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, PROMPT_EMBEDS, GenRequest, GenResult, LLRequest, LLResult
+from promptopt.errors import ConfigError, PromptOptError
+from promptopt.scorer import Job, reference_text, score_jobs
+from promptopt.task import Task
+from promptopt.types import Evaluation, Usage, prompt_id
 
 try:
     import torch

@@ -8,9 +8,9 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from .backend import GenRequest, GenResult
-from .task import Task
-from .types import Candidate, Evaluation, ExampleResult
+from promptopt.backends.base import GenRequest, GenResult
+from promptopt.task import Task
+from promptopt.types import Candidate, Evaluation, ExampleResult
 
 
 class StrategyConfig(BaseModel):
@@ -115,7 +115,7 @@ class Context:
 
     def require_optimizer(self) -> OptimizerLM:
         if self.optimizer is None:
-            from .errors import CapabilityError
+            from promptopt.errors import CapabilityError
             raise CapabilityError("this strategy needs an optimizer model (--optimizer-model)")
         return self.optimizer
 

@@ -5,9 +5,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
-from .errors import TaskError
-from .template import check_template, render, template_fields
-from .types import Example
+from promptopt.errors import TaskError
+from promptopt.template import check_template, render, template_fields
+from promptopt.types import Example
 
 SPLITS = ("train", "dev", "test")
 

@@ -8,7 +8,7 @@ Each round, for every prompt in the beam:
   4. ask for `paraphrases` meaning-preserving rewrites of every edit and of the prompt itself
      (Monte-Carlo search around each edit);
   5. keep at most `max_expansion` of these children (a random sample).
-Then a best-arm selection (promptopt.selection, UCB by default) over the children and the beam picks
+Then a best-arm selection (promptopt.strategies.blocks.selection, UCB by default) over the children and the beam picks
 the next beam of `beam_width`. Defaults are those of the official code.
 
 Selection scores on the dev split, not on train as the official code does. That code has no other
@@ -30,10 +30,10 @@ from typing import Sequence
 
 from pydantic import Field
 
-from promptopt.backend import GenRequest, GenResult
-from promptopt.parsing import clean_prompt, strip_wrapping
+from promptopt.backends.base import GenRequest, GenResult
+from promptopt.strategies.blocks.parsing import clean_prompt, strip_wrapping
 from promptopt.registry import register_strategy
-from promptopt.selection import SelectionConfig, Selector
+from promptopt.strategies.blocks.selection import SelectionConfig, Selector
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
 from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, ExampleResult, normalize_prompt

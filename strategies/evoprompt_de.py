@@ -7,8 +7,8 @@ so far, and crosses the result with x; the child replaces x only if it scores hi
 for all of a generation's children in one batched call, so the best is updated once per generation."""
 from __future__ import annotations
 
-from promptopt.evoprompt import DE_REQUEST, Evolution
-from promptopt.population import Member, best
+from promptopt.strategies.blocks.evoprompt import DE_REQUEST, Evolution
+from promptopt.strategies.blocks.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 

@@ -4,8 +4,8 @@ request, to cross over two parents from the pool and then mutate the result. The
 the `population` fittest distinct prompts of parents and children (EvoPrompt's `topk` survival)."""
 from __future__ import annotations
 
-from promptopt.evoprompt import GA_REQUEST, Evolution
-from promptopt.population import Member, roulette, top
+from promptopt.strategies.blocks.evoprompt import GA_REQUEST, Evolution
+from promptopt.strategies.blocks.population import Member, roulette, top
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 

@@ -12,9 +12,9 @@ import math
 
 from pydantic import Field
 
-from promptopt.edits import PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, join, plan_edit, render, tidy
-from promptopt.phrase_search import REDRAW_ROUNDS, PhraseSearch, PhraseSearchConfig
-from promptopt.population import Member, top
+from promptopt.strategies.blocks.edits import PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, join, plan_edit, render, tidy
+from promptopt.strategies.blocks.phrase_search import REDRAW_ROUNDS, PhraseSearch, PhraseSearchConfig
+from promptopt.strategies.blocks.population import Member, top
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 from promptopt.types import Candidate

@@ -2,8 +2,8 @@
 the current prompt and moves to the best of them only if it scores strictly higher."""
 from __future__ import annotations
 
-from promptopt.phrase_search import LocalSearch
-from promptopt.population import Member, best
+from promptopt.strategies.blocks.phrase_search import LocalSearch
+from promptopt.strategies.blocks.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 

@@ -8,8 +8,8 @@ from typing import Sequence
 
 from pydantic import Field
 
-from promptopt.backend import GenRequest
-from promptopt.parsing import clean_prompt
+from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
 from promptopt.types import Candidate, Evaluation

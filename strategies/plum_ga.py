@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from promptopt.edits import crossover, is_sane, render, tidy
-from promptopt.phrase_search import PhraseSearch, PhraseSearchConfig
-from promptopt.population import Member, top, tournament
+from promptopt.strategies.blocks.edits import crossover, is_sane, render, tidy
+from promptopt.strategies.blocks.phrase_search import PhraseSearch, PhraseSearchConfig
+from promptopt.strategies.blocks.population import Member, top, tournament
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 from promptopt.types import Candidate

@@ -25,8 +25,8 @@ from pydantic import Field
 
 from promptopt.attribution import (LossKind, LossSummary, Segment, SegmentImpact, default_loss, impacts,
                                    marked_segments, mask, merge_segments, split_prompt, summarize, worst_first)
-from promptopt.backend import GenRequest
-from promptopt.parsing import clean_prompt
+from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
 from promptopt.scorer import reference_text
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig

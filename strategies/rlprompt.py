@@ -1,11 +1,11 @@
 """RLPrompt: discrete prompt optimization with reinforcement learning (Deng et al., EMNLP 2022;
 arXiv 2205.12548; research/algorithms-rl-pmpo.md §1).
 
-A policy (frozen causal LM + trainable MLP adapter, promptopt.rl_policy) emits short token
+A policy (frozen causal LM + trainable MLP adapter, promptopt.strategies.blocks.rl_policy) emits short token
 prompts. Each step
   1. samples `prompts_per_step` prompts (top-k sampling) and asks the loop to score all of them on
      the same `examples_per_reward` training examples (candidates with origin "rl.sample"),
-  2. turns each prompt's results into a reward (promptopt.rl_reward: the scaled probability gap
+  2. turns each prompt's results into a reward (promptopt.strategies.blocks.rl_reward: the scaled probability gap
      for classification; the task metric or gold log-likelihood for generation), z-scores the
      rewards across the step's prompts and scales them by `reward_scale`,
   3. updates the adapter with on-policy soft Q-learning and a Polyak target network (the paper's
@@ -13,7 +13,7 @@ prompts. Each step
      ("reinforce": an RLPrompt-style alternative, not the paper's method).
 Every `eval_every` steps (and after the last) the greedy prompt is scored on the dev split
 (origin "rl.greedy"); the loop's final report picks the best of those by dev score.
-Per-step numbers go to the run log as notes "rl.step" and "rl.eval" (promptopt.plots reads them).
+Per-step numbers go to the run log as notes "rl.step" and "rl.eval" (promptopt.cli.plots reads them).
 
 Defaults are sized for a CPU; `preset: "paper"` fills every setting left unset with the paper's.
 The paper's policy backbone is distilgpt2; here it is any causal LM (`policy_model`).
@@ -27,8 +27,8 @@ from typing import Any, Literal, Sequence
 from pydantic import Field, model_validator
 
 from promptopt.registry import register_strategy
-from promptopt.rl_policy import PolicyTrainer, PromptPolicy, PromptSample, load_backbone, seeded_generator
-from promptopt.rl_reward import CORRECT_COEFF, INCORRECT_COEFF, classification_reward, mean_score, zscore
+from promptopt.strategies.blocks.rl_policy import PolicyTrainer, PromptPolicy, PromptSample, load_backbone, seeded_generator
+from promptopt.strategies.blocks.rl_reward import CORRECT_COEFF, INCORRECT_COEFF, classification_reward, mean_score, zscore
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
 from promptopt.types import Candidate, Evaluation
 

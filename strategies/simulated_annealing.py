@@ -11,8 +11,8 @@ import math
 
 from pydantic import Field
 
-from promptopt.phrase_search import LocalSearch, PhraseSearchConfig
-from promptopt.population import Member, best
+from promptopt.strategies.blocks.phrase_search import LocalSearch, PhraseSearchConfig
+from promptopt.strategies.blocks.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 

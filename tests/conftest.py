@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 if TYPE_CHECKING:
-    from promptopt.testing_server import FakeOpenAIServer
+    from promptopt.testing.openai_server import FakeOpenAIServer
 
 # Set before anything imports huggingface_hub, which reads this once: nothing waits on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,7 +60,7 @@ def quick_thread_switches() -> Iterator[None]:
 @pytest.fixture
 def openai_server() -> Iterator[FakeOpenAIServer]:
     """A FakeOpenAIServer serving "test-model" for one test."""
-    from promptopt.testing_server import FakeOpenAIServer
+    from promptopt.testing.openai_server import FakeOpenAIServer
 
     with FakeOpenAIServer("test-model", max_lifetime=60) as server:
         yield server

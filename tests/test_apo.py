@@ -4,13 +4,13 @@ import re
 
 import pytest
 
-from promptopt.backend import GenResult
+from promptopt.backends.base import GenResult
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.config import apply_set, build_config, strategy_config
 from promptopt.errors import ConfigError
-from promptopt.selection import SelectionConfig
-from promptopt.show import load_run
+from promptopt.strategies.blocks.selection import SelectionConfig
+from promptopt.cli.show import load_run
 from promptopt.strategies.apo import APO, APOConfig
 from promptopt.testing import StrategyContract, events_of, make_run, toy_task
 

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from promptopt.backend import Backend, GenRequest, LLRequest, LLResult
+from promptopt.backends.base import Backend, GenRequest, LLRequest, LLResult
 from promptopt.backends.fake import FakeBackend
 from promptopt.cache import (SCHEMA_VERSION, CacheError, CachedBackend, CacheWarning, ResponseCache,
                              cache_key, default_cache_path)

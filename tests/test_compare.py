@@ -10,7 +10,7 @@ pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
 from promptopt.cli import main  # noqa: E402
-from promptopt.compare import compare, format_table, search_curve  # noqa: E402
+from promptopt.cli.compare import compare, format_table, search_curve  # noqa: E402
 from promptopt.soft_prompt import load_soft_prompt  # noqa: E402
 
 DEV = [f"demo-dev-{i}" for i in range(24)]
@@ -22,7 +22,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from promptopt.models import embedded_hf_dir
+    from promptopt.backends.models import embedded_hf_dir
 
     path = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(embedded_hf_dir())

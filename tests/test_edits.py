@@ -1,12 +1,12 @@
-"""Phrase segmentation and edit operators (promptopt.edits), and Plum's objective (promptopt.plum_score)."""
+"""Phrase segmentation and edit operators (promptopt.strategies.blocks.edits), and Plum's objective (promptopt.strategies.blocks.plum_score)."""
 import math
 import random
 
 import pytest
 
-from promptopt.edits import (ADD, DELETE, PARAPHRASE, SWAP, Edit, apply_edit, crossover, deleted_after, delete,
+from promptopt.strategies.blocks.edits import (ADD, DELETE, PARAPHRASE, SWAP, Edit, apply_edit, crossover, deleted_after, delete,
                              insert, phrases, plan_edit, render, segment, swap, tidy)
-from promptopt.plum_score import Objective, balanced_accuracy, label_entropy
+from promptopt.strategies.blocks.plum_score import Objective, balanced_accuracy, label_entropy
 from promptopt.testing import toy_task
 from promptopt.types import ExampleResult
 

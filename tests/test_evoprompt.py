@@ -6,7 +6,7 @@ import pytest
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.errors import CapabilityError
-from promptopt.evoprompt import EvolutionConfig, extract_prompt
+from promptopt.strategies.blocks.evoprompt import EvolutionConfig, extract_prompt
 from promptopt.loop import Run
 from promptopt.strategies.evoprompt_de import EvoPromptDE
 from promptopt.strategies.evoprompt_ga import EvoPromptGA

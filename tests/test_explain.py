@@ -9,12 +9,12 @@ import pytest
 
 from promptopt.attribution import (Segment, example_loss, margin_loss, marked_segments, mask, merge_segments,
                                    preference_loss, split_prompt)
-from promptopt.backend import CHAT, GENERATE
+from promptopt.backends.base import CHAT, GENERATE
 from promptopt.backends.fake import FakeBackend
 from promptopt.cli import main
 from promptopt.api import load_task
 from promptopt.errors import CapabilityError, ConfigError, TaskError
-from promptopt.explain import explain_prompt
+from promptopt.cli.explain import explain_prompt
 from promptopt.testing import BAD_PROMPT, HARMFUL, HarmfulSentenceBackend, toy_task
 from promptopt.types import Example, ExampleResult
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from promptopt.faultproxy import FAULTS, FaultProxy
-from promptopt.testing_server import FakeOpenAIServer
+from promptopt.testing.faultproxy import FAULTS, FaultProxy
+from promptopt.testing.openai_server import FakeOpenAIServer
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("quick_thread_switches")]
 CHAT = json.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})

@@ -5,7 +5,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptopt.cli import main, parse_budget
+from promptopt.cli.commands import main, parse_budget
 from promptopt.config import apply_set, build_config
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.template import render, template_fields

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import torch
 
-from promptopt.backend import CHAT, GenRequest, LLRequest
+from promptopt.backends.base import CHAT, GenRequest, LLRequest
 from promptopt.backends._local import generation_prompt
 from promptopt.backends.hf import MIN_SHARED_TOKENS_SAVED, HFBackend, _Row, _Scored
 from promptopt.errors import ModelNotFoundError
-from promptopt.models import embedded_hf_dir
+from promptopt.backends.models import embedded_hf_dir
 from promptopt.registry import get
 from promptopt.testing import BackendContract
 

@@ -11,7 +11,7 @@ from promptopt.strategies.hill_climb import HillClimb
 from promptopt.strategies.plum_ga import PlumGA, PlumGAConfig
 from promptopt.strategies.simulated_annealing import AnnealingConfig, SimulatedAnnealing
 from promptopt.strategies.tabu import Tabu, TabuConfig
-from promptopt.phrase_search import PhraseSearchConfig, clean_phrase
+from promptopt.strategies.blocks.phrase_search import PhraseSearchConfig, clean_phrase
 from promptopt.task import Task
 from promptopt.testing import StrategyContract, make_run, toy_task
 

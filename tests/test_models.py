@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from promptopt import models
+from promptopt.backends import models
 from promptopt.errors import ModelNotFoundError
-from promptopt.models import EMBEDDED, embedded_gguf, embedded_hf_dir, resolve_model
+from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, resolve_model
 
 
 def _package_missing(monkeypatch: pytest.MonkeyPatch) -> None:

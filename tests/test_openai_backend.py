@@ -13,19 +13,19 @@ import time
 
 import pytest
 
-from promptopt.backend import GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
-from promptopt.backends.openai import OpenAIBackend
-from promptopt.backends.openai_limits import RateLimiter
-from promptopt.backends.openai_logprobs import EchoedPrompt, continuation_logprob
-from promptopt.backends.openai_prices import price_for, usd
-from promptopt.backends.openai_transport import parse_retry_after, server_message
+from promptopt.backends.base import GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
+from promptopt.backends.openai.backend import OpenAIBackend
+from promptopt.backends.openai.limits import RateLimiter
+from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob
+from promptopt.backends.openai.prices import price_for, usd
+from promptopt.backends.openai.transport import parse_retry_after, server_message
 from promptopt.cache import CachedBackend
 from promptopt.config import strategy_config
 from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptOptError
-from promptopt.faultproxy import FaultProxy
+from promptopt.testing.faultproxy import FaultProxy
 from promptopt.registry import get
 from promptopt.testing import BackendContract, make_run
-from promptopt.testing_server import GREEDY_ABOVE, FakeOpenAIServer, token_logprob, tokenize
+from promptopt.testing.openai_server import GREEDY_ABOVE, FakeOpenAIServer, token_logprob, tokenize
 
 KEY_ENV = "PROMPTOPT_TEST_OPENAI_KEY"
 SECRET = "sk-test-SECRET-0123456789abcdef"

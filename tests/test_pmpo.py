@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from promptopt.backend import CHAT, GENERATE
+from promptopt.backends.base import CHAT, GENERATE
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.errors import CapabilityError

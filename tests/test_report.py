@@ -12,7 +12,7 @@ from promptopt.budget import Budget
 from promptopt.cli import main
 from promptopt.config import strategy_config
 from promptopt.registry import get
-from promptopt.report import write_report
+from promptopt.cli.report import write_report
 from promptopt.testing import make_run
 
 SCRIPT = "<script>alert(1)</script>"

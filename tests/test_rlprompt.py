@@ -11,7 +11,7 @@ import torch
 from promptopt.budget import Budget
 from promptopt.config import strategy_config
 from promptopt.errors import ConfigError
-from promptopt.plots import plot_rl_curves, rl_curves
+from promptopt.cli.plots import plot_rl_curves, rl_curves
 from promptopt.registry import get
 from promptopt.testing import StrategyContract, events_of, make_run, toy_task
 

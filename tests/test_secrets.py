@@ -1,7 +1,7 @@
 """API keys never reach any file a run writes, nor its output: a run on the openai backend, then grep."""
 
 from promptopt.cli import main
-from promptopt.testing_server import FakeOpenAIServer
+from promptopt.testing.openai_server import FakeOpenAIServer
 
 KEY = "sk-test-7c1f0e9a2b4d-DO-NOT-LEAK"
 

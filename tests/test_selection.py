@@ -3,9 +3,9 @@ import hashlib
 
 import pytest
 
-from promptopt.backend import LOGLIKELIHOOD, LLResult
+from promptopt.backends.base import LOGLIKELIHOOD, LLResult
 from promptopt.budget import Budget
-from promptopt.selection import SELECTORS, SelectionConfig
+from promptopt.strategies.blocks.selection import SELECTORS, SelectionConfig
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import make_run, toy_task
 from promptopt.types import Candidate

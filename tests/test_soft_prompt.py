@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from promptopt.backend import GenRequest, LLRequest  # noqa: E402
+from promptopt.backends.base import GenRequest, LLRequest  # noqa: E402
 from promptopt.errors import ConfigError  # noqa: E402
 from promptopt.scorer import Job, score_jobs  # noqa: E402
 from promptopt.soft_prompt import (SoftPromptBackend, SoftPromptConfig, continuation_logprobs,  # noqa: E402
@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from promptopt.backends.hf import HFBackend
-    from promptopt.models import embedded_hf_dir
+    from promptopt.backends.models import embedded_hf_dir
     from transformers import AutoTokenizer
 
     path = tmp_path_factory.mktemp("tiny-llama")

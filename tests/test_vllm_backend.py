@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from promptopt.backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
 from promptopt.errors import CapabilityError, ConfigError, ModelNotFoundError
 from promptopt.registry import get
 from promptopt.testing import BackendContract

@@ -10,10 +10,10 @@ from typing import Iterator
 
 import pytest
 
-from promptopt.backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, LLRequest
 from promptopt.errors import BackendError
 from promptopt.testing import BackendContract
-from promptopt.vllm_server import SERVED_NAME, VLLMServer, http_json
+from promptopt.testing.vllm_server import SERVED_NAME, VLLMServer, http_json
 
 pytestmark = [pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -51,7 +51,7 @@ def vllm_server(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def openai_on_vllm(vllm_server: str):
-    from promptopt.backends.openai import OpenAIBackend
+    from promptopt.backends.openai.backend import OpenAIBackend
 
     backend = OpenAIBackend(SERVED_NAME, base_url=vllm_server, concurrency=8, timeout=300)
     yield backend

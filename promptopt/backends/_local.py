@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..backend import GenRequest, GenResult
-from ..types import Usage
+from promptopt.backends.base import GenRequest, GenResult
+from promptopt.types import Usage
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

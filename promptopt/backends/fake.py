@@ -9,10 +9,10 @@ import hashlib
 import time
 from typing import Callable, Sequence
 
-from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
-from ..errors import BackendError
-from ..registry import register_backend
-from ..types import Usage
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from promptopt.errors import BackendError
+from promptopt.registry import register_backend
+from promptopt.types import Usage
 
 
 def _unit(text: str) -> float:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, cast
 
-from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
-from ..errors import ConfigError, ModelNotFoundError
-from ..models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, quiet_transformers, resolve_model
-from ..registry import register_backend
-from ..types import Usage
-from ._local import common_prefix, generation_prompt
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from promptopt.errors import ConfigError, ModelNotFoundError
+from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, quiet_transformers, resolve_model
+from promptopt.registry import register_backend
+from promptopt.types import Usage
+from promptopt.backends._local import common_prefix, generation_prompt
 
 log = logging.getLogger(__name__)
 

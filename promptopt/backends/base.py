@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from .errors import CapabilityError
-from .types import Usage
+from promptopt.errors import CapabilityError
+from promptopt.types import Usage
 
 GENERATE = "generate"
 LOGLIKELIHOOD = "loglikelihood"

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .api import load_task, optimizer_config
-from .cache import default_cache_path
-from .config import RunConfig, strategy_config
-from .errors import ConfigError
-from .loop import test_sample
+from promptopt import registry
+from promptopt.api import load_task, optimizer_config
+from promptopt.cache import default_cache_path
+from promptopt.config import RunConfig, strategy_config
+from promptopt.errors import ConfigError
+from promptopt.loop import test_sample
 
 
 def plan(cfg: RunConfig) -> dict[str, Any]:

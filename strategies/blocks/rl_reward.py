@@ -13,7 +13,7 @@ import math
 import statistics
 from typing import Sequence
 
-from .types import Evaluation, ExampleResult
+from promptopt.types import Evaluation, ExampleResult
 
 # RLPrompt's few-shot classification constants (fsc_helpers.py): lambda2 / lambda1.
 CORRECT_COEFF = 200.0

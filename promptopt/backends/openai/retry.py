@@ -9,7 +9,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity import wait_random_exponential
 
-from .openai_transport import OpenAIRequestError
+from promptopt.backends.openai.transport import OpenAIRequestError
 
 
 @dataclass

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError
-from .loop import test_sample
-from .runlog import CONFIG, EVENTS, SUMMARY, read_events, write_json_atomic
-from .scorer import Job, score_jobs
-from .task import Task
-from .types import prompt_id
+from promptopt.errors import ConfigError
+from promptopt.loop import test_sample
+from promptopt.runlog import CONFIG, EVENTS, SUMMARY, read_events, write_json_atomic
+from promptopt.scorer import Job, score_jobs
+from promptopt.task import Task
+from promptopt.types import prompt_id
 
 TABLE_FILE = "compare.json"
 PLOT_FILE = "compare.png"
@@ -101,9 +101,9 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
             test_limit: int | None = None, device: str = "auto", data_dir: str | None = None,
             projection: str = "cosine") -> Comparison:
     """Score the run's seed and best prompts and (with `soft`) tune one soft prompt per seed."""
-    from .api import load_task
-    from .backends.hf import HFBackend
-    from .cache import CachedBackend, ResponseCache, default_cache_path
+    from promptopt.api import load_task
+    from promptopt.backends.hf import HFBackend
+    from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 
     run = Path(run_dir)
     config, summary = _read_run(run)
@@ -140,7 +140,7 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
 def _add_soft_rows(out: Comparison, task: Task, hf: Any, summary: dict[str, Any], virtual_tokens: int,
                    seeds: Sequence[int], options: dict[str, Any], test_limit: int | None, projection: str,
                    run: Path, scorer: Any, second: Any) -> None:
-    from .soft_prompt import (SoftPromptBackend, SoftPromptConfig, project_to_text, save_soft_prompt,
+    from promptopt.soft_prompt import (SoftPromptBackend, SoftPromptConfig, project_to_text, save_soft_prompt,
                               train_soft_prompt)
 
     options.setdefault("init", "text")

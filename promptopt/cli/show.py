@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import ConfigError
-from .render import fmt, short
-from .runlog import EVENTS, SUMMARY, read_events
-from .types import Usage
+from promptopt.errors import ConfigError
+from promptopt.cli.render import fmt, short
+from promptopt.runlog import EVENTS, SUMMARY, read_events
+from promptopt.types import Usage
 
 # Events that open a session (a start or a resume); wall time is summed per session.
 _SESSION_OPENERS = frozenset({"run.start", "run.resume"})

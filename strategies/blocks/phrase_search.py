@@ -12,13 +12,13 @@ from typing import Collection, Literal, Sequence
 
 from pydantic import Field
 
-from .backend import GenRequest
-from .edits import (PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, plan_edit, render, segment,
+from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.edits import (PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, plan_edit, render, segment,
                     tidy)
-from .parsing import strip_wrapping
-from .population import IterativeSearch, Member, SearchConfig, best
-from .strategy import Context
-from .types import Candidate, normalize_prompt
+from promptopt.strategies.blocks.parsing import strip_wrapping
+from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, best
+from promptopt.strategy import Context
+from promptopt.types import Candidate, normalize_prompt
 
 EditName = Literal["delete", "swap", "add", "paraphrase"]
 PARAPHRASE_REQUEST = ("Say the following phrase in other words. Keep its meaning. "

@@ -15,18 +15,18 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.table import Table
 
-from . import registry
-from .api import load_task
-from .attribution import (Granularity, LossKind, SegmentImpact, default_loss, impacts, mask, split_prompt,
+from promptopt import registry
+from promptopt.api import load_task
+from promptopt.attribution import (Granularity, LossKind, SegmentImpact, default_loss, impacts, mask, split_prompt,
                           summarize, worst_first)
-from .backend import LOGLIKELIHOOD, Backend
-from .cache import CachedBackend, ResponseCache, default_cache_path
-from .data import sample
-from .errors import CapabilityError, ConfigError, PromptOptError
-from .runlog import write_json_atomic
-from .scorer import Job, score_jobs
-from .task import Task
-from .types import prompt_id
+from promptopt.backends.base import LOGLIKELIHOOD, Backend
+from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
+from promptopt.data import sample
+from promptopt.errors import CapabilityError, ConfigError, PromptOptError
+from promptopt.runlog import write_json_atomic
+from promptopt.scorer import Job, score_jobs
+from promptopt.task import Task
+from promptopt.types import prompt_id
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ModelNotFoundError
+from promptopt.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections import Counter, deque
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from ._http import Handler, LocalService, respond
+from promptopt.testing._http import Handler, LocalService, respond
 
 FAULTS = ("429", "429_no_retry_after", "500", "502", "503", "hang", "drop", "malformed",
           "truncated", "slow")

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import ConfigError
-from .models import EMBEDDED, embedded_hf_dir, quiet_transformers, resolve_model
+from promptopt.errors import ConfigError
+from promptopt.backends.models import EMBEDDED, embedded_hf_dir, quiet_transformers, resolve_model
 
 INIT_GAIN = 1e-4  # RLPrompt's adapter init: xavier-uniform with a tiny gain, biases -1e-4
 INIT_BIAS = -1e-4

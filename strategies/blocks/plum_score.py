@@ -15,8 +15,8 @@ import math
 from collections import Counter
 from typing import Literal, Mapping, Sequence
 
-from .task import Task
-from .types import ExampleResult
+from promptopt.task import Task
+from promptopt.types import ExampleResult
 
 ObjectiveName = Literal["plum", "task", "likelihood"]
 PLUM_ENTROPY_WEIGHT = 0.1

@@ -19,7 +19,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - depends on which openai/httpx is installed
     import httpx  # type: ignore[no-redef]
 
-from ..errors import BackendError
+from promptopt.errors import BackendError
 
 _CONTEXT_WORDS = ("context length", "context size", "context window", "context_length", "max_model_len")
 _MAX_SERVER_TEXT = 240

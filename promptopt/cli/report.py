@@ -12,12 +12,12 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import PromptOptError
-from .plots import plot_dev_by_step, plot_rl_curves
-from .render import fmt
-from .runlog import CONFIG
-from .show import RunView, best_by_step, load_run, reason
-from .types import Usage
+from promptopt.errors import PromptOptError
+from promptopt.cli.plots import plot_dev_by_step, plot_rl_curves
+from promptopt.cli.render import fmt
+from promptopt.runlog import CONFIG
+from promptopt.cli.show import RunView, best_by_step, load_run, reason
+from promptopt.types import Usage
 
 REPORT_FILE = "report.html"
 # A second line of defence should some text ever skip escaping: no scripts, no fetches, inline images only.

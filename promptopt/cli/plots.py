@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runlog import EVENTS, read_events
+from promptopt.runlog import EVENTS, read_events
 
 RL_CURVES = "rl_curves.png"
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
-from ..backend import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
-from ..errors import CapabilityError, ConfigError
-from ..registry import register_backend
-from ..types import Usage
-from .openai_limits import RateLimiter
-from .openai_logprobs import EchoedPrompt, continuation_logprob, echoed_prompt
-from .openai_loop import LoopThread
-from .openai_prices import DEFAULT_PRICES, price_for, usd
-from .openai_retry import CallStats, retrying
-from .openai_transport import OpenAIRequestError, Server
+from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from promptopt.errors import CapabilityError, ConfigError
+from promptopt.registry import register_backend
+from promptopt.types import Usage
+from promptopt.backends.openai.limits import RateLimiter
+from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob, echoed_prompt
+from promptopt.backends.openai.aioloop import LoopThread
+from promptopt.backends.openai.prices import DEFAULT_PRICES, price_for, usd
+from promptopt.backends.openai.retry import CallStats, retrying
+from promptopt.backends.openai.transport import OpenAIRequestError, Server
 
 T = TypeVar("T")
 Scored = tuple[float, bool, tuple[float, ...]]  # logprob, is_greedy, per-token logprobs

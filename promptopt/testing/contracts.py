@@ -8,15 +8,15 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .backend import GenRequest, LLRequest, LLResult
-from .backends.fake import FakeBackend
-from .budget import Budget
-from .errors import ConfigError
-from .loop import Run
-from .runlog import EVENTS, RunLog, read_events
-from .strategy import Strategy
-from .task import Task
-from .types import Example, Usage
+from promptopt.backends.base import GenRequest, LLRequest, LLResult
+from promptopt.backends.fake import FakeBackend
+from promptopt.budget import Budget
+from promptopt.errors import ConfigError
+from promptopt.loop import Run
+from promptopt.runlog import EVENTS, RunLog, read_events
+from promptopt.strategy import Strategy
+from promptopt.task import Task
+from promptopt.types import Example, Usage
 
 def toy_task(n_train: int = 12, n_dev: int = 12, n_test: int = 12, output: str = "choose") -> Task:
     """A small made-up classification (or generation) task for fast tests."""
@@ -119,7 +119,7 @@ class StrategyContract:
         assert strip(a) == strip(b)
 
     def test_unknown_option_is_rejected(self) -> None:
-        from .config import strategy_config
+        from promptopt.config import strategy_config
         strategy = self.make_strategy()
         try:
             strategy_config(type(strategy), {"no_such_option_xyz": 1})

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any, Mapping
 
-from ._http import Handler, LocalService, respond
+from promptopt.testing._http import Handler, LocalService, respond
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 GREEDY_ABOVE = -1.0  # a token is the greedy choice iff its logprob is above this

@@ -3,7 +3,7 @@
 `Member` is a scored candidate; `roulette`, `tournament` and `top` are the selection rules of
 EvoPrompt and Plum; `IterativeSearch` is the ask/tell skeleton they all share: each iteration
 proposes candidates, asks the loop to score only those not scored before, turns the results into
-members (fitness from `promptopt.plum_score.Objective`) and hands them to the strategy's `update`.
+members (fitness from `promptopt.strategies.blocks.plum_score.Objective`) and hands them to the strategy's `update`.
 Everything is a function of ctx.rng and the results, so replay-based resume rebuilds the state.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Sequence
 
 from pydantic import Field
 
-from .plum_score import PLUM_ENTROPY_WEIGHT, Objective, ObjectiveName
-from .strategy import Context, ScoreRequest, StrategyConfig
-from .types import Candidate, Evaluation
+from promptopt.strategies.blocks.plum_score import PLUM_ENTROPY_WEIGHT, Objective, ObjectiveName
+from promptopt.strategy import Context, ScoreRequest, StrategyConfig
+from promptopt.types import Candidate, Evaluation
 
 
 @dataclass(frozen=True)

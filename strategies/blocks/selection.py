@@ -31,8 +31,8 @@ from typing import ClassVar, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .strategy import Context, History, ScoreRequest
-from .types import Candidate, Evaluation
+from promptopt.strategy import Context, History, ScoreRequest
+from promptopt.types import Candidate, Evaluation
 
 Method = Literal["ucb", "ucb-e", "sr", "sh", "bf"]
 

@@ -11,8 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from . import registry
-from .errors import ConfigError, PromptOptError
+from promptopt import registry
+from promptopt.errors import ConfigError, PromptOptError
 
 BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
                "seconds": "max_seconds", "usd": "max_usd"}
@@ -144,10 +144,10 @@ _RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "-
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from .api import resume_config, run_config
-    from .config import apply_set, build_config, deep_merge, load_toml
-    from .progress import ProgressBar
-    from .render import print_report
+    from promptopt.api import resume_config, run_config
+    from promptopt.config import apply_set, build_config, deep_merge, load_toml
+    from promptopt.cli.progress import ProgressBar
+    from promptopt.cli.render import print_report
 
     if args.resume:
         if args.dry_run:
@@ -189,7 +189,7 @@ def _optimize(args: argparse.Namespace) -> int:
         cfg = build_config(data)
         resume_dir = None
     if args.dry_run:
-        from .plan import describe, plan
+        from promptopt.cli.plan import describe, plan
         print(describe(plan(cfg)))
         return 0
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
@@ -203,8 +203,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .api import evaluate
-    from .runlog import SUMMARY
+    from promptopt.api import evaluate
+    from promptopt.runlog import SUMMARY
 
     prompt, task = args.prompt, args.task
     if args.run:
@@ -224,7 +224,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import default_json_path, explain, print_explanation, write_explanation
+    from promptopt.cli.explain import default_json_path, explain, print_explanation, write_explanation
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
@@ -245,7 +245,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _download_model(args: argparse.Namespace) -> int:
-    from .models import embedded_hf_dir, install_embedded
+    from promptopt.backends.models import embedded_hf_dir, install_embedded
     print(f"embedded model: {install_embedded()}")
     print(f"converted for transformers/vLLM: {embedded_hf_dir()}")
     return 0
@@ -259,7 +259,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import PLOT_FILE, TABLE_FILE, compare, format_table
+    from promptopt.cli.compare import PLOT_FILE, TABLE_FILE, compare, format_table
 
     options = {"init": args.init, "optimizer": args.optimizer, "lr": args.lr, "steps": args.steps,
                "batch_size": args.batch_size, "eval_every": args.eval_every}
@@ -274,13 +274,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .show import show_run
+    from promptopt.cli.show import show_run
     show_run(Path(args.run), top=args.top)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from promptopt.cli.report import write_report
     print(f"report: {write_report(Path(args.run), args.out, top=args.top)}")
     return 0
 

@@ -12,12 +12,12 @@ from typing import Sequence
 
 from pydantic import Field
 
-from .backend import GenRequest
-from .parsing import clean_prompt
-from .plum_score import ObjectiveName
-from .population import IterativeSearch, Member, SearchConfig, top
-from .strategy import Context
-from .types import Candidate, normalize_prompt
+from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.parsing import clean_prompt
+from promptopt.strategies.blocks.plum_score import ObjectiveName
+from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, top
+from promptopt.strategy import Context
+from promptopt.types import Candidate, normalize_prompt
 
 PARAPHRASE_REQUEST = ("Write a new version of the instruction below that asks for the same thing in different "
                       "words. Reply with the new instruction only.\n\nInstruction: {prompt}")

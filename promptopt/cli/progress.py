@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from .loop import Run
+    from promptopt.loop import Run
 
 
 class ProgressBar:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .types import normalize_prompt
+from promptopt.types import normalize_prompt
 
 _PREFIX = re.compile(r"^\s*(?:new |improved |rewritten |revised )?(?:instruction|prompt)\s*:\s*", re.I)
 _CHATTER = re.compile(r"^\s*(?:sure|certainly|here(?:'s| is)|of course)\b[^\n]*:\s*$", re.I | re.M)

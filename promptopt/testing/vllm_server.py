@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import BackendError
+from promptopt.errors import BackendError
 
 SERVED_NAME = "smollm2-embedded"
 
@@ -46,7 +46,7 @@ class VLLMServer:
                  extra_args: Sequence[str] = ("--dtype", "float32", "--block-size", "32", "--enforce-eager",
                                               "--kv-cache-memory-bytes", str(1 << 30))):
         if model is None:
-            from .models import embedded_hf_dir
+            from promptopt.backends.models import embedded_hf_dir
             model = str(embedded_hf_dir())
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

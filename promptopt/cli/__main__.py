@@ -1,0 +1,5 @@
+import sys
+
+from promptopt.cli.commands import main
+
+sys.exit(main())
