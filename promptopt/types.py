@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import unicodedata
 from dataclasses import dataclass, field
@@ -33,25 +34,47 @@ class Example:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A prompt with lineage. Identical prompts (after normalization) share one id."""
+    """A structured prompt with lineage: an instruction (`text`), an ordered tuple of demonstrations
+    (ids of train examples, rendered by the task before the query) and an optional system prompt.
+    Identical prompts (after normalization) share one id; an instruction-only candidate keeps the id
+    of its text, so runs without demos log the same ids as before demos existed."""
 
     text: str
     parents: tuple[str, ...] = ()
     origin: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    demos: tuple[str, ...] = ()
+    system: str = ""
 
     @property
     def id(self) -> str:
-        return prompt_id(self.text)
+        if not self.demos and not self.system:
+            return prompt_id(self.text)
+        parts = json.dumps([normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system)],
+                           ensure_ascii=False)
+        return hashlib.sha256(parts.encode("utf-8")).hexdigest()[:16]
+
+    def revise(self, text: str, *, origin: str, parents: tuple[str, ...] | None = None,
+               meta: Mapping[str, Any] | None = None) -> "Candidate":
+        """A child with a new instruction and the same demos and system prompt (what every
+        instruction-editing strategy proposes)."""
+        return Candidate(text, (self.id,) if parents is None else parents, origin, dict(meta or {}),
+                         self.demos, self.system)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "parents": list(self.parents),
-                "origin": self.origin, "meta": dict(self.meta)}
+        d = {"id": self.id, "text": self.text, "parents": list(self.parents),
+             "origin": self.origin, "meta": dict(self.meta)}
+        if self.demos:
+            d["demos"] = list(self.demos)
+        if self.system:
+            d["system"] = self.system
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
         return cls(text=d["text"], parents=tuple(d.get("parents", ())),
-                   origin=d.get("origin", ""), meta=dict(d.get("meta", {})))
+                   origin=d.get("origin", ""), meta=dict(d.get("meta", {})),
+                   demos=tuple(d.get("demos", ())), system=d.get("system", ""))
 
 
 @dataclass(frozen=True)
