@@ -14,8 +14,6 @@ from promptopt.data import (DATA_DIR_ENV, TaskOptions, carve, load_hub, local_fi
                             read_table, require_columns, resolve_data_dir, sample)
 from promptopt.errors import ConfigError, DataNotFoundError, TaskError
 
-SHARED = Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
-
 
 # -- data dir --------------------------------------------------------------------------------
 
@@ -99,15 +97,15 @@ def test_read_table_rejects_empty_file(tmp_path):
         read_table(path)
 
 
-def test_real_dbpedia_row_with_a_tab_inside_quotes():
-    rows = read_table(SHARED / "rlprompt_fsc/16-shot/dbpedia/16-13/train.tsv")
+def test_real_dbpedia_row_with_a_tab_inside_quotes(shared_data):
+    rows = read_table(shared_data / "rlprompt_fsc/16-shot/dbpedia/16-13/train.tsv")
     assert len(rows) == 224
     assert sum("\t" in r["sentence"] for r in rows) == 1
     assert all(r["label"].isdigit() for r in rows)
 
 
-def test_real_quoted_rows_keep_their_quotes():
-    rows = read_table(SHARED / "rlprompt_fsc/16-shot/mr/test.tsv")
+def test_real_quoted_rows_keep_their_quotes(shared_data):
+    rows = read_table(shared_data / "rlprompt_fsc/16-shot/mr/test.tsv")
     assert len(rows) == 2000
     assert any('" the skulls "' in r["sentence"] for r in rows)
 
@@ -205,3 +203,12 @@ def test_parse_options_validates():
         parse_options(_Options, {"size": 3}, "t")
     with pytest.raises(ConfigError, match="task t: option 'dev_size'"):
         parse_options(_Options, {"dev_size": "many"}, "t")
+
+
+def test_ci_fails_a_data_bound_test_without_the_data(tmp_path):
+    """CI has the shared data: there a data-bound test that cannot find it fails instead of skipping."""
+    env = {**os.environ, "PROMPTOPT_DATA_DIR": str(tmp_path / "none"), "CI": "true"}
+    test = f"{Path(__file__).resolve()}::test_real_quoted_rows_keep_their_quotes"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "1 error" in proc.stdout and "PROMPTOPT_DATA_DIR" in proc.stdout

@@ -1,8 +1,9 @@
-"""The built-in tasks (demo, RLPrompt few-shot, gsm8k, liar, custom) built from the real shared data."""
+"""The built-in tasks (demo, RLPrompt few-shot, gsm8k, liar, custom): the loaders on small fixture
+files in the shared data's formats (any clone), and the real shared data's sizes and rows (skipped
+without PROMPTOPT_DATA_DIR, a failure in CI)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import types
@@ -19,14 +20,18 @@ from promptopt.template import split_at_prompt
 from promptopt.types import Example
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get(DATA_DIR_ENV) or REPO.parent / "shared" / "data")
 EXAMPLE_SPEC = REPO / "examples" / "custom_task" / "spec.toml"
 
 
-def build(name: str, **kwargs) -> Task:
+def build(name: str, data_dir: Path | None = None, **kwargs) -> Task:
     """Through the registry, as the CLI does (entry point -> module -> factory)."""
-    kwargs.setdefault("data_dir", SHARED)
-    return registry.get("tasks", name)(**kwargs)
+    return registry.get("tasks", name)(data_dir=data_dir, **kwargs)
+
+
+@pytest.fixture(params=["mini_data", "shared_data"])
+def data_root(request: pytest.FixtureRequest) -> Path:
+    """Checks that hold for any data in the shared formats run on the fixture files and on the real data."""
+    return request.getfixturevalue(request.param)
 
 
 def ids(task: Task) -> list[str]:
@@ -71,8 +76,8 @@ def test_demo_rejects_options():
 
 # -- RLPrompt few-shot -----------------------------------------------------------------------
 
-def test_sst2_matches_the_readme():
-    task = build("sst2")
+def test_sst2_matches_the_readme(shared_data):
+    task = build("sst2", shared_data)
     check_common(task)
     assert task.meta["sizes"] == {"train": 32, "dev": 32, "test": 1821}
     assert task.meta["source"] == "local"
@@ -84,52 +89,67 @@ def test_sst2_matches_the_readme():
     assert task.render("Is it good?", first) == "Is it good?\n\nReview: too silly to take seriously .\nAnswer:"
 
 
-def test_sst2_is_stable_and_k_seed_selects_the_draw():
-    a, b = build("sst2"), build("sst2", seed=5)
+def test_sst2_is_stable_and_k_seed_selects_the_draw(data_root):
+    a, b = build("sst2", data_root), build("sst2", data_root, seed=5)
     assert [(e.id, e.input) for e in a.split("dev")] == [(e.id, e.input) for e in b.split("dev")]
-    other = build("sst2", k_seed="16-13")
+    other = build("sst2", data_root, k_seed="16-13")
     assert {e.input for e in other.split("train")} != {e.input for e in a.split("train")}
     assert [e.input for e in other.split("test")] == [e.input for e in a.split("test")]
 
 
-def test_sst2_test_limit_is_balanced_and_fixed():
-    full = build("sst2")
-    small = build("sst2", test_limit=100, seed=3)
+def test_sst2_test_limit_is_balanced_and_fixed(data_root):
+    full = build("sst2", data_root)
+    small = build("sst2", data_root, test_limit=100, seed=3)
     assert len(small.split("test")) == 100
     assert Counter(ex.label for ex in small.split("test")) == {0: 50, 1: 50}
-    assert [e.id for e in small.split("test")] == [e.id for e in build("sst2", test_limit=100).split("test")]
+    assert [e.id for e in small.split("test")] == [e.id for e in build("sst2", data_root, test_limit=100).split("test")]
     full_by_id = {e.id: e for e in full.split("test")}
     assert all(full_by_id[e.id] == e for e in small.split("test"))
 
 
-def test_sst2_verbalizers_option():
-    task = build("sst2", verbalizers=[" terrible", " great"])
+def test_sst2_verbalizers_option(mini_data):
+    task = build("sst2", mini_data, verbalizers=[" terrible", " great"])
     assert task.options == (" terrible", " great")
     assert task.split("dev")[0].target in ("terrible", "great")
     with pytest.raises(ConfigError, match="needs 2 texts"):
-        build("sst2", verbalizers=[" bad"])
+        build("sst2", mini_data, verbalizers=[" bad"])
 
 
 @pytest.mark.parametrize("bad, match", [({"k_seed": "16-1"}, "k_seed"), ({"kseed": "16-13"}, "unknown option 'kseed'"),
                                         ({"test_limit": 0}, "test_limit")])
-def test_sst2_rejects_bad_options(bad, match):
+def test_sst2_rejects_bad_options(bad, match, mini_data):
     with pytest.raises(ConfigError, match=match):
-        build("sst2", **bad)
+        build("sst2", mini_data, **bad)
 
 
 @pytest.mark.parametrize("name, sizes, n_options", [
     ("mr", (32, 32, 2000), 2), ("cr", (32, 32, 2000), 2), ("sst5", (80, 80, 2210), 5),
     ("agnews", (64, 64, 7600), 4), ("trec", (96, 96, 500), 6)])
-def test_other_fewshot_datasets(name, sizes, n_options):
-    task = build(name)
+def test_other_fewshot_datasets(name, sizes, n_options, shared_data):
+    task = build(name, shared_data)
     check_common(task)
     assert tuple(task.meta["sizes"].values()) == sizes
     assert len(task.options) == n_options
     assert set(Counter(ex.label for ex in task.split("train")).values()) == {16}
 
 
-def test_agnews_reads_text_column_in_train_and_sentence_in_test():
-    task = build("agnews")
+@pytest.mark.parametrize("name, n_options", [("mr", 2), ("cr", 2), ("sst5", 5), ("agnews", 4), ("trec", 6)])
+def test_fewshot_loaders_on_fixture_files(name, n_options, mini_data):
+    task = build(name, mini_data)
+    check_common(task)
+    assert task.meta["sizes"] == {"train": 16 * n_options, "dev": 16 * n_options, "test": 60 * n_options}
+    assert set(Counter(ex.label for ex in task.split("train")).values()) == {16}
+    assert task.split("dev")[0].input.endswith('dev 0 "quoted"')  # quotes inside a field are kept
+
+
+def test_agnews_reads_text_column_in_train_and_sentence_in_test(mini_data):
+    task = build("agnews", mini_data)
+    assert task.split("train")[0].input.startswith("agnews 16-100 train 0")
+    assert task.split("test")[0].input == "agnews test 0"
+
+
+def test_real_agnews_first_train_row(shared_data):
+    task = build("agnews", shared_data)
     assert task.split("train")[0].input.startswith("Wilkinson to raise the bar")
     assert all(ex.input for ex in task.split("test"))
 
@@ -160,8 +180,8 @@ def test_sst2_hub_fallback_draws_16_per_class(tmp_path, monkeypatch):
 
 # -- gsm8k -----------------------------------------------------------------------------------
 
-def test_gsm8k_splits_and_targets():
-    task = build("gsm8k")
+def test_gsm8k_splits_and_targets(shared_data):
+    task = build("gsm8k", shared_data)
     check_common(task)
     assert task.meta["sizes"] == {"train": 7273, "dev": 200, "test": 1319}
     assert task.output == "generate" and task.chat and task.max_tokens == 256
@@ -176,42 +196,55 @@ def test_gsm8k_splits_and_targets():
     assert by_id["gsm8k-train-5715"].target == "-7"
 
 
-def test_gsm8k_extraction_on_real_solutions():
-    """The extractor applied to each real worked solution gives that problem's target."""
-    task = build("gsm8k")
-    rows = [json.loads(line) for line in (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()]
+def test_gsm8k_on_fixture_files(mini_data):
+    task = build("gsm8k", mini_data)
+    check_common(task)
+    assert task.meta["sizes"] == {"train": 1100, "dev": 200, "test": 60}
+    by_id = {e.id: e for e in task.split("train") + list(task.split("dev"))}
+    assert by_id["gsm8k-train-0"].target == "-1"
+    assert by_id["gsm8k-train-1081"].target == "1080"  # "#### 1,080"
+
+
+def test_gsm8k_extraction_on_worked_solutions(data_root):
+    """The extractor applied to each worked solution gives that problem's target."""
+    task = build("gsm8k", data_root)
+    rows = [json.loads(line) for line in (data_root / "gsm8k" / "test.jsonl").read_text().splitlines()]
     assert [task.extract(r["answer"]) for r in rows] == [e.target for e in task.split("test")]
     ex = task.split("test")[0]
     assert task.metric(task.extract(f"She makes $18.00 a day.\nThe answer is {ex.target}.00."), ex) == 1.0
     assert task.metric(task.extract("The answer is 17."), Example("x", "q", "18")) == 0.0
 
 
-def test_gsm8k_dev_follows_the_seed_and_options_cap():
-    a, b = build("gsm8k", seed=1), build("gsm8k", seed=2)
-    assert [e.id for e in a.split("dev")] == [e.id for e in build("gsm8k", seed=1).split("dev")]
+def test_gsm8k_dev_follows_the_seed_and_options_cap(mini_data):
+    a, b = build("gsm8k", mini_data, seed=1), build("gsm8k", mini_data, seed=2)
+    assert [e.id for e in a.split("dev")] == [e.id for e in build("gsm8k", mini_data, seed=1).split("dev")]
     assert [e.id for e in a.split("dev")] != [e.id for e in b.split("dev")]
-    small = build("gsm8k", dev_size=50, train_size=100, test_limit=30, max_tokens=128)
+    small = build("gsm8k", mini_data, dev_size=50, train_size=100, test_limit=30, max_tokens=128)
     assert small.meta["sizes"] == {"train": 100, "dev": 50, "test": 30}
     assert small.max_tokens == 128
-    assert [e.id for e in small.split("test")] == [e.id for e in build("gsm8k", test_limit=30, seed=9).split("test")]
+    assert [e.id for e in small.split("test")] == [e.id for e in build("gsm8k", mini_data, test_limit=30, seed=9).split("test")]
 
 
-def test_gsm8k_rejects_bad_options():
+def test_gsm8k_rejects_bad_options(mini_data):
     with pytest.raises(ConfigError, match="unknown option 'dev'"):
-        build("gsm8k", dev=10)
+        build("gsm8k", mini_data, dev=10)
     with pytest.raises(ConfigError, match="dev_size"):
-        build("gsm8k", dev_size=10**6)
+        build("gsm8k", mini_data, dev_size=10**6)
 
 
 # -- liar ------------------------------------------------------------------------------------
 
-def test_liar_label_mapping_and_sizes():
-    task = build("liar")
-    check_common(task)
+def test_real_liar_sizes(shared_data):
+    task = build("liar", shared_data)
     assert task.meta["sizes"] == {"train": 3481, "dev": 200, "test": 461}
-    assert task.options == (" No", " Yes")
     assert Counter(ex.target for ex in task.split("test")) == {"Yes": 250, "No": 211}
-    raw = [json.loads(line) for line in (SHARED / "protegi/liar/test.jsonl").read_text().splitlines()]
+
+
+def test_liar_label_mapping(data_root):
+    task = build("liar", data_root)
+    check_common(task)
+    assert task.options == (" No", " Yes")
+    raw = [json.loads(line) for line in (data_root / "protegi/liar/test.jsonl").read_text().splitlines()]
     for ex, row in zip(task.split("test"), raw):
         assert ex.input == row["text"]
         assert ex.target == ("Yes" if row["label"] == 1 else "No")  # 1 = PolitiFact "false" = a lie
@@ -219,9 +252,9 @@ def test_liar_label_mapping_and_sizes():
     assert rendered.startswith("Is it a lie?\n\nStatement: ") and rendered.endswith("\nAnswer:")
 
 
-def test_liar_dev_is_carved_from_train():
-    task = build("liar", dev_size=50, test_limit=40)
-    assert task.meta["sizes"] == {"train": 3631, "dev": 50, "test": 40}
+def test_liar_dev_is_carved_from_train(mini_data):
+    task = build("liar", mini_data, dev_size=50, test_limit=40)
+    assert task.meta["sizes"] == {"train": 350, "dev": 50, "test": 40}
     assert Counter(ex.label for ex in task.split("test")) == {0: 20, 1: 20}
     assert not {e.id for e in task.split("dev")} & {e.id for e in task.split("train")}
 
