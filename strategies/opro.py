@@ -1,0 +1,208 @@
+"""OPRO: the optimizer LLM reads the scored trajectory and writes better instructions
+(Yang et al. 2023, "Large Language Models as Optimizers").
+
+Each step builds one meta-prompt from
+  * the `max_instructions` best instructions scored so far with their scores as integers 0-100,
+    in ascending order (the best last, nearest to where the model writes), and
+  * `exemplars` random train examples shown as the task renders them, with <INS> standing where the
+    instruction goes, each with its ground-truth answer,
+and samples `proposals` instructions from it at `temperature` (the loop seeds each sample apart).
+A proposal is read from between <INS> and </INS>; one that repeats an instruction of the run, copies
+the meta-prompt, or cannot be read is rejected with a `proposal.rejected` note and never scored.
+The rest are scored on the same `eval_examples` dev examples as every other instruction.
+
+Paper defaults kept: 20 instructions shown in ascending order, integer scores 0-100, 3 random
+exemplars a step, 8 proposals a step at temperature 1.0, dedupe against every earlier instruction.
+Scaled down for a CPU run: `steps` (paper: up to 200) and `eval_examples` (paper: every example of its
+optimization split, e.g. 3.5% of GSM8K train = 261). The paper scores on its training split; here
+instructions are ranked on dev (the split the loop ranks finalists on) and the exemplars come from
+train, so the optimizer never sees the examples its proposals are judged on.
+
+`feedback_rejected` (off by default; not in the paper) lists the previous step's rejected proposals
+and the reason for each in the next meta-prompt, so a model that keeps repeating itself is told.
+Every meta-prompt is an editable template: `promptopt templates --strategy opro`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from pydantic import Field
+
+from promptopt.backends.base import GenRequest, GenResult
+from promptopt.registry import register_strategy
+from promptopt.strategies.blocks.parsing import clean_prompt, extract_marked
+from promptopt.strategies.blocks.templates import Template, TemplateSettings
+from promptopt.strategy import Context, ScoreRequest
+from promptopt.task import Task
+from promptopt.types import Candidate, Evaluation, Example
+
+META = Template("opro.meta", """\
+Your task is to write the instruction <INS>. Below are some previous instructions with their scores. \
+The score ranges from 0 to 100; higher is better.
+
+{instructions}
+
+Below are some problems. <INS> marks where the instruction goes.
+
+{exemplars}
+
+{rejected}
+
+Write a new instruction that is different from all the instructions above and has a higher score than \
+all of them. Begin the instruction with <INS> and end it with </INS>. Keep it concise, effective and \
+generally applicable to all the problems above.""", "the meta-prompt: scored instructions, exemplars, the request")
+PAIR = Template("opro.pair", "text:\n{instruction}\nscore:\n{score}", "one scored instruction in {instructions}")
+EXEMPLAR = Template("opro.exemplar", "Problem:\n{problem}\nGround truth answer:\n{answer}",
+                    "one task exemplar in {exemplars}")
+REJECTED = Template("opro.rejected", "These recent proposals were rejected and not scored:\n{items}",
+                    "{rejected} when feedback_rejected is on and the last step rejected something")
+
+INS_OPEN, INS_CLOSE = "<INS>", "</INS>"
+MIN_ECHO_CHARS = 20  # a proposal this long found verbatim in the meta-prompt is a copy of it
+MAX_REJECTED_CHARS = 160  # each rejected proposal is shown clipped to this
+
+
+class OPROConfig(TemplateSettings):
+    TEMPLATES = (META, PAIR, EXEMPLAR, REJECTED)
+
+    steps: int = Field(20, ge=1, description="optimization steps after the seeds (paper: up to 200; scaled down for CPU)")
+    proposals: int = Field(8, ge=1, description="instructions sampled per step from one meta-prompt (paper: 8)")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer sampling temperature (paper: 1.0)")
+    max_instructions: int = Field(20, ge=1, description="best instructions shown, ascending by score (paper: 20)")
+    exemplars: int = Field(3, ge=0, description="random train exemplars per step, <INS> marking the instruction (paper: 3)")
+    eval_examples: int | None = Field(64, ge=1, description="dev examples each instruction is scored on, the same for "
+                                      "all (paper: its whole optimization split; scaled down for CPU; null: all of dev)")
+    max_tokens: int = Field(128, ge=16, description="longest optimizer reply")
+    feedback_rejected: bool = Field(False, description="show the previous step's rejected proposals and why in the "
+                                    "next meta-prompt (not in the paper)")
+    max_rejected_shown: int = Field(4, ge=1, description="rejected proposals shown when feedback_rejected is on")
+
+
+@register_strategy("opro")
+class OPRO:
+    Config = OPROConfig
+    needs_optimizer = True
+
+    def __init__(self, config: OPROConfig):
+        self.config = config
+        self.prompts = config.templates()
+        self.seeded = False
+        self.step = 0  # optimization steps done (the seed round is not one)
+        self.rejected: list[tuple[str, str]] = []  # (proposal as read, or the raw reply; reason) of the last step
+
+    def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
+        if not self.seeded:
+            self.seeded = True
+            return [ScoreRequest(Candidate(p, origin="seed"), "dev", n=self.config.eval_examples)
+                    for p in ctx.task.seed_prompts]
+        # No scored instruction (every seed failed) leaves nothing to show the optimizer.
+        while ctx.history.ranked("dev") and self.step < self.config.steps:
+            room = self._room(ctx)
+            if room == 0:
+                return []  # the budget cannot score one more instruction: stop before paying the optimizer
+            self.step += 1
+            proposals = self._propose(ctx)
+            if len(proposals) > room:
+                ctx.note("proposal.dropped", reason="no budget left to score it", texts=[c.text for c in proposals[room:]])
+                proposals = proposals[:room]
+            if proposals:
+                return [ScoreRequest(c, "dev", n=self.config.eval_examples) for c in proposals]
+        return []
+
+    def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
+        """Nothing to update: the trajectory is read from ctx.history at every step."""
+
+    def _room(self, ctx: Context) -> int:
+        """How many more instructions the example budget can score (a large number if unlimited)."""
+        left = ctx.budget.examples_left
+        if left is None:
+            return 1 << 30
+        dev = len(ctx.task.split("dev"))
+        return left // max(1, min(self.config.eval_examples or dev, dev))
+
+    # -- the meta-prompt --
+    def trajectory(self, ctx: Context) -> list[tuple[Candidate, float]]:
+        """The best `max_instructions` scored instructions, worst first (the paper's ascending order)."""
+        return ctx.history.ranked("dev")[: self.config.max_instructions][::-1]
+
+    def meta_prompt(self, ctx: Context, trajectory: Sequence[tuple[Candidate, float]]) -> str:
+        pairs = [self.prompts["pair"].format(instruction=c.text, score=round(100 * s)) for c, s in trajectory]
+        pool = ctx.task.split("train") or ctx.task.split("dev")
+        shown = ctx.rng.sample(list(pool), min(self.config.exemplars, len(pool)))
+        exemplars = [self.prompts["exemplar"].format(problem=ctx.task.render(INS_OPEN, ex).strip(),
+                                                     answer=_answer(ctx.task, ex)) for ex in shown]
+        rejected = ""
+        if self.config.feedback_rejected and self.rejected:
+            items = [f'- "{_clip(raw) or "(empty reply)"}": {reason}'
+                     for raw, reason in self.rejected[: self.config.max_rejected_shown]]
+            rejected = self.prompts["rejected"].format(items="\n".join(items))
+        text = self.prompts["meta"].format(instructions="\n\n".join(pairs), exemplars="\n\n".join(exemplars),
+                                           rejected=rejected)
+        return re.sub(r"\n{3,}", "\n\n", text).strip()  # an empty section leaves no gap
+
+    # -- proposals --
+    def _propose(self, ctx: Context) -> list[Candidate]:
+        trajectory = self.trajectory(ctx)
+        best = trajectory[-1][0]
+        meta = self.meta_prompt(ctx, trajectory)
+        # One meta-prompt, several samples: the loop gives each sampled request its own seed.
+        reqs = [GenRequest(messages=(("user", meta),), max_tokens=self.config.max_tokens,
+                           temperature=self.config.temperature) for _ in range(self.config.proposals)]
+        outs = ctx.require_optimizer().generate(reqs, purpose="opro.propose")
+        self.rejected = []
+        proposals: list[Candidate] = []
+        for out in outs:
+            text, problem = read_proposal(out, meta, [c.text for c, _ in trajectory])
+            # Demos and system prompt come from the best instruction (OPRO edits the instruction only).
+            cand = best.revise(text, origin="opro", meta={"step": self.step, "shown": len(trajectory)})
+            if not problem and (cand.id in ctx.history or cand in proposals):
+                problem = "duplicate of an earlier instruction"
+            if problem:
+                self.rejected.append((text or out.text, problem))
+                ctx.note("proposal.rejected", stage="opro.propose", reason=problem, raw=out.text)
+                continue
+            proposals.append(cand)
+        return proposals
+
+
+def read_proposal(out: GenResult, meta: str, shown: Sequence[str] = ()) -> tuple[str, str | None]:
+    """The instruction in one reply, or (text, why it was rejected). Prefers the <INS> tags the
+    meta-prompt asks for; a reply without them (small models often drop them) is accepted only as a
+    single complete paragraph."""
+    if out.error:
+        return "", f"optimizer call failed: {out.error}"
+    marked = extract_marked(out.text, INS_OPEN, INS_CLOSE)
+    if marked is None:
+        paragraphs = [p for p in re.split(r"\n\s*\n", out.text.strip()) if p.strip()]
+        if out.finish_reason == "length":
+            return out.text, "truncated: the reply hit max_tokens"
+        if len(paragraphs) > 1:
+            return out.text, "no <INS> tags"
+        marked = out.text
+    text, problem = clean_prompt(marked.replace(INS_CLOSE, ""))
+    if problem:
+        return text, problem
+    # Parroting the request (its wording, an exemplar) is not writing; repeating a shown
+    # instruction is caught as a duplicate instead, so those are cut out of the haystack.
+    body = _squash(meta)
+    for s in shown:
+        body = body.replace(_squash(s), " ")
+    if len(_squash(text)) >= MIN_ECHO_CHARS and _squash(text) in body:
+        return text, "copy of the meta-prompt"
+    return text, None
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def _answer(task: Task, ex: Example) -> str:
+    if task.output == "choose" and ex.label is not None:
+        return task.options[ex.label].strip()
+    return ex.target.strip()
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REJECTED_CHARS else text[: MAX_REJECTED_CHARS - 3] + "..."
