@@ -34,3 +34,16 @@ def clean_prompt(raw: str, *, parent: str = "", error: str | None = None, max_ch
     if "{" in text and re.search(r"\{(?:input|prompt)\}", text):
         return text, "contains template fields"
     return text, None
+
+
+def extract_marked(raw: str, start: str, end: str) -> str | None:
+    """The text between the first `start` marker and the next `end` (case-insensitive). After a
+    `start` with no `end` (a reply cut off, or a model that forgot to close), the rest up to a blank
+    line. None when the reply has no `start` marker at all."""
+    lower = raw.lower()
+    i = lower.find(start.lower())
+    if i < 0:
+        return None
+    body = raw[i + len(start):]
+    j = body.lower().find(end.lower())
+    return body[:j] if j >= 0 else body.split("\n\n")[0]
