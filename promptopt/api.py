@@ -13,10 +13,12 @@ from promptopt import __version__, registry
 from promptopt.backends.base import Backend
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
-from promptopt.errors import CapabilityError, ConfigError, ResumeError
+from promptopt.data import test_sample
+from promptopt.errors import BackendError, CapabilityError, ConfigError, ResumeError, RunStopped, Terminated
 from promptopt.loop import Report, Run
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_atomic
 from promptopt.scorer import Job, score_jobs
+from promptopt.strategy import needs
 from promptopt.task import Task
 from promptopt.types import Evaluation
 
@@ -78,12 +80,12 @@ def _versions() -> dict[str, str]:
 def optimizer_config(strategy_cls: Any, cfg: RunConfig) -> ModelConfig | None:
     """The optimizer model a run of this strategy uses, or None; refuses a strategy that needs one
     when none is configured."""
-    if getattr(strategy_cls, "needs_optimizer", False):
+    wants = needs(strategy_cls)
+    if wants.optimizer:
         if cfg.optimizer is None:
             raise CapabilityError(f"strategy {strategy_cls.__name__} needs an optimizer model; pass --optimizer-model")
         return cfg.optimizer
-    # `uses_optimizer`: a strategy that runs without one but uses it when configured (Plum's paraphrase).
-    return cfg.optimizer if getattr(strategy_cls, "uses_optimizer", False) else None
+    return cfg.optimizer if wants.uses_optimizer else None
 
 
 def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
@@ -106,13 +108,15 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
               seed=cfg.seed, log=None, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
-              max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step)
+              max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step,
+              demos=cfg.demos)
     if resume_dir is None:
         log = RunLog(new_run_dir(Path(cfg.run_dir), meta, cfg.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
     else:
         log = RunLog(resume_dir, resume=True)
         log.session("run.resume", recorded_events=len(log.recorded))
+        run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
 
@@ -129,9 +133,6 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
     if run.log:
         run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
         write_json_atomic(run.log.dir / SUMMARY, summary)
-        if any(n == "rl.step" for n in run.note_kinds):
-            from promptopt.cli.plots import plot_rl_curves
-            plot_rl_curves(run.log.dir)  # reward and dev score by step, as rl_curves.png
         run.log.close()
     report.search["cache"] = summary["cache"]
     return report
@@ -142,24 +143,52 @@ def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
     started = time.monotonic()
     run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step)
     try:
-        while run.step_once():
-            pass
-    except KeyboardInterrupt:
-        run.stop_reason = "interrupted"
-    return finish_run(run, backends, started)
+        try:
+            while run.step_once():
+                pass
+        except Terminated:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: the user wants the result so far
+            run.stop_reason = "interrupted"
+        return finish_run(run, backends, started)
+    except (RunStopped, BackendError, Terminated) as e:  # an escaping BackendError is a fatal one
+        raise _stopped(run, backends, e) from None
 
 
-def resume_config(run_dir: str | Path) -> RunConfig:
+def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
+    """Close the log without a summary, so the run stays resumable, and say how to continue it."""
+    why = "stopped by SIGTERM" if isinstance(error, Terminated) else str(error)
+    if run.log is None:
+        return RunStopped(why)
+    run.log.session("run.stop", reason=why, failures=run.failures,
+                    backend_stats={b.fingerprint(): b.inner.stats for b in backends.cached
+                                   if isinstance(getattr(b.inner, "stats", None), dict)})
+    run.log.close()
+    return RunStopped(f"{why}; the run is resumable: promptopt optimize --resume {run.log.dir}")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The validated config a run was made with (its config.json): the one reader of it, used by resume,
+    `evaluate --run`, `compare`, `report` and the benches."""
     d = Path(run_dir)
     try:
         meta = json.loads((d / CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ResumeError(f"{d} is not a run directory (no {CONFIG})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResumeError(f"{d / CONFIG} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ResumeError(f"{d / CONFIG} has no \"config\" object")
+    return build_config(meta["config"])
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The config to continue an unfinished run with."""
+    d = Path(run_dir)
+    cfg = load_run_config(d)
     if (d / SUMMARY).exists():
         raise ResumeError(f"{d} already finished (see {d / SUMMARY})")
-    return build_config(meta["config"])
+    return cfg
 
 
 def optimize(task: str = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
@@ -185,14 +214,14 @@ def optimize(task: str = "demo", strategy: str = "paraphrase", *, model: str = "
 def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", model: str = "embedded",
              backend: str = "hf", backend_options: Mapping[str, Any] | None = None, data_dir: str | None = None,
              limit: int | None = None, cache: bool = True, seed: int = 0,
-             target: Backend | None = None) -> Evaluation:
+             task_options: Mapping[str, Any] | None = None, target: Backend | None = None) -> Evaluation:
     """Score one prompt on a split of a task (through the cache unless cache=False)."""
-    t = task if isinstance(task, Task) else load_task(task, data_dir=data_dir, seed=seed)
+    t = task if isinstance(task, Task) else load_task(task, data_dir=data_dir, seed=seed, options=task_options)
     examples = tuple(t.split(split))
     if not examples:
         raise ConfigError(f"task {t.name} has no {split} examples")
     if limit is not None:
-        examples = examples[:limit]
+        examples = tuple(test_sample(examples, limit)) if split == "test" else examples[:limit]
     if target is None:
         inner = registry.get("backends", backend)(model=model, **dict(backend_options or {}))
         target = CachedBackend(inner, ResponseCache(default_cache_path()) if cache else None)

@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     final_top_k: int = Field(3, ge=1)
     max_failures: int = Field(20, ge=1)
     test_limit: int | None = Field(None, ge=1)
+    demos: int = Field(0, ge=0, description="train demos every seed candidate carries (label-balanced draw)")
     plugins: list[str] = Field(default_factory=list)
 
 
@@ -130,6 +131,8 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(_one_line(e)) from None
     for module in cfg.plugins:
         registry.load_module(module)
+    # A plugin named by its file is recorded with an absolute path, so --resume finds it from anywhere.
+    cfg = cfg.model_copy(update={"strategy": registry.canonical(cfg.strategy), "task": registry.canonical(cfg.task)})
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy_config(strategy_cls, cfg.strategy_options)
     registry.get("backends", cfg.target.backend)

@@ -3,6 +3,7 @@ cache, the budget, failures as data, and the final dev/test report. Strategies o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -12,10 +13,13 @@ from typing import Any, Callable, Sequence
 
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
 from promptopt.budget import Budget, BudgetTracker
-from promptopt.errors import BudgetExhausted, CapabilityError, PromptOptError
+from promptopt.data import test_sample
+from promptopt.demos import check_demo_ids, sample_demo_ids
+from promptopt.errors import BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, RunStopped
 from promptopt.runlog import RunLog
 from promptopt.scorer import Job, score_jobs
-from promptopt.strategy import Context, History, ScoreRequest, Strategy
+from promptopt.significance import compare_paired
+from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, Strategy, needs
 from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, Usage
 
@@ -42,6 +46,9 @@ class Report:
     optimizer_usage: Usage = field(default_factory=Usage)
     failures: int = 0
     seconds: float = 0.0
+    best_demos: tuple[str, ...] = ()  # train example ids of the best candidate's demos
+    best_prefix: str = ""  # what the best candidate puts where {prompt} stands (instruction + demos)
+    significance: dict[str, Any] | None = None  # seed vs best on the same test examples
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -53,6 +60,8 @@ class Report:
             "candidates": self.candidates, "stop_reason": self.stop_reason, "search": self.search,
             "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
             "failures": self.failures, "seconds": round(self.seconds, 2),
+            "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
+            "significance": self.significance,
         }
 
 
@@ -80,6 +89,8 @@ class _OptimizerChannel:
             try:
                 results = self._backend.generate(reqs)
             except PromptOptError as e:
+                if isinstance(e, BackendError) and e.fatal:
+                    raise
                 results = [GenResult("", "error", Usage(), str(e)) for _ in reqs]
         usage = sum((r.usage for r in results), Usage())
         run.tracker.optimizer_calls += len(reqs)
@@ -116,14 +127,16 @@ class Run:
     def __init__(self, *, task: Task, strategy: Strategy, target: Backend | None, optimizer: Backend | None,
                  budget: Budget | None = None, seed: int = 0, log: RunLog | None = None,
                  seed_prompt: str | None = None, final_top_k: int = 3, max_failures: int = 20,
-                 test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None):
+                 test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None,
+                 demos: int = 0):
         self.task = task
         self.strategy = strategy
         self.target = target
         self.optimizer = optimizer
         self.seed = seed
         self.log = log
-        self.tracker = BudgetTracker(budget or Budget())
+        # Wall time is not replayable: the recorded run passed its time checks, so replay skips them.
+        self.tracker = BudgetTracker(budget or Budget(), replaying=lambda: self.log is not None and self.log.replaying)
         self.history = History()
         self.step = 0
         self.seed_prompt = seed_prompt or task.seed_prompts[0]
@@ -132,13 +145,16 @@ class Run:
         self.test_limit = test_limit
         self.on_step = on_step
         self.failures = 0
-        self.note_kinds: set[str] = set()  # kinds of strategy notes seen (e.g. "rl.step" → plot curves)
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
         self.stop_reason = ""
         self._rng = random.Random(seed)
         # A fixed per-run order of each split: "n more unseen examples" walks it.
         self._order = {s: _shuffled(task.split(s), random.Random(f"{seed}:{s}")) for s in ("train", "dev")}
         self._by_id = {ex.id: ex for s in ("train", "dev") for ex in task.split(s)}
+        self._train_ids = {ex.id for ex in task.split("train")}
+        # `demos=K`: every strategy starts from the seed prompt with K train demos (drawn once, label-balanced).
+        self.seed_demos = self._seed_demos(task, demos, seed)
+        self._window_checked: set[str] = set()
         self._pending: list[ScoreRequest] = []
         view = task.without_test()
         if seed_prompt:  # a user's seed prompt is where every strategy starts
@@ -146,10 +162,22 @@ class Run:
         self._ctx = Context(task=view,
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
-                            notes=self._note)
+                            notes=self._note, seed_demos=self.seed_demos)
         self._check_capabilities()
+        check_task = getattr(strategy, "check_task", None)  # optional: refuse a task it cannot search
+        if callable(check_task):
+            check_task(self._ctx.task)
 
     # -- setup --
+    @staticmethod
+    def _seed_demos(task: Task, k: int, seed: int) -> tuple[str, ...]:
+        if k <= 0:
+            return ()
+        train = task.split("train")
+        if not train:
+            raise ConfigError(f"--demos {k}: task {task.name} has no train split to draw demos from")
+        return sample_demo_ids(train, k, random.Random(f"{seed}:demos"))
+
     def _check_capabilities(self) -> None:
         if self.target is not None:
             need = LOGLIKELIHOOD if self.task.output == "choose" else GENERATE
@@ -157,20 +185,20 @@ class Run:
                 raise CapabilityError(f"task {self.task.name} needs {need} but the target model "
                                       f"({self.target.fingerprint()}) cannot provide it"
                                       f"{_because(self.target, need)}")
-        if getattr(self.strategy, "needs_optimizer", False):
+        wants = needs(self.strategy)
+        if wants.optimizer:
             if self.optimizer is None:
                 raise CapabilityError(f"strategy {type(self.strategy).__name__} needs an optimizer model; "
                                       "pass --optimizer-model")
             if GENERATE not in self.optimizer.capabilities and CHAT not in self.optimizer.capabilities:
                 raise CapabilityError(f"the optimizer model cannot generate text{_because(self.optimizer, GENERATE)}")
-        if getattr(self.strategy, "needs_loglikelihood", False) and self.target is not None \
+        if wants.loglikelihood and self.target is not None \
                 and LOGLIKELIHOOD not in self.target.capabilities:
             raise CapabilityError(f"strategy {type(self.strategy).__name__} needs log-likelihoods but the target "
                                   f"model ({self.target.fingerprint()}) cannot give them"
                                   f"{_because(self.target, LOGLIKELIHOOD)}")
 
     def _note(self, kind: str, **data: Any) -> None:
-        self.note_kinds.add(kind)
         if self.log:
             self.log.emit("note", step=self.step, kind=kind, **data)
 
@@ -200,12 +228,48 @@ class Run:
             self.stop_reason = f"budget: examples (step {self.step} needs {need}, {left} left)"
             return []
         for r in reqs:
+            self._check_prompt(r.candidate)
+        for r in reqs:
             if self.history._add_candidate(r.candidate) and self.log:
                 self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
         self._pending = reqs
         return reqs
 
+    def _check_prompt(self, cand: Candidate) -> None:
+        """Demos come from train only, and a demo set that overflows the model's window is refused
+        before any model call (with its token count)."""
+        if cand.id in self._window_checked or not (cand.demos or cand.system):
+            return
+        check_demo_ids(cand.demos, self._train_ids, f"candidate {cand.id}")
+        if cand.demo_answers and len(cand.demo_answers) != len(cand.demos):
+            raise PromptOptError(f"candidate {cand.id}: {len(cand.demo_answers)} demo answers for "
+                                 f"{len(cand.demos)} demos")
+        inner = getattr(self.target, "inner", self.target)
+        count, window = getattr(inner, "count_tokens", None), getattr(inner, "max_length", None)
+        if callable(count) and window and self._longest is not None:
+            n = count(self.task.render(self.prompt_of(cand), self._longest))
+            if n > window:
+                raise PromptOptError(f"candidate {cand.id}: its instruction and {len(cand.demos)} demos with the "
+                                     f"longest example come to {n} tokens, over the model's window of {window}; "
+                                     "use fewer or shorter demos")
+        self._window_checked.add(cand.id)
+
+    def prompt_of(self, cand: Candidate) -> str:
+        """The text that stands where the template has `{prompt}`: system prompt, instruction, demos."""
+        if not cand.demos and not cand.system:
+            return cand.text
+        return self.task.prompt_text(cand.text, [self._by_id[d] for d in cand.demos], cand.demo_answers,
+                                     cand.system)
+
+    @functools.cached_property
+    def _longest(self) -> Example | None:
+        pool = [ex for s in ("dev", "test") for ex in self.task.split(s)]
+        return max(pool, key=lambda ex: len(ex.input) + sum(len(v) for v in ex.fields.values()), default=None)
+
     def _resolve(self, r: ScoreRequest) -> ScoreRequest:
+        if r.objective not in OBJECTIVES:
+            raise PromptOptError(f"a score request's objective must be one of {', '.join(OBJECTIVES)}, "
+                                 f"not {r.objective!r}")
         if r.split not in ("train", "dev"):
             raise PromptOptError(f"strategies may score only train or dev examples, not {r.split!r}")
         if r.example_ids is not None:
@@ -226,8 +290,6 @@ class Run:
             self._record(ev, search=True)
         self._pending = []
         self.strategy.tell(self._ctx, list(evals))
-        if self.failures >= self.max_failures:
-            self.stop_reason = f"too many failed evaluations ({self.failures})"
 
     def _record(self, ev: Evaluation, *, search: bool) -> None:
         self.history._add_evaluation(ev)
@@ -253,15 +315,28 @@ class Run:
                 self.log.emit("eval", step=self.step, candidate_id=r.candidate.id, split=r.split)
             else:
                 live.append(i)
-        jobs = [Job(reqs[i].candidate.id, reqs[i].candidate.text, reqs[i].split,
+        jobs = [Job(reqs[i].candidate.id, self.prompt_of(reqs[i].candidate), reqs[i].split,
                     tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective)
                 for i in live]
-        for i, ev in zip(live, score_jobs(self.task, self.target, jobs)):
+        evals = score_jobs(self.task, self.target, jobs)
+        self._stop_if_failing([e for e in out if e is not None] + evals, phase)
+        for i, ev in zip(live, evals):
             out[i] = ev
             if self.log:
                 self.log.emit("eval", step=self.step, phase=phase, **ev.to_json(),
                               example_ids=list(reqs[i].example_ids or ()))
         return [e for e in out if e is not None]
+
+    def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str) -> None:
+        """Failed evaluations are data, but a run mostly made of them is no result: stop before logging
+        the batch that reaches max_failures, or any failed final/test one, so a resume redoes it live."""
+        failed = [ev for ev in batch if ev.state == "failed"]
+        total = self.failures + len(failed)
+        if failed and phase != "search":
+            raise RunStopped(f"an evaluation for the {phase} report failed: {failed[-1].error}")
+        if failed and total >= self.max_failures:
+            raise RunStopped(f"{total} evaluations failed (max_failures={self.max_failures}); "
+                             f"the last: {failed[-1].error}")
 
     def _example(self, split: str, example_id: str) -> Example:
         if split == "test":
@@ -303,7 +378,7 @@ class Run:
         ranked = [(c, self.history.score(c.id, "dev")) for c in finalists
                   if self.history.n_scored(c.id, "dev") == full] or [(seed, math.nan)]
         best = max(ranked, key=lambda cs: -math.inf if math.isnan(cs[1]) else cs[1])[0]
-        seed_test = best_test = None
+        seed_test = best_test = significance = None
         if self.target is not None and self.task.split("test"):
             test = list(self.task.split("test"))
             test = test_sample(test, self.test_limit)
@@ -315,6 +390,10 @@ class Run:
             for ev in evs:
                 self._record(ev, search=False)
             best_test, seed_test = scores[best.id], scores[seed.id]
+            if best.id != seed.id and all(ev.state == "complete" for ev in evs):
+                by_ex = [{r.example_id: r.score for r in ev.results} for ev in evs]
+                shared = [i for i in ids if i in by_ex[0] and i in by_ex[1]]
+                significance = compare_paired([by_ex[1][i] for i in shared], [by_ex[0][i] for i in shared])
         report = Report(
             run_dir=str(self.log.dir) if self.log else None, seed_prompt=seed.text, best_prompt=best.text,
             best_id=best.id, seed_dev=self.history.score(seed.id, "dev"),
@@ -322,15 +401,10 @@ class Run:
             steps=self.step, candidates=len(self.history), stop_reason=self.stop_reason or "done",
             search={"examples": self.tracker.examples, "optimizer_calls": self.tracker.optimizer_calls},
             target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
-            failures=self.failures,
+            failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
+            significance=significance,
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         return report
-
-
-def test_sample(examples: Sequence[Example], limit: int | None) -> list[Example]:
-    """The test examples a limit keeps: a fixed shuffle, independent of the run seed, so runs that differ
-    only in seed (and `promptopt compare`) report on the same examples."""
-    return list(examples) if limit is None else _shuffled(examples, random.Random("test"))[:limit]
 
 
 def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:

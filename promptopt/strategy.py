@@ -4,13 +4,17 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 from promptopt.backends.base import GenRequest, GenResult
+from promptopt.budget import BudgetView
 from promptopt.task import Task
-from promptopt.types import Candidate, Evaluation, ExampleResult
+from promptopt.types import OBJECTIVES, Candidate, Evaluation, ExampleResult, Objective
+
+__all__ = ["OBJECTIVES", "Context", "History", "Needs", "Objective", "OptimizerLM", "ScoreRequest", "Strategy",
+           "StrategyConfig", "needs"]
 
 
 class StrategyConfig(BaseModel):
@@ -31,7 +35,7 @@ class ScoreRequest:
     split: str = "dev"
     n: int | None = None
     example_ids: tuple[str, ...] | None = None
-    objective: str = "task"
+    objective: Objective = "task"
 
 
 class History:
@@ -107,8 +111,13 @@ class Context:
     history: History
     rng: random.Random
     step: int
-    budget: Any  # promptopt.budget.BudgetView
-    notes: Any  # callable(kind: str, **data) -> None: log a strategy event (e.g. a failed proposal)
+    budget: BudgetView
+    notes: Callable[..., None]  # notes(kind, **data): log a strategy event (e.g. a failed proposal)
+    seed_demos: tuple[str, ...] = ()  # train demo ids every seed candidate carries (`--demos K`)
+
+    def seed_candidates(self) -> list[Candidate]:
+        """The task's seed prompts as candidates, with the run's seed demos."""
+        return [Candidate(p, origin="seed", demos=self.seed_demos) for p in self.task.seed_prompts]
 
     def note(self, kind: str, **data: Any) -> None:
         self.notes(kind, **data)
@@ -126,8 +135,27 @@ class Strategy(Protocol):
     of exactly those requests, in order. Strategies never write files or see the test split."""
 
     Config: ClassVar[type[StrategyConfig]]
-    needs_optimizer: ClassVar[bool]
+    # Optional capability flags (a strategy sets the ones that are True; read them through `needs()`):
+    needs_optimizer: ClassVar[bool]  # refuses to run without an optimizer LLM
+    uses_optimizer: ClassVar[bool]  # runs without one, but uses it when configured (e.g. Plum's paraphrase)
+    needs_loglikelihood: ClassVar[bool]  # scores with objective "loss": the target must give log-likelihoods
 
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]: ...
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Needs:
+    """A strategy's capability flags, each False unless the strategy declares it."""
+
+    optimizer: bool = False
+    uses_optimizer: bool = False
+    loglikelihood: bool = False
+
+
+def needs(strategy: Any) -> Needs:
+    """The one reader of the optional flags declared on `Strategy`, for a strategy class or instance."""
+    return Needs(optimizer=bool(getattr(strategy, "needs_optimizer", False)),
+                 uses_optimizer=bool(getattr(strategy, "uses_optimizer", False)),
+                 loglikelihood=bool(getattr(strategy, "needs_loglikelihood", False)))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
 from promptopt.errors import TaskError
-from promptopt.template import check_template, render, template_fields
+from promptopt.template import check_template, render, split_at_prompt, template_fields
 from promptopt.types import Example
 
 SPLITS = ("train", "dev", "test")
@@ -55,6 +55,8 @@ class Task:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     chat: bool = False
+    demo_format: str | None = None  # how one demo renders; default: the template's text after {prompt}
+    demo_separator: str = "\n\n"
     description: str = ""
     meta: Mapping[str, object] = field(default_factory=dict)
 
@@ -69,6 +71,8 @@ class Task:
         for split in ("dev",):
             if not self.splits.get(split):
                 raise TaskError(f"task {self.name}: the {split} split is empty")
+        if self.demo_format is not None:
+            check_template(self.demo_format, required=("input",))
         extra = template_fields(self.template) - {"prompt", "input"}
         for ex in (e for s in self.splits.values() for e in s):
             missing = extra - set(ex.fields)
@@ -85,6 +89,33 @@ class Task:
 
     def render(self, prompt: str, example: Example) -> str:
         return render(self.template, {**example.fields, "prompt": prompt, "input": example.input})
+
+    def demo_text(self, example: Example, answer: str | None = None) -> str:
+        """One demonstration: the query format filled with `example` and its answer (the gold one
+        unless a bootstrapped `answer` is given)."""
+        if answer is None:
+            answer = self.options[example.label] if self.output == "choose" and example.label is not None \
+                else " " + example.target.strip()
+        fmt = self.demo_format if self.demo_format is not None else split_at_prompt(self.template)[1]
+        query = render(fmt, {**example.fields, "input": example.input})
+        return query.strip("\n") + answer
+
+    def prompt_text(self, instruction: str, demos: Sequence[Example] = (), answers: Sequence[str | None] = (),
+                    system: str = "") -> str:
+        """What stands where `{prompt}` is: system prompt, instruction, then the demos, separated so
+        the query that follows is set off like each demo."""
+        parts = [p for p in (system.strip(), instruction) if p]
+        if not demos:
+            return "\n\n".join(parts) if system.strip() else instruction
+        answers = list(answers) or [None] * len(demos)
+        text = self.demo_separator.join([*parts, *(self.demo_text(ex, a) for ex, a in zip(demos, answers))])
+        # The template's own text after {prompt} may already start with part of the separator.
+        after = split_at_prompt(self.template)[1]
+        lead = len(after) - len(after.lstrip("\n"))
+        sep_newlines = len(self.demo_separator) - len(self.demo_separator.lstrip("\n"))
+        if self.demo_separator.strip("\n") == "" and lead < sep_newlines:
+            text += "\n" * (sep_newlines - lead)
+        return text
 
     def without_test(self) -> "Task":
         """The view a strategy gets: the test split is not there at all."""

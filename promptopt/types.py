@@ -6,7 +6,7 @@ import json
 import math
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 
 def normalize_prompt(text: str) -> str:
@@ -45,13 +45,14 @@ class Candidate:
     meta: Mapping[str, Any] = field(default_factory=dict)
     demos: tuple[str, ...] = ()
     system: str = ""
+    demo_answers: tuple[str, ...] = ()  # bootstrapped outputs, one per demo; empty = the gold answers
 
     @property
     def id(self) -> str:
         if not self.demos and not self.system:
             return prompt_id(self.text)
-        parts = json.dumps([normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system)],
-                           ensure_ascii=False)
+        parts = json.dumps([normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system),
+                            list(self.demo_answers)], ensure_ascii=False)
         return hashlib.sha256(parts.encode("utf-8")).hexdigest()[:16]
 
     def revise(self, text: str, *, origin: str, parents: tuple[str, ...] | None = None,
@@ -59,7 +60,7 @@ class Candidate:
         """A child with a new instruction and the same demos and system prompt (what every
         instruction-editing strategy proposes)."""
         return Candidate(text, (self.id,) if parents is None else parents, origin, dict(meta or {}),
-                         self.demos, self.system)
+                         self.demos, self.system, self.demo_answers)
 
     def to_json(self) -> dict[str, Any]:
         d = {"id": self.id, "text": self.text, "parents": list(self.parents),
@@ -68,13 +69,16 @@ class Candidate:
             d["demos"] = list(self.demos)
         if self.system:
             d["system"] = self.system
+        if self.demo_answers:
+            d["demo_answers"] = list(self.demo_answers)
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
         return cls(text=d["text"], parents=tuple(d.get("parents", ())),
                    origin=d.get("origin", ""), meta=dict(d.get("meta", {})),
-                   demos=tuple(d.get("demos", ())), system=d.get("system", ""))
+                   demos=tuple(d.get("demos", ())), system=d.get("system", ""),
+                   demo_answers=tuple(d.get("demo_answers", ())))
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,10 @@ class ExampleResult:
 
 
 Split = Literal["train", "dev", "test"]
+# What an evaluation measures: "task" scores with the task metric; "loss" scores each example by the
+# gold answer's log-likelihood (higher is better; see promptopt.scorer), for loss-driven strategies.
+Objective = Literal["task", "loss"]
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ class Evaluation:
     state: Literal["complete", "failed"] = "complete"
     error: str | None = None
     usage: Usage = Usage()
-    objective: str = "task"  # "task": the task metric; "loss": gold log-likelihood (see scorer)
+    objective: Objective = "task"
 
     @property
     def score(self) -> float:

@@ -23,7 +23,7 @@ from promptopt.errors import ConfigError, ModelNotFoundError
 from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, quiet_transformers, resolve_model
 from promptopt.registry import register_backend
 from promptopt.types import Usage
-from promptopt.backends._local import common_prefix, generation_prompt
+from promptopt.backends._local import common_prefix, generation_prompt, split_pairs, start_token
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,10 @@ class HFBackend:
                  time.perf_counter() - start)
         return model, tokenizer, path
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` plus the start token the scorer adds (for up-front window checks)."""
+        return len(self.tokenizer(text)["input_ids"]) + 1
+
     def _model_window(self) -> int:
         config = self.model.config.get_text_config()
         window = getattr(config, "max_position_embeddings", None)
@@ -200,29 +204,10 @@ class HFBackend:
 
     # ---- tokenization --------------------------------------------------------------------------
 
-    def _start_token(self) -> int:
-        """Conditions an empty context (the model needs one input to predict the first token)."""
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else next(iter(sorted(self._eos_ids)), self._pad_id)
-
     def _split(self, reqs: Sequence[LLRequest]) -> list[tuple[tuple[int, ...], int]]:
-        """Token ids of each context+continuation, and how many of them belong to the context.
-
-        The pair is tokenized as one string, so the continuation is scored as the model would
-        read it in place. Where a token straddles the boundary (e.g. "is " + "Paris" gives
-        "is" + " Paris"), the context owns only the tokens it shares with its own tokenization;
-        the straddling token counts as continuation.
-        """
-        wholes = self.tokenizer([r.context + r.continuation for r in reqs])["input_ids"] if reqs else []
-        contexts = sorted({r.context for r in reqs if r.context})
-        context_ids = dict(zip(contexts, self.tokenizer(contexts)["input_ids"] if contexts else []))
-        out = []
-        for req, whole in zip(reqs, wholes):
-            n_ctx = common_prefix(whole, context_ids[req.context]) if req.context else 0
-            if n_ctx == 0:
-                whole, n_ctx = [self._start_token(), *whole], 1
-            out.append((tuple(whole), n_ctx))
-        return out
+        """Token ids of each context+continuation and how many are context (see _local.split_pairs)."""
+        return split_pairs(self.tokenizer, [(r.context, r.continuation) for r in reqs],
+                           start_token(self.tokenizer, self._eos_ids))
 
     # ---- log-likelihood ------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from promptopt import registry
-from promptopt.errors import ConfigError, PromptOptError
+from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
 
 BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
                "seconds": "max_seconds", "usd": "max_usd"}
@@ -69,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. apo.beam_width=4, task.k_seed=16-13, budget.max_examples=800")
     o.add_argument("--test-limit", type=int, help="score the final test split on at most N examples")
+    o.add_argument("--demos", type=int, metavar="K",
+                   help="seed every strategy with K train demonstrations (label-balanced, drawn with the run seed)")
     o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -76,13 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the config, task, strategy settings and run dir, print the plan, and stop: "
                         "no model is loaded and no run dir made")
 
-    e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split")
+    e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split",
+                       description="With --run, the run's best prompt is scored as the run scored it: with its "
+                                   "task, task options, data dir, seed, backend, model and backend options, and "
+                                   "its test limit on the test split. Any of --task, --model, --backend, "
+                                   "--data-dir, --seed and --limit given here overrides the run's value "
+                                   "(a different --backend drops the run's backend options).")
     e.add_argument("--task", default=None)
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
-    src.add_argument("--run", help="use the best prompt of this run (and its task)")
+    src.add_argument("--run", help="use the best prompt of this run and its settings (flags given here override)")
     e.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    e.add_argument("--limit", type=int, help="at most N examples")
+    e.add_argument("--limit", type=int, help="at most N examples (the test split: the run's fixed test sample)")
+    e.add_argument("--seed", type=int, help="the task's seed (dev carving); default: the run's, else 0")
     e.add_argument("--no-cache", action="store_true")
     _model_flags(e)
 
@@ -140,7 +147,8 @@ _RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "-
               "--data-dir": "data_dir", "--optimizer-model": "optimizer_model",
               "--optimizer-backend": "optimizer_backend", "--budget": "budget", "--max-usd": "max_usd",
               "--seed": "seed", "--prompt": "prompt", "--run-dir": "run_dir", "--config": "config",
-              "--set": "sets", "--test-limit": "test_limit", "--no-cache": "no_cache", "--plugin": "plugin"}
+              "--set": "sets", "--test-limit": "test_limit", "--no-cache": "no_cache", "--plugin": "plugin",
+              "--demos": "demos"}
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -162,7 +170,8 @@ def _optimize(args: argparse.Namespace) -> int:
         data: dict[str, Any] = load_toml(args.config) if args.config else {}
         flags: dict[str, Any] = {}
         for flag, key in (("task", "task"), ("strategy", "strategy"), ("seed", "seed"), ("prompt", "prompt"),
-                          ("run_dir", "run_dir"), ("data_dir", "data_dir"), ("test_limit", "test_limit")):
+                          ("run_dir", "run_dir"), ("data_dir", "data_dir"), ("test_limit", "test_limit"),
+                          ("demos", "demos")):
             if getattr(args, flag) is not None:
                 flags[key] = getattr(args, flag)
         if args.model or args.backend:
@@ -203,20 +212,26 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from promptopt.api import evaluate
-    from promptopt.runlog import SUMMARY
+    from promptopt.api import evaluate, load_run_config
+    from promptopt.config import RunConfig
+    from promptopt.runlog import load_run
 
-    prompt, task = args.prompt, args.task
+    prompt = args.prompt
+    cfg = RunConfig()  # without --run: the defaults
     if args.run:
-        d = Path(args.run)
-        try:
-            summary = json.loads((d / SUMMARY).read_text(encoding="utf-8"))
-            cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))["config"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            raise ConfigError(f"{d} is not a finished run (no readable summary.json/config.json)") from None
-        prompt, task = summary["best_prompt"], task or cfg["task"]
-    ev = evaluate(prompt, task or "demo", split=args.split, model=args.model or "embedded",
-                  backend=args.backend or "hf", data_dir=args.data_dir, limit=args.limit, cache=not args.no_cache)
+        cfg = load_run_config(args.run)
+        summary = load_run(Path(args.run)).summary
+        if summary is None:
+            raise ConfigError(f"{args.run} is not a finished run (no summary.json)")
+        # What the run scored: the best instruction with its demos and system prompt, when it has them.
+        prompt = summary.get("best_prefix") or summary["best_prompt"]
+    backend = args.backend or cfg.target.backend
+    options = cfg.target.options if backend == cfg.target.backend else {}
+    limit = args.limit if args.limit is not None else (cfg.test_limit if args.split == "test" else None)
+    ev = evaluate(prompt, args.task or cfg.task, split=args.split, model=args.model or cfg.target.model,
+                  backend=backend, backend_options=options, data_dir=args.data_dir or cfg.data_dir,
+                  task_options=cfg.task_options if not args.task else None,
+                  seed=args.seed if args.seed is not None else cfg.seed, limit=limit, cache=not args.no_cache)
     if ev.state == "failed":
         raise PromptOptError(f"evaluation failed: {ev.error}")
     print(f"{args.split} score {ev.score:.4f} on {len(ev.results)} examples")
@@ -290,11 +305,12 @@ COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM (what schedulers and `kill` send) stops a run as Ctrl-C does: the run ends with a summary.
+    # SIGTERM (what schedulers send to preempt a job) stops a run without finalizing it, so it can be resumed;
+    # Ctrl-C stops it with the final report.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
@@ -302,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         return COMMANDS[args.command](args)
+    except RunStopped as e:  # not bad input: the run is intact and resumable
+        print(f"promptopt: stopped: {e}", file=sys.stderr)
+        return 3
     except PromptOptError as e:
         print(f"promptopt: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,16 @@ def short(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def significance_line(sig: dict) -> str:
+    """Seed vs best on the same test examples, in one line."""
+    low, high = sig["ci95"]
+    line = (f"best - seed on {sig['n']} test examples: {sig['diff']:+.3f} (95% CI {low:+.3f} .. {high:+.3f}), "
+            f"p = {sig['p']:.3g} ({sig['test']})")
+    if sig["test"] == "mcnemar":
+        line += f"; only seed right {sig['only_seed_right']}, only best right {sig['only_best_right']}"
+    return line
+
+
 def print_report(report: Report, console: Console | None = None) -> None:
     console = console or Console(width=max(100, shutil.get_terminal_size().columns))
     t = Table(title="promptopt result")
@@ -29,6 +39,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
     t.add_row("seed", short(report.seed_prompt), fmt(report.seed_dev), fmt(report.seed_test))
     t.add_row("best", short(report.best_prompt), fmt(report.best_dev), fmt(report.best_test))
     console.print(t)
+    if report.best_demos:
+        console.print(f"best prompt's demos (train ids, in order): {', '.join(report.best_demos)}")
+    if report.significance:
+        console.print(significance_line(report.significance))
     tu, ou = report.target_usage, report.optimizer_usage
     cache = report.search.get("cache", {})
     console.print(
