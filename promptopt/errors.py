@@ -35,12 +35,26 @@ class ResumeError(PromptOptError):
 
 
 class BackendError(PromptOptError):
-    """A model call failed. `retryable` tells the retry layer whether another try may succeed."""
+    """A model call failed. `retryable` tells the retry layer whether another try may succeed;
 
-    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None):
+    `fatal` marks errors no retry or other request can fix (a revoked key, a removed model): the run stops.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None,
+                 fatal: bool = False):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.fatal = fatal
+
+
+class RunStopped(PromptOptError):
+    """A run stopped before its end (a fatal model error, too many failed evaluations, SIGTERM). Its log
+    is intact and no summary is written, so `promptopt optimize --resume RUN` continues it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a scheduler preempting the job. Unlike Ctrl-C the run is not finalized: it stays resumable."""
 
 
 class BudgetExhausted(PromptOptError):

@@ -22,7 +22,7 @@ EVENTS = "events.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 # Events outside the replayed stream: they describe sessions, not the search.
-SESSION_EVENTS = frozenset({"run.start", "run.resume", "run.end"})
+SESSION_EVENTS = frozenset({"run.start", "run.resume", "run.end", "run.stop"})
 
 
 def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -90,7 +90,10 @@ class RunLog:
         self.dir = Path(run_dir)
         self.path = self.dir / EVENTS
         self.fsync = fsync
-        self._lock = open(self.dir / ".lock", "w")
+        try:
+            self._lock = open(self.dir / ".lock", "w")
+        except OSError as e:  # read-only storage, a directory named .lock, ...
+            raise ResumeError(f"cannot lock {self.dir / '.lock'}: {e.strerror or e}") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,6 +101,9 @@ class RunLog:
             raise ResumeError(f"{self.dir} is in use by another promptopt process") from None
         self.recorded: list[dict[str, Any]] = []
         self.sessions: list[dict[str, Any]] = []
+        if resume and (self.dir / SUMMARY).exists():  # checked under the lock: a racing resumer finished it
+            self._lock.close()
+            raise ResumeError(f"{self.dir} already finished (see {self.dir / SUMMARY})")
         if resume:
             if not self.path.exists():
                 raise ResumeError(f"{self.dir} has no {EVENTS}; nothing to resume")

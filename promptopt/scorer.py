@@ -42,6 +42,8 @@ def score_jobs(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evalua
             gen = iter(evals)
             evals = [next(loss) if j.objective == "loss" else next(gen) for j in jobs]
     except BackendError as e:
+        if e.fatal:  # nothing later in the run can succeed: the loop stops (resumably)
+            raise
         return [Evaluation(j.candidate_id, j.split, (), "failed", str(e), objective=j.objective) for j in jobs]
     # Spread the batch's wall time over jobs by size, so per-candidate cost is comparable.
     total = sum(len(j.examples) for j in jobs) or 1

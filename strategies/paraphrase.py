@@ -47,7 +47,9 @@ class Paraphrase:
         return []
 
     def _propose(self, ctx: Context) -> list[Candidate]:
-        parents = [c for c, _ in ctx.history.ranked("dev")[: self.config.parents]]
+        # When every evaluation so far failed nothing is ranked: rewrite the seed prompts instead.
+        parents = [c for c, _ in ctx.history.ranked("dev")[: self.config.parents]] or \
+            [Candidate(p, origin="seed") for p in ctx.task.seed_prompts[: self.config.parents]]
         reqs = [GenRequest(messages=(("user", INSTRUCTION.format(prompt=parents[i % len(parents)].text)),),
                            max_tokens=self.config.max_tokens, temperature=self.config.temperature)
                 for i in range(self.config.proposals)]

@@ -1,5 +1,5 @@
 """SIGKILL at random points, then resume: same events, same best prompt as an uninterrupted run.
-SIGINT or SIGTERM stops gracefully with a summary. Parallel runs in one runs/ dir never collide."""
+SIGINT stops gracefully with a summary. Parallel runs in one runs/ dir never collide."""
 import json
 import os
 import random
@@ -77,7 +77,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT])  # SIGTERM leaves the run resumable: test_reliability.py
 def test_interrupt_stops_gracefully_with_summary(tmp_path, sig):
     # Slower model calls than the kill trials: on an idle machine the whole search can otherwise end
     # between the first logged evaluation and the signal.

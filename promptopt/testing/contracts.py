@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from promptopt.backends.base import GenRequest, LLRequest, LLResult
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
-from promptopt.errors import ConfigError
+from promptopt.errors import ConfigError, RunStopped
 from promptopt.loop import Run
 from promptopt.runlog import EVENTS, RunLog, read_events
 from promptopt.strategy import Strategy
@@ -117,6 +117,19 @@ class StrategyContract:
         # Same events in the same order; only timing and cache-hit counts may differ.
         strip = lambda es: [{k: v for k, v in e.items() if k not in ("time", "usage")} for e in es if "seq" in e]
         assert strip(a) == strip(b)
+
+    def test_survives_failed_evaluations(self) -> None:
+        """Failed evaluations are data: with a target whose every call fails, or every other one, the
+        strategy never crashes. The run ends, or stops resumably (RunStopped), and nothing else escapes."""
+        for fail_every, max_failures in ((1, 30), (2, 10**6)):
+            run = make_run(self.make_strategy(), task=self.make_task(), target=FakeBackend(fail_every=fail_every),
+                           budget=self.budget)
+            run.max_failures = max_failures
+            try:
+                run.run()
+            except RunStopped:
+                pass
+            assert run.failures > 0
 
     def test_unknown_option_is_rejected(self) -> None:
         from promptopt.config import strategy_config

@@ -269,9 +269,9 @@ class OpenAIBackend:
         return usage
 
     def _failed(self, err: OpenAIRequestError, started: float) -> Usage:
+        self._stats.record_failure(err.kind)  # fatal ones too: they are failures the run reports
         if err.fatal:
             raise err
-        self._stats.record_failure(err.kind)
         return self._account(0, 0, started)
 
     # --- generation ----------------------------------------------------------------------------

@@ -35,10 +35,9 @@ class OpenAIRequestError(BackendError):
 
     def __init__(self, message: str, *, kind: str, detail: str = "", retryable: bool = False,
                  retry_after: float | None = None, fatal: bool = False):
-        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        super().__init__(message, retryable=retryable, retry_after=retry_after, fatal=fatal)
         self.kind = kind
         self.detail = detail or message  # what happened, without server, model or advice
-        self.fatal = fatal
 
 
 def display_url(url: str) -> str:

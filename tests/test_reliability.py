@@ -1,0 +1,125 @@
+"""Failure classes of issue 17 at the loop and CLI level: a fatal model error or a run of failures stops
+the run resumably; a resume after the fix ends as a clean run does; SIGTERM leaves a run resumable."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+from promptopt.backends.base import LLRequest, LLResult
+from promptopt.backends.fake import FakeBackend
+from promptopt.budget import Budget
+from promptopt.cli import main
+from promptopt.errors import BackendError, ResumeError, RunStopped
+from promptopt.runlog import SUMMARY, RunLog
+from promptopt.testing import make_run
+
+from promptopt.strategies.paraphrase import Paraphrase, ParaphraseConfig
+
+
+class RevokedAfter(FakeBackend):
+    """A target whose key is revoked after `ok` calls: every later call raises a fatal error."""
+
+    def __init__(self, ok: int):
+        super().__init__()
+        self.ok = ok
+
+    def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
+        if self.calls >= self.ok:
+            self.calls += 1
+            raise BackendError("openai backend: HTTP 401 invalid API key", fatal=True)
+        return super().loglikelihood(reqs)
+
+
+def _paraphrase() -> Paraphrase:
+    return Paraphrase(ParaphraseConfig())
+
+
+def _result(report) -> tuple:
+    return report.best_prompt, report.best_dev, report.best_test, report.candidates
+
+
+def test_fatal_error_stops_at_once_and_resumes_to_the_clean_result(tmp_path):
+    clean_dir, cut_dir = tmp_path / "clean", tmp_path / "cut"
+    clean_dir.mkdir(), cut_dir.mkdir()
+    clean = make_run(_paraphrase(), run_dir=clean_dir, budget=Budget(max_examples=200))
+    want = _result(clean.run())
+    clean.log.close()
+    target = RevokedAfter(ok=2)
+    run = make_run(_paraphrase(), target=target, run_dir=cut_dir, budget=Budget(max_examples=200))
+    with pytest.raises(BackendError, match="401"):
+        run.run()
+    assert target.calls == 3  # no call after the first fatal one
+    assert run.failures == 0  # nothing recorded as a failed evaluation
+    run.log.close()
+    resumed = make_run(_paraphrase(), run_dir=cut_dir, resume=True, budget=Budget(max_examples=200))
+    assert _result(resumed.run()) == want
+
+
+def test_outage_stops_resumably_then_resume_finishes(tmp_path):
+    run = make_run(_paraphrase(), target=FakeBackend(fail_every=1), run_dir=tmp_path, budget=Budget(max_examples=200))
+    run.max_failures = 3
+    with pytest.raises(RunStopped, match="evaluations failed"):
+        run.run()
+    run.log.close()
+    assert not (tmp_path / SUMMARY).exists()
+    resumed = make_run(_paraphrase(), run_dir=tmp_path, resume=True, budget=Budget(max_examples=200))
+    report = resumed.run()
+    assert report.best_test is not None and report.failures < 3
+
+
+def _cli(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "promptopt.cli", "optimize", "--task", "demo", "--strategy", "paraphrase",
+            "--backend", "fake", "--model", "m", "--run-dir", str(tmp_path / "runs"), "--budget", "400",
+            "--no-cache", "-q", *extra]
+
+
+def test_cli_fail_every_1_stops_with_one_line_and_stays_resumable(tmp_path):
+    proc = subprocess.run(_cli(tmp_path, "--set", "backend.fail_every=1"), capture_output=True, text=True,
+                          timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert last.startswith("promptopt: stopped:") and "--resume" in last
+    (d,) = (tmp_path / "runs").iterdir()
+    assert not (d / SUMMARY).exists()
+    stop = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()][-1]
+    assert stop["type"] == "run.stop" and stop["failures"] > 0
+
+
+def test_sigterm_leaves_the_run_resumable(tmp_path):
+    proc = subprocess.Popen(_cli(tmp_path, "--set", "backend.delay=0.3"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            b'"type":"eval"' in p.read_bytes() for p in (tmp_path / "runs").glob("*/events.jsonl")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "stopped by SIGTERM" in err and "Traceback" not in err
+    (d,) = (tmp_path / "runs").iterdir()
+    assert not (d / SUMMARY).exists()
+    done = subprocess.run([sys.executable, "-m", "promptopt.cli", "optimize", "--resume", str(d), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((d / SUMMARY).read_text())["best_test"] is not None
+
+
+def test_already_finished_is_checked_under_the_lock(tmp_path):
+    run = make_run(_paraphrase(), run_dir=tmp_path, budget=Budget(max_examples=100))
+    run.run()
+    run.log.close()
+    (tmp_path / SUMMARY).write_text("{}")  # what a racing resumer finished while this one waited
+    with pytest.raises(ResumeError, match="already finished"):
+        RunLog(tmp_path, resume=True)
+
+
+def test_unwritable_lock_is_one_clear_error(tmp_path):
+    (tmp_path / ".lock").mkdir()  # a directory where the lock file should be
+    with pytest.raises(ResumeError, match="cannot lock"):
+        RunLog(tmp_path)
