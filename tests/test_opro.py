@@ -136,3 +136,17 @@ def test_meta_prompt_file_override_and_its_errors(tmp_path):
         with pytest.raises(ConfigError) as e:
             strategy_config(OPRO, {"prompt_files": files})
         assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_templates_command_prints_the_templates_in_use(tmp_path, capsys):
+    from promptopt.cli import main
+    meta = tmp_path / "meta.txt"
+    meta.write_text("Mine: {instructions} {exemplars} {rejected}")
+    assert main(["templates", "--strategy", "opro", "--set", f"opro.prompt_files.meta={meta}"]) == 0
+    out = capsys.readouterr().out
+    assert f"== opro.meta  ({meta}; placeholders: {{exemplars}}, {{instructions}}, {{rejected}})" in out
+    assert "Mine: {instructions}" in out and "== opro.pair  (default;" in out
+    assert main(["templates", "--strategy", "opro", "--set", f"opro.prompt_files.nope={meta}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("promptopt: error: strategy options: ") and "unknown template name 'nope'" in err
+    assert "Value error" not in err and "\n" not in err

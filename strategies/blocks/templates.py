@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from promptopt.strategy import StrategyConfig
 
@@ -82,7 +83,10 @@ class TemplateSettings(StrategyConfig):
 
     @model_validator(mode="after")
     def _check_prompt_files(self) -> "TemplateSettings":
-        self.templates()  # read and check every file now, before any model loads
+        try:
+            self.templates()  # read and check every file now, before any model loads
+        except ValueError as e:  # reported as the reason alone, without pydantic's "Value error," prefix
+            raise PydanticCustomError("template_file", "{reason}", {"reason": str(e)}) from None
         return self
 
     def templates(self) -> dict[str, str]:
