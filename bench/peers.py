@@ -67,7 +67,7 @@ from optimize_cli import ROOT, optimize_command, run_optimize
 from promptopt import registry
 from promptopt.api import evaluate, load_task
 from promptopt.cache import CachedBackend
-from promptopt.runlog import EVENTS, read_events
+from promptopt.runlog import load_run
 from promptopt.testing.vllm_server import VLLMServer
 
 TASK = "sst2"
@@ -218,10 +218,9 @@ def run_peer(args: argparse.Namespace, url: str, out_dir: Path) -> dict[str, Any
 
 def search_seconds(run_dir: Path) -> float:
     """Run start to the last search-phase event (eval or optimizer call) in the run log."""
-    events, _ = read_events(run_dir / EVENTS)
-    start = next(e["time"] for e in events if e["type"] == "run.start")
-    last = start
-    for e in events:
+    view = load_run(run_dir)
+    start = last = view.started
+    for e in view.events:
         if e["type"] == "eval" and e.get("phase") not in ("search", None):
             break
         if e["type"] in ("eval", "optimizer_call"):

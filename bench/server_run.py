@@ -22,7 +22,7 @@ from typing import Any
 
 from optimize_cli import ROOT, run_optimize
 from promptopt.testing.faultproxy import FAULTS, FaultProxy
-from promptopt.runlog import EVENTS, read_events
+from promptopt.runlog import load_run
 from promptopt.testing.vllm_server import VLLMServer
 
 
@@ -70,10 +70,9 @@ def optimize(args: argparse.Namespace, url: str, name: str) -> dict[str, Any]:
 
 def evaluations(run_dir: str) -> list[tuple[str, str, str, float | None, int, str]]:
     """Every evaluation of a run: (candidate, split, phase, score, examples, state), in log order."""
-    events, _ = read_events(Path(run_dir) / EVENTS)
     return [(e["candidate_id"], e["split"], e.get("phase", ""),
              None if e.get("score") is None else round(e["score"], 6), len(e.get("results") or []),
-             e.get("state", "")) for e in events if e.get("type") == "eval"]
+             e.get("state", "")) for e in load_run(Path(run_dir)).evals]
 
 
 def client_stats(summary: dict[str, Any]) -> dict[str, Any]:

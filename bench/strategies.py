@@ -22,7 +22,8 @@ from typing import Any
 
 from optimize_cli import ROOT, finished, run_optimize
 from promptopt import registry
-from promptopt.runlog import EVENTS, read_events
+from promptopt.runlog import is_task_score, load_run
+from promptopt.strategy import needs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +58,7 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -
                  "--run-dir", str(root), "--set", f"run_name={name}", "-q"]
         if args.prompt:
             args_ += ["--prompt", args.prompt]
-        if not registry.get("strategies", strategy).needs_optimizer and not args.llm_edits:
+        if not needs(registry.get("strategies", strategy)).optimizer and not args.llm_edits:
             args_ += ["--optimizer-model", "none"]
         for s in args.sets:
             head = s.split(".", 1)[0]
@@ -70,16 +71,15 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -
 def best_so_far(run: Path) -> list[tuple[int, float]]:
     """(scored examples so far, best dev score of any candidate scored on the whole dev set so far),
     from the search-phase task-metric evaluations in the run log."""
-    events, _ = read_events(run / EVENTS)
     seen: dict[str, dict[str, float]] = {}
     examples, best, curve = 0, float("-inf"), []
     n_dev = 0
-    for e in events:
-        if e.get("type") != "eval" or e.get("phase") != "search":
+    for e in load_run(run).evals:
+        if e.get("phase") != "search":
             continue
         results = e.get("results") or []
         examples += len(results)
-        if e.get("split") != "dev" or e.get("objective", "task") != "task":
+        if e.get("split") != "dev" or not is_task_score(e):
             continue
         scores = seen.setdefault(e["candidate_id"], {})
         scores.update({r["example_id"]: r["score"] for r in results})
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = [run_one(args, strategy, seed, run_dir) for seed in seeds]
         raw[strategy] = summaries
         curves[strategy] = [best_so_far(Path(s["run_dir"])) for s in summaries]
-        llm_free = not registry.get("strategies", strategy).needs_optimizer and not args.llm_edits
+        llm_free = not needs(registry.get("strategies", strategy)).optimizer and not args.llm_edits
         row: dict[str, Any] = {"strategy": strategy, "optimizer": "none" if llm_free else "embedded"}
         for key in ("seed_dev", "best_dev", "seed_test", "best_test"):
             row[key] = mean_std([s[key] for s in summaries])

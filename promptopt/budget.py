@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,7 +34,8 @@ class BudgetTracker:
     target: Usage = field(default_factory=Usage)
     optimizer: Usage = field(default_factory=Usage)
     started: float = field(default_factory=time.monotonic)
-    elapsed_before: float = 0.0  # wall time of earlier sessions of a resumed run
+    elapsed_before: float = 0.0  # wall time of earlier sessions of a resumed run (set from the run log)
+    replaying: Callable[[], bool] = lambda: False  # while True, the time limit is not checked (see loop.Run)
 
     @property
     def seconds(self) -> float:
@@ -58,7 +60,7 @@ class BudgetTracker:
             ("examples", b.max_examples, self.examples),
             ("optimizer_calls", b.max_optimizer_calls, self.optimizer_calls),
             ("tokens", b.max_tokens, self.tokens),
-            ("seconds", b.max_seconds, self.seconds),
+            ("seconds", None if self.replaying() else b.max_seconds, self.seconds),
             ("usd", b.max_usd, self.usd),
         ]
         for name, limit, used in checks:

@@ -18,10 +18,12 @@ from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from promptopt.errors import ConfigError, DataNotFoundError, TaskError
+from promptopt.types import Example
 
 DATA_DIR_ENV = "PROMPTOPT_DATA_DIR"
 T = TypeVar("T")
 O = TypeVar("O", bound="TaskOptions")
+E = TypeVar("E", bound="Example")
 
 
 def resolve_data_dir(explicit: str | Path | None = None) -> Path | None:
@@ -141,6 +143,14 @@ def sample(items: Sequence[T], n: int | None, seed: int | str,
     if n is None or n >= len(items):
         return list(items)
     return [items[i] for i in _sample_indices(items, n, seed, balance_by)]
+
+
+def test_sample(examples: Sequence[E], limit: int | None) -> list[E]:
+    """The one test sampler: the `limit` test examples that a run's `--test-limit`, a task's
+    `test_limit` option, `evaluate --limit`, `compare` and `--dry-run` all use. Its seed is fixed
+    ("test"), not the run seed, so runs that differ only in seed report on the same examples; it draws
+    the classes in turn (by `label`) when examples have one, and keeps the original order."""
+    return sample(examples, limit, "test", balance_by=lambda ex: ex.label)
 
 
 def carve(items: Sequence[T], n: int, seed: int | str, what: str) -> tuple[list[T], list[T]]:

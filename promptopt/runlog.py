@@ -12,17 +12,22 @@ import json
 import os
 import secrets
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from promptopt.errors import ConfigError, ResumeError
+from promptopt.types import Usage
 
 EVENTS = "events.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 # Events outside the replayed stream: they describe sessions, not the search.
 SESSION_EVENTS = frozenset({"run.start", "run.resume", "run.end", "run.stop"})
+# Events that open a session (a start or a resume); wall time is summed per session.
+_SESSION_OPENERS = frozenset({"run.start", "run.resume"})
 
 
 def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -112,6 +117,7 @@ class RunLog:
                 os.truncate(self.path, good)  # drop the partial last line before appending
             self.sessions = [e for e in events if e["type"] in SESSION_EVENTS]
             self.recorded = [e for e in events if e["type"] not in SESSION_EVENTS]
+        self.elapsed_before = wall_seconds(events) if resume else 0.0  # earlier sessions, for the time budget
         self.cursor = 0  # position in `recorded` of the next event the run will produce
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -160,3 +166,125 @@ def _identity(event: dict[str, Any]) -> tuple[Any, ...]:
 
 def iter_runs(root: Path) -> Iterator[Path]:
     return (p for p in sorted(root.iterdir()) if (p / EVENTS).exists())
+
+
+# ---- the one reader of a run log (show, report, compare, plots and the benches use it) -----------
+
+def is_task_score(event: dict[str, Any]) -> bool:
+    """Whether an eval event scores with the task metric (objective "task"), the only kind that is a
+    dev or test score; "loss" evaluations are log-likelihoods on another scale."""
+    return event.get("objective", "task") == "task"
+
+
+@dataclass
+class RunView:
+    """A run reconstructed from its log. Scores are task-metric scores only (see is_task_score)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)  # every complete event, in log order
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    first_step: dict[str, int] = field(default_factory=dict)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    optimizer_calls: int = 0
+    target_usage: Usage = field(default_factory=Usage)
+    optimizer_usage: Usage = field(default_factory=Usage)
+    wall_seconds: float = 0.0  # summed over sessions, so pauses between a crash and a resume do not count
+    summary: dict[str, Any] | None = None
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        """Every eval event (failed ones too, any objective), in log order."""
+        return [e for e in self.events if e["type"] == "eval"]
+
+    @property
+    def started(self) -> float | None:
+        """Time of the run.start event."""
+        return next((e["time"] for e in self.events if e["type"] == "run.start"), None)
+
+    def score(self, cid: str, split: str = "dev") -> float:
+        s = self.scores.get((cid, split))
+        return sum(s.values()) / len(s) if s else float("nan")
+
+    def n(self, cid: str, split: str = "dev") -> int:
+        return len(self.scores.get((cid, split), {}))
+
+    def ranked(self, split: str = "dev") -> list[str]:
+        """Ids of the candidates scored on `split`, best first."""
+        return sorted((c for c in self.candidates if self.n(c, split)), key=lambda c: -self.score(c, split))
+
+    def best_id(self) -> str | None:
+        """The run's chosen prompt once it finished, else the best-scoring one so far."""
+        if self.summary:
+            return self.summary["best_id"]
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def best_by_step(self) -> list[tuple[int, float, int]]:
+        """(step, best dev score among candidates proposed up to that step, candidates so far)."""
+        out = []
+        for s in sorted(set(self.first_step.values())):
+            ids = [c for c, st in self.first_step.items() if st <= s and self.n(c)]
+            if ids:
+                out.append((s, max(self.score(c) for c in ids), len(ids)))
+        return out
+
+    @property
+    def rejected(self) -> int:
+        """Proposals a strategy logged as rejected (never scored)."""
+        return sum(1 for n in self.notes if n.get("kind", "").endswith("rejected"))
+
+    def lineage(self, cid: str) -> list[dict[str, Any]]:
+        chain, seen = [], set()
+        while cid in self.candidates and cid not in seen:
+            seen.add(cid)
+            c = self.candidates[cid]
+            chain.append(c)
+            cid = c["parents"][0] if c.get("parents") else ""
+        return chain
+
+
+def wall_seconds(events: list[dict[str, Any]]) -> float:
+    """Logged wall time: first to last event of each session, so the gap before a resume is not counted."""
+    total = 0.0
+    span: list[float] | None = None  # [first, last] event time of the current session
+    for e in events:
+        if "time" not in e:
+            continue
+        if span is None or e["type"] in _SESSION_OPENERS:
+            total += span[1] - span[0] if span else 0.0
+            span = [e["time"], e["time"]]
+        span[1] = e["time"]
+    return total + (span[1] - span[0] if span else 0.0)
+
+
+def load_run(run_dir: Path) -> RunView:
+    """Read a run's events.jsonl (and summary.json when it finished) into a RunView."""
+    run_dir = Path(run_dir)
+    path = run_dir / EVENTS
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no {EVENTS})")
+    events, _ = read_events(path)
+    view = RunView(events=events, wall_seconds=wall_seconds(events))
+    for e in events:
+        t = e["type"]
+        if t == "candidate":
+            view.candidates[e["candidate_id"]] = e
+            view.first_step.setdefault(e["candidate_id"], e.get("step", 0))
+        elif t == "eval":
+            view.target_usage += Usage.from_json(e.get("usage"))  # failed evaluations cost too
+            if e.get("state") == "complete" and is_task_score(e):
+                bucket = view.scores[(e["candidate_id"], e["split"])]
+                for r in e["results"]:
+                    bucket[r["example_id"]] = r["score"]
+        elif t == "note":
+            view.notes.append(e)
+        elif t == "optimizer_call":
+            view.optimizer_calls += len(e.get("requests", ()))
+            for r in e.get("responses", ()):
+                view.optimizer_usage += Usage.from_json(r.get("usage"))
+    if (run_dir / SUMMARY).exists():
+        try:
+            view.summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{run_dir / SUMMARY} is not valid JSON: {e}") from None
+    return view

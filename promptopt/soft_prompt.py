@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from promptopt.backends._local import split_pairs
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, PROMPT_EMBEDS, GenRequest, GenResult, LLRequest, LLResult
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.scorer import Job, reference_text, score_jobs
@@ -86,15 +87,6 @@ class TrainedSoftPrompt:
 
 
 # ---- the shared forward pass ---------------------------------------------------------------------
-
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], int]:
-    """Token ids of context+continuation and how many belong to the context (as the hf backend splits
-    them: the pair is tokenized as one string; a token straddling the boundary is continuation)."""
-    whole = tokenizer(context + continuation, add_special_tokens=True)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=True)["input_ids"] if context else []
-    n_ctx = next((i for i, (a, b) in enumerate(zip(whole, ctx)) if a != b), min(len(whole), len(ctx)))
-    return whole, n_ctx
-
 
 def _left_padded(model: Any, soft: "torch.Tensor", rows: Sequence[Sequence[int]]
                  ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
@@ -177,7 +169,7 @@ class SoftPromptBackend:
         return self._fingerprint
 
     def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
-        pairs = [encode_pair(self.tokenizer, r.context, r.continuation) for r in reqs]
+        pairs = split_pairs(self.tokenizer, [(r.context, r.continuation) for r in reqs])
         results: list[LLResult] = [LLResult(0.0, is_greedy=True)] * len(reqs)  # empty continuation
         # Sorting by input puts requests that can share a row (the options of one example) side by side.
         todo = sorted((i for i, (ids, n_ctx) in enumerate(pairs) if len(ids) > n_ctx),
@@ -301,12 +293,12 @@ def _loss(task: Task, model: Any, tokenizer: Any, soft: "torch.Tensor",
 
     choose: cross-entropy over the options' log-likelihoods; generate: mean token NLL of the reference."""
     if task.output == "choose":
-        pairs = [encode_pair(tokenizer, task.render("", ex), opt) for ex in batch for opt in task.options]
+        pairs = split_pairs(tokenizer, [(task.render("", ex), opt) for ex in batch for opt in task.options])
         sums = torch.stack([lp.sum() for lp in continuation_logprobs(model, soft, pairs)])
         scores = sums.view(len(batch), len(task.options))
         labels = torch.tensor([ex.label for ex in batch], device=scores.device)
         return torch.nn.functional.cross_entropy(scores, labels), len(pairs)
-    pairs = [encode_pair(tokenizer, task.render("", ex), " " + reference_text(ex).strip()) for ex in batch]
+    pairs = split_pairs(tokenizer, [(task.render("", ex), " " + reference_text(ex).strip()) for ex in batch])
     lps = continuation_logprobs(model, soft, pairs)
     return -torch.stack([lp.mean() for lp in lps]).mean(), len(pairs)
 

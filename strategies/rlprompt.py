@@ -91,7 +91,6 @@ class RLPrompt:
         self.steps_done = 0
         self.evaluated_at = -1  # steps_done when the greedy prompt was last scored on dev
         self._plan: _StepPlan | None = None
-        self._loaded: dict[str, Any] | None = None
 
     # -- ask / tell --
     def ask(self, ctx: Context) -> Sequence[ScoreRequest]:
@@ -143,9 +142,6 @@ class RLPrompt:
                                   generator=seeded_generator(ctx.rng.getrandbits(63)))
             self.trainer = PolicyTrainer(policy, algorithm=cfg.algorithm, learning_rate=cfg.learning_rate,
                                          grad_clip=cfg.grad_clip, target_update_rate=cfg.target_update_rate)
-            if self._loaded is not None:
-                self.trainer.load_state_dict(self._loaded)
-                self._loaded = None
         return self.trainer
 
     def _reward_batch(self, ctx: Context) -> tuple[str, ...]:
@@ -183,16 +179,3 @@ class RLPrompt:
     def _note_eval(self, ctx: Context, greedy: Candidate) -> None:
         ctx.note("rl.eval", rl_step=greedy.meta["rl_step"], candidate=greedy.id, prompt=greedy.text,
                  dev_score=ctx.history.score(greedy.id, "dev"))
-
-    # -- checkpointing (replay rebuilds the same state; this is the faster path) --
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps_done": self.steps_done, "evaluated_at": self.evaluated_at,
-                "trainer": self.trainer.state_dict() if self.trainer is not None else self._loaded}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps_done = state["steps_done"]
-        self.evaluated_at = state["evaluated_at"]
-        if self.trainer is not None and state["trainer"] is not None:
-            self.trainer.load_state_dict(state["trainer"])
-        else:
-            self._loaded = state["trainer"]

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from pydantic import PositiveInt
 
 from promptopt.data import (TaskOptions, carve, load_hub, local_file, parse_options, read_jsonl,
-                            require_columns, resolve_data_dir, sample)
+                            require_columns, resolve_data_dir, sample, test_sample)
 from promptopt.errors import TaskError
 from promptopt.registry import register_task
 from promptopt.task import Task, exact_match, last_number
@@ -46,7 +46,7 @@ def gsm8k(data_dir: str | Path | None = None, seed: int = 0, **options: Any) -> 
         "train": sample(train, opts.train_size, seed),
         "dev": dev,
         # The test sample ignores the run seed: every run reports on the same problems.
-        "test": sample([_example("test", i, row) for i, row in enumerate(test_rows)], opts.test_limit, "test"),
+        "test": test_sample([_example("test", i, row) for i, row in enumerate(test_rows)], opts.test_limit),
     }
     return Task(
         name="gsm8k",

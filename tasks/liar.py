@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from pydantic import PositiveInt
 
 from promptopt.data import (TaskOptions, carve, local_file, no_local_copy, parse_options, read_jsonl,
-                            require_columns, resolve_data_dir, sample)
+                            require_columns, resolve_data_dir, test_sample)
 from promptopt.errors import TaskError
 from promptopt.registry import register_task
 from promptopt.task import Task
@@ -39,7 +39,7 @@ def liar(data_dir: str | Path | None = None, seed: int = 0, **options: Any) -> T
     root = resolve_data_dir(data_dir)
     train, dev = carve(_examples("train", root), opts.dev_size, seed, "task liar, option dev_size")
     # The test sample ignores the run seed: every run reports on the same statements.
-    test = sample(_examples("test", root), opts.test_limit, "test", balance_by=lambda ex: ex.label)
+    test = test_sample(_examples("test", root), opts.test_limit)
     splits = {"train": train, "dev": dev, "test": test}
     return Task(
         name="liar",

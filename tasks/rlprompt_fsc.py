@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping
 from pydantic import PositiveInt
 
 from promptopt.data import (TaskOptions, load_hub, local_file, no_local_copy, parse_options, read_table,
-                            resolve_data_dir, sample)
+                            resolve_data_dir, sample, test_sample)
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task
 from promptopt.task import Task
@@ -80,7 +80,7 @@ def build(name: str, data_dir: str | Path | None, options: Mapping[str, Any]) ->
     splits = {split: [_example(name, split, i, row, verbalizers, source) for i, row in enumerate(split_rows)]
               for split, split_rows in rows.items()}
     # The test sample ignores the run seed: every run of a task reports on the same examples.
-    splits["test"] = sample(splits["test"], opts.test_limit, "test", balance_by=lambda ex: ex.label)
+    splits["test"] = test_sample(splits["test"], opts.test_limit)
     return Task(
         name=name,
         splits=splits,

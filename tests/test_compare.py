@@ -101,4 +101,4 @@ def test_cli_compare_without_soft_and_bad_flags(tmp_path, tiny_model_dir, monkey
     assert "| best discrete |" in out and "soft prompt" not in out
     assert main(["compare", "--run", str(run), "--seeds", "0,x"]) == 2
     assert main(["compare", "--run", str(tmp_path / "missing")]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+    assert "not a run directory" in capsys.readouterr().err

@@ -1,11 +1,63 @@
-"""The core never imports strategies or tasks; plugins are found by name."""
+"""The rooms of the house and the arrows between them: the core (promptopt/ outside cli/ and testing/)
+imports no UI, no test kit or server, no strategy and no task; only tests, benches and the testing kit
+import a test server; and the core loads without torch. Plugins are found by name."""
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import promptopt
 from promptopt import registry
 from promptopt.errors import RegistryError
+
+PACKAGE = Path(promptopt.__file__).parent
+REPO = PACKAGE.parent
+SERVERS = ("promptopt.testing.openai_server", "promptopt.testing.faultproxy", "promptopt.testing._http",
+           "promptopt.testing.vllm_server")
+CORE_MODULES = ("loop", "api", "strategy", "scorer", "types", "task", "config", "runlog", "cache")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of every module a file imports (at any depth: late imports count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return names
+
+
+def core_files() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ("cli", "testing")]
+
+
+def _under(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def test_core_imports_no_ui_test_kit_strategy_or_task():
+    banned = ("promptopt.cli", "promptopt.testing", "promptopt.strategies", "promptopt.tasks")
+    bad = {str(p.relative_to(REPO)): sorted(n for n in imported_modules(p) if _under(n, banned))
+           for p in core_files()}
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_only_tests_benches_and_the_testing_kit_import_a_test_server():
+    places = [*PACKAGE.rglob("*.py"), *(REPO / "strategies").rglob("*.py"), *(REPO / "tasks").rglob("*.py")]
+    bad = {str(p.relative_to(REPO)): sorted(n for n in imported_modules(p) if _under(n, SERVERS))
+           for p in places if p.relative_to(PACKAGE.parent).parts[:2] != ("promptopt", "testing")}
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_the_core_loads_without_torch():
+    modules = ", ".join(f"promptopt.{m}" for m in CORE_MODULES)
+    code = (f"import sys, promptopt, {modules}; promptopt.optimize, promptopt.Context, promptopt.register_strategy; "
+            "bad = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_core_import_loads_no_plugin_modules():

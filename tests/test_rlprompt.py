@@ -83,19 +83,6 @@ def test_algorithm_is_validated() -> None:
         strategy_config(RLPrompt, {"algorithm": "ppo"})
 
 
-def test_state_dict_restores_policy_and_optimizer(tiny_lm_dir: Path) -> None:
-    trained = make(tiny_lm_dir, steps=2)
-    make_run(trained, task=toy_task(), budget=Budget(max_examples=400)).run()
-    state = trained.state_dict()
-    fresh = make(tiny_lm_dir, steps=2)
-    fresh.load_state_dict(state)
-    run = make_run(fresh, task=toy_task(), budget=Budget(max_examples=400))
-    assert run.ask() == []  # it knows all steps are done and the final greedy prompt was scored
-    a, b = trained.trainer.policy, fresh.trainer.policy
-    assert all(torch.equal(x, y) for x, y in zip(a.adapter.state_dict().values(), b.adapter.state_dict().values()))
-    assert fresh.trainer.optimizer.state_dict()["state"]
-
-
 def test_sql_and_reinforce_are_different_updates(tiny_lm_dir: Path) -> None:
     def adapter_after(algorithm: str) -> torch.Tensor:
         strategy = make(tiny_lm_dir, steps=1, algorithm=algorithm)

@@ -9,11 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from promptopt.backends._local import split_pairs  # noqa: E402
 from promptopt.backends.base import GenRequest, LLRequest  # noqa: E402
 from promptopt.errors import ConfigError  # noqa: E402
 from promptopt.scorer import Job, score_jobs  # noqa: E402
 from promptopt.soft_prompt import (SoftPromptBackend, SoftPromptConfig, continuation_logprobs,  # noqa: E402
-                                   encode_pair, load_soft_prompt, nearest_tokens, project_to_text,
+                                   load_soft_prompt, nearest_tokens, project_to_text,
                                    save_soft_prompt, score_soft_prompt, train_soft_prompt)
 from promptopt.task import Task  # noqa: E402
 from promptopt.types import Example  # noqa: E402
@@ -63,12 +64,12 @@ def test_soft_prompt_equal_to_token_embeddings_scores_like_those_tokens(tiny):
     # those tokens typed in, for every row of a batch with mixed lengths (padding must not leak in).
     prefix = tiny.tokenizer("Rate this review")["input_ids"]
     soft = tiny.model.get_input_embeddings().weight[prefix].detach()
-    pairs = [encode_pair(tiny.tokenizer, ctx, cont) for ctx, cont in
-             [("Review: ok", " Yes"), ("Review: a much longer text here", " No way"), ("", " Hello")]]
+    pairs = split_pairs(tiny.tokenizer, [("Review: ok", " Yes"), ("Review: a much longer text here", " No way"),
+                                         ("", " Hello")])
     with torch.inference_mode():
         got = continuation_logprobs(tiny.model, soft, pairs)
     for (ids, n_ctx), lp in zip(pairs, got):
-        assert lp.tolist() == pytest.approx(_direct_logprobs(tiny, prefix, ids, n_ctx), abs=1e-4)
+        assert lp.tolist() == pytest.approx(_direct_logprobs(tiny, prefix, list(ids), n_ctx), abs=1e-4)
 
 
 def test_forward_matches_peft_own_forward(tiny):
@@ -79,7 +80,7 @@ def test_forward_matches_peft_own_forward(tiny):
         peft_model = get_peft_model(tiny.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
                                                                    prompt_tuning_init="RANDOM"))
     soft = peft_model.prompt_encoder["default"].embedding.weight.detach()
-    ids, n_ctx = encode_pair(tiny.tokenizer, "Review: fine", " Yes")
+    (ids, n_ctx), = split_pairs(tiny.tokenizer, [("Review: fine", " Yes")])
     with torch.inference_mode():
         logits = peft_model(input_ids=torch.tensor([ids])).logits[0]
         expected = torch.log_softmax(logits.float(), -1)[5 + n_ctx - 1:-1].gather(

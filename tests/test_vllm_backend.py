@@ -160,7 +160,7 @@ def test_parity_with_hf_backend(vllm_backend, hf_embedded) -> None:
 def test_scoring_one_prompt_reads_the_prefix_cache(vllm_backend) -> None:
     sentences = sst2_sentences(BENCH_N)
     reqs = [LLRequest(f"{INSTRUCTION}Review: {x}\nSentiment:", label) for x in sentences for label in LABELS]
-    instruction_tokens = len(vllm_backend._encode(INSTRUCTION))
+    instruction_tokens = len(vllm_backend.tokenizer(INSTRUCTION)["input_ids"])
     rates = {}
     for fast in (True, False):
         vllm_backend.fast_single_token = fast

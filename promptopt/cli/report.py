@@ -6,17 +6,18 @@ markup is shown as text, never executed."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from promptopt.errors import PromptOptError
+from promptopt.api import load_run_config
 from promptopt.cli.plots import plot_dev_by_step, plot_rl_curves
 from promptopt.cli.render import fmt
-from promptopt.runlog import CONFIG
-from promptopt.cli.show import RunView, best_by_step, load_run, reason
+from promptopt.cli.show import meta_text
+from promptopt.config import RunConfig
+from promptopt.errors import PromptOptError
+from promptopt.runlog import RunView, load_run
 from promptopt.types import Usage
 
 REPORT_FILE = "report.html"
@@ -60,7 +61,7 @@ def _plots(run_dir: Path, view: RunView, out: Path) -> list[tuple[str, Path]]:
     try:
         scored = [(view.first_step[c], view.score(c)) for c in view.ranked()]
         if scored:
-            best = [(step, score) for step, score, _ in best_by_step(view)]
+            best = [(step, score) for step, score, _ in view.best_by_step()]
             plots.append(("Dev score of each candidate at the step it was proposed, and the best so far",
                           plot_dev_by_step(scored, best, out.with_name(f"{out.stem}_dev_by_step.png"))))
         if any(n.get("kind") == "rl.step" for n in view.notes):
@@ -89,7 +90,7 @@ def render_html(run_dir: Path, view: RunView, plots: Sequence[tuple[str, Path]],
     if not plots:
         parts.append("<p>No candidate has been scored yet.</p>")
     parts.append(_table(("step", "best dev", "candidates"),
-                        [(s, fmt(b), n) for s, b, n in best_by_step(view)]))
+                        [(s, fmt(b), n) for s, b, n in view.best_by_step()]))
     if best:
         parts.append(_lineage(view, best))
     parts += [_top_candidates(view, best, top), _costs(view)]
@@ -97,21 +98,21 @@ def render_html(run_dir: Path, view: RunView, plots: Sequence[tuple[str, Path]],
     return "\n".join(parts)
 
 
-def _config(run_dir: Path) -> dict[str, Any]:
-    """The run's settings, or {} when config.json is missing or unreadable (the report still has the log)."""
+def _config(run_dir: Path) -> RunConfig | None:
+    """The run's settings, or None when config.json is missing or unreadable (the report still has the log)."""
     try:
-        return json.loads((run_dir / CONFIG).read_text(encoding="utf-8")).get("config", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return {}
+        return load_run_config(run_dir)
+    except PromptOptError:
+        return None
 
 
-def _overview(run_dir: Path, view: RunView, config: dict[str, Any]) -> str:
+def _overview(run_dir: Path, view: RunView, config: RunConfig | None) -> str:
     s = view.summary
-    target, optimizer = config.get("target") or {}, config.get("optimizer") or {}
-    rows = [("run", str(run_dir)), ("task", config.get("task", "?")), ("strategy", config.get("strategy", "?")),
-            ("seed", config.get("seed", "?")),
-            ("target model", f"{target.get('model', '?')} ({target.get('backend', '?')})"),
-            ("optimizer model", f"{optimizer['model']} ({optimizer.get('backend', '?')})" if optimizer else "none"),
+    target, optimizer = (config.target, config.optimizer) if config else (None, None)
+    rows = [("run", str(run_dir)), ("task", config.task if config else "?"),
+            ("strategy", config.strategy if config else "?"), ("seed", config.seed if config else "?"),
+            ("target model", f"{target.model} ({target.backend})" if target else "?"),
+            ("optimizer model", f"{optimizer.model} ({optimizer.backend})" if optimizer else "none"),
             ("status", f"finished: {s.get('stop_reason')}" if s else "partial: no summary.json (running or stopped)"),
             ("steps", s["steps"] if s else max(view.first_step.values(), default=0)),
             ("candidates", len(view.candidates))]
@@ -131,7 +132,7 @@ def _lineage(view: RunView, best: str) -> str:
         extra = c.get("parents", [])[1:]  # crossover and the like: the tree follows the first parent
         if extra:
             head += " · also from " + ", ".join(p[:8] for p in extra)
-        why = reason(c)
+        why = meta_text(c)
         items.append(f"<li><div>{escape(head)}</div><pre>{escape(c['text'])}</pre>"
                      + (f"<div class=\"why\">critique / edit that made it:<pre>{escape(why)}</pre></div>" if why else "")
                      + "</li>")

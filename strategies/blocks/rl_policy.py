@@ -222,15 +222,6 @@ class PolicyTrainer:
         for tgt, src in zip(self.policy.target.parameters(), self.policy.adapter.parameters()):
             tgt.mul_(1.0 - rate).add_(src, alpha=rate)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"adapter": self.policy.adapter.state_dict(), "target": self.policy.target.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.adapter.load_state_dict(state["adapter"])
-        self.policy.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
 
 def seeded_generator(seed: int) -> torch.Generator:
     """A private CPU generator: strategies never touch torch's global RNG."""
