@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 import shutil
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from promptopt.loop import Report
+if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop
+    from promptopt.loop import Report
 
 
 def fmt(x: float | None) -> str:
