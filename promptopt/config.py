@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,11 +31,29 @@ class ModelConfig(BaseModel):
     @classmethod
     def _no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
         # Options are saved in config.json and the run log: secrets must come from the environment.
-        for key in options:
+        for key, value in options.items():
             if _SECRET_KEY.search(key):
                 raise ValueError(f"{key!r} looks like a secret; put it in an environment variable and "
                                  f"name that variable instead (e.g. api_key_env=MY_KEY_VAR)")
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and _url_password(text):
+                    raise ValueError(f"{key!r} has a password in its URL ({_redacted(text)}); URLs are saved "
+                                     "with the run and printed: put the key in an environment variable and "
+                                     "name it with api_key_env")
         return options
+
+
+def _url_password(text: str) -> bool:
+    try:
+        return bool(urlsplit(text).password)
+    except ValueError:
+        return False
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
+                          + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 class RunConfig(BaseModel):
@@ -49,7 +68,7 @@ class RunConfig(BaseModel):
     target: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: ModelConfig | None = Field(default_factory=ModelConfig)
     budget: Budget = Field(default_factory=Budget)
-    seed: int = 0
+    seed: int = Field(0, strict=True)  # `--set seed=true` is not seed 1
     prompt: str | None = None  # overrides the task's seed prompt
     run_dir: str = "runs"
     run_name: str | None = None
@@ -135,10 +154,29 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
     cfg = cfg.model_copy(update={"strategy": registry.canonical(cfg.strategy), "task": registry.canonical(cfg.task)})
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy_config(strategy_cls, cfg.strategy_options)
-    registry.get("backends", cfg.target.backend)
+    target_cls = registry.get("backends", cfg.target.backend)
+    backend_options(target_cls, cfg.target, "target")
     if cfg.optimizer is not None:
-        registry.get("backends", cfg.optimizer.backend)
+        optimizer_cls = registry.get("backends", cfg.optimizer.backend)
+        if cfg.optimizer.backend == cfg.target.backend:
+            # The optimizer reaches the target's server the same way unless told otherwise (a key meant for
+            # a local server must never go to a default host).
+            inherited = getattr(getattr(optimizer_cls, "Options", None), "inherited", frozenset())
+            options = {**{k: v for k, v in cfg.target.options.items() if k in inherited}, **cfg.optimizer.options}
+            cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"options": options})})
+        backend_options(optimizer_cls, cfg.optimizer, "optimizer")
     return cfg
+
+
+def backend_options(backend_cls: Any, model: ModelConfig, role: str) -> Any:
+    """A model's backend options checked by the backend's pydantic `Options`, before any model loads."""
+    options_cls = getattr(backend_cls, "Options", None)
+    if options_cls is None:
+        return None
+    try:
+        return options_cls.model_validate(model.options)
+    except ValidationError as e:
+        raise ConfigError(f"{role} backend {model.backend} option {_one_line(e)}") from None
 
 
 def strategy_config(strategy_cls: Any, options: Mapping[str, Any]) -> Any:

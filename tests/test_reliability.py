@@ -123,3 +123,86 @@ def test_unwritable_lock_is_one_clear_error(tmp_path):
     (tmp_path / ".lock").mkdir()  # a directory where the lock file should be
     with pytest.raises(ResumeError, match="cannot lock"):
         RunLog(tmp_path)
+
+
+# -- connection options, credentials, backend options (classes 3, 11, 14) ------------------------
+
+def _config(**data):
+    from promptopt.config import build_config
+    return build_config({"task": "demo", "strategy": "paraphrase", **data})
+
+
+def test_optimizer_inherits_the_targets_connection():
+    target = {"backend": "openai", "model": "m", "options": {"base_url": "http://127.0.0.1:9/v1",
+                                                              "api_key_env": "LOCAL_KEY", "concurrency": 4}}
+    cfg = _config(target=target, optimizer={"backend": "openai", "model": "opt"})
+    assert cfg.optimizer.options == {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "LOCAL_KEY"}
+    own = _config(target=target, optimizer={"backend": "openai", "model": "o", "options": {"base_url": "http://h:1/v1"}})
+    assert own.optimizer.options["base_url"] == "http://h:1/v1" and own.optimizer.options["api_key_env"] == "LOCAL_KEY"
+    fake = _config(target={"backend": "fake", "model": "m", "options": {"fail_every": 1}},
+                   optimizer={"backend": "fake", "model": "m"})
+    assert fake.optimizer.options == {}  # not a connection option
+
+
+def test_dry_run_shows_where_each_model_is_served(capsys):
+    code = main(["optimize", "--task", "demo", "--backend", "openai", "--model", "m", "--set",
+                 "backend.base_url=http://127.0.0.1:9/v1", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "target     openai:m at http://127.0.0.1:9/v1" in out
+    assert "optimizer  openai:m at http://127.0.0.1:9/v1" in out
+
+
+def test_a_password_in_a_url_is_refused_and_never_printed(capsys):
+    code = main(["optimize", "--task", "demo", "--backend", "openai", "--model", "m", "--set",
+                 "backend.base_url=http://user:sekrit@127.0.0.1:9/v1", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sekrit" not in err and "http://user:***@127.0.0.1:9/v1" in err
+
+
+@pytest.mark.parametrize("backend, option, value, match", [
+    ("openai", "timeout", "abc", "timeout: Input should be a valid number"),
+    ("openai", "concurrency", "8", "concurrency: Input should be a valid integer"),
+    ("openai", "max_retries", -1, "max_retries"),
+    ("openai", "rpm", "fast", "rpm"),
+    ("openai", "base_url", 5, "base_url"),
+    ("openai", "prices", {"m": [1.0]}, "give \\[USD per 1M input tokens"),
+    ("openai", "timeoutt", 5, "timeoutt: unknown setting"),
+    ("hf", "batch_size", "abc", "batch_size"),
+    ("hf", "device", "tpu", "device"),
+    ("fake", "delay", "slow", "delay"),
+    ("vllm", "gpu_memory_utilization", 2, "gpu_memory_utilization"),
+])
+def test_backend_options_are_validated_before_any_model_loads(backend, option, value, match):
+    from promptopt.errors import ConfigError
+    with pytest.raises(ConfigError, match=f"target backend {backend} option .*{match}"):
+        _config(target={"backend": backend, "model": "m", "options": {option: value}}, optimizer=None)
+
+
+def test_seed_true_is_not_seed_1():
+    from promptopt.errors import ConfigError
+    with pytest.raises(ConfigError, match="seed"):
+        _config(seed=True)
+
+
+def test_startup_probe_has_its_own_deadline_and_says_what_it_waits_for():
+    """A server that accepts connections but never answers fails start-up in probe_timeout seconds."""
+    import socket
+    import threading
+
+    from promptopt.backends.openai import OpenAIBackend
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", probe_timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match=r"no answer within 0.5s to the start-up probe \(a 1-token chat") as e:
+            backend.check()
+        assert e.value.fatal and time.monotonic() - started < 5
+    finally:
+        backend.close()
+        listener.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
 
 from promptopt.errors import CapabilityError
 from promptopt.types import Usage
@@ -102,3 +104,16 @@ def missing_reason(backend: Backend, capability: str) -> str | None:
     except CapabilityError as e:
         return str(e)
     return None
+
+
+class BackendOptions(BaseModel):
+    """A backend's options (`--set backend.x=...`), validated before any model loads. Strict: "5" is not
+    a number and true is not 1. `inherited` names the options an optimizer on the same backend takes
+    from the target unless it sets them (where the server is and how to reach it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inherited: ClassVar[frozenset[str]] = frozenset()
+
+    def urls(self) -> list[str]:
+        """Where the model is served (credential-free, for --dry-run); [] for an in-process model."""
+        return []

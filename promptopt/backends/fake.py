@@ -9,7 +9,10 @@ import hashlib
 import time
 from typing import Callable, Sequence
 
-from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from pydantic import NonNegativeFloat, NonNegativeInt
+
+from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptions, GenRequest, GenResult, LLRequest,
+                                     LLResult)
 from promptopt.errors import BackendError
 from promptopt.registry import register_backend
 from promptopt.types import Usage
@@ -30,9 +33,15 @@ def _variant(text: str, seed: int | None) -> str:
             "then give the answer.")
 
 
+class FakeOptions(BackendOptions):
+    fail_every: NonNegativeInt = 0  # every Nth batch call raises a (non-fatal) BackendError
+    delay: NonNegativeFloat = 0.0
+
+
 @register_backend("fake")
 class FakeBackend:
     capabilities = frozenset({GENERATE, LOGLIKELIHOOD, CHAT})
+    Options = FakeOptions
 
     def __init__(self, model: str = "fake", replies: Sequence[str] | Callable[[GenRequest], str] = (),
                  fail_every: int = 0, delay: float = 0.0, **_: object):

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, cast
 
-from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from pydantic import ConfigDict, Field, PositiveInt
+
+from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptions, GenRequest, GenResult, LLRequest,
+                                     LLResult)
 from promptopt.errors import ConfigError, ModelNotFoundError
 from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, quiet_transformers, resolve_model
 from promptopt.registry import register_backend
@@ -114,8 +117,19 @@ def _hub_commit(repo_id: str, revision: str | None) -> str:
     return Path(cached).parent.name if isinstance(cached, str) else revision or "unknown"
 
 
+class HFOptions(BackendOptions):
+    model_config = ConfigDict(extra="allow", strict=True)  # other keys go to from_pretrained (e.g. revision)
+    inherited = frozenset({"device", "dtype"})
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    dtype: str = "auto"
+    batch_size: PositiveInt | None = None
+    max_length: PositiveInt | None = None
+
+
 @register_backend("hf")
 class HFBackend:
+    Options = HFOptions
     """A causal LM loaded with transformers. `model` is "embedded", a hub id, a directory or a .gguf.
 
     Sampling guarantee: a request with a seed draws from its own RNG, so the same request and

@@ -22,7 +22,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from pydantic import ConfigDict, NonNegativeInt, PositiveInt, confloat
+
+from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptions, GenRequest, GenResult, LLRequest,
+                                     LLResult)
 from promptopt.errors import BackendError, CapabilityError, ConfigError, ModelNotFoundError
 from promptopt.backends.models import EMBEDDED, embedded_gguf, embedded_hf_dir, file_sha256, resolve_model
 from promptopt.registry import register_backend
@@ -64,6 +67,21 @@ def _dir_identity(path: Path) -> str:
     return f"{path.resolve()}:digest={digest.hexdigest()[:16]}"
 
 
+class VLLMOptions(BackendOptions):
+    model_config = ConfigDict(extra="allow", strict=True)  # other keys go to vllm.LLM as they are
+
+    dtype: str = "auto"
+    max_model_len: PositiveInt | None = None
+    gpu_memory_utilization: confloat(gt=0, le=1) | None = None  # type: ignore[valid-type]
+    tensor_parallel_size: PositiveInt = 1
+    data_parallel_size: PositiveInt = 1
+    quantization: str | None = None
+    enable_prefix_caching: bool = True
+    block_size: PositiveInt | None = None
+    seed: NonNegativeInt = 0
+    fast_single_token: bool = True
+
+
 @register_backend("vllm")
 class VLLMBackend:
     """A causal LM served by vLLM's offline engine. `model` is "embedded", a hub id or an HF directory.
@@ -77,6 +95,8 @@ class VLLMBackend:
     their prompt tokens and how many of those the prefix cache served (`cached_tokens`), so
     callers can check cache reuse.
     """
+
+    Options = VLLMOptions
 
     def __init__(self, model: str = EMBEDDED, dtype: str = "auto", max_model_len: int | None = None,
                  gpu_memory_utilization: float | None = None, tensor_parallel_size: int = 1,

@@ -10,7 +10,7 @@ from typing import Any
 from promptopt import registry
 from promptopt.api import load_task, optimizer_config
 from promptopt.cache import default_cache_path
-from promptopt.config import RunConfig, strategy_config
+from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
 from promptopt.errors import ConfigError
 from promptopt.data import test_sample
 
@@ -35,14 +35,21 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
                    "test_of": len(task.split("test"))},
         "seed_prompt": cfg.prompt or task.seed_prompts[0],
         "strategy": cfg.strategy, "settings": settings.model_dump(mode="json"),
-        "target": f"{cfg.target.backend}:{cfg.target.model}",
-        "optimizer": f"{optimizer.backend}:{optimizer.model}" if optimizer else None,
+        "target": _where(cfg.target),
+        "optimizer": _where(optimizer) if optimizer else None,
         "budget": cfg.budget.model_dump(mode="json"),
         # Finalists (top k and the seed) complete the dev split; then the best and the seed score test.
         "final_examples_at_most": dev * (cfg.final_top_k + 1) + 2 * test,
         "run_dir": str(Path(cfg.run_dir) / f"{cfg.run_name or '<time>'}-…"),
         "cache": str(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None,
     }
+
+
+def _where(model: ModelConfig) -> str:
+    """backend:model, and the server URLs it would be sent to (so a user sees where a key would go)."""
+    options = backend_options(registry.get("backends", model.backend), model, "model")
+    urls = options.urls() if options is not None else []
+    return f"{model.backend}:{model.model}" + (f" at {', '.join(urls)}" if urls else "")
 
 
 def _check_run_dir(root: Path) -> None:

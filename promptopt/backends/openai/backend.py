@@ -8,6 +8,7 @@ per server before the run. Requests run concurrently on a private event loop, bo
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import threading
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
-from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, GenRequest, GenResult, LLRequest, LLResult
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+
+from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptions, GenRequest, GenResult, LLRequest,
+                                     LLResult)
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.registry import register_backend
 from promptopt.types import Usage
@@ -26,11 +30,12 @@ from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logpro
 from promptopt.backends.openai.aioloop import LoopThread
 from promptopt.backends.openai.prices import DEFAULT_PRICES, price_for, usd
 from promptopt.backends.openai.retry import CallStats, retrying
-from promptopt.backends.openai.transport import OpenAIRequestError, Server
+from promptopt.backends.openai.transport import OpenAIRequestError, Server, display_url
 
 T = TypeVar("T")
 Scored = tuple[float, bool, tuple[float, ...]]  # logprob, is_greedy, per-token logprobs
 OPENAI_URL = "https://api.openai.com/v1"
+log = logging.getLogger("promptopt")
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 _PROBE_TAIL = " lazy dog."
 _PROBE_LL_RETRIES = 2  # llama.cpp answers echo with a 500: absorb a blip, not a refusal
@@ -89,6 +94,36 @@ def _shutdown(loop: LoopThread, servers: list[Server]) -> None:
     loop.stop(close_clients)
 
 
+class OpenAIOptions(BackendOptions):
+    # An optimizer on this backend talks to the target's servers with the target's key unless told
+    # otherwise: a key never goes to a default host the user did not name.
+    inherited = frozenset({"base_url", "api_key_env", "timeout", "max_retries", "backoff", "max_wait",
+                           "probe_timeout", "prices"})
+
+    base_url: str | list[str] | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
+    concurrency: PositiveInt = 32
+    rpm: PositiveFloat | None = None
+    tpm: PositiveFloat | None = None
+    timeout: PositiveFloat = 60.0
+    probe_timeout: PositiveFloat = 10.0
+    max_retries: NonNegativeInt = 6
+    prices: dict[str, list[NonNegativeFloat]] | None = None
+    backoff: NonNegativeFloat = 0.5
+    max_wait: NonNegativeFloat = 60.0
+
+    @field_validator("prices")
+    @classmethod
+    def _two_prices(cls, prices: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
+        for model, pair in (prices or {}).items():
+            if len(pair) != 2:
+                raise ValueError(f"{model!r}: give [USD per 1M input tokens, USD per 1M output tokens]")
+        return prices
+
+    def urls(self) -> list[str]:
+        return [display_url(u) for u in _base_urls(self.base_url)]
+
+
 @register_backend("openai")
 class OpenAIBackend:
     """A model behind one or more OpenAI-compatible servers (load spread over all of them).
@@ -98,11 +133,13 @@ class OpenAIBackend:
     extends/overrides the defaults. Retry-After is honored up to `max_wait` seconds.
     """
 
+    Options = OpenAIOptions
+
     def __init__(self, model: str, base_url: str | Sequence[str] | None = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 32,
                  rpm: float | None = None, tpm: float | None = None, timeout: float = 60.0,
                  max_retries: int = 6, prices: Mapping[str, Sequence[float]] | None = None,
-                 backoff: float = 0.5, max_wait: float = 60.0, **_: object):
+                 backoff: float = 0.5, max_wait: float = 60.0, probe_timeout: float = 10.0, **_: object):
         if not model:
             raise ConfigError("openai backend: name a model, e.g. model='gpt-4o-mini'")
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_wait < 0:
@@ -118,6 +155,7 @@ class OpenAIBackend:
         table = {**DEFAULT_PRICES, **{k: (float(v[0]), float(v[1])) for k, v in (prices or {}).items()}}
         self._price = price_for(model, table)
         self._retry = dict(max_retries=max_retries, backoff=backoff, max_wait=max_wait)
+        self._probe_timeout = probe_timeout
         self._limits = (concurrency, rpm, tpm)
         self._slots: asyncio.Semaphore  # these three are made with the loop, in _run
         self._rpm: RateLimiter | None
@@ -198,7 +236,7 @@ class OpenAIBackend:
     def _checked(self) -> dict[Server, _ServerInfo]:
         with self._check_lock:
             if self._info is None:
-                infos = self._run(_gather(self._probe(s) for s in self._servers))
+                infos = self._run(_gather(self._probe_within(s) for s in self._servers))
                 self._info = dict(zip(self._servers, infos))
             return self._info
 
@@ -351,6 +389,19 @@ class OpenAIBackend:
         return LLResult(logprob, greedy, tokens, self._account(pt, ct, started))
 
     # --- start-up probe ------------------------------------------------------------------------
+
+    async def _probe_within(self, server: Server) -> _ServerInfo:
+        """The probe under its own deadline: a server that accepts connections but never answers fails
+        start-up in probe_timeout seconds, not after timeout x retries, and says what it waited for."""
+        what = f"a 1-token chat completion and an echo completion for model {self.model!r}"
+        log.info("openai backend: probing %s (%s), up to %gs", server.url, what, self._probe_timeout)
+        try:
+            return await asyncio.wait_for(self._probe(server), self._probe_timeout)
+        except asyncio.TimeoutError:
+            raise OpenAIRequestError(
+                f"openai backend at {server.url}: no answer within {self._probe_timeout:g}s to the start-up "
+                f"probe ({what}); check that the server is up and serves this model, or raise "
+                "backend.probe_timeout", kind="probe_timeout", fatal=True) from None
 
     async def _probe(self, server: Server) -> _ServerInfo:
         """Chat with max_tokens=1, then echo+logprobs with max_tokens=0 (or 1). A refused
