@@ -57,7 +57,13 @@ def _redacted(url: str) -> str:
 
 
 class RunConfig(BaseModel):
-    """Everything that defines a run. Saved as config.json; resume rebuilds the run from it."""
+    """Everything that defines a run. Saved as config.json; resume rebuilds the run from it.
+
+    `seed` has four jobs (docs/architecture.md, "The run seed's jobs"): (1) tasks that carve dev out of
+    train (gsm8k, liar, custom) carve and sample with it; (2) the loop's order of each of train and dev,
+    which "n more unseen examples" walks (`Random(f"{seed}:{split}")`); (3) the strategy's `ctx.rng`
+    (`Random(seed)`) and the `--demos` draw; (4) the seeds of sampled optimizer calls. It does not pick
+    the test sample: `data.test_sample` uses a fixed seed, so runs differing in seed share test examples."""
 
     model_config = ConfigDict(extra="forbid")
 
