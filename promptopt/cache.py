@@ -1,14 +1,17 @@
 """A persistent response cache (SQLite, WAL) and a Backend wrapper that serves hits from it.
 
 Several processes may share one cache file: writes are short `BEGIN IMMEDIATE` transactions and a
-lock that outlasts SQLite's own busy timeout is retried. A file that is corrupt, or that another
+lock that outlasts SQLite's own busy timeout is retried. A cache file that is corrupt, or that another
 schema version wrote, is moved aside and replaced by a fresh one with a warning: a cache can
-always be rebuilt, so it must never crash a run nor serve a wrong answer.
+always be rebuilt, so it must never crash a run nor serve a wrong answer. A file promptopt did not
+create is never moved: it is refused. Every value carries a checksum of its key and text, verified on
+read: a damaged row is a miss (with one warning), never a wrong score.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -24,7 +27,9 @@ from promptopt.backends.base import Backend, GenRequest, GenResult, LLRequest, L
 from promptopt.errors import BackendError, PromptOptError
 from promptopt.types import Usage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: values carry a checksum
+_MARK = "promptopt response cache\n"  # written into <cache>.lock when promptopt creates the cache file
+_SUM = 16  # hex digits of the per-value checksum
 T = TypeVar("T")
 R = TypeVar("R", GenResult, LLResult)
 _HIT = Usage(cache_hits=1)  # what a result served without a model call reports
@@ -102,6 +107,10 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+def _checksum(key: str, text: str) -> str:
+    return hashlib.sha256(f"{key}\x00{text}".encode("utf-8", "surrogatepass")).hexdigest()[:_SUM]
+
+
 class ResponseCache:
     """Key -> JSON object store in one SQLite file; batch reads and writes are one statement each.
 
@@ -116,7 +125,7 @@ class ResponseCache:
         self._lock = threading.Lock()  # one connection, possibly shared by a caller's threads
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _exclusive(self.path.with_name(self.path.name + ".lock")):
+            with _exclusive(self._lock_path()):
                 self._conn = self._retrying(self._open)
         except OSError as e:  # e.g. a read-only or non-directory location
             raise CacheError(f"cannot open the response cache {self.path}: {e}") from e
@@ -137,6 +146,9 @@ class ResponseCache:
             problem = f"is unreadable ({e})"
         if problem:
             conn.close()
+            if not (self._created_by_us() or "schema version" in problem):
+                raise CacheError(f"{self.path} {problem}, and promptopt did not create it, so it is left alone; "
+                                 "set cache_path to another file (or --no-cache)")
             aside = _move_aside(self.path)
             warnings.warn(f"response cache {self.path} {problem}; moved it to {aside.name} and "
                           f"started a new one", CacheWarning, stacklevel=4)
@@ -151,7 +163,17 @@ class ResponseCache:
             raise
         return conn
 
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _created_by_us(self) -> bool:
+        try:
+            return self._lock_path().read_text(encoding="utf-8") == _MARK
+        except (OSError, UnicodeDecodeError):
+            return False
+
     def _create_schema(self, conn: sqlite3.Connection) -> None:
+        self._lock_path().write_text(_MARK, encoding="utf-8")  # provenance: this file may be rebuilt later
         # Only a new file takes the write lock on open, so opening never waits behind a writer.
         with self._transaction(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -198,19 +220,28 @@ class ResponseCache:
         query = ("SELECT key, CAST(value AS BLOB) FROM responses "
                  "WHERE key IN (SELECT value FROM json_each(?))")
         rows = self._locked(lambda: self._conn.execute(query, (json.dumps(list(keys)),)).fetchall())
-        found = {}
+        found, damaged = {}, 0
         for key, value in rows:
             try:
-                found[key] = json.loads(value)
-            except ValueError:  # unreadable: treated as absent, and overwritten by the next put
-                continue
+                text = value.decode("utf-8")
+                if text[:_SUM] != _checksum(key, text[_SUM:]):
+                    raise ValueError("checksum mismatch")
+                found[key] = json.loads(text[_SUM:])
+            except ValueError:  # damaged: treated as absent, and overwritten by the next put
+                damaged += 1
+        if damaged:
+            warnings.warn(f"response cache {self.path}: {damaged} damaged value(s) (checksum mismatch) ignored; "
+                          "asking the model instead", CacheWarning, stacklevel=3)
         return found
 
     def put_many(self, items: Mapping[str, Any]) -> None:
         """Store JSON-serializable values under their keys in one transaction."""
         if not items:
             return
-        rows = [(key, json.dumps(value, ensure_ascii=False)) for key, value in items.items()]
+        rows = []
+        for key, value in items.items():
+            text = json.dumps(value, ensure_ascii=False)
+            rows.append((key, _checksum(key, text) + text))
 
         def write() -> None:
             with self._transaction(self._conn):
@@ -243,11 +274,22 @@ def _ll_to_json(r: LLResult) -> dict[str, Any]:
 
 
 def _gen_from_json(d: Mapping[str, Any]) -> GenResult:
+    if not isinstance(d["text"], str) or not isinstance(d["finish_reason"], str):
+        raise TypeError("not a generation")
     return GenResult(d["text"], d["finish_reason"], usage=_HIT)
 
 
+def _number(x: Any) -> float:
+    """A stored log-probability: a number, never NaN (what a failed request gives, and never stored)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
+        raise TypeError(f"not a log-probability: {x!r}")
+    return float(x)
+
+
 def _ll_from_json(d: Mapping[str, Any]) -> LLResult:
-    return LLResult(d["logprob"], d["is_greedy"], tuple(d["token_logprobs"]), usage=_HIT)
+    if not isinstance(d["is_greedy"], bool):
+        raise TypeError("is_greedy is not a bool")
+    return LLResult(_number(d["logprob"]), d["is_greedy"], tuple(_number(x) for x in d["token_logprobs"]), usage=_HIT)
 
 
 class CachedBackend:
@@ -334,12 +376,15 @@ class CachedBackend:
         except CacheError as e:
             warnings.warn(f"{e}; asking the model instead", CacheWarning, stacklevel=4)
             return {}
-        found = {}
+        found, unreadable = {}, 0
         for key, value in stored.items():
             try:
                 found[key] = decode(value)
             except (KeyError, TypeError):  # a record we cannot read is a miss; the model's answer replaces it
-                continue
+                unreadable += 1
+        if unreadable:
+            warnings.warn(f"response cache {self.cache.path}: {unreadable} value(s) of the wrong shape ignored; "
+                          "asking the model instead", CacheWarning, stacklevel=4)
         return found
 
     def _store(self, items: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -303,12 +304,53 @@ def test_other_schema_version_is_rebuilt(tmp_path: Path) -> None:
         assert c.get_many(["k"]) == {"k": 2}
 
 
-def test_a_foreign_database_is_not_used(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", ["sqlite", b"my notes\n" * 100])
+def test_a_file_promptopt_did_not_create_is_refused_and_left_alone(tmp_path: Path, content) -> None:
     path = tmp_path / "responses.sqlite"
+    if content == "sqlite":
+        with sqlite3.connect(path) as raw:
+            raw.execute("CREATE TABLE notes (body TEXT)")
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(CacheError, match="promptopt did not create it, so it is left alone"):
+        ResponseCache(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "responses.sqlite", "responses.sqlite.lock"]
+
+
+def _rows(path: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(path) as raw:
-        raw.execute("CREATE TABLE notes (body TEXT)")
-    with pytest.warns(CacheWarning, match="not a promptopt response cache"):
-        ResponseCache(path).close()
+        return raw.execute("SELECT key, value FROM responses").fetchall()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda v: re.sub(r'("logprob": -\d\.\d)(\d)', lambda m: m[1] + str((int(m[2]) + 1) % 10), v, count=1),  # one digit
+    lambda v: v[:16] + '"x"', lambda v: v[:16] + "null", lambda v: v[:16] + '{"logprob": NaN}',
+])
+def test_a_damaged_value_is_a_miss_with_one_warning(tmp_path: Path, edit) -> None:
+    path = tmp_path / "responses.sqlite"
+    reqs = [ll(f"review {i}") for i in range(5)]
+    with ResponseCache(path) as c:
+        want = CachedBackend(FakeBackend(), c).loglikelihood(reqs)
+    (key, value), *_ = _rows(path)
+    assert edit(value) != value
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE responses SET value = ? WHERE key = ?", (edit(value), key))
+    with ResponseCache(path) as c, pytest.warns(CacheWarning, match="1 damaged value") as warned:
+        inner = FakeBackend()
+        got = CachedBackend(inner, c).loglikelihood(reqs)
+    assert [r.logprob for r in got] == [r.logprob for r in want] and inner.requests == 1
+    assert len([w for w in warned if issubclass(w.category, CacheWarning)]) == 1
+
+
+def test_a_wrong_shaped_value_with_a_valid_checksum_is_a_miss(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path / "r.sqlite") as c:
+        backend = CachedBackend(FakeBackend(), c)
+        key = cache_key(backend.fingerprint(), ll("a"))
+        c.put_many({key: {"logprob": "x", "is_greedy": False, "token_logprobs": []}})
+        with pytest.warns(CacheWarning, match="wrong shape"):
+            assert backend.loglikelihood([ll("a")])[0].logprob == FakeBackend().loglikelihood([ll("a")])[0].logprob
 
 
 def test_an_empty_file_is_a_fresh_cache_without_warning(tmp_path: Path, recwarn) -> None:
