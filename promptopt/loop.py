@@ -15,7 +15,8 @@ from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenR
 from promptopt.budget import Budget, BudgetTracker
 from promptopt.data import test_sample
 from promptopt.demos import check_demo_ids, sample_demo_ids
-from promptopt.errors import BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, RunStopped
+from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
+                              RunStopped)
 from promptopt.runlog import RunLog
 from promptopt.scorer import Job, score_jobs
 from promptopt.significance import compare_paired
@@ -231,7 +232,8 @@ class Run:
             self._check_prompt(r.candidate)
         for r in reqs:
             if self.history._add_candidate(r.candidate) and self.log:
-                self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
+                rec = self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
+                _check_recorded_candidate(rec, self.log.path)
         self._pending = reqs
         return reqs
 
@@ -405,6 +407,13 @@ class Run:
             significance=significance,
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         return report
+
+
+def _check_recorded_candidate(rec: dict[str, Any], path: Any) -> None:
+    """A replayed candidate event must hash to its id: an edited text or demo id is caught here."""
+    if Candidate.from_json(rec).id != rec["candidate_id"]:
+        raise ResumeError(f"{path}: event {rec.get('seq')} (candidate {rec['candidate_id']}) does not match its "
+                          "own content; the log was edited. Resume from an unedited log")
 
 
 def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:

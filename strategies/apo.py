@@ -105,7 +105,7 @@ class APO:
     # -- the ask/tell state machine: seeds -> (minibatch -> expansion -> selection) x rounds --
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if self.round == 0 and not self.beam and self.selector is None:
-            seeds = [Candidate(p, origin="seed") for p in ctx.task.seed_prompts]
+            seeds = ctx.seed_candidates()
             self._start_selection(ctx, seeds)
         while True:
             if self.selector is not None:
@@ -237,8 +237,8 @@ class APO:
         edits = []
         for g, ask, out in zip(gradients, asks, outs):
             for text in self._parse(ctx, out, ask, g.parent, "apo.edit", self.config.edits_per_gradient):
-                edits.append(Candidate(text, parents=(g.parent.id,), origin="apo.edit",
-                                       meta={"gradient": g.text, "round": self.round,
+                edits.append(g.parent.revise(text, origin="apo.edit",
+                                             meta={"gradient": g.text, "round": self.round,
                                              "errors": [ex.id for ex, _ in g.errors]}))
         return edits
 
@@ -255,7 +255,7 @@ class APO:
                 meta = {"round": self.round, "paraphrase_of": src.id}
                 if "gradient" in src.meta:
                     meta["gradient"] = src.meta["gradient"]
-                out.append(Candidate(text, parents=(parent_id,), origin="apo.paraphrase", meta=meta))
+                out.append(src.revise(text, parents=(parent_id,), origin="apo.paraphrase", meta=meta))
         return out
 
     def _dedup_and_cap(self, ctx: Context, children: list[Candidate]) -> list[Candidate]:

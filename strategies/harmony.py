@@ -17,7 +17,6 @@ from promptopt.strategies.blocks.phrase_search import REDRAW_ROUNDS, PhraseSearc
 from promptopt.strategies.blocks.population import Member, top
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
-from promptopt.types import Candidate
 
 
 class HarmonyConfig(PhraseSearchConfig):
@@ -90,8 +89,8 @@ class Harmony(PhraseSearch):
         text = tidy(render(join(pieces)))
         record = {"op": "harmony", "sources": [s.id for s in sources],
                   "edits": [e.to_json() if e else None for e in edits]}
-        cand = Candidate(text, parents=tuple(dict.fromkeys(s.id for s in sources)), origin="plum.harmony",
-                         meta={"edit": record})
+        cand = sources[0].candidate.revise(text, parents=tuple(dict.fromkeys(s.id for s in sources)), origin="plum.harmony",
+                                 meta={"edit": record})
         return Member(cand, deleted=deleted)
 
     def update(self, ctx: Context, scored: list[Member]) -> None:

@@ -38,7 +38,7 @@ class Paraphrase:
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if self.round == 0:
             self.round = 1
-            return [Candidate(p, origin="seed") for p in ctx.task.seed_prompts]
+            return ctx.seed_candidates()
         while self.round <= self.config.rounds:
             self.round += 1
             proposals = self._propose(ctx)
@@ -61,7 +61,7 @@ class Paraphrase:
             if problem:
                 ctx.note("proposal.rejected", parent=parent.id, reason=problem, raw=out.text)
                 continue
-            cand = Candidate(text, parents=(parent.id,), origin="paraphrase")
+            cand = parent.revise(text, origin="paraphrase")
             if cand.id in ctx.history or cand in proposals:
                 ctx.note("proposal.rejected", parent=parent.id, reason="duplicate of an earlier candidate", raw=out.text)
                 continue

@@ -17,7 +17,6 @@ from promptopt.strategies.blocks.phrase_search import PhraseSearch, PhraseSearch
 from promptopt.strategies.blocks.population import Member, top, tournament
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
-from promptopt.types import Candidate
 
 
 class PlumGAConfig(PhraseSearchConfig):
@@ -49,8 +48,8 @@ class PlumGA(PhraseSearch):
             pa, pb = self.segment(a.text), self.segment(b.text)
             cut = ctx.rng.randrange(max(len(pa), len(pb)))
             text = tidy(render(crossover(pa, pb, cut)))
-            child = Member(Candidate(text, parents=(a.id, b.id), origin="plum.crossover",
-                                     meta={"edit": {"op": "crossover", "cut": cut}}),
+            child = Member(a.candidate.revise(text, parents=(a.id, b.id), origin="plum.crossover",
+                                                meta={"edit": {"op": "crossover", "cut": cut}}),
                            # phrases deleted on either side can come back, unless the child has them
                            deleted=tuple(p for p in dict.fromkeys(a.deleted + b.deleted) if p not in text))
             if is_sane(text) and child.id not in (a.id, b.id):

@@ -126,7 +126,7 @@ class PMPO:
         pool.sort(key=lambda ex: ex.id)  # a fixed order, so the sample depends on the run seed only
         sample = ctx.rng.sample(pool, min(self.config.train_examples, len(pool)))
         self.examples = {ex.id: ex for ex in sample}
-        self.incumbent = Candidate(ctx.task.seed_prompts[0], origin="seed")
+        self.incumbent = ctx.seed_candidates()[0]
         self.kind = default_loss(ctx.task) if self.config.loss == "auto" else self.config.loss
 
     def _summary(self, ctx: Context, cand: Candidate) -> LossSummary | None:
@@ -164,8 +164,8 @@ class PMPO:
         for seg in segments:
             text = mask(self.incumbent.text, seg, self.config.mask_token)
             if text != self.incumbent.text:
-                self.masked.append((seg, Candidate(text, parents=(self.incumbent.id,), origin="pmpo.mask",
-                                                   meta={"segment": seg.text, "iteration": self.iteration})))
+                self.masked.append((seg, self.incumbent.revise(text, origin="pmpo.mask",
+                                                                 meta={"segment": seg.text, "iteration": self.iteration})))
         reqs = self._unscored(ctx, [self.incumbent, *(c for _, c in self.masked)])
         dev = self._dev_request(ctx)
         cost = sum(len(r.example_ids or ()) for r in reqs) + len(ctx.task.split("dev")) * len(dev)
@@ -193,7 +193,7 @@ class PMPO:
         self.analysis = impacts(full, scored) if full is not None else []
         ctx.note("pmpo.attribution", iteration=self.iteration, prompt=self.incumbent.id,
                  loss=full.loss if full else None,
-                 segments=[{"segment": a.segment.text, "candidate": Candidate(a.masked_prompt).id,
+                 segments=[{"segment": a.segment.text, "candidate": self.incumbent.revise(a.masked_prompt, origin="").id,
                             "delta_loss": a.delta_loss, "delta_accuracy": a.delta_accuracy, "verdict": a.verdict}
                            for a in self.analysis])
 
@@ -221,8 +221,8 @@ class PMPO:
             if problem:
                 ctx.note("proposal.rejected", parent=self.incumbent.id, reason=problem, raw=out.text)
                 continue
-            cand = Candidate(text, parents=(self.incumbent.id,), origin="pmpo.rewrite",
-                             meta={"iteration": self.iteration, "hard_example": hard[i % len(hard)].id, **target})
+            cand = self.incumbent.revise(text, origin="pmpo.rewrite",
+                                         meta={"iteration": self.iteration, "hard_example": hard[i % len(hard)].id, **target})
             if cand.id not in {c.id for c in self.pool}:
                 self.pool.append(cand)
         return self._unscored(ctx, self.pool)

@@ -100,8 +100,8 @@ class RLPrompt:
         greedy = None
         if self.evaluated_at < self.steps_done and (self.steps_done % cfg.eval_every == 0
                                                     or self.steps_done == cfg.steps):
-            greedy = Candidate(trainer.policy.text(trainer.policy.greedy()[0]), origin="rl.greedy",
-                               meta={"rl_step": self.steps_done})
+            greedy = ctx.seed_candidates()[0].revise(trainer.policy.text(trainer.policy.greedy()[0]), parents=(),
+                                                     origin="rl.greedy", meta={"rl_step": self.steps_done})
             self.evaluated_at = self.steps_done
             if ctx.history.n_scored(greedy.id, "dev"):
                 self._note_eval(ctx, greedy)  # already known: scoring again would add nothing
@@ -115,7 +115,8 @@ class RLPrompt:
             objective = "task" if ctx.task.output == "choose" or cfg.generation_reward == "metric" else "loss"
             step_meta = {"rl_step": self.steps_done + 1}
             # Samples first: tell() reads them by position.
-            requests[:0] = [ScoreRequest(Candidate(trainer.policy.text(row), origin="rl.sample", meta=step_meta),
+            requests[:0] = [ScoreRequest(ctx.seed_candidates()[0].revise(trainer.policy.text(row), parents=(),
+                                                                      origin="rl.sample", meta=step_meta),
                                          "train", example_ids=batch, objective=objective)
                             for row in sample.actions]
         if sample is None and greedy is None and self.steps_done >= cfg.steps:

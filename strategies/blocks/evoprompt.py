@@ -17,7 +17,7 @@ from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.strategies.blocks.plum_score import ObjectiveName
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, top
 from promptopt.strategy import Context
-from promptopt.types import Candidate, normalize_prompt
+from promptopt.types import normalize_prompt
 
 PARAPHRASE_REQUEST = ("Write a new version of the instruction below that asks for the same thing in different "
                       "words. Reply with the new instruction only.\n\nInstruction: {prompt}")
@@ -179,8 +179,8 @@ class Evolution(IterativeSearch):
                          raw=reply.text)
                 children.append(None)
                 continue
-            cand = Candidate(text, parents=tuple(dict.fromkeys(p.id for p in parents)), origin=purpose,
-                             meta={"edit": {"op": purpose.removeprefix("evoprompt."),
+            cand = parents[0].candidate.revise(text, parents=tuple(dict.fromkeys(p.id for p in parents)), origin=purpose,
+                                     meta={"edit": {"op": purpose.removeprefix("evoprompt."),
                                             "parents": [p.id for p in parents]}})
             children.append(Member(cand))
         return children

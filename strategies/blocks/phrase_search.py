@@ -18,7 +18,7 @@ from promptopt.strategies.blocks.edits import (PARAPHRASE, Edit, Pieces, apply_e
 from promptopt.strategies.blocks.parsing import strip_wrapping
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, best
 from promptopt.strategy import Context
-from promptopt.types import Candidate, normalize_prompt
+from promptopt.types import normalize_prompt
 
 EditName = Literal["delete", "swap", "add", "paraphrase"]
 PARAPHRASE_REQUEST = ("Say the following phrase in other words. Keep its meaning. "
@@ -100,7 +100,7 @@ class PhraseSearch(IterativeSearch):
             origin, record = f"plum.{edits[0].op}", edits[0].to_json()
         else:
             origin, record = "plum.compose", {"op": "compose", "steps": [e.to_json() for e in edits]}
-        cand = Candidate(render(pieces), parents=(parent.id,), origin=origin, meta={"edit": record})
+        cand = parent.candidate.revise(render(pieces), origin=origin, meta={"edit": record})
         return Member(cand, deleted=deleted)
 
     def fill_paraphrases(self, ctx: Context, plans: Sequence[Edit | None]) -> list[Edit | None]:

@@ -99,7 +99,7 @@ class IterativeSearch:
     # -- hooks --
     def initial(self, ctx: Context) -> list[Member]:
         """What to score first: the task's seed prompts."""
-        return [Member(Candidate(p, origin="seed")) for p in ctx.task.seed_prompts]
+        return [Member(c) for c in ctx.seed_candidates()]
 
     def start(self, ctx: Context, scored: list[Member]) -> None:
         raise NotImplementedError

@@ -1,0 +1,185 @@
+"""Demo search on the RLPrompt 16-shot tasks: the seed prompt vs random demo sets of the same k vs the
+demo strategies, at one budget of scored examples, over seeds, on the same test examples.
+
+    PROMPTOPT_DATA_DIR=../shared/data python bench/demos.py --tasks sst2,mr,cr,sst5,agnews,trec \
+        --methods fewshot,mipro --seeds 0,1,2 --budget 320 --test-limit 500 --k 4 --draws 2
+
+Every run is a real `promptopt` run (runs/bench-demos/<task>/<method>-seed<N>, in this process, the
+embedded model on CPU). The demo pool is the task's train split, dev is the 16-shot dev split, and the
+test sample is the loop's fixed one. For each task the seed prompt and `--draws` random label-balanced
+sets of k train demos are scored on the same test examples; a method's best prompt is compared with
+the seed (McNemar, from the run's own report) and with the per-example mean of the random sets (paired
+bootstrap). Results go to a JSON-lines file one record at a time, so a stopped bench resumes where it
+was; `--table` prints the markdown table from that file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from promptopt.api import Backends, load_task, run_config
+from promptopt.cache import ResponseCache, default_cache_path
+from promptopt.config import ModelConfig, build_config
+from promptopt.demos import sample_demo_ids
+from promptopt.loop import test_sample
+from promptopt.scorer import Job, score_jobs
+from promptopt.significance import paired_bootstrap
+from promptopt.types import prompt_id
+
+METHODS: dict[str, dict[str, Any]] = {
+    "fewshot": {"strategy": "fewshot", "options": {"k": 4}},
+    "mipro": {"strategy": "mipro", "options": {"k": 4}},
+    "promptquine": {"strategy": "promptquine", "options": {"k": 4}},
+    "apo_demos": {"strategy": "apo", "demos": 4, "optimizer": True,
+                  "options": {"rounds": 2}},
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default="sst2,mr,cr,sst5,agnews,trec")
+    p.add_argument("--methods", default="fewshot,mipro")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budget", type=int, default=320, help="scored examples per run (search phase)")
+    p.add_argument("--test-limit", type=int, default=500)
+    p.add_argument("--k", type=int, default=4, help="demos in each random baseline set")
+    p.add_argument("--draws", type=int, default=2, help="random demo sets per task")
+    p.add_argument("--run-dir", default="runs/bench-demos")
+    p.add_argument("--out", default="runs/bench-demos/results.jsonl")
+    p.add_argument("--table", action="store_true", help="print the table from --out and stop")
+    return p.parse_args(argv)
+
+
+def done_keys(out: Path) -> dict[tuple[str, ...], dict[str, Any]]:
+    if not out.exists():
+        return {}
+    recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return {tuple(r["key"]): r for r in recs}
+
+
+def append(out: Path, rec: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def test_scores(task: Any, backend: Any, prefix: str, test: list[Any]) -> list[float]:
+    ev = score_jobs(task, backend, [Job(prompt_id(prefix), prefix, "test", tuple(test))])[0]
+    if ev.state != "complete":
+        raise RuntimeError(f"test scoring failed: {ev.error}")
+    by_id = {r.example_id: r.score for r in ev.results}
+    return [by_id[ex.id] for ex in test]
+
+
+def baselines(task_name: str, args: argparse.Namespace, backend: Any) -> dict[str, Any]:
+    task = load_task(task_name)
+    test = test_sample(list(task.split("test")), args.test_limit)
+    seed_prompt = task.seed_prompts[0]
+    started = time.monotonic()
+    seed = test_scores(task, backend, seed_prompt, test)
+    draws = []
+    by_id = {ex.id: ex for ex in task.split("train")}
+    for d in range(args.draws):
+        ids = sample_demo_ids(task.split("train"), args.k, random.Random(f"bench-random:{d}"))
+        draws.append(test_scores(task, backend, task.prompt_text(seed_prompt, [by_id[i] for i in ids]), test))
+    return {"seed_test": statistics.fmean(seed), "seed_scores": seed,
+            "random_test": [statistics.fmean(s) for s in draws],
+            "random_mean_scores": [statistics.fmean(col) for col in zip(*draws)],
+            "test_n": len(test), "seconds": time.monotonic() - started}
+
+
+def run_method(task_name: str, method: str, seed: int, args: argparse.Namespace, backend: Any,
+               base: dict[str, Any]) -> dict[str, Any]:
+    spec = METHODS[method]
+    data: dict[str, Any] = {
+        "task": task_name, "strategy": spec["strategy"], "seed": seed, "strategy_options": spec["options"],
+        "budget": {"max_examples": args.budget}, "test_limit": args.test_limit, "demos": spec.get("demos", 0),
+        "run_dir": str(Path(args.run_dir) / task_name), "run_name": f"{method}-seed{seed}",
+        "optimizer": {"backend": "hf", "model": "embedded"} if spec.get("optimizer") else None,
+    }
+    started = time.monotonic()
+    report = run_config(build_config(data))
+    task = load_task(task_name)
+    test = test_sample(list(task.split("test")), args.test_limit)
+    best = test_scores(task, backend, report.best_prefix, test)  # cached: the run scored this prefix
+    diff, low, high, p = paired_bootstrap(base["random_mean_scores"], best)
+    sig = report.significance or {"diff": 0.0, "p": 1.0}
+    return {"seed_test": report.seed_test, "best_test": report.best_test, "best_dev": report.best_dev,
+            "seed_dev": report.seed_dev, "p_vs_seed": sig["p"], "diff_vs_seed": sig["diff"],
+            "diff_vs_random": diff, "ci_vs_random": [low, high], "p_vs_random": p,
+            "scored_examples": report.search["examples"], "optimizer_calls": report.search["optimizer_calls"],
+            "demos": len(report.best_demos), "best_prompt": report.best_prompt, "run_dir": report.run_dir,
+            "seconds": time.monotonic() - started}
+
+
+def table(out: Path) -> str:
+    recs = done_keys(out)
+    tasks = list(dict.fromkeys(k[0] for k in recs))
+    lines = ["| task | method | test (mean ± std) | Δ vs seed | seeds p<0.05 vs seed | Δ vs random k | "
+             "seeds p<0.05 vs random | scored ex. | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        base = recs.get((t, "baseline"))
+        if base:
+            rnd = base["random_test"]
+            lines.append(f"| {t} | seed prompt | {base['seed_test']:.3f} | | | | | 0 | |")
+            lines.append(f"| {t} | random demos (mean of {len(rnd)}) | {statistics.fmean(rnd):.3f} "
+                         f"({', '.join(f'{x:.3f}' for x in rnd)}) | {statistics.fmean(rnd) - base['seed_test']:+.3f} "
+                         f"| | | | 0 | {base['seconds']:.0f} |")
+        for m in METHODS:
+            runs = [r for k, r in recs.items() if k[0] == t and k[1] == m]
+            if not runs:
+                continue
+            tests = [r["best_test"] for r in runs]
+            std = statistics.stdev(tests) if len(tests) > 1 else 0.0
+            sig_seed = sum(1 for r in runs if r["p_vs_seed"] < 0.05 and r["diff_vs_seed"] > 0)
+            sig_rnd = sum(1 for r in runs if r["p_vs_random"] < 0.05 and r["diff_vs_random"] > 0)
+            lines.append(
+                f"| {t} | {m} | {statistics.fmean(tests):.3f} ± {std:.3f} "
+                f"| {statistics.fmean(r['diff_vs_seed'] for r in runs):+.3f} | {sig_seed}/{len(runs)} "
+                f"| {statistics.fmean(r['diff_vs_random'] for r in runs):+.3f} | {sig_rnd}/{len(runs)} "
+                f"| {statistics.fmean(r['scored_examples'] for r in runs):.0f} "
+                f"| {statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return 0
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        print(f"bench/demos.py: unknown method(s) {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    backend = Backends(ResponseCache(default_cache_path())).get(ModelConfig())
+    recs = done_keys(out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for method in args.methods.split(","):
+        for task_name in args.tasks.split(","):
+            if (task_name, "baseline") not in recs:
+                rec = {"key": [task_name, "baseline"], **baselines(task_name, args, backend)}
+                append(out, rec)
+                recs[(task_name, "baseline")] = rec
+            for seed in seeds:
+                key = (task_name, method, str(seed))
+                if key in recs:
+                    continue
+                rec = {"key": list(key), **run_method(task_name, method, seed, args, backend, recs[(task_name, "baseline")])}
+                append(out, rec)
+                recs[key] = rec
+                print(f"{task_name} {method} seed {seed}: test {rec['seed_test']:.3f} -> {rec['best_test']:.3f} "
+                      f"(p {rec['p_vs_seed']:.3g}; vs random {rec['diff_vs_random']:+.3f}, p {rec['p_vs_random']:.3g}) "
+                      f"{rec['seconds']:.0f}s", flush=True)
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
