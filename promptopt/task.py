@@ -93,12 +93,12 @@ class Task:
     def demo_text(self, example: Example, answer: str | None = None) -> str:
         """One demonstration: the query format filled with `example` and its answer (the gold one
         unless a bootstrapped `answer` is given)."""
-        if answer is None:
-            answer = self.options[example.label] if self.output == "choose" and example.label is not None \
-                else " " + example.target.strip()
         fmt = self.demo_format if self.demo_format is not None else split_at_prompt(self.template)[1]
-        query = render(fmt, {**example.fields, "input": example.input})
-        return query.strip("\n") + answer
+        query = render(fmt, {**example.fields, "input": example.input}).strip("\n")
+        if self.output == "choose":
+            return query + (self.options[example.label] if answer is None and example.label is not None else answer or "")
+        # A generated answer follows the query on its own line: a worked solution when the task has one.
+        return query + "\n" + (example.fields.get("reference", example.target) if answer is None else answer).strip()
 
     def prompt_text(self, instruction: str, demos: Sequence[Example] = (), answers: Sequence[str | None] = (),
                     system: str = "") -> str:

@@ -85,4 +85,6 @@ def _example(split: str, i: int, row: Mapping[str, Any]) -> Example:
     if not target:
         raise TaskError(f"gsm8k: {split} row {i + 1} has no '#### <number>' line in its answer; "
                         f"is this GSM8K data?")
-    return Example(id=f"gsm8k-{split}-{i}", input=row["question"], target=target)
+    # The worked solution is what a demo shows and what a loss is computed on.
+    return Example(id=f"gsm8k-{split}-{i}", input=row["question"], target=target,
+                   fields={"reference": row["answer"]})

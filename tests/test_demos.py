@@ -15,6 +15,7 @@ from promptopt.demos import sample_demo_ids
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.loop import Run
 from promptopt.significance import compare_paired, mcnemar_exact, paired_bootstrap
+from promptopt.strategies.bootstrap import Bootstrap, BootstrapConfig
 from promptopt.strategies.fewshot import FewShot, FewShotConfig
 from promptopt.strategies.mipro import Mipro, MiproConfig
 from promptopt.strategies.paraphrase import Paraphrase, ParaphraseConfig
@@ -44,6 +45,47 @@ class DemoAwareBackend(FakeBackend):
 class TestFewShot(StrategyContract):
     def make_strategy(self, **options):
         return FewShot(FewShotConfig(**{"k": 2, "sets": 4, **options}))
+
+
+class TestBootstrap(StrategyContract):
+    def make_strategy(self, **options):
+        return Bootstrap(BootstrapConfig(**{"k": 2, "sets": 3, "bootstrap_examples": 6, **options}))
+
+
+class TestBootstrapGenerate(TestBootstrap):
+    def make_task(self):
+        return toy_task(output="generate")
+
+
+class GoldWriter(FakeBackend):
+    """Writes 'It is good.' / 'It is bad.' for the last item of a toy generate prompt, right every time
+    when the prompt has a demo, and on every other example without one."""
+
+    def generate(self, reqs):
+        from promptopt.backends.base import GenResult
+        from promptopt.types import Usage
+        self._tick(len(reqs))
+        out = []
+        for r in reqs:
+            text = r.prompt or r.messages[-1][1]
+            item = text.rsplit("Text: ", 1)[-1]
+            gold = "good" if " is good" in item else "bad"
+            right = "\ngood" in text or "\nbad" in text or int(item.split()[2]) % 4 < 2
+            out.append(GenResult(f"{gold if right else 'meh'}", usage=Usage(1, 1, 1)))
+        return out
+
+
+def test_bootstrap_keeps_the_targets_own_correct_outputs_as_demos():
+    task = toy_task(output="generate")
+    run = make_run(Bootstrap(BootstrapConfig(k=2, sets=3, bootstrap_examples=8)), task=task, target=GoldWriter(),
+                   budget=Budget(max_examples=200))
+    report = run.run()
+    arms = [c for c in run.history.candidates() if c.origin == "bootstrap.sample"]
+    assert arms and all(len(c.demos) == 2 == len(c.demo_answers) for c in arms)
+    train = {ex.id: ex for ex in task.split("train")}
+    assert all(ans == train[d].target for c in arms for d, ans in zip(c.demos, c.demo_answers))
+    assert all(c.meta["bootstrapped"] == 2 for c in arms)  # 4 of 8 tried were right: enough for k=2
+    assert report.best_dev == 1.0 and report.best_demos
 
 
 class TestMipro(StrategyContract):
