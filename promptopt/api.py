@@ -160,9 +160,12 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
     why = "stopped by SIGTERM" if isinstance(error, Terminated) else str(error)
     if run.log is None:
         return RunStopped(why)
-    run.log.session("run.stop", reason=why, failures=run.failures,
-                    backend_stats={b.fingerprint(): b.inner.stats for b in backends.cached
-                                   if isinstance(getattr(b.inner, "stats", None), dict)})
+    try:
+        run.log.session("run.stop", reason=why, failures=run.failures,
+                        backend_stats={b.fingerprint(): b.inner.stats for b in backends.cached
+                                       if isinstance(getattr(b.inner, "stats", None), dict)})
+    except RunStopped:
+        pass  # the log cannot be written (disk full): what it holds is intact, and that is what matters
     run.log.close()
     return RunStopped(f"{why}; the run is resumable: promptopt optimize --resume {run.log.dir}")
 

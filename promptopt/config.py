@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from promptopt import registry
 from promptopt.budget import Budget
+from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
 
 NONE_MODEL = "none"
@@ -77,7 +78,7 @@ class RunConfig(BaseModel):
     seed: int = Field(0, strict=True)  # `--set seed=true` is not seed 1
     prompt: str | None = None  # overrides the task's seed prompt
     run_dir: str = "runs"
-    run_name: str | None = None
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # one path component
     data_dir: str | None = None
     cache: bool = True
     cache_path: str | None = None
@@ -86,6 +87,14 @@ class RunConfig(BaseModel):
     test_limit: int | None = Field(None, ge=1)
     demos: int = Field(0, ge=0, description="train demos every seed candidate carries (label-balanced draw)")
     plugins: list[str] = Field(default_factory=list)
+
+    @field_validator("prompt")
+    @classmethod
+    def _encodable(cls, prompt: str | None) -> str | None:
+        bad = lone_surrogate(prompt)
+        if bad:  # it would crash the first model call, mid-run
+            raise ValueError(bad)
+        return prompt
 
 
 def parse_value(text: str) -> Any:

@@ -53,10 +53,23 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise TaskError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a BOM (as spreadsheet exports write) is not part of the header
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise TaskError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be text for a model (a lone UTF-16 surrogate such as "\\ud800",
+    which no encoder accepts), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"text with a lone surrogate ({value[e.start]!r}), which is not valid Unicode"
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((why for why in map(lone_surrogate, items) if why), None)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -72,6 +85,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
         if not isinstance(row, dict):
             raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        bad = lone_surrogate(row)
+        if bad:
+            raise TaskError(f"{path}:{lineno}: {bad}; fix or remove that line")
         rows.append(row)
     return rows
 
@@ -87,6 +103,9 @@ def read_table(path: Path, delimiter: str = "\t") -> list[dict[str, str]]:
     try:
         if not reader.fieldnames:
             raise TaskError(f"{path}: empty file, expected a header row")
+        twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+        if twice:  # csv would keep the last one silently, relabelling every row
+            raise TaskError(f"{path}:1: the header names {', '.join(map(repr, twice))} more than once")
         for row in reader:
             # Rows with more fields than the header put the extras under the key None.
             if None in row or None in row.values():

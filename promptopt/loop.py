@@ -88,7 +88,7 @@ class _OptimizerChannel:
                                  o.get("error")) for o in recorded["responses"]]
         else:
             try:
-                results = self._backend.generate(reqs)
+                results = [replace(r, text=_valid_text(r.text)) for r in self._backend.generate(reqs)]
             except PromptOptError as e:
                 if isinstance(e, BackendError) and e.fatal:
                     raise
@@ -102,6 +102,15 @@ class _OptimizerChannel:
                          responses=[{"text": r.text, "finish_reason": r.finish_reason,
                                      "usage": r.usage.to_json(), "error": r.error} for r in results])
         return results
+
+
+def _valid_text(text: str) -> str:
+    """A reply with any lone surrogate (a JSON "\\ud800" from a server) replaced, so it can be a prompt."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
 def _because(backend: Backend, capability: str) -> str:

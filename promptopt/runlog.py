@@ -8,9 +8,12 @@ recorded model responses are served instead of calling a model. Past the end of 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from promptopt.errors import ConfigError, ResumeError
+from promptopt.errors import ConfigError, ResumeError, RunStopped
 from promptopt.types import Usage
 
 EVENTS = "events.jsonl"
@@ -26,6 +29,10 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 # Events outside the replayed stream: they describe sessions, not the search.
 SESSION_EVENTS = frozenset({"run.start", "run.resume", "run.end", "run.stop"})
+# Every line ends with `,"sum":"<16 hex>"}`: the sha256 of the line's bytes without it (closed by "}").
+_SUM = re.compile(rb',"sum":"([0-9a-f]{16})"\}$')
+# What a run name may be: one path component, no hidden or parent names.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Events that open a session (a start or a resume); wall time is summed per session.
 _SESSION_OPENERS = frozenset({"run.start", "run.resume"})
 
@@ -38,18 +45,40 @@ def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
+    summed = None  # whether this log's lines carry checksums (logs written before them do not)
     while pos < len(data):
         end = data.find(b"\n", pos)
         if end < 0:
             break  # no newline: the last write never finished
+        line, n = data[pos:end], len(events) + 1
         try:
-            events.append(json.loads(data[pos:end]))
+            event = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             if data.find(b"\n", end + 1) >= 0:
-                raise ResumeError(f"{path}: corrupt line {len(events) + 1} in the middle of the log")
+                raise ResumeError(f"{path}: corrupt line {n} in the middle of the log")
             break
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ResumeError(f"{path}: line {n} is not an event (a JSON object with a \"type\")")
+        found = _SUM.search(line)
+        summed = bool(found) if summed is None else summed
+        if summed and (not found or _line_sum(line[:found.start()] + b"}") != found[1].decode()):
+            raise ResumeError(f"{path}: line {n} fails its checksum: the log was edited or damaged "
+                              "(restore it, or start a new run)")
+        event.pop("sum", None)
+        events.append(event)
         pos = good = end + 1
     return events, good
+
+
+def _line_sum(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def clean_temp_files(run_dir: Path) -> None:
+    """Remove the temp files of an atomic write a killed process left behind (names only promptopt makes)."""
+    for tmp in run_dir.glob("*.json.tmp*"):
+        if re.fullmatch(r"(config|summary)\.json\.tmp\d+", tmp.name) and tmp.is_file():
+            tmp.unlink()
 
 
 def new_run_dir(root: Path, config: Any, name: str | None = None) -> Path:
@@ -61,6 +90,8 @@ def new_run_dir(root: Path, config: Any, name: str | None = None) -> Path:
             raise PermissionError(13, "permission denied")
     except OSError as e:
         raise ConfigError(f"cannot create run directory {root}: {e.strerror or e}") from e
+    if name is not None and not RUN_NAME.fullmatch(name):
+        raise ConfigError(f"run_name {name!r}: use letters, digits, '.', '_' and '-' (one path component)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     for _ in range(20):
         final = root / f"{name or stamp}-{secrets.token_hex(3)}"
@@ -69,23 +100,35 @@ def new_run_dir(root: Path, config: Any, name: str | None = None) -> Path:
             staging.mkdir()
         except FileExistsError:
             continue
-        write_json_atomic(staging / CONFIG, config)
         try:
+            write_json_atomic(staging / CONFIG, config)
             os.rename(staging, final)  # fails if `final` exists: then try another name
-        except OSError:
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)  # ours, made just now: never leave it behind
+            if not final.exists():
+                raise ConfigError(f"cannot create run directory {final}: {e.strerror or e}") from None
             continue
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return final
     raise ConfigError(f"could not create a unique run directory under {root}")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write via a temp file and a rename: `path` is whole or absent. A failed write (disk full,
+    read-only storage) removes the temp file and raises RunStopped: nothing recorded is lost."""
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text.encode("utf-8", "backslashreplace"))  # a lone surrogate stays its JSON escape
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunStopped(f"cannot write {path}: {e.strerror or e}") from None
 
 
 class RunLog:
@@ -110,6 +153,7 @@ class RunLog:
             self._lock.close()
             raise ResumeError(f"{self.dir} already finished (see {self.dir / SUMMARY})")
         if resume:
+            clean_temp_files(self.dir)
             if not self.path.exists():
                 raise ResumeError(f"{self.dir} has no {EVENTS}; nothing to resume")
             events, good = read_events(self.path)
@@ -129,10 +173,23 @@ class RunLog:
         return self.recorded[self.cursor] if self.replaying else None
 
     def _write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-        os.write(self._fd, line.encode("utf-8"))  # one append: no interleaving, at most one torn line
-        if self.fsync:
-            os.fsync(self._fd)
+        # backslashreplace: a lone surrogate (from data or a model) is written as its JSON escape.
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str).encode(
+            "utf-8", "backslashreplace")
+        line = body[:-1] + b',"sum":"' + _line_sum(body).encode() + b'"}\n'
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            done = os.write(self._fd, line)  # one append: no interleaving, at most one torn line
+            while done < len(line):  # a short write: finish the line
+                done += os.write(self._fd, line[done:])
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as e:  # disk full, read-only: drop the partial line, so the log stays resumable
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass  # the torn line is dropped on resume anyway
+            raise RunStopped(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def session(self, type_: str, **data: Any) -> None:
         """Write a session event (start/resume/end); never part of the replayed stream."""

@@ -3,6 +3,7 @@ the run resumably; a resume after the fix ends as a clean run does; SIGTERM leav
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -206,3 +207,161 @@ def test_startup_probe_has_its_own_deadline_and_says_what_it_waits_for():
     finally:
         backend.close()
         listener.close()
+
+
+# -- the run log: checksums, bad lines, disk full, temp files, run names (classes 4, 7, 10, 12) -----
+
+def _finished(tmp_path: Path) -> Path:
+    run = make_run(_paraphrase(), run_dir=tmp_path, budget=Budget(max_examples=100))
+    run.run()
+    run.log.close()
+    return tmp_path
+
+
+def test_an_edited_event_is_a_clear_resume_error(tmp_path):
+    from promptopt.runlog import EVENTS, read_events
+    d = _finished(tmp_path)
+    lines = (d / EVENTS).read_bytes().splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if b'"score":0.0' in line)
+    lines[i] = lines[i].replace(b'"score":0.0', b'"score":1.0', 1)  # one per-example score edited
+    (d / EVENTS).write_bytes(b"".join(lines))
+    with pytest.raises(ResumeError, match=f"line {i + 1} fails its checksum"):
+        read_events(d / EVENTS)
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]", b'"x"', b"{}", b'{"seq": 3}'])
+def test_a_line_that_is_not_an_event_is_a_clear_error(tmp_path, line):
+    from promptopt.runlog import EVENTS, read_events
+    (tmp_path / EVENTS).write_bytes(line + b"\n" + b'{"type":"run.start"}\n')
+    with pytest.raises(ResumeError, match="line 1 is not an event"):
+        read_events(tmp_path / EVENTS)
+
+
+def test_show_of_a_damaged_log_is_one_line(tmp_path, capsys):
+    from promptopt.runlog import EVENTS
+    d = _finished(tmp_path)
+    (d / EVENTS).write_bytes(b"[1]\n" + (d / EVENTS).read_bytes())
+    assert main(["show", str(d)]) == 2
+    assert "not an event" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_the_run_resumably_and_loses_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from promptopt import runlog
+    from promptopt.runlog import EVENTS, read_events
+    run = make_run(_paraphrase(), run_dir=tmp_path, budget=Budget(max_examples=200))
+    real_write, calls = os.write, [0]
+
+    def write(fd, data):
+        calls[0] += 1
+        if calls[0] == 6:
+            real_write(fd, data[:10])  # a short write, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(runlog.os, "write", write)
+    with pytest.raises(RunStopped, match="No space left on device"):
+        run.run()
+    monkeypatch.setattr(runlog.os, "write", real_write)
+    run.log.close()
+    events, good = read_events(tmp_path / EVENTS)
+    assert good == (tmp_path / EVENTS).stat().st_size and len(events) == 5  # the torn line was dropped
+    resumed = make_run(_paraphrase(), run_dir=tmp_path, resume=True, budget=Budget(max_examples=200))
+    assert resumed.run().best_test is not None
+
+
+def test_a_failed_summary_write_leaves_no_temp_file_and_stays_resumable(tmp_path, monkeypatch):
+    import errno
+
+    from promptopt import runlog
+    from promptopt.runlog import write_json_atomic
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlog.os, "fsync", no_space)
+    with pytest.raises(RunStopped, match=r"cannot write .*summary.json: No space left"):
+        write_json_atomic(tmp_path / SUMMARY, {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_orphan_temp_files_are_cleaned_on_the_next_start(tmp_path):
+    d = _finished(tmp_path)
+    assert not (d / SUMMARY).exists()  # make_run writes no summary: the run is resumable
+    (d / "summary.json.tmp4242").write_text("{")  # what a kill during the summary write leaves
+    (d / "notes.json.tmp1").write_text("mine")  # not a name promptopt writes: left alone
+    RunLog(d, resume=True).close()
+    assert not (d / "summary.json.tmp4242").exists() and (d / "notes.json.tmp1").exists()
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "x" * 101, ""])
+def test_run_names_cannot_escape_the_run_dir(tmp_path, name, capsys):
+    code = main(["optimize", "--task", "demo", "--backend", "fake", "--model", "m", "--run-dir",
+                 str(tmp_path / "runs"), "--set", f"run_name={name}", "--no-cache", "-q"])
+    assert code == 2 and "run_name" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"])
+
+
+def test_a_failed_run_dir_creation_leaves_no_staging_dir(tmp_path, monkeypatch):
+    from promptopt import runlog
+    from promptopt.errors import ConfigError
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runlog.os, "rename", refuse)
+    with pytest.raises(ConfigError, match="Permission denied"):
+        runlog.new_run_dir(tmp_path, {"a": 1}, "ok-name")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- hostile data (class 9) ---------------------------------------------------------------------
+
+def test_duplicate_csv_header_names_are_refused(tmp_path):
+    from promptopt.data import read_table
+    from promptopt.errors import TaskError
+    (tmp_path / "x.csv").write_text("text,label,label\na,1,0\n", encoding="utf-8")
+    with pytest.raises(TaskError, match=r"x.csv:1: the header names 'label' more than once"):
+        read_table(tmp_path / "x.csv", ",")
+
+
+def test_a_utf8_bom_csv_reads_its_first_column(tmp_path):
+    from promptopt.data import read_table
+    (tmp_path / "x.csv").write_bytes("\ufeffquestion,answer\nq,a\n".encode("utf-8"))
+    assert read_table(tmp_path / "x.csv", ",") == [{"question": "q", "answer": "a"}]
+
+
+def test_a_lone_surrogate_in_jsonl_is_refused_with_its_line(tmp_path):
+    from promptopt.data import read_jsonl
+    from promptopt.errors import TaskError
+    (tmp_path / "x.jsonl").write_text('{"q": "ok"}\n{"q": "bad \\ud800"}\n', encoding="utf-8")
+    with pytest.raises(TaskError, match=r"x.jsonl:2: text with a lone surrogate"):
+        read_jsonl(tmp_path / "x.jsonl")
+
+
+def test_a_lone_surrogate_prompt_is_refused_up_front(tmp_path, capsys):
+    code = main(["optimize", "--task", "demo", "--backend", "fake", "--model", "m", "--run-dir",
+                 str(tmp_path / "runs"), "--set", 'prompt="Is it \\ud800 ok?"', "--no-cache", "-q"])
+    assert code == 2 and "lone surrogate" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_lone_surrogate_from_a_model_is_replaced_and_the_run_goes_on(tmp_path):
+    from promptopt.runlog import EVENTS, read_events
+    run = make_run(_paraphrase(), optimizer=FakeBackend(replies=lambda r: "Rewrite \ud800 this."), run_dir=tmp_path,
+                   budget=Budget(max_examples=60))
+    assert run.run().best_test is not None
+    run.log.close()
+    events, _ = read_events(tmp_path / EVENTS)
+    assert "Rewrite \ufffd this." in {e.get("text") for e in events if e["type"] == "candidate"}
+
+
+def test_the_log_writes_and_reads_back_a_lone_surrogate(tmp_path):
+    from promptopt.runlog import EVENTS, read_events
+    log = RunLog(tmp_path)
+    log.emit("note", step=1, kind="x", raw="model said \ud800")
+    log.close()
+    events, _ = read_events(tmp_path / EVENTS)
+    assert events[0]["raw"] == "model said \ud800"
