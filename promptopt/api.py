@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from promptopt import __version__, registry
-from promptopt.backends.base import Backend
+from promptopt.backends.base import Backend, canonical_hash
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
 from promptopt.data import test_sample
@@ -88,8 +88,35 @@ def optimizer_config(strategy_cls: Any, cfg: RunConfig) -> ModelConfig | None:
     return cfg.optimizer if wants.uses_optimizer else None
 
 
+def task_fingerprint(task: Task) -> str:
+    """A hash of what the task scores: every example of every split, its template, options and seed prompts."""
+    splits = {s: [[ex.id, ex.input, ex.target, ex.label, dict(ex.fields)] for ex in task.split(s)]
+              for s in ("train", "dev", "test")}
+    return "sha256:" + canonical_hash({"splits": splits, "template": task.template, "options": list(task.options or ()),
+                                       "seed_prompts": list(task.seed_prompts)})
+
+
+def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
+    """What changed since the run started (its config.json against the checksummed run.start event, and
+    the task data and models against their recorded fingerprints). Refused unless `accept`."""
+    start = next((s for s in log.sessions if s["type"] == "run.start"), None)
+    if start is None:
+        return []
+    changed = [] if start.get("config") == meta["config"] else ["config.json was edited"]
+    for what, old in (start.get("fingerprints") or {}).items():
+        new = meta["fingerprints"].get(what)
+        if old != new:
+            changed.append(f"{what} {'data' if what == 'task' else 'model'} changed ({old} -> {new})")
+    if changed and not accept:
+        log.close()
+        raise ResumeError(f"{log.dir}: its inputs changed since it started: {'; '.join(changed)}; a resume would "
+                          "mix results of both. Restore them, or pass --accept-changed-inputs")
+    return changed
+
+
 def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
-            on_step: Callable[[Run], None] | None = None) -> tuple[Run, Backends]:
+            on_step: Callable[[Run], None] | None = None,
+            accept_changed_inputs: bool = False) -> tuple[Run, Backends]:
     """Validate, create (or reopen) the run dir, load task and models, and return a ready Run."""
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
@@ -103,7 +130,8 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     optimizer = backends.get(optimizer_cfg) if optimizer_cfg is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
-                             "optimizer": optimizer.fingerprint() if optimizer else None},
+                             "optimizer": optimizer.fingerprint() if optimizer else None,
+                             "task": task_fingerprint(task)},
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
@@ -115,10 +143,25 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
     else:
         log = RunLog(resume_dir, resume=True)
-        log.session("run.resume", recorded_events=len(log.recorded))
+        changed = _check_inputs(log, meta, accept_changed_inputs)
+        log.session("run.resume", recorded_events=len(log.recorded), **({"accepted_changes": changed} if changed else {}))
         run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
+
+
+def backend_stats(backends: Backends) -> dict[str, Any]:
+    """Retries and failures by kind of each backend that counts them (e.g. openai), by fingerprint; two
+    backends with one fingerprint (a target and an optimizer with other options) keep separate entries."""
+    out: dict[str, Any] = {}
+    for b in backends.cached:
+        stats = getattr(b.inner, "stats", None)
+        if isinstance(stats, dict):
+            key, n = b.fingerprint(), 2
+            while key in out:
+                key, n = f"{b.fingerprint()} #{n}", n + 1
+            out[key] = stats
+    return out
 
 
 def finish_run(run: Run, backends: Backends, started: float) -> Report:
@@ -128,8 +171,7 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
                         "misses": sum(b.misses for b in backends.cached),
                         "model_calls": sum(b.inner_calls for b in backends.cached)}
     # Backends that count retries and failures by kind (e.g. openai) report them here.
-    summary["backend_stats"] = {b.fingerprint(): b.inner.stats for b in backends.cached
-                                if isinstance(getattr(b.inner, "stats", None), dict)}
+    summary["backend_stats"] = backend_stats(backends)
     if run.log:
         run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
         write_json_atomic(run.log.dir / SUMMARY, summary)
@@ -139,9 +181,9 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
 
 
 def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
-               on_step: Callable[[Run], None] | None = None) -> Report:
+               on_step: Callable[[Run], None] | None = None, accept_changed_inputs: bool = False) -> Report:
     started = time.monotonic()
-    run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step)
+    run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step, accept_changed_inputs=accept_changed_inputs)
     try:
         try:
             while run.step_once():
@@ -162,8 +204,7 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
         return RunStopped(why)
     try:
         run.log.session("run.stop", reason=why, failures=run.failures,
-                        backend_stats={b.fingerprint(): b.inner.stats for b in backends.cached
-                                       if isinstance(getattr(b.inner, "stats", None), dict)})
+                        backend_stats=backend_stats(backends))
     except RunStopped:
         pass  # the log cannot be written (disk full): what it holds is intact, and that is what matters
     run.log.close()
@@ -202,7 +243,8 @@ def optimize(task: str = "demo", strategy: str = "paraphrase", *, model: str = "
 
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
     if resume is not None:
-        return run_config(resume_config(resume), resume_dir=Path(resume))
+        return run_config(resume_config(resume), resume_dir=Path(resume),
+                          accept_changed_inputs=settings.pop("accept_changed_inputs", False))
     data: dict[str, Any] = {"task": task, "strategy": strategy, "seed": seed,
                             "target": {"backend": backend, "model": model}, **settings}
     if optimizer_model in (None, "none"):
@@ -224,6 +266,8 @@ def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", mode
     if not examples:
         raise ConfigError(f"task {t.name} has no {split} examples")
     if limit is not None:
+        if limit < 1:  # examples[:-3] would quietly drop three, [:0] score nothing
+            raise ConfigError(f"limit must be at least 1, got {limit}")
         examples = tuple(test_sample(examples, limit)) if split == "test" else examples[:limit]
     if target is None:
         inner = registry.get("backends", backend)(model=model, **dict(backend_options or {}))

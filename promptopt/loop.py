@@ -174,6 +174,10 @@ class Run:
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note, seed_demos=self.seed_demos)
         self._check_capabilities()
+        n, window = self._tokens(self.seed_prompt)
+        if n > window:  # every evaluation would fail: refuse before any model call
+            raise ConfigError(f"the seed prompt with the longest example comes to {n} tokens, over the model's "
+                              f"window of {window}; shorten the prompt")
         check_task = getattr(strategy, "check_task", None)  # optional: refuse a task it cannot search
         if callable(check_task):
             check_task(self._ctx.task)
@@ -255,15 +259,21 @@ class Run:
         if cand.demo_answers and len(cand.demo_answers) != len(cand.demos):
             raise PromptOptError(f"candidate {cand.id}: {len(cand.demo_answers)} demo answers for "
                                  f"{len(cand.demos)} demos")
+        n, window = self._tokens(self.prompt_of(cand))
+        if n > window:
+            raise PromptOptError(f"candidate {cand.id}: its instruction and {len(cand.demos)} demos with the "
+                                 f"longest example come to {n} tokens, over the model's window of {window}; "
+                                 "use fewer or shorter demos")
+        self._window_checked.add(cand.id)
+
+    def _tokens(self, prompt: str) -> tuple[int, int]:
+        """Tokens of `prompt` rendered with the longest example, and the target's window; (0, 0) when
+        the target cannot count (an API model)."""
         inner = getattr(self.target, "inner", self.target)
         count, window = getattr(inner, "count_tokens", None), getattr(inner, "max_length", None)
-        if callable(count) and window and self._longest is not None:
-            n = count(self.task.render(self.prompt_of(cand), self._longest))
-            if n > window:
-                raise PromptOptError(f"candidate {cand.id}: its instruction and {len(cand.demos)} demos with the "
-                                     f"longest example come to {n} tokens, over the model's window of {window}; "
-                                     "use fewer or shorter demos")
-        self._window_checked.add(cand.id)
+        if not (callable(count) and window and self._longest is not None):
+            return 0, 0
+        return count(self.task.render(prompt, self._longest)), window
 
     def prompt_of(self, cand: Candidate) -> str:
         """The text that stands where the template has `{prompt}`: system prompt, instruction, demos."""

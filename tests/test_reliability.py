@@ -365,3 +365,100 @@ def test_the_log_writes_and_reads_back_a_lone_surrogate(tmp_path):
     log.close()
     events, _ = read_events(tmp_path / EVENTS)
     assert events[0]["raw"] == "model said \ud800"
+
+
+# -- wrong counts (class 12) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--task", "demo", "--prompt", "Hi.", "--backend", "fake", "--limit", "-3"],
+    ["evaluate", "--task", "demo", "--prompt", "Hi.", "--backend", "fake", "--limit", "0"],
+    ["show", "runs/none", "--top", "-5"],
+    ["report", "runs/none", "--top", "0"],
+])
+def test_counts_below_one_are_refused(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "expected a whole number >= 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_api_evaluate_refuses_a_negative_limit():
+    from promptopt.api import evaluate
+    from promptopt.errors import ConfigError
+    with pytest.raises(ConfigError, match="limit must be at least 1"):
+        evaluate("Hi.", "demo", backend="fake", model="m", limit=-3, cache=False)
+
+
+def test_a_seed_prompt_longer_than_the_window_is_refused_before_any_model_call():
+    from promptopt.errors import ConfigError
+    from promptopt.loop import Run
+    from promptopt.testing import toy_task
+
+    class Windowed(FakeBackend):
+        max_length = 50
+
+        def count_tokens(self, text: str) -> int:
+            return len(text.split())
+
+    target = Windowed()
+    with pytest.raises(ConfigError, match=r"comes to \d+ tokens, over the model's window of 50"):
+        Run(task=toy_task(), strategy=_paraphrase(), target=target, optimizer=FakeBackend(), seed_prompt="word " * 60)
+    assert target.calls == 0
+
+
+def test_two_backends_with_one_fingerprint_keep_separate_stats():
+    from promptopt.api import Backends, backend_stats
+    from promptopt.cache import CachedBackend
+
+    class Counting(FakeBackend):
+        def __init__(self, n: int):
+            super().__init__("same")
+            self.stats = {"requests": n}
+
+    backends = Backends(None)
+    backends.cached = [CachedBackend(Counting(3), None), CachedBackend(Counting(5), None)]
+    assert backend_stats(backends) == {"fake:same": {"requests": 3}, "fake:same #2": {"requests": 5}}
+
+
+# -- resume refuses changed inputs (class 5) ------------------------------------------------------
+
+def _spec_run(tmp_path: Path) -> tuple[Path, list[str]]:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"q": f"is {i} odd?", "a": "yes" if i % 2 else "no"}) + "\n"
+                            for i in range(24)), encoding="utf-8")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('template = "{prompt}\\n\\nQ: {input}\\nA:"\noutput = "choose"\noptions = [" no", " yes"]\n'
+                    'seed_prompts = ["Answer yes or no."]\n[columns]\ninput = "q"\ntarget = "a"\n'
+                    '[data]\nfile = "data.jsonl"\nsplit = {train = 8, dev = 8, test = 8}\n', encoding="utf-8")
+    argv = ["optimize", "--task", str(spec), "--strategy", "paraphrase", "--backend", "fake", "--model", "m",
+            "--run-dir", str(tmp_path / "runs"), "--budget", "60", "--no-cache", "-q"]
+    return data, argv
+
+
+def _interrupted_run(tmp_path: Path) -> Path:
+    data, argv = _spec_run(tmp_path)
+    assert main(argv) == 0
+    (d,) = (tmp_path / "runs").iterdir()
+    (d / SUMMARY).unlink()  # as if killed before the end
+    return d
+
+
+def test_resume_refuses_changed_task_data_unless_accepted(tmp_path, capsys):
+    d = _interrupted_run(tmp_path)
+    data = tmp_path / "data.jsonl"
+    data.write_text(data.read_text().replace("is 3 odd?", "is 33 odd?"), encoding="utf-8")
+    assert main(["optimize", "--resume", str(d), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "task data changed" in err and "--accept-changed-inputs" in err
+    assert main(["optimize", "--resume", str(d), "--accept-changed-inputs", "-q"]) == 0
+    resumes = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()
+               if '"run.resume"' in line]
+    assert "task data changed" in resumes[-1]["accepted_changes"][0]
+
+
+def test_resume_refuses_an_edited_config_json(tmp_path, capsys):
+    d = _interrupted_run(tmp_path)
+    meta = json.loads((d / "config.json").read_text())
+    meta["config"]["seed"] = 7
+    (d / "config.json").write_text(json.dumps(meta))
+    assert main(["optimize", "--resume", str(d), "-q"]) == 2
+    assert "config.json was edited" in capsys.readouterr().err

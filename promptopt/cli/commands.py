@@ -42,6 +42,17 @@ def parse_budget(text: str) -> dict[str, Any]:
     return out
 
 
+def _positive(text: str) -> int:
+    """A count flag (--limit, --top): a whole number >= 1; 0 or -3 would silently mean something else."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="target model: 'embedded' (default), an HF id or a local dir")
     p.add_argument("--backend", help="target backend: hf (default), vllm, openai")
@@ -65,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prompt", help="seed prompt (default: the task's)")
     o.add_argument("--run-dir", help="where runs are written (default: runs/)")
     o.add_argument("--resume", metavar="RUN", help="continue a run from its log")
+    o.add_argument("--accept-changed-inputs", action="store_true",
+                   help="with --resume: continue although the task data, a model or config.json changed")
     o.add_argument("--config", metavar="FILE", help="TOML config file")
     o.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. apo.beam_width=4, task.k_seed=16-13, budget.max_examples=800")
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt")
     src.add_argument("--run", help="use the best prompt of this run and its settings (flags given here override)")
     e.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    e.add_argument("--limit", type=int, help="at most N examples (the test split: the run's fixed test sample)")
+    e.add_argument("--limit", type=_positive, help="at most N examples (the test split: the run's fixed test sample)")
     e.add_argument("--seed", type=int, help="the task's seed (dev carving); default: the run's, else 0")
     e.add_argument("--no-cache", action="store_true")
     _model_flags(e)
@@ -98,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--task", required=True, help="task name or a task spec file")
     x.add_argument("--prompt", required=True)
     x.add_argument("--split", default="dev", choices=["train", "dev", "test"])
-    x.add_argument("--limit", type=int, help="at most N examples")
+    x.add_argument("--limit", type=_positive, help="at most N examples")
     x.add_argument("--by", default="sentence", choices=["sentence", "phrase"], help="segment size")
     x.add_argument("--mask-token", default="", help="what replaces a segment (default: delete it)")
     x.add_argument("--loss", default="auto", choices=["auto", "cross_entropy", "margin"],
@@ -109,12 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="top candidates, lineage and score per step of a run")
     s.add_argument("run")
-    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--top", type=_positive, default=5)
 
     r = sub.add_parser("report", help="self-contained HTML report of a run: plots, lineage, top candidates, cost")
     r.add_argument("run")
     r.add_argument("--out", help="HTML file or folder to write (default: RUN/report.html); PNGs go beside it")
-    r.add_argument("--top", type=int, default=10, help="how many top candidates to list")
+    r.add_argument("--top", type=_positive, default=10, help="how many top candidates to list")
 
     ls = sub.add_parser("list", help="list strategies, tasks or backends")
     ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
@@ -203,13 +216,16 @@ def _optimize(args: argparse.Namespace) -> int:
             apply_set(data, assignment)
         cfg = build_config(data)
         resume_dir = None
+        if args.accept_changed_inputs:
+            raise ConfigError("--accept-changed-inputs goes with --resume")
     if args.dry_run:
         from promptopt.cli.plan import describe, plan
         print(describe(plan(cfg)))
         return 0
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
     try:
-        report = run_config(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None)
+        report = run_config(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None,
+                            accept_changed_inputs=args.accept_changed_inputs)
     finally:
         if bar:
             bar.close()
