@@ -20,7 +20,7 @@ from typing import Any
 
 from promptopt.backends.base import GenRequest, LLRequest
 from promptopt.backends.openai.backend import OpenAIBackend
-from promptopt.testing.faultproxy import FAULTS, FaultProxy
+from promptopt.testing.faultproxy import FATAL, FAULTS, FaultProxy
 from promptopt.testing.openai_server import FakeOpenAIServer
 
 
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=300, help="requests per pass")
     p.add_argument("--rate", type=float, default=0.2, help="share of requests that get a fault")
-    p.add_argument("--kinds", default=",".join(k for k in FAULTS),
+    p.add_argument("--kinds", default=",".join(k for k in FAULTS if k not in FATAL),  # those end a run
                    help=f"comma-separated fault kinds, sharing the rate equally (from: {', '.join(FAULTS)})")
     p.add_argument("--base-url", help="a real OpenAI-compatible server instead of the test server")
     p.add_argument("--model", default="test-model")

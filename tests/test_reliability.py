@@ -462,3 +462,37 @@ def test_resume_refuses_an_edited_config_json(tmp_path, capsys):
     (d / "config.json").write_text(json.dumps(meta))
     assert main(["optimize", "--resume", str(d), "-q"]) == 2
     assert "config.json was edited" in capsys.readouterr().err
+
+
+# -- a 401 injected mid-run by the fault proxy, then a resume after the key is fixed (class 1) -------
+
+def test_401_mid_run_stops_at_once_then_resume_after_the_fix_matches_a_clean_run(tmp_path, capsys,
+                                                                                   quick_thread_switches):
+    from promptopt.testing.faultproxy import FaultProxy
+    from promptopt.testing.openai_server import FakeOpenAIServer
+
+    def argv(url: str, runs: str) -> list[str]:
+        return ["optimize", "--task", "demo", "--strategy", "paraphrase", "--backend", "openai", "--model",
+                "test-model", "--set", f"backend.base_url={url}", "--set", "backend.concurrency=4",
+                "--run-dir", str(tmp_path / runs), "--budget", "150", "--seed", "3", "--no-cache", "-q"]
+
+    with FakeOpenAIServer("test-model", max_lifetime=120) as server:
+        assert main(argv(server.url, "clean")) == 0
+        (clean,) = (tmp_path / "clean").iterdir()
+        with FaultProxy(server.url, max_lifetime=120) as proxy:
+            proxy.queue(*[None] * 40, *["401"] * 10_000)  # the key is revoked after 40 requests
+            assert main(argv(proxy.url, "cut")) == 3
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "401" in err[0] and "--resume" in err[0]
+            assert proxy.injected["401"] <= 8  # at most the requests in flight, then no more calls
+            (cut,) = (tmp_path / "cut").iterdir()
+            assert not (cut / SUMMARY).exists()
+            stop = [json.loads(line) for line in (cut / "events.jsonl").read_text().splitlines()][-1]
+            assert stop["type"] == "run.stop" and any(s["failures_by_kind"].get("http_401")
+                                                      for s in stop["backend_stats"].values())
+            with proxy._lock:
+                proxy._planned.clear()  # the key is fixed
+            assert main(["optimize", "--resume", str(cut), "-q"]) == 0
+    want, got = (json.loads((d / SUMMARY).read_text()) for d in (clean, cut))
+    assert (got["best_prompt"], got["best_dev"], got["best_test"]) == \
+        (want["best_prompt"], want["best_dev"], want["best_test"])

@@ -1,7 +1,8 @@
 """A fault-injecting HTTP proxy for testing clients of OpenAI-compatible servers.
 
 It listens on 127.0.0.1 only, forwards each request to a real upstream server, and at chosen
-rates replaces the exchange with a fault: 429 with or without Retry-After, 500/502/503, a hang
+rates replaces the exchange with a fault: 429 with or without Retry-After, 500/502/503, the fatal
+401 (a revoked key) and 404 (a removed model), a hang
 (no response until the client times out), a dropped connection, malformed JSON, a truncated
 body, or a slow (but correct) response. It counts what it injected. Faults can also be queued to
 hit the next requests in order, which makes tests deterministic. It stops itself after
@@ -23,7 +24,8 @@ from urllib.parse import urlsplit
 from promptopt.testing._http import Handler, LocalService, respond
 
 FAULTS = ("429", "429_no_retry_after", "500", "502", "503", "hang", "drop", "malformed",
-          "truncated", "slow")
+          "truncated", "slow", "401", "404")
+FATAL = ("401", "404")  # no retry can fix these: a client must stop
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                "proxy-connection", "te", "trailer", "upgrade"}
 
@@ -94,7 +96,7 @@ class FaultProxy(LocalService):
 
     def _handle(self, h: Handler, body: bytes) -> None:
         fault = self._choose()
-        if fault in ("429", "429_no_retry_after", "500", "502", "503"):
+        if fault in ("429", "429_no_retry_after", "500", "502", "503", "401", "404"):
             status = int(fault[:3])
             extra = {"Retry-After": f"{self.retry_after:g}"} if fault == "429" else {}
             return respond(h, status, _error_body(status), extra)
@@ -139,6 +141,7 @@ class FaultProxy(LocalService):
 
 def _error_body(status: int) -> bytes:
     message = {429: "Rate limit reached", 500: "Internal server error", 502: "Bad gateway",
-               503: "Service unavailable"}[status]
+               503: "Service unavailable", 401: "Incorrect API key provided",
+               404: "The model does not exist"}[status]
     return json.dumps({"error": {"message": f"{message} (injected by faultproxy)",
                                  "type": "server_error", "code": status}}).encode()
