@@ -496,3 +496,22 @@ def test_401_mid_run_stops_at_once_then_resume_after_the_fix_matches_a_clean_run
     want, got = (json.loads((d / SUMMARY).read_text()) for d in (clean, cut))
     assert (got["best_prompt"], got["best_dev"], got["best_test"]) == \
         (want["best_prompt"], want["best_dev"], want["best_test"])
+
+
+def test_a_long_503_outage_stops_resumably_instead_of_finishing(tmp_path, capsys, quick_thread_switches):
+    from promptopt.testing.faultproxy import FaultProxy
+    from promptopt.testing.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer("test-model", max_lifetime=120) as server, FaultProxy(server.url, max_lifetime=120) as proxy:
+        proxy.queue(*[None] * 40, *["503"] * 100_000)
+        code = main(["optimize", "--task", "demo", "--strategy", "paraphrase", "--backend", "openai", "--model",
+                     "test-model", "--set", f"backend.base_url={proxy.url}", "--set", "backend.max_retries=0",
+                     "--run-dir", str(tmp_path / "runs"), "--budget", "400", "--no-cache", "-q"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 3 and "failed" in err[-1] and "the run is resumable" in err[-1]  # search or final report
+        (d,) = (tmp_path / "runs").iterdir()
+        assert not (d / SUMMARY).exists()
+        with proxy._lock:
+            proxy._planned.clear()  # the outage ends
+        assert main(["optimize", "--resume", str(d), "-q"]) == 0
+    assert json.loads((d / SUMMARY).read_text())["best_test"] is not None
