@@ -350,11 +350,13 @@ class Run:
 
     def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str) -> None:
         """Failed evaluations are data, but a run mostly made of them is no result: stop before logging
-        the batch that reaches max_failures, or any failed final/test one, so a resume redoes it live."""
+        the batch that reaches max_failures, or a final/test evaluation in which every example failed (the
+        report would have no score), so a resume redoes it live."""
         failed = [ev for ev in batch if ev.state == "failed"]
         total = self.failures + len(failed)
-        if failed and phase != "search":
-            raise RunStopped(f"an evaluation for the {phase} report failed: {failed[-1].error}")
+        dead = [ev for ev in failed if all(r.error for r in ev.results)]  # no results: a batch-wide error
+        if dead and phase != "search":
+            raise RunStopped(f"an evaluation for the {phase} report failed: {dead[-1].error}")
         if failed and total >= self.max_failures:
             raise RunStopped(f"{total} evaluations failed (max_failures={self.max_failures}); "
                              f"the last: {failed[-1].error}")

@@ -515,3 +515,12 @@ def test_a_long_503_outage_stops_resumably_instead_of_finishing(tmp_path, capsys
             proxy._planned.clear()  # the outage ends
         assert main(["optimize", "--resume", str(d), "-q"]) == 0
     assert json.loads((d / SUMMARY).read_text())["best_test"] is not None
+
+
+def test_some_failing_examples_in_the_final_report_are_data_not_a_stop(tmp_path):
+    """Requests that always fail (chosen by content, as a too-long example would) must not make a run
+    unfinishable: only a final evaluation with no result at all stops it."""
+    run = make_run(_paraphrase(), target=FakeBackend(fail_rate=0.1), run_dir=tmp_path, budget=Budget(max_examples=200))
+    run.max_failures = 10**6
+    report = run.run()
+    assert report.failures > 0 and report.stop_reason

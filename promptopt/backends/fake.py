@@ -6,10 +6,11 @@ reproducible); generation replays scripted replies, or writes a deterministic in
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from typing import Callable, Sequence
 
-from pydantic import NonNegativeFloat, NonNegativeInt
+from pydantic import NonNegativeFloat, NonNegativeInt, confloat
 
 from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptions, GenRequest, GenResult, LLRequest,
                                      LLResult)
@@ -35,6 +36,7 @@ def _variant(text: str, seed: int | None) -> str:
 
 class FakeOptions(BackendOptions):
     fail_every: NonNegativeInt = 0  # every Nth batch call raises a (non-fatal) BackendError
+    fail_rate: confloat(ge=0, lt=1) = 0.0  # type: ignore[valid-type]  # share of requests that fail, by content
     delay: NonNegativeFloat = 0.0
 
 
@@ -44,10 +46,12 @@ class FakeBackend:
     Options = FakeOptions
 
     def __init__(self, model: str = "fake", replies: Sequence[str] | Callable[[GenRequest], str] = (),
-                 fail_every: int = 0, delay: float = 0.0, **_: object):
+                 fail_every: int = 0, fail_rate: float = 0.0, delay: float = 0.0, **_: object):
         self.model = model
         self._replies = replies if callable(replies) else list(replies)
         self.fail_every = fail_every
+        # Chosen by the request's text, not by call order: the same requests fail in a resumed run.
+        self.fail_rate = fail_rate
         self.delay = delay  # seconds per batch call: lets crash tests kill a run mid-call
         self.calls = 0  # batch calls made (tests assert on this, e.g. zero after a cache re-run)
         self.requests = 0
@@ -79,5 +83,7 @@ class FakeBackend:
 
     def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
         self._tick(len(reqs))
-        return [LLResult(-1.0 - 4.0 * _unit(r.context + "\x00" + r.continuation),
+        return [LLResult(math.nan, usage=Usage(1, 0, 0), error="fake backend: injected request failure")
+                if self.fail_rate and _unit("fail\x00" + r.context) < self.fail_rate else
+                LLResult(-1.0 - 4.0 * _unit(r.context + "\x00" + r.continuation),
                          usage=Usage(1, len((r.context + r.continuation).split()), 0)) for r in reqs]
