@@ -4,18 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from promptopt.runlog import EVENTS, read_events
+from promptopt.runlog import load_run
 
 RL_CURVES = "rl_curves.png"
 
 
 def rl_curves(run_dir: str | Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(step, mean sampled reward) and (step, greedy prompt's dev score) from rlprompt's notes."""
-    events, _ = read_events(Path(run_dir) / EVENTS)
     rewards, dev = [], []
-    for e in events:
-        if e.get("type") != "note":
-            continue
+    for e in load_run(Path(run_dir)).notes:
         if e.get("kind") == "rl.step" and "reward" in e:
             rewards.append((e["rl_step"], e["reward"]))
         elif e.get("kind") == "rl.eval" and e.get("dev_score") is not None:
