@@ -128,8 +128,9 @@ class PromptQuine:
                         self.pending.append(child)
             return self._requests(ctx)
         self.pending = []
-        if self.config.mode == "ta":
-            assert self.current is not None
+        if self.config.mode == "ta" and self.current is None:  # the full prompt's evaluation failed: again
+            self.pending = [(frozenset(), self.base)]
+        elif self.config.mode == "ta":
             while self.cursor < len(self.order) and not self.pending:
                 i = self.order[self.cursor]
                 self.cursor += 1
