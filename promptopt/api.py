@@ -121,6 +121,9 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    check_task = getattr(strategy, "check_task", None)  # settings the task cannot carry: refused before any model loads
+    if callable(check_task):
+        check_task(task.without_test())
     cache = None
     if cfg.cache:
         cache = ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path())

@@ -33,7 +33,7 @@ from pydantic import Field
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.strategies.blocks.parsing import clean_prompt, strip_wrapping
 from promptopt.registry import register_strategy
-from promptopt.strategies.blocks.selection import SelectionConfig, Selector
+from promptopt.strategies.blocks.selection import RacingConfig, SelectionConfig, Selector, check_racing
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
 from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, ExampleResult, normalize_prompt
@@ -78,6 +78,8 @@ class APOConfig(StrategyConfig):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="optimizer sampling temperature")
     max_tokens: int = Field(256, ge=16, description="longest optimizer reply")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="how the next beam is chosen")
+    racing: RacingConfig = Field(default_factory=RacingConfig, description="race each selection step instead of "
+                                 "selection.method (blocks.selection)")
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,12 @@ class APO:
                  texts=[c.text for i, c in enumerate(children) if i not in picked])
         return [children[i] for i in picked]
 
+    def check_task(self, task: Task) -> None:
+        check_racing(self.config.racing, len(task.split(self.config.selection.split)))
+
     def _start_selection(self, ctx: Context, pool: list[Candidate]) -> None:
-        self.selector = self.config.selection.make()
+        racing = self.config.racing
+        self.selector = racing.make(split=self.config.selection.split) if racing.enabled else self.config.selection.make()
         self.selector.start(ctx, pool, self._selection_room(ctx), keep=self.config.beam_width)
 
     def _end_selection(self, ctx: Context) -> None:

@@ -44,6 +44,7 @@ from promptopt.backends.base import GenRequest, GenResult
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.pareto import frontier, merge_subsample, sample_parent
 from promptopt.strategies.blocks.parsing import clean_prompt, extract_marked
+from promptopt.strategies.blocks.selection import RacingConfig, check_racing, paired_t_pvalue
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context, ScoreRequest
 from promptopt.task import Task
@@ -106,6 +107,9 @@ class GEPAConfig(TemplateSettings):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer sampling temperature (GEPA passes none, "
                                "so an API model's default of 1.0 applies)")
     max_tokens: int = Field(256, ge=16, description="longest optimizer reply")
+    racing: RacingConfig = Field(default_factory=RacingConfig, description="score an accepted child on the Pareto "
+                                 "set block by block and drop it when clearly worse than the pool's best "
+                                 "(blocks.selection; max_blocks does not apply: admission needs the whole set)")
 
 
 @register_strategy("gepa")
@@ -254,18 +258,39 @@ class GEPA:
             return False
         return (yield from self._admit(child))
 
+    def check_task(self, task: Task) -> None:
+        check_racing(self.config.racing, len(task.split("dev")))
+
     def _admit(self, child: Candidate) -> Plan:
-        """Score an accepted child on the rest of the Pareto set and add it to the pool."""
+        """Score an accepted child on the rest of the Pareto set and add it to the pool (with racing:
+        block by block, stopping when a paired test says it is worse than the pool's best)."""
         seen = self.ctx.history.results(child.id, "dev")
         missing = tuple(i for i in self.pareto_ids if i not in seen)
-        if missing:
-            yield [ScoreRequest(child, "dev", example_ids=missing)]
+        step = self.config.racing.block if self.config.racing.enabled else len(missing)
+        for start in range(0, len(missing), max(1, step)):
+            yield [ScoreRequest(child, "dev", example_ids=missing[start:start + step])]
+            if start + step < len(missing) and self._raced_out(child):
+                return False
         if any(i not in self.ctx.history.results(child.id, "dev") for i in self.pareto_ids):
             return False
         self.pool.append(child)
         self.ctx.note("gepa.accepted", candidate=child.id, origin=child.origin, pool=len(self.pool),
                       frontier=len(frontier(self.scores(), [c.id for c in self.pool])))
         return True
+
+    def _raced_out(self, child: Candidate) -> bool:
+        """Whether the child is significantly worse than the pool's best on the Pareto examples it has."""
+        mine = self.ctx.history.results(child.id, "dev")
+        ids = [i for i in self.pareto_ids if i in mine]
+        scores = self.scores()
+        if len(ids) < 2 or not scores:
+            return False
+        leader = max(scores, key=lambda c: sum(scores[c][i] for i in ids))
+        p = paired_t_pvalue([scores[leader][i] for i in ids], [mine[i].score for i in ids])
+        if p < self.config.racing.alpha:
+            self.ctx.note("gepa.raced_out", candidate=child.id, leader=leader, examples=len(ids), p=round(p, 4))
+            return True
+        return False
 
     def _related(self, a: Candidate, b: Candidate) -> bool:
         """Whether one is an ancestor of the other (a merge of those would add nothing new)."""

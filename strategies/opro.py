@@ -21,6 +21,8 @@ train, so the optimizer never sees the examples its proposals are judged on.
 `feedback_rejected` (off by default; not in the paper) lists the previous step's rejected proposals
 and the reason for each in the next meta-prompt, so a model that keeps repeating itself is told.
 Every meta-prompt is an editable template: `promptopt templates --strategy opro`.
+`racing` (off by default; see blocks.selection) scores each step's proposals block by block against
+the best instruction so far; a proposal dropped from the race is left out of later trajectories.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pydantic import Field
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.parsing import clean_prompt, extract_marked
+from promptopt.strategies.blocks.selection import Racing, RacingConfig, check_racing
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context, ScoreRequest
 from promptopt.task import Task
@@ -77,6 +80,8 @@ class OPROConfig(TemplateSettings):
     feedback_rejected: bool = Field(False, description="show the previous step's rejected proposals and why in the "
                                     "next meta-prompt (not in the paper)")
     max_rejected_shown: int = Field(4, ge=1, description="rejected proposals shown when feedback_rejected is on")
+    racing: RacingConfig = Field(default_factory=RacingConfig, description="score proposals in blocks and drop "
+                                 "the clearly worse early (blocks.selection)")
 
 
 @register_strategy("opro")
@@ -90,12 +95,23 @@ class OPRO:
         self.seeded = False
         self.step = 0  # optimization steps done (the seed round is not one)
         self.rejected: list[tuple[str, str]] = []  # (proposal as read, or the raw reply; reason) of the last step
+        self.race: Racing | None = None
+        self.dropped: set[str] = set()  # proposals dropped from a race
+
+    def check_task(self, task: Task) -> None:
+        check_racing(self.config.racing, len(task.split("dev")))
 
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if not self.seeded:
             self.seeded = True
             return [ScoreRequest(Candidate(p, origin="seed"), "dev", n=self.config.eval_examples)
                     for p in ctx.task.seed_prompts]
+        if self.race is not None:
+            reqs = self.race.requests()
+            if reqs:
+                return reqs
+            self.dropped |= self.race.dropped - {self.race.incumbent}  # the incumbent keeps its full score
+            self.race = None
         # No scored instruction (every seed failed) leaves nothing to show the optimizer.
         while ctx.history.ranked("dev") and self.step < self.config.steps:
             room = self._room(ctx)
@@ -106,12 +122,26 @@ class OPRO:
             if len(proposals) > room:
                 ctx.note("proposal.dropped", reason="no budget left to score it", texts=[c.text for c in proposals[room:]])
                 proposals = proposals[:room]
+            if proposals and self.config.racing.enabled:
+                return self._start_race(ctx, proposals)
             if proposals:
                 return [ScoreRequest(c, "dev", n=self.config.eval_examples) for c in proposals]
         return []
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
-        """Nothing to update: the trajectory is read from ctx.history at every step."""
+        """Nothing else to update: the trajectory is read from ctx.history at every step."""
+        if self.race is not None:
+            self.race.update(evals)
+
+    def _start_race(self, ctx: Context, proposals: list[Candidate]) -> list[ScoreRequest]:
+        """Race the proposals against the best instruction so far (already scored: it costs nothing)."""
+        racing = self.config.racing
+        self.race = racing.make(target=racing.target(self.config.eval_examples, len(ctx.task.split("dev"))))
+        self.race.stop_at_keep = False  # every survivor gets its full evaluation
+        incumbent = self.trajectory(ctx)[-1][0]
+        self.race.incumbent = incumbent.id
+        self.race.start(ctx, [incumbent, *proposals], budget=1 << 60, keep=1)
+        return self.race.requests()
 
     def _room(self, ctx: Context) -> int:
         """How many more instructions the example budget can score (a large number if unlimited)."""
@@ -124,7 +154,8 @@ class OPRO:
     # -- the meta-prompt --
     def trajectory(self, ctx: Context) -> list[tuple[Candidate, float]]:
         """The best `max_instructions` scored instructions, worst first (the paper's ascending order)."""
-        return ctx.history.ranked("dev")[: self.config.max_instructions][::-1]
+        ranked = [(c, s) for c, s in ctx.history.ranked("dev") if c.id not in self.dropped]
+        return ranked[: self.config.max_instructions][::-1]
 
     def meta_prompt(self, ctx: Context, trajectory: Sequence[tuple[Candidate, float]]) -> str:
         pairs = [self.prompts["pair"].format(instruction=c.text, score=round(100 * s)) for c, s in trajectory]

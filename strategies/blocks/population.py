@@ -4,6 +4,8 @@
 EvoPrompt and Plum; `IterativeSearch` is the ask/tell skeleton they all share: each iteration
 proposes candidates, asks the loop to score only those not scored before, turns the results into
 members (fitness from `promptopt.strategies.blocks.plum_score.Objective`) and hands them to the strategy's `update`.
+With `racing` on (see `promptopt.strategies.blocks.selection`), the new candidates are scored block by
+block against the best member so far, and those dropped from the race are marked `dropped`.
 Everything is a function of ctx.rng and the results, so replay-based resume rebuilds the state.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Sequence
 from pydantic import Field
 
 from promptopt.strategies.blocks.plum_score import PLUM_ENTROPY_WEIGHT, Objective, ObjectiveName
+from promptopt.strategies.blocks.selection import Racing, RacingConfig, check_racing
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
 from promptopt.types import Candidate, Evaluation
 
@@ -28,6 +31,7 @@ class Member:
     candidate: Candidate
     fitness: float = math.nan
     deleted: tuple[str, ...] = ()
+    dropped: bool = False  # dropped from a race: scored on fewer examples, never selected
 
     @property
     def id(self) -> str:
@@ -39,8 +43,8 @@ class Member:
 
     @property
     def rank_key(self) -> float:
-        """Sort key: a failed (NaN) member ranks below everything."""
-        return -math.inf if math.isnan(self.fitness) else self.fitness
+        """Sort key: a failed (NaN) or raced-out member ranks below everything."""
+        return -math.inf if math.isnan(self.fitness) or self.dropped else self.fitness
 
 
 def best(members: Sequence[Member]) -> Member:
@@ -79,6 +83,8 @@ class SearchConfig(StrategyConfig):
                                      "(classification); likelihood: mean gold-option log-probability; "
                                      "task: the task metric")
     entropy_weight: float = Field(PLUM_ENTROPY_WEIGHT, ge=0.0, description="weight of the label entropy (plum)")
+    racing: RacingConfig = Field(default_factory=RacingConfig, description="score new candidates in blocks and "
+                                 "drop the clearly worse early (blocks.selection)")
 
 
 class IterativeSearch:
@@ -95,6 +101,7 @@ class IterativeSearch:
         self._started = False
         self._pending: list[Member] | None = None
         self._objective: Objective | None = None
+        self._race: Racing | None = None
 
     # -- hooks --
     def initial(self, ctx: Context) -> list[Member]:
@@ -115,7 +122,18 @@ class IterativeSearch:
         raise NotImplementedError
 
     # -- the protocol --
+    def check_task(self, task) -> None:
+        check_racing(self.config.racing, len(task.split("dev")))
+
     def ask(self, ctx: Context) -> list[ScoreRequest]:
+        if self._race is not None:
+            reqs = self._race.requests()
+            if reqs:
+                return reqs
+            race, self._race = self._race, None
+            proposals, self._pending = self._pending or [], None
+            dropped = race.dropped - {race.incumbent}  # the incumbent keeps its full score
+            self._absorb(ctx, [replace(m, dropped=True) if m.id in dropped else m for m in proposals])
         while True:
             if not self._started:
                 proposals = self.initial(ctx)
@@ -132,13 +150,29 @@ class IterativeSearch:
                 proposals = [m for m in proposals if m.id in fresh or m.id in ctx.history]
             if fresh:
                 self._pending = proposals
+                if self.config.racing.enabled:
+                    return self._start_race(ctx, list(fresh.values()))
                 return [ScoreRequest(c, "dev", n=self.config.eval_examples) for c in fresh.values()]
             self._absorb(ctx, proposals)  # nothing new to score: this iteration is already decided
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
+        if self._race is not None:
+            self._race.update(evals)  # the race decides in the next ask, from the history
+            return
         if self._pending is not None:
             proposals, self._pending = self._pending, None
             self._absorb(ctx, proposals)
+
+    def _start_race(self, ctx: Context, fresh: list[Candidate]) -> list[ScoreRequest]:
+        """Race the new candidates against the best member so far (which costs nothing more)."""
+        racing = self.config.racing
+        dev = len(ctx.task.split("dev"))
+        self._race = racing.make(target=racing.target(self.config.eval_examples, dev))
+        self._race.stop_at_keep = False  # every survivor gets its full evaluation
+        incumbent = [self.best.candidate] if self.best is not None and self.best.id not in {c.id for c in fresh} else []
+        self._race.incumbent = incumbent[0].id if incumbent else ""
+        self._race.start(ctx, incumbent + fresh, budget=1 << 60, keep=1)
+        return self._race.requests()
 
     def _room(self, ctx: Context) -> int:
         """How many new candidates the example budget still pays for (a large number if unlimited)."""

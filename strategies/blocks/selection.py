@@ -23,18 +23,79 @@ Methods (those ProTeGi compares; Pryzant et al. 2023, §2.2):
          examples and reject the single worst, until `keep` remain
   sh     successive halving (Karnin et al. 2013): rounds that top survivors up and keep the
          better half, until `keep` remain
+  race   statistical racing (CAPO, Zehle et al. 2025): survivors are scored block by block on the
+         same unseen examples; after each block an arm significantly worse than the current best on
+         the examples they share (one-sided paired t-test at `alpha`) is dropped
+
+Racing for every strategy. One option, the same in every population strategy (evoprompt_ga,
+evoprompt_de, plum_ga, harmony, the other Plum searches, opro, gepa, apo), turns racing on:
+
+    --set evoprompt_ga.racing=true                      (RacingConfig defaults)
+    --set opro.racing.enabled=true --set opro.racing.block=16 --set opro.racing.alpha=0.1
+
+  enabled     off by default: runs without it are exactly as before
+  block       dev examples per block (CAPO: 30)
+  alpha       significance level of the paired test (CAPO: 0.2)
+  max_blocks  blocks a candidate is scored on at most (null: as many as the strategy's own
+              evaluation size allows)
+
+A population strategy then scores each round's new candidates block by block against its best
+candidate so far (the incumbent) instead of on all `eval_examples` at once; a candidate dropped from
+the race keeps the scores it has but never enters the population or beats the incumbent. APO races
+its selection step instead of `selection.method`. GEPA races the full evaluation of a child that
+passed its minibatch acceptance. The test compares per-example task scores, whatever fitness the
+strategy ranks by; it uses no randomness, so resume rebuilds every decision. A block larger than the
+dev split is a ConfigError before any model loads (`check_racing`).
 """
 from __future__ import annotations
 
 import math
 from typing import ClassVar, Iterator, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from promptopt.errors import ConfigError
 from promptopt.strategy import Context, History, ScoreRequest
 from promptopt.types import Candidate, Evaluation
 
 Method = Literal["ucb", "ucb-e", "sr", "sh", "bf"]
+
+
+class RacingConfig(BaseModel):
+    """The one racing option of every population strategy (`--set <strategy>.racing=true` or
+    `racing.enabled=true`, `racing.block=...`); see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="score new candidates in blocks and drop the clearly worse early")
+    block: int = Field(30, ge=2, description="dev examples per block (CAPO: 30)")
+    alpha: float = Field(0.2, gt=0.0, lt=1.0, description="one-sided paired t-test level (CAPO: 0.2)")
+    max_blocks: int | None = Field(None, ge=1, description="blocks per candidate at most (null: the strategy's "
+                                   "evaluation size)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, data: object) -> object:
+        if isinstance(data, bool):  # `racing=true` is short for `racing.enabled=true`
+            return {"enabled": data}
+        if isinstance(data, str) and data.strip().lower() in ("true", "false"):
+            return {"enabled": data.strip().lower() == "true"}
+        return data
+
+    def target(self, wanted: int | None, dev_size: int) -> int:
+        """Examples a candidate that is never dropped is scored on."""
+        n = min(wanted or dev_size, dev_size)
+        return min(n, self.max_blocks * self.block) if self.max_blocks else n
+
+    def make(self, *, split: str = "dev", target: int | None = None) -> "Racing":
+        return Racing(split=split, block=self.block, alpha=self.alpha, max_blocks=self.max_blocks, target=target)
+
+
+def check_racing(racing: RacingConfig, dev_size: int) -> None:
+    """Refuse racing settings that cannot run on a dev split of `dev_size` examples."""
+    if racing.enabled and racing.block > dev_size:
+        raise ConfigError(f"racing.block={racing.block} is larger than the dev split ({dev_size} examples): "
+                          "racing needs at least one full block; lower racing.block")
 
 
 class SelectionConfig(BaseModel):
@@ -243,6 +304,119 @@ class SuccessiveHalving(Selector):
             ranked = self._sorted(alive)
             for arm in reversed(ranked[max(self.keep, math.ceil(len(alive) / 2)):]):
                 self._eliminated.append(arm)
+
+
+class Racing(Selector):
+    """CAPO-style racing: every survivor is topped up block by block to the same examples (the
+    loop's fixed dev order), and after each block an arm is dropped when a one-sided paired t-test
+    on the examples it shares with the current best (the survivor with the highest mean on the
+    shared examples) says it is worse at `alpha`. Arms already scored past a block (incumbents)
+    take part in every test at no cost. The race ends when no survivor needs more examples (each
+    reached `target`, or `max_blocks` blocks), the budget is spent, or `keep` arms remain (only
+    when racing a selection step: `stop_at_keep`)."""
+
+    method = "race"
+
+    def __init__(self, *, split: str = "dev", block: int = 30, alpha: float = 0.2, max_blocks: int | None = None,
+                 target: int | None = None, stop_at_keep: bool = True, **_: object):
+        super().__init__(split=split, samples_per_eval=block)
+        self.block = block
+        self.alpha = alpha
+        self.max_blocks = max_blocks
+        self.target = target
+        self.stop_at_keep = stop_at_keep
+        self.incumbent = ""  # id of an arm the caller keeps whatever the race says (optional)
+
+    @property
+    def dropped(self) -> set[str]:
+        return {c.id for c in self._eliminated}
+
+    def _plan_all(self) -> Iterator[list[ScoreRequest]]:
+        yield from self._plan()  # a race is run even for few arms: it saves examples, not rankings
+
+    def _plan(self) -> Iterator[list[ScoreRequest]]:
+        target = self.target if self.target is not None else max(1, self.budget // max(1, len(self._arms)))
+        target = min(target, self._size)
+        if self.max_blocks:
+            target = min(target, self.max_blocks * self.block)
+        k = 0
+        while True:
+            k += 1
+            alive = [a for a in self._survivors() if a.id not in self._failed]
+            reqs = self._top_up(alive, min(k * self.block, target))
+            if not reqs:
+                return
+            yield reqs
+            self._race(alive)
+            if self.stop_at_keep and len(self._survivors()) <= self.keep:
+                return
+
+    def _race(self, alive: Sequence[Candidate]) -> None:
+        live = [a for a in alive if a.id not in self._failed and self.n(a) > 0]
+        if len(live) < 2:
+            return
+        results = {a.id: self._history.results(a.id, self.split) for a in live}
+        shared = set.intersection(*(set(r) for r in results.values()))
+        if len(shared) < 2:
+            return
+        ids = sorted(shared)
+        scores = {a.id: [results[a.id][i].score for i in ids] for a in live}
+        leader = max(live, key=lambda a: sum(scores[a.id]))  # ties: the earlier arm (incumbents first)
+        worse = [a for a in live if a.id != leader.id
+                 and paired_t_pvalue(scores[leader.id], scores[a.id]) < self.alpha]
+        for arm in sorted(worse, key=lambda a: sum(scores[a.id])):  # worst first
+            self._eliminated.append(arm)
+
+
+def paired_t_pvalue(best: Sequence[float], other: Sequence[float]) -> float:
+    """One-sided p-value of a paired t-test that `best` scores higher than `other` on the same
+    examples (H0: mean difference <= 0). All differences equal: 0 if positive, else 1."""
+    d = [b - o for b, o in zip(best, other)]
+    n = len(d)
+    if n < 2:
+        return 1.0
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    if var <= 0:
+        return 0.0 if mean > 0 else 1.0
+    t = mean / math.sqrt(var / n)
+    return student_t_sf(t, n - 1)
+
+
+def student_t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (Lentz's method)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)) / a
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = tiny if abs(d) < tiny else d
+        d = 1.0 / d
+        c = 1.0 + num / c
+        c = tiny if abs(c) < tiny else c
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-12:
+            break
+    return front * (f - 1.0)
 
 
 SELECTORS: dict[str, type[Selector]] = {
