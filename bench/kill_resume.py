@@ -28,7 +28,7 @@ STRATEGIES = ("paraphrase", "apo", "evoprompt_ga", "evoprompt_de", "hill_climb",
 
 def cli(runs: Path, strategy: str, fail_rate: float) -> list[str]:
     return [sys.executable, "-m", "promptopt.cli", "optimize", "--task", "demo", "--strategy", strategy,
-            "--backend", "fake", "--model", "m", "--set", "backend.delay=0.02", "--set", f"backend.fail_rate={fail_rate}",
+            "--backend", "fake", "--model", "m", "--set", "backend.delay=0.05", "--set", f"backend.fail_rate={fail_rate}",
             "--set", "max_failures=100000", "--budget", "300", "--seed", "5", "--run-dir", str(runs), "--no-cache",
             "-q"]
 
@@ -45,11 +45,17 @@ def report(run_dir: Path) -> tuple[Any, ...]:
 
 
 def reference(tmp: Path, strategy: str, fail_rate: float) -> tuple[Path, float]:
+    """An uninterrupted run, and how long its logged part took (first to last event)."""
     runs = tmp / f"ref-{strategy}-{fail_rate}"
-    started = time.monotonic()
     subprocess.run(cli(runs, strategy, fail_rate), check=True, capture_output=True, timeout=600)
     (d,) = runs.iterdir()
-    return d, time.monotonic() - started
+    events, _ = read_events(d / "events.jsonl")
+    return d, events[-1]["time"] - events[0]["time"]
+
+
+def _logging(runs: Path) -> bool:
+    """The run has logged its first evaluation: the search loop is running."""
+    return any(b'"type":"eval"' in p.read_bytes() for p in runs.glob("*/events.jsonl"))
 
 
 def trial(tmp: Path, i: int, strategy: str, fail_rate: float, ref: Path, ref_seconds: float,
@@ -57,7 +63,10 @@ def trial(tmp: Path, i: int, strategy: str, fail_rate: float, ref: Path, ref_sec
     runs = tmp / f"trial-{i}"
     sig = signal.SIGTERM if i % 5 == 4 else signal.SIGKILL
     proc = subprocess.Popen(cli(runs, strategy, fail_rate), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(rng.uniform(0.3, max(0.4, ref_seconds)))  # start-up included: some kills land before the log
+    deadline = time.monotonic() + 60
+    while not _logging(runs) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0, ref_seconds))  # anywhere in the search or the final report
     killed = proc.poll() is None
     proc.send_signal(sig)
     proc.wait(timeout=120)
