@@ -102,7 +102,7 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
     start = next((s for s in log.sessions if s["type"] == "run.start"), None)
     if start is None:
         return []
-    changed = [] if start.get("config") == meta["config"] else ["config.json was edited"]
+    changed = [] if start.get("config") == meta["config"] else ["config.json differs from the config recorded at start"]
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)
         if old != new:

@@ -461,7 +461,7 @@ def test_resume_refuses_an_edited_config_json(tmp_path, capsys):
     meta["config"]["seed"] = 7
     (d / "config.json").write_text(json.dumps(meta))
     assert main(["optimize", "--resume", str(d), "-q"]) == 2
-    assert "config.json was edited" in capsys.readouterr().err
+    assert "config.json differs from the config recorded at start" in capsys.readouterr().err
 
 
 # -- a 401 injected mid-run by the fault proxy, then a resume after the key is fixed (class 1) -------
