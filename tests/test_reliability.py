@@ -524,3 +524,11 @@ def test_some_failing_examples_in_the_final_report_are_data_not_a_stop(tmp_path)
     run.max_failures = 10**6
     report = run.run()
     assert report.failures > 0 and report.stop_reason
+
+
+@pytest.mark.parametrize("text", ["{}", "[1]", '"x"'])
+def test_a_config_json_without_a_config_is_one_clear_line(tmp_path, text, capsys):
+    (tmp_path / "config.json").write_text(text)
+    assert main(["optimize", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert 'has no "config" object' in err and len(err.strip().splitlines()) == 1
