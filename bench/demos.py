@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", default="runs/bench-demos")
     p.add_argument("--out", default="runs/bench-demos/results.jsonl")
     p.add_argument("--table", action="store_true", help="print the table from --out and stop")
+    p.add_argument("--threads", type=int, help="torch threads (1 holds up best on a loaded 2-core machine)")
     return p.parse_args(argv)
 
 
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench/demos.py: unknown method(s) {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     backend = Backends(ResponseCache(default_cache_path())).get(ModelConfig())
     recs = done_keys(out)
     seeds = [int(s) for s in args.seeds.split(",")]

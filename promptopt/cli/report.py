@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from promptopt.api import load_run_config
 from promptopt.cli.plots import plot_dev_by_step, plot_rl_curves
-from promptopt.cli.render import fmt
+from promptopt.cli.render import fmt, significance_line
 from promptopt.cli.show import meta_text
 from promptopt.config import RunConfig
 from promptopt.errors import PromptOptError
@@ -82,6 +82,10 @@ def render_html(run_dir: Path, view: RunView, plots: Sequence[tuple[str, Path]],
              f"<h1>{escape(title)}</h1>", _overview(run_dir, view, config)]
     if best:
         parts.append(f"<h2>Best prompt</h2><pre id=\"best-prompt\">{escape(view.candidates[best]['text'])}</pre>")
+        prefix = (view.summary or {}).get("best_prefix")
+        if prefix and prefix != view.candidates[best]["text"]:
+            parts.append("<h3>As the model reads it (instruction and demos, before each query)</h3>"
+                         f"<pre id=\"best-prefix\">{escape(prefix)}</pre>")
     parts.append("<h2>Score by step</h2>")
     for caption, png in plots:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
@@ -119,6 +123,10 @@ def _overview(run_dir: Path, view: RunView, config: RunConfig | None) -> str:
     if s:
         rows += [("dev: seed → best", f"{fmt(s.get('seed_dev'))} → {fmt(s.get('best_dev'))}"),
                  ("test: seed → best", f"{fmt(s.get('seed_test'))} → {fmt(s.get('best_test'))}")]
+        if s.get("significance"):
+            rows.append(("best vs seed (same test examples)", significance_line(s["significance"])))
+        if s.get("best_demos"):
+            rows.append(("best prompt's demos", ", ".join(s["best_demos"])))
     return "<table class=\"overview\">" + "".join(
         f"<tr><th>{escape(k)}</th><td class=\"text\">{escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
@@ -133,6 +141,8 @@ def _lineage(view: RunView, best: str) -> str:
         if extra:
             head += " · also from " + ", ".join(p[:8] for p in extra)
         why = meta_text(c)
+        if c.get("demos"):
+            head += f" · {len(c['demos'])} demos: " + ", ".join(c["demos"])
         items.append(f"<li><div>{escape(head)}</div><pre>{escape(c['text'])}</pre>"
                      + (f"<div class=\"why\">critique / edit that made it:<pre>{escape(why)}</pre></div>" if why else "")
                      + "</li>")
@@ -145,9 +155,9 @@ def _top_candidates(view: RunView, best: str | None, top: int) -> str:
         c = view.candidates[cid]
         rows.append((f"{i} (chosen)" if cid == best else i, cid[:8], c.get("origin", ""), view.first_step[cid],
                      fmt(view.score(cid)), view.n(cid),
-                     fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", c["text"]))
+                     fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", len(c.get("demos", ())), c["text"]))
     return f"<h2>Top {len(rows)} candidates by dev score</h2>" + _table(
-        ("#", "id", "origin", "step", "dev", "n dev", "test", "prompt"), rows, text_col=7)
+        ("#", "id", "origin", "step", "dev", "n dev", "test", "demos", "prompt"), rows, text_col=8)
 
 
 def _costs(view: RunView) -> str:

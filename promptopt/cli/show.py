@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from promptopt.cli.render import fmt, short
+from promptopt.cli.render import fmt, short, significance_line
 from promptopt.runlog import load_run
 
 
@@ -24,12 +24,13 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     view = load_run(run_dir)
     ranked = view.ranked()
     t = Table(title=f"top candidates — {run_dir}")
-    for col in ("id", "origin", "dev", "n", "test", "prompt"):
+    for col in ("id", "origin", "dev", "n", "test", "demos", "prompt"):
         t.add_column(col, overflow="fold")
     for cid in ranked[:top]:
         c = view.candidates[cid]
         t.add_row(cid[:8], c.get("origin", ""), fmt(view.score(cid)), str(view.n(cid)),
-                  fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", short(c["text"], 60))
+                  fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", str(len(c.get("demos", ()))),
+                  short(c["text"], 60))
     console.print(t)
     best = view.best_id()
     if best:
@@ -39,6 +40,8 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                                  f"dev {fmt(view.score(c['candidate_id']))}: {short(c['text'], 80)}"))
             for line in meta_text(c).splitlines():
                 console.print(escape(f"      {short(line, 100)}"))
+            if c.get("demos"):
+                console.print(escape(f"      demos (train ids, in order): {', '.join(c['demos'])}"))
     steps = Table(title="best dev score by step")
     for col in ("step", "best dev", "candidates"):
         steps.add_column(col, justify="right")
@@ -50,3 +53,5 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     if view.summary:
         console.print(f"stop: {view.summary.get('stop_reason')} · seed dev {fmt(view.summary.get('seed_dev'))} "
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
+        if view.summary.get("significance"):
+            console.print(significance_line(view.summary["significance"]))
