@@ -97,13 +97,14 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| strategy | optimizer | seed dev | best dev | seed test | best test | Δ test | "
-            "scored ex. | opt. calls | wall s |")
-    lines = [head, "|" + "---|" * 10]
+            "seeds p<0.05 | scored ex. | opt. calls | wall s |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         cells = [r["strategy"], r["optimizer"]]
         for key in ("seed_dev", "best_dev", "seed_test", "best_test", "delta_test"):
             m, s = r[key]
             cells.append(f"{m:.3f} ± {s:.3f}")
+        cells.append(f"{r['significant']}/{r['seeds']}")
         cells += [f"{r['examples'][0]:.0f}", f"{r['optimizer_calls'][0]:.1f}", f"{r['seconds'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -164,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         row["examples"] = mean_std([s["search"]["examples"] for s in summaries])
         row["optimizer_calls"] = mean_std([s["search"]["optimizer_calls"] for s in summaries])
         row["seconds"] = mean_std([s["seconds"] for s in summaries])
+        # Seeds whose best prompt beat the seed prompt on the same test examples (McNemar / bootstrap).
+        row["significant"] = sum(1 for s in summaries if (s.get("significance") or {}).get("p", 1.0) < 0.05
+                                 and s["significance"]["diff"] > 0)
+        row["seeds"] = len(summaries)
         rows.append(row)
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     out = Path(args.out) if args.out else run_dir / "strategies"
