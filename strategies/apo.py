@@ -34,7 +34,8 @@ from promptopt.backends.base import GenRequest, GenResult
 from promptopt.strategies.blocks.parsing import clean_prompt, strip_wrapping
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.selection import RacingConfig, SelectionConfig, Selector, check_racing
-from promptopt.strategy import Context, ScoreRequest, StrategyConfig
+from promptopt.strategies.blocks.templates import Template, TemplateSettings
+from promptopt.strategy import Context, ScoreRequest
 from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, ExampleResult, normalize_prompt
 
@@ -52,6 +53,10 @@ EDIT = (FRAME + "\n\nIt got these examples wrong:\n\n{errors}\n\n"
 PARAPHRASE = ("Rewrite the instruction below in other words, keeping its meaning. "
               "Reply with the new instruction only, wrapped in <START> and <END>.\n\nInstruction: {prompt}")
 
+TEMPLATES = (Template("apo.gradient", GRADIENT, "critique: {k} reasons why the instruction led to the errors"),
+             Template("apo.edit", EDIT, "rewrite: {k} instructions that avoid the problem a critique names"),
+             Template("apo.paraphrase", PARAPHRASE, "Monte-Carlo paraphrase of an instruction"))
+
 _TAGGED = re.compile(r"<\s*START\s*>(.*?)<\s*END\s*>", re.I | re.S)
 _TAG = re.compile(r"<\s*/?\s*(?:START|END)\s*>", re.I)
 _LABEL_LINE = re.compile(r"^[^\n]{0,80}:[ \t]*\n")  # "Modified instruction:" above the text itself
@@ -65,7 +70,9 @@ MIN_ECHO_CHARS = 20  # a reply this long found verbatim in our request is parrot
 MAX_GRADIENT_CHARS = 600
 
 
-class APOConfig(StrategyConfig):
+class APOConfig(TemplateSettings):
+    TEMPLATES = TEMPLATES
+
     rounds: int = Field(6, ge=1, description="expansion rounds (beam-search depth)")
     beam_width: int = Field(4, ge=1, description="prompts kept after each selection")
     minibatch_size: int = Field(64, ge=1, description="train examples per round on which errors are found")
@@ -98,6 +105,7 @@ class APO:
 
     def __init__(self, config: APOConfig):
         self.config = config
+        self.prompts = config.templates()
         self.round = 0  # expansion rounds done
         self.beam: list[Candidate] = []
         self.minibatch: tuple[str, ...] = ()  # example ids of the current round's minibatch
@@ -227,7 +235,7 @@ class APO:
                 continue
             for _ in range(cfg.n_gradients):
                 groups.append((parent, tuple(ctx.rng.sample(errors, min(len(errors), cfg.errors_per_gradient)))))
-        asks = [GRADIENT.format(job=_job(ctx.task), prompt=p.text, errors=_show_errors(ctx.task, errs),
+        asks = [self.prompts["gradient"].format(job=_job(ctx.task), prompt=p.text, errors=_show_errors(ctx.task, errs),
                                 k=cfg.reasons_per_gradient) for p, errs in groups]
         outs = ctx.require_optimizer().generate([self._request(a) for a in asks], purpose="apo.gradient")
         gradients = []
@@ -237,7 +245,7 @@ class APO:
         return gradients
 
     def _edits(self, ctx: Context, gradients: list[_Gradient]) -> list[Candidate]:
-        asks = [EDIT.format(job=_job(ctx.task), prompt=g.parent.text, errors=_show_errors(ctx.task, g.errors),
+        asks = [self.prompts["edit"].format(job=_job(ctx.task), prompt=g.parent.text, errors=_show_errors(ctx.task, g.errors),
                             gradient=g.text, k=self.config.edits_per_gradient) for g in gradients]
         outs = ctx.require_optimizer().generate([self._request(a) for a in asks], purpose="apo.edit")
         edits = []
@@ -253,7 +261,7 @@ class APO:
         Each keeps its beam parent as lineage and, for an edit's paraphrase, the edit's gradient."""
         sources = [(e, e.parents[0]) for e in edits] + [(p, p.id) for p in self.beam]
         jobs = [(src, parent_id) for src, parent_id in sources for _ in range(self.config.paraphrases)]
-        asks = [PARAPHRASE.format(prompt=src.text) for src, _ in jobs]
+        asks = [self.prompts["paraphrase"].format(prompt=src.text) for src, _ in jobs]
         outs = ctx.require_optimizer().generate([self._request(a) for a in asks], purpose="apo.paraphrase")
         out = []
         for (src, parent_id), ask, reply in zip(jobs, asks, outs):

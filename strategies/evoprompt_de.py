@@ -7,14 +7,19 @@ so far, and crosses the result with x; the child replaces x only if it scores hi
 for all of a generation's children in one batched call, so the best is updated once per generation."""
 from __future__ import annotations
 
-from promptopt.strategies.blocks.evoprompt import DE_REQUEST, Evolution
+from promptopt.strategies.blocks.evoprompt import DE, PARAPHRASE, Evolution, EvolutionConfig
 from promptopt.strategies.blocks.population import Member, best
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 
 
+class DEConfig(EvolutionConfig):
+    TEMPLATES = (PARAPHRASE, DE)
+
+
 @register_strategy("evoprompt_de")
 class EvoPromptDE(Evolution):
+    Config = DEConfig
     _slots: list[int]  # the population position each proposed child competes for
 
     def generation(self, ctx: Context) -> list[Member]:
@@ -24,7 +29,7 @@ class EvoPromptDE(Evolution):
             others = [m for m in self.population if m.id != x.id]
             a, b = ctx.rng.sample(others, 2) if len(others) >= 2 else [ctx.rng.choice(self.population)
                                                                         for _ in range(2)]
-            text = DE_REQUEST.format(a=a.text, b=b.text, best=leader.text, current=x.text)
+            text = self.prompts["de"].format(a=a.text, b=b.text, best=leader.text, current=x.text)
             requests.append((text, (x, a, b, leader)))
             slots.append(j)
         children = self.ask_optimizer(ctx, requests, "evoprompt.de")

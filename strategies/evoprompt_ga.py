@@ -4,20 +4,26 @@ request, to cross over two parents from the pool and then mutate the result. The
 the `population` fittest distinct prompts of parents and children (EvoPrompt's `topk` survival)."""
 from __future__ import annotations
 
-from promptopt.strategies.blocks.evoprompt import GA_REQUEST, Evolution
+from promptopt.strategies.blocks.evoprompt import CROSSOVER, PARAPHRASE, Evolution, EvolutionConfig
 from promptopt.strategies.blocks.population import Member, roulette, top
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context
 
 
+class GAConfig(EvolutionConfig):
+    TEMPLATES = (PARAPHRASE, CROSSOVER)
+
+
 @register_strategy("evoprompt_ga")
 class EvoPromptGA(Evolution):
+    Config = GAConfig
+
     def generation(self, ctx: Context) -> list[Member]:
         n = self.config.population
         pool = roulette(ctx.rng, self.population, n)
         # Two distinct pool slots per child; they may hold the same prompt, as in EvoPrompt.
         pairs = [tuple(ctx.rng.sample(pool, 2)) for _ in range(n)]
-        requests = [(GA_REQUEST.format(a=a.text, b=b.text), (a, b)) for a, b in pairs]
+        requests = [(self.prompts["crossover"].format(a=a.text, b=b.text), (a, b)) for a, b in pairs]
         return [c for c in self.ask_optimizer(ctx, requests, "evoprompt.crossover") if c]
 
     def survive(self, ctx: Context, children: list[Member]) -> None:

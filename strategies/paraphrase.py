@@ -11,14 +11,20 @@ from pydantic import Field
 from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
-from promptopt.strategy import Context, ScoreRequest, StrategyConfig
+from promptopt.strategies.blocks.templates import Template, TemplateSettings
+from promptopt.strategy import Context, ScoreRequest
 from promptopt.types import Candidate, Evaluation
 
 INSTRUCTION = ("Rewrite the following instruction so that a language model follows it better. "
                "Keep its meaning and task. Reply with the new instruction only.\n\nInstruction: {prompt}")
 
 
-class ParaphraseConfig(StrategyConfig):
+REWRITE = Template("paraphrase.rewrite", INSTRUCTION, "rewrite one of the best prompts")
+
+
+class ParaphraseConfig(TemplateSettings):
+    TEMPLATES = (REWRITE,)
+
     rounds: int = Field(4, ge=1, description="rewrite rounds after scoring the seed prompts")
     proposals: int = Field(4, ge=1, description="rewrites asked for in each round")
     parents: int = Field(2, ge=1, description="how many of the best prompts are rewritten")
@@ -33,6 +39,7 @@ class Paraphrase:
 
     def __init__(self, config: ParaphraseConfig):
         self.config = config
+        self.prompts = config.templates()
         self.round = 0
 
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
@@ -50,7 +57,7 @@ class Paraphrase:
         # When every evaluation so far failed nothing is ranked: rewrite the seed prompts instead.
         parents = [c for c, _ in ctx.history.ranked("dev")[: self.config.parents]] or \
             [Candidate(p, origin="seed") for p in ctx.task.seed_prompts[: self.config.parents]]
-        reqs = [GenRequest(messages=(("user", INSTRUCTION.format(prompt=parents[i % len(parents)].text)),),
+        reqs = [GenRequest(messages=(("user", self.prompts["rewrite"].format(prompt=parents[i % len(parents)].text)),),
                            max_tokens=self.config.max_tokens, temperature=self.config.temperature)
                 for i in range(self.config.proposals)]
         outs = ctx.require_optimizer().generate(reqs, purpose="paraphrase")

@@ -29,7 +29,8 @@ from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
 from promptopt.scorer import reference_text
-from promptopt.strategy import Context, ScoreRequest, StrategyConfig
+from promptopt.strategies.blocks.templates import Template, TemplateSettings
+from promptopt.strategy import Context, ScoreRequest
 from promptopt.types import Candidate, Evaluation, Example
 
 SEGMENT_INSTRUCTION = (
@@ -46,11 +47,16 @@ REWRITE_INSTRUCTION = (
     "You may rephrase, make rules clearer, drop parts that hurt, keep parts that help, or add what is "
     "missing. Do not copy the example. Reply with the new instruction between <prompt> and </prompt>.")
 
+TEMPLATES = (Template("pmpo.segment", SEGMENT_INSTRUCTION, "mark up to {limit} deletable pieces of the instruction"),
+             Template("pmpo.rewrite", REWRITE_INSTRUCTION, "rewrite the instruction for the hardest examples"))
+
 _PROMPT_TAG = re.compile(r"<prompt>(.*?)(?:</prompt>|$)", re.I | re.S)
 EXAMPLE_CHARS = 600  # a hard example is shown truncated: the meta-prompt must fit a small model
 
 
-class PMPOConfig(StrategyConfig):
+class PMPOConfig(TemplateSettings):
+    TEMPLATES = TEMPLATES
+
     iterations: int = Field(20, ge=1, description="refinement iterations (paper: 20)")
     hard_examples: int = Field(3, ge=1, description="highest-loss examples rewritten for (paper: 3)")
     rewrites_per_example: int = Field(4, ge=1, description="rewrites sampled per hard example (paper: 4)")
@@ -72,6 +78,7 @@ class PMPO:
 
     def __init__(self, config: PMPOConfig):
         self.config = config
+        self.prompts = config.templates()
         self.iteration = 0
         self.split = "train"
         self.examples: dict[str, Example] = {}  # the fixed training sample, by id
@@ -176,7 +183,7 @@ class PMPO:
 
     def _segments(self, ctx: Context, prompt: str) -> list[Segment]:
         limit = self.config.max_segments
-        req = GenRequest(messages=(("user", SEGMENT_INSTRUCTION.format(limit=limit, prompt=prompt)),),
+        req = GenRequest(messages=(("user", self.prompts["segment"].format(limit=limit, prompt=prompt)),),
                          max_tokens=max(self.config.max_tokens, len(prompt) // 2), temperature=0.0)
         (out,) = ctx.require_optimizer().generate([req], purpose="pmpo.segment")
         found = [] if out.error else marked_segments(prompt, out.text, limit)
@@ -241,7 +248,7 @@ class PMPO:
         lines = [f'- "{a.segment.text}" {a.verdict} (removing it changes the loss by {a.delta_loss:+.3f})'
                  for a in self.analysis or []]
         analysis = "What each part of the current instruction does:\n" + "\n".join(lines) + "\n\n" if lines else ""
-        return REWRITE_INSTRUCTION.format(task=task, prompt=self.incumbent.text if self.incumbent else "",
+        return self.prompts["rewrite"].format(task=task, prompt=self.incumbent.text if self.incumbent else "",
                                           example=text, answer=reference_text(example), analysis=analysis)
 
     # ---- 4: select ----------------------------------------------------------------------------

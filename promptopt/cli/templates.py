@@ -27,6 +27,8 @@ def templates(args: argparse.Namespace) -> int:
             apply_set(data, assignment)
         config = strategy_config(cls, data.get("strategy_options", {}))
         texts = config.templates()
+        if not args.strategy:  # several strategies share a template (plum.paraphrase): say whose these are
+            print(f"### {name}  (--set {name}.prompt_files.<short name>=FILE)\n")
         for t in declared:
             source = config.prompt_files.get(t.short, "default")
             fields = ", ".join("{" + f + "}" for f in sorted(t.fields)) or "none"

@@ -16,6 +16,7 @@ from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.strategies.blocks.plum_score import ObjectiveName
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, top
+from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context
 from promptopt.types import normalize_prompt
 
@@ -70,6 +71,10 @@ Best instruction: {{best}}
 Current instruction: {{current}}
 Step 1:"""
 
+PARAPHRASE = Template("evoprompt.paraphrase", PARAPHRASE_REQUEST, "a paraphrase that fills the initial population")
+CROSSOVER = Template("evoprompt.crossover", GA_REQUEST, "GA: crossover of parents {a} and {b}, then mutation")
+DE = Template("evoprompt.de", DE_REQUEST, "DE: mutate where {a} and {b} differ, into {best}, crossed with {current}")
+
 _DEMO_TEXTS = {normalize_prompt(t).casefold() for t in
                (_DEMO_A, _DEMO_B, _DEMO_BEST, _DEMO_CURRENT, _DEMO_GA_ANSWER, _DEMO_DE_ANSWER)}
 _TAGGED = re.compile(r"<prompt>(.*?)</prompt>", re.S | re.I)
@@ -106,9 +111,11 @@ def extract_prompt(raw: str, parents: Sequence[str] = (), error: str | None = No
     return text, None
 
 
-class EvolutionConfig(SearchConfig):
+class EvolutionConfig(TemplateSettings, SearchConfig):
     """EvoPrompt's defaults (population 10, 10 generations, temperature 0.5); its dev sets have 200
     examples and its fitness is the task metric."""
+
+    TEMPLATES = (PARAPHRASE, CROSSOVER, DE)
 
     population: int = Field(10, ge=2, description="prompts in the population")
     generations: int = Field(10, ge=1, description="generations after the initial population")
@@ -128,6 +135,10 @@ class Evolution(IterativeSearch):
     needs_optimizer = True
     config: EvolutionConfig
     population: list[Member]
+
+    def __init__(self, config: EvolutionConfig):
+        super().__init__(config)
+        self.prompts = config.templates()
 
     def start(self, ctx: Context, scored: list[Member]) -> None:
         # EvoPrompt keeps the better half of its initial pool and adds one paraphrase per kept prompt;
@@ -157,7 +168,7 @@ class Evolution(IterativeSearch):
     def _paraphrases(self, ctx: Context) -> list[Member]:
         sources = [self.population[i % len(self.population)]
                    for i in range(self.config.population - len(self.population))]
-        requests = [(PARAPHRASE_REQUEST.format(prompt=s.text), (s,)) for s in sources]
+        requests = [(self.prompts["paraphrase"].format(prompt=s.text), (s,)) for s in sources]
         return [m for m in self.ask_optimizer(ctx, requests, "evoprompt.paraphrase", tagged=False) if m]
 
     def ask_optimizer(self, ctx: Context, requests: Sequence[tuple[str, tuple[Member, ...]]], purpose: str,

@@ -17,19 +17,23 @@ from promptopt.strategies.blocks.edits import (PARAPHRASE, Edit, Pieces, apply_e
                     tidy)
 from promptopt.strategies.blocks.parsing import strip_wrapping
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, best
+from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context
 from promptopt.types import normalize_prompt
 
 EditName = Literal["delete", "swap", "add", "paraphrase"]
 PARAPHRASE_REQUEST = ("Say the following phrase in other words. Keep its meaning. "
                       "Reply with the new phrase only.\n\nPhrase: {phrase}")
+PARAPHRASE_TEMPLATE = Template("plum.paraphrase", PARAPHRASE_REQUEST, "paraphrase edit: one phrase in other words")
 _PHRASE_LABEL = re.compile(r"^\s*(?:new |paraphrased? )?phrase\s*:\s*", re.I)
 REDRAW_ROUNDS = 3  # attempts to replace an edit that changed nothing or repeated another
 
 
-class PhraseSearchConfig(SearchConfig):
+class PhraseSearchConfig(TemplateSettings, SearchConfig):
     """Defaults are the Plum code's argparse defaults; its run scripts use candidates=10, steps=50,
     patience=7."""
+
+    TEMPLATES = (PARAPHRASE_TEMPLATE,)
 
     candidates: int = Field(5, ge=1, description="candidates made and scored per step (Plum's m)")
     compose: int = Field(1, ge=1, description="edits applied in sequence to make one candidate (Plum's l)")
@@ -50,6 +54,10 @@ class PhraseSearch(IterativeSearch):
     needs_optimizer = False
     uses_optimizer = True  # the run passes an optimizer if one is configured
     config: PhraseSearchConfig
+
+    def __init__(self, config: PhraseSearchConfig):
+        super().__init__(config)
+        self.prompts = config.templates()
 
     def finished(self, ctx: Context) -> bool:
         patience = self.config.patience
@@ -111,7 +119,7 @@ class PhraseSearch(IterativeSearch):
         if not wanted or ctx.optimizer is None:
             return [None if k in wanted else e for k, e in enumerate(out)]
         phrases = [e.phrase for e in plans if e is not None and e.op == PARAPHRASE]
-        reqs = [GenRequest(messages=(("user", PARAPHRASE_REQUEST.format(phrase=phrase)),),
+        reqs = [GenRequest(messages=(("user", self.prompts["paraphrase"].format(phrase=phrase)),),
                            max_tokens=self.config.paraphrase_max_tokens,
                            temperature=self.config.paraphrase_temperature) for phrase in phrases]
         replies = ctx.optimizer.generate(reqs, purpose="plum.paraphrase")
