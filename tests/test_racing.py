@@ -121,7 +121,8 @@ def test_block_larger_than_dev_is_a_config_error(make):
         make_run(make())
 
 
-def test_cli_refuses_racing_that_cannot_run_before_any_model_loads(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("dry", [False, True])
+def test_cli_refuses_racing_that_cannot_run_before_any_model_loads(tmp_path, capsys, monkeypatch, dry):
     import promptopt.api as api
 
     def no_model(*a, **k):
@@ -129,7 +130,8 @@ def test_cli_refuses_racing_that_cannot_run_before_any_model_loads(tmp_path, cap
     monkeypatch.setattr(api.Backends, "get", no_model)
     code = main(["optimize", "--task", "demo", "--strategy", "harmony", "--backend", "fake", "--model", "m",
                  "--optimizer-model", "none", "--run-dir", str(tmp_path / "runs"), "-q", "--budget", "300",
-                 "--set", "harmony.racing.enabled=true", "--set", "harmony.racing.block=100000"])
+                 "--set", "harmony.racing.enabled=true", "--set", "harmony.racing.block=100000"]
+                + (["--dry-run"] if dry else []))
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "racing.block=100000 is larger than the dev split" in err, err
 

@@ -22,6 +22,9 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     strategy_cls = registry.get("strategies", cfg.strategy)
     settings = strategy_config(strategy_cls, cfg.strategy_options)
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    check_task = getattr(strategy_cls(settings), "check_task", None)  # as a run checks it (api.prepare)
+    if callable(check_task):
+        check_task(task.without_test())
     optimizer = optimizer_config(strategy_cls, cfg)
     for model in (cfg.target, optimizer):
         if model is not None:
@@ -34,7 +37,7 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
         "splits": {"train": len(task.split("train")), "dev": dev, "test": test,
                    "test_of": len(task.split("test"))},
         "seed_prompt": cfg.prompt or task.seed_prompts[0],
-        "strategy": cfg.strategy, "settings": settings.model_dump(mode="json"),
+        "strategy": cfg.strategy, "settings": _own_first(settings.model_dump(mode="json")),
         "target": _where(cfg.target),
         "optimizer": _where(optimizer) if optimizer else None,
         "budget": cfg.budget.model_dump(mode="json"),
@@ -43,6 +46,12 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
         "run_dir": str(Path(cfg.run_dir) / f"{cfg.run_name or '<time>'}-…"),
         "cache": str(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None,
     }
+
+
+def _own_first(settings: dict[str, Any]) -> dict[str, Any]:
+    """A strategy's own settings first, then those many strategies share (templates, racing)."""
+    shared = [k for k in ("prompt_files", "racing") if k in settings]
+    return {**{k: v for k, v in settings.items() if k not in shared}, **{k: settings[k] for k in shared}}
 
 
 def _where(model: ModelConfig) -> str:
