@@ -21,6 +21,8 @@ _LAZY = {
     "register_strategy": "promptopt.registry", "register_task": "promptopt.registry",
     "register_backend": "promptopt.registry",
     "optimize": "promptopt.api", "evaluate": "promptopt.api",
+    "make_task": "promptopt.task_from_examples", "Callback": "promptopt.callbacks",
+    "StopSearch": "promptopt.callbacks",
 }
 
 __all__ = ["Candidate", "Evaluation", "Example", "ExampleResult", "PromptOptError", "Usage", *_LAZY]

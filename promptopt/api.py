@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from promptopt import __version__, registry
 from promptopt.backends.base import Backend, canonical_hash
@@ -20,14 +21,19 @@ from promptopt.runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_at
 from promptopt.scorer import Job, score_jobs
 from promptopt.strategy import needs
 from promptopt.task import Task
+from promptopt.task_from_examples import IN_MEMORY, MetricError
 from promptopt.types import Evaluation
 
 TASK_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
+log = logging.getLogger("promptopt")
 
 
 def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options: Mapping[str, Any] | None = None) -> Task:
     """A registered task by name, or a custom task from a spec file path."""
     opts = dict(options or {})
+    if name.startswith(IN_MEMORY):
+        raise ConfigError(f"task {name!r} was built in Python (promptopt.make_task), so it cannot be loaded by "
+                          "name; pass the same Task object (optimize(task=task, resume=RUN), evaluate(prompt, task))")
     if name.endswith(TASK_FILE_SUFFIXES) or Path(name).is_file():
         factory = registry.get("tasks", "custom")
         opts["spec"] = name
@@ -116,11 +122,14 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
 
 def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             on_step: Callable[[Run], None] | None = None,
-            accept_changed_inputs: bool = False) -> tuple[Run, Backends]:
-    """Validate, create (or reopen) the run dir, load task and models, and return a ready Run."""
+            accept_changed_inputs: bool = False, task_object: Task | None = None,
+            callbacks: Sequence[Any] = ()) -> tuple[Run, Backends]:
+    """Validate, create (or reopen) the run dir, load task and models, and return a ready Run.
+    `task_object`: a Task built in Python (cfg.task is then "python:<name>")."""
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
-    task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    task = task_object if task_object is not None else \
+        load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     check_task = getattr(strategy, "check_task", None)  # settings the task cannot carry: refused before any model loads
     if callable(check_task):
         check_task(task.without_test())
@@ -140,7 +149,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
               seed=cfg.seed, log=None, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
               max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step,
-              demos=cfg.demos)
+              demos=cfg.demos, callbacks=callbacks)
     if resume_dir is None:
         log = RunLog(new_run_dir(Path(cfg.run_dir), meta, cfg.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
@@ -180,13 +189,16 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
         write_json_atomic(run.log.dir / SUMMARY, summary)
         run.log.close()
     report.search["cache"] = summary["cache"]
+    run.callbacks.emit("on_run_end", run, report)
     return report
 
 
 def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
-               on_step: Callable[[Run], None] | None = None, accept_changed_inputs: bool = False) -> Report:
+               on_step: Callable[[Run], None] | None = None, accept_changed_inputs: bool = False,
+               task_object: Task | None = None, callbacks: Sequence[Any] = ()) -> Report:
     started = time.monotonic()
-    run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step, accept_changed_inputs=accept_changed_inputs)
+    run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step, accept_changed_inputs=accept_changed_inputs,
+                            task_object=task_object, callbacks=callbacks)
     try:
         try:
             while run.step_once():
@@ -196,7 +208,7 @@ def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
         except KeyboardInterrupt:  # Ctrl-C: the user wants the result so far
             run.stop_reason = "interrupted"
         return finish_run(run, backends, started)
-    except (RunStopped, BackendError, Terminated) as e:  # an escaping BackendError is a fatal one
+    except (RunStopped, BackendError, Terminated, MetricError) as e:  # an escaping BackendError is a fatal one
         raise _stopped(run, backends, e) from None
 
 
@@ -211,7 +223,13 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
     except RunStopped:
         pass  # the log cannot be written (disk full): what it holds is intact, and that is what matters
     run.log.close()
-    return RunStopped(f"{why}; the run is resumable: promptopt optimize --resume {run.log.dir}")
+    try:
+        run.callbacks.emit("on_run_end", run, None)
+    except RunStopped as e:
+        log.warning("%s", e)
+    how = (f"optimize(task=<the same task>, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
+           else f"promptopt optimize --resume {run.log.dir}")
+    return RunStopped(f"{why}; the run is resumable: {how}")
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -238,16 +256,31 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     return cfg
 
 
-def optimize(task: str = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
+def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
              optimizer_model: str | None = "embedded", optimizer_backend: str | None = None,
              budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
-             **settings: Any) -> Report:
+             callbacks: Sequence[Any] = (), **settings: Any) -> Report:
     """Run an optimization end to end and return its Report.
 
+    `task`: a registered name, a spec file, or a Task built in Python (`promptopt.make_task`); config.json
+    then records "python:<name>" and the task's fingerprint, and a resume needs the same Task passed again.
+    `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
+    task_object = task if isinstance(task, Task) else None
+    if task_object is None and not isinstance(task, str):
+        raise ConfigError(f"task must be a task name, a spec file or a Task (promptopt.make_task(examples, ...)), "
+                          f"not {type(task).__name__}")
     if resume is not None:
-        return run_config(resume_config(resume), resume_dir=Path(resume),
-                          accept_changed_inputs=settings.pop("accept_changed_inputs", False))
+        cfg = resume_config(resume)
+        _check_task_object(cfg, task_object, resume)
+        return run_config(cfg, resume_dir=Path(resume),
+                          accept_changed_inputs=settings.pop("accept_changed_inputs", False),
+                          task_object=task_object, callbacks=callbacks)
+    if task_object is not None:
+        if "task_options" in settings:
+            raise ConfigError("task_options are for a task loaded by name; a Task object carries its own settings")
+        settings["task_options"] = {"fingerprint": task_fingerprint(task_object)}
+        task = IN_MEMORY + task_object.name
     data: dict[str, Any] = {"task": task, "strategy": strategy, "seed": seed,
                             "target": {"backend": backend, "model": model}, **settings}
     if optimizer_model in (None, "none"):
@@ -256,7 +289,22 @@ def optimize(task: str = "demo", strategy: str = "paraphrase", *, model: str = "
         data["optimizer"] = {"backend": optimizer_backend or backend, "model": optimizer_model}
     if budget is not None:
         data["budget"] = dict(budget)
-    return run_config(build_config(data))
+    return run_config(build_config(data), task_object=task_object, callbacks=callbacks)
+
+
+def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -> None:
+    """A run made with a Python-built task resumes only with that task (same fingerprint)."""
+    recorded = cfg.task_options.get("fingerprint") if cfg.task.startswith(IN_MEMORY) else None
+    if cfg.task.startswith(IN_MEMORY):
+        if task is None:
+            raise ResumeError(f"{run_dir} was made with a task built in Python ({cfg.task[len(IN_MEMORY):]!r}); "
+                              "pass the same Task: optimize(task=task, resume=...)")
+        got = task_fingerprint(task)
+        if got != recorded:
+            raise ResumeError(f"{run_dir}: the task passed is not the one the run was made with (its examples, "
+                              f"template or options differ: {got} vs recorded {recorded}); pass the same task")
+    elif task is not None:
+        raise ResumeError(f"{run_dir} was made with task {cfg.task!r}; resume it without a Task object")
 
 
 def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", model: str = "embedded",

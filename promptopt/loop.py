@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
 from promptopt.budget import Budget, BudgetTracker
+from promptopt.callbacks import Dispatcher
 from promptopt.data import test_sample
 from promptopt.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
@@ -138,7 +139,7 @@ class Run:
                  budget: Budget | None = None, seed: int = 0, log: RunLog | None = None,
                  seed_prompt: str | None = None, final_top_k: int = 3, max_failures: int = 20,
                  test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None,
-                 demos: int = 0):
+                 demos: int = 0, callbacks: Sequence[Any] = ()):
         self.task = task
         self.strategy = strategy
         self.target = target
@@ -154,6 +155,8 @@ class Run:
         self.max_failures = max_failures
         self.test_limit = test_limit
         self.on_step = on_step
+        self.callbacks = Dispatcher(callbacks)  # promptopt/callbacks.py: events and stop conditions
+        self._best_dev = -math.inf
         self.failures = 0
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
         self.stop_reason = ""
@@ -215,6 +218,14 @@ class Run:
     def _note(self, kind: str, **data: Any) -> None:
         if self.log:
             self.log.emit("note", step=self.step, kind=kind, **data)
+        if kind == "proposal.rejected":
+            self.callbacks.emit("on_candidate", self, None, accepted=False, reason=str(data.get("reason", "")),
+                                data=data)
+
+    @property
+    def replaying(self) -> bool:
+        """True while a resumed run serves recorded events from its log."""
+        return self.log is not None and self.log.replaying
 
     # -- ask / tell --
     def ask(self) -> list[ScoreRequest]:
@@ -247,6 +258,7 @@ class Run:
             if self.history._add_candidate(r.candidate) and self.log:
                 rec = self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
                 _check_recorded_candidate(rec, self.log.path)
+                self.callbacks.emit("on_candidate", self, r.candidate, accepted=True)
         self._pending = reqs
         return reqs
 
@@ -311,6 +323,11 @@ class Run:
             self._record(ev, search=True)
         self._pending = []
         self.strategy.tell(self._ctx, list(evals))
+        if self.callbacks:
+            ranked = self.history.ranked("dev")
+            if ranked and ranked[0][1] > self._best_dev:
+                self._best_dev = ranked[0][1]
+                self.callbacks.emit("on_new_best", self, ranked[0][0], ranked[0][1])
 
     def _record(self, ev: Evaluation, *, search: bool) -> None:
         self.history._add_evaluation(ev)
@@ -346,7 +363,10 @@ class Run:
             if self.log:
                 self.log.emit("eval", step=self.step, phase=phase, **ev.to_json(),
                               example_ids=list(reqs[i].example_ids or ()))
-        return [e for e in out if e is not None]
+        done = [e for e in out if e is not None]
+        for ev in done:
+            self.callbacks.emit("on_evaluation", self, ev, phase=phase)
+        return done
 
     def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str) -> None:
         """Failed evaluations are data, but a run mostly made of them is no result: stop before logging
@@ -374,6 +394,9 @@ class Run:
         self.tell(self.score(reqs))
         if self.on_step:
             self.on_step(self)
+        self.callbacks.emit("on_step_end", self)
+        if self.callbacks.stop_reason and not self.stop_reason:
+            self.stop_reason = f"stop: {self.callbacks.stop_reason}"
         return not self.stop_reason
 
     # -- the whole run --
@@ -381,7 +404,9 @@ class Run:
         started = time.monotonic()
         while self.step_once():
             pass
-        return self.finish(started)
+        report = self.finish(started)
+        self.callbacks.emit("on_run_end", self, report)
+        return report
 
     def finish(self, started: float | None = None) -> Report:
         """Final report: top candidates and the seed prompt on the full dev split, then the chosen

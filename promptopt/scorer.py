@@ -82,10 +82,21 @@ def _score_choose(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Eva
             pred = max(range(k), key=lps.__getitem__)
             # "loss": log-probability of the gold option normalized over the options (-cross-entropy).
             score = float(pred == ex.label) if j.objective == "task" else lps[ex.label] - _logsumexp(lps)
+            feedback = None
+            if task.metric_on_choice and j.objective == "task":  # a user's metric scores the chosen option
+                score, feedback = metric_value(task, task.options[pred].strip(), ex)
             results.append(ExampleResult(ex.id, task.options[pred].strip(), score,
-                                         logprob=lps[ex.label], option_logprobs=lps))
+                                         logprob=lps[ex.label], option_logprobs=lps, feedback=feedback))
         evals.append(_finish(j, results, usage))
     return evals
+
+
+def metric_value(task: Task, prediction: str, example: Example) -> tuple[float, str | None]:
+    """The task metric on one prediction: a number, or (number, feedback text)."""
+    value = task.metric(prediction, example)
+    if isinstance(value, tuple) and len(value) == 2:
+        return float(value[0]), (None if value[1] is None else str(value[1]))
+    return float(value), None
 
 
 def _logsumexp(xs: Sequence[float]) -> float:
@@ -138,7 +149,7 @@ def _score_generate(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[E
             if r.error:
                 results.append(ExampleResult(ex.id, r.text, 0.0, error=r.error))
                 continue
-            answer = task.extract(r.text)
-            results.append(ExampleResult(ex.id, r.text, float(task.metric(answer, ex))))
+            score, feedback = metric_value(task, task.extract(r.text), ex)
+            results.append(ExampleResult(ex.id, r.text, score, feedback=feedback))
         evals.append(_finish(j, results, usage))
     return evals

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
+from promptopt import answers as _answers
 from promptopt.errors import TaskError
 from promptopt.template import check_template, render, split_at_prompt, template_fields
 from promptopt.types import Example
@@ -13,7 +14,12 @@ SPLITS = ("train", "dev", "test")
 
 
 def exact_match(prediction: str, example: Example) -> float:
-    return float(prediction.strip() == example.target.strip())
+    """Case-, whitespace- and surrounding-punctuation-insensitive (promptopt.answers); the strict rule
+    of earlier versions is `exact_match_strict`."""
+    return _answers.exact_match(prediction, example)
+
+
+exact_match_strict = _answers.exact_match_strict
 
 
 def identity(text: str) -> str:
@@ -51,7 +57,7 @@ class Task:
     seed_prompts: tuple[str, ...]
     options: tuple[str, ...] = ()
     extract: Callable[[str], str] = identity
-    metric: Callable[[str, Example], float] = exact_match
+    metric: Callable[[str, Example], float] = exact_match  # may return (score, feedback text)
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     chat: bool = False
@@ -59,6 +65,7 @@ class Task:
     demo_separator: str = "\n\n"
     description: str = ""
     meta: Mapping[str, object] = field(default_factory=dict)
+    metric_on_choice: bool = False  # choose: score the chosen option's text with `metric` (else: label match)
 
     def __post_init__(self) -> None:
         check_template(self.template)

@@ -122,9 +122,12 @@ class ExampleResult:
     logprob: float | None = None  # log-probability of the gold answer, when known
     option_logprobs: tuple[float, ...] | None = None  # classification: one per option
     error: str | None = None
+    feedback: str | None = None  # textual feedback from the task's metric, when it gives any
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"example_id": self.example_id, "output": self.output, "score": self.score}
+        if self.feedback is not None:
+            d["feedback"] = self.feedback
         if self.logprob is not None:
             d["logprob"] = self.logprob
         if self.option_logprobs is not None:
@@ -137,7 +140,7 @@ class ExampleResult:
     def from_json(cls, d: Mapping[str, Any]) -> "ExampleResult":
         opts = d.get("option_logprobs")
         return cls(d["example_id"], d["output"], d["score"], d.get("logprob"),
-                   tuple(opts) if opts is not None else None, d.get("error"))
+                   tuple(opts) if opts is not None else None, d.get("error"), d.get("feedback"))
 
 
 Split = Literal["train", "dev", "test"]
