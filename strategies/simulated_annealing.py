@@ -29,8 +29,8 @@ class SimulatedAnnealing(LocalSearch):
     config: AnnealingConfig
 
     def update(self, ctx: Context, scored: list[Member]) -> None:
-        if not scored or math.isnan(best(scored).fitness):
-            return
+        if not scored or math.isnan(best(scored).fitness) or best(scored).dropped:
+            return  # nothing usable (a candidate dropped from a race is never moved to)
         challenger = best(scored)
         delta = challenger.fitness - self.current.rank_key
         temperature = self.config.temperature * math.exp(-self.iteration / self.config.cooling)

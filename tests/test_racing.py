@@ -159,3 +159,14 @@ class TestGEPARacing(StrategyContract):
 class TestAPORacing(StrategyContract):
     def make_strategy(self, **options):
         return APO(APOConfig(**{"racing": FAST, "rounds": 2, **options}))
+
+
+class TestPlumGARacing(StrategyContract):
+    def make_strategy(self, **options):
+        return PlumGA(PlumGAConfig(**{"racing": FAST, **options}))
+
+
+class TestAnnealingRacing(StrategyContract):
+    def make_strategy(self, **options):
+        from promptopt.strategies.simulated_annealing import AnnealingConfig, SimulatedAnnealing
+        return SimulatedAnnealing(AnnealingConfig(**{"racing": FAST, **options}))

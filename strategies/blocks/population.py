@@ -62,8 +62,8 @@ def top(members: Sequence[Member], n: int) -> list[Member]:
 
 def roulette(rng: random.Random, members: Sequence[Member], k: int) -> list[Member]:
     """k draws with replacement, probability proportional to fitness (EvoPrompt's wheel).
-    Negative or NaN fitness weighs nothing; if nothing weighs, draws are uniform."""
-    weights = [max(m.fitness, 0.0) if not math.isnan(m.fitness) else 0.0 for m in members]
+    Negative or NaN fitness (or a raced-out member) weighs nothing; if nothing weighs, draws are uniform."""
+    weights = [max(m.rank_key, 0.0) for m in members]  # NaN or raced out: -inf, so 0
     if sum(weights) <= 0:
         weights = [1.0] * len(members)
     return rng.choices(list(members), weights=weights, k=k)
@@ -190,7 +190,7 @@ class IterativeSearch:
     def _absorb(self, ctx: Context, proposals: list[Member]) -> None:
         scored = [replace(m, fitness=self.fitness(ctx, m.id)) for m in proposals]
         step_best = best(scored) if scored else None
-        improved = step_best is not None and not math.isnan(step_best.fitness) and (
+        improved = step_best is not None and not math.isnan(step_best.fitness) and not step_best.dropped and (
             self.best is None or step_best.fitness > self.best.fitness)
         if improved:
             self.best = step_best
