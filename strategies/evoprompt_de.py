@@ -4,7 +4,9 @@ so far, and crosses the result with x; the child replaces x only if it scores hi
 
 "Best" is the best prompt ever scored, including initial prompts that did not enter the population
 (as in EvoPrompt). EvoPrompt calls the LLM member by member and updates the best as it goes; we ask
-for all of a generation's children in one batched call, so the best is updated once per generation."""
+for all of a generation's children in one batched call, so the best is updated once per generation.
+With `racing` on, children race against the best prompt so far, and one dropped from the race does
+not replace its x (it was significantly worse than the best; it may still have beaten x)."""
 from __future__ import annotations
 
 from promptopt.strategies.blocks.evoprompt import DE, PARAPHRASE, Evolution, EvolutionConfig
