@@ -355,6 +355,8 @@ def feedback(task: Task, ex: Example, res: ExampleResult) -> str:
     """Textual feedback on one response, from the gold answer vs the prediction."""
     if res.error:
         return f"The model failed to answer: {res.error}"
+    if res.feedback:  # the task's own metric said why
+        return res.feedback
     if task.output == "choose" and ex.label is not None:
         gold, said = task.options[ex.label].strip(), res.output.strip()
     else:

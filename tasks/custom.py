@@ -18,7 +18,9 @@
 
 Other `{name}` fields in the template are filled from the column of the same name. A seeded split
 draws test with a fixed seed, so every run reports on the same rows, then dev and train with the
-run seed. Generation settings: extract (strip | last_number | first_line), chat, max_tokens, stop.
+run seed. Generation settings: extract (strip | first_line | first_number | last_number | option_letter |
+regex:PATTERN, see promptopt/answers.py), strict (exact match compares after stripping outer whitespace
+only; by default it ignores case, extra whitespace and surrounding punctuation), chat, max_tokens, stop.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from promptopt.data import (TaskOptions, carve, parse_options, read_jsonl, read_
                             sample)
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task
+from promptopt.answers import EXTRACTORS as _ANSWER_EXTRACTORS, exact_match_strict, get_extractor
 from promptopt.task import SPLITS, Task, exact_match, identity, last_number
 from promptopt.template import template_fields
 from promptopt.types import Example
@@ -60,7 +63,7 @@ def first_line(text: str) -> str:
 METRICS: dict[str, Callable[[str, Example], float]] = {
     "exact_match": exact_match, "accuracy": exact_match, "contains": contains, "numeric": numeric}
 EXTRACTORS: dict[str, Callable[[str], str]] = {
-    "strip": identity, "last_number": last_number, "first_line": first_line}
+    **_ANSWER_EXTRACTORS, "strip": identity, "last_number": last_number, "first_line": first_line}
 
 
 class _Spec(BaseModel):
@@ -101,7 +104,8 @@ class TaskSpec(_Spec):
     options: list[str] = []
     seed_prompts: list[str] = Field(min_length=1)
     metric: Literal["exact_match", "contains", "numeric", "accuracy"] | None = None
-    extract: Literal["strip", "last_number", "first_line"] | None = None
+    extract: str | None = None  # a name in EXTRACTORS or regex:PATTERN
+    strict: bool = False
     chat: bool = False
     max_tokens: PositiveInt = 256
     stop: list[str] = []
@@ -113,6 +117,9 @@ class TaskSpec(_Spec):
         missing = [f"{{{f}}}" for f in ("prompt", "input") if f not in template_fields(self.template)]
         if missing:
             raise ValueError(f"the template lacks {' and '.join(missing)}")
+        if self.extract is not None and not self.extract.startswith("regex:") and self.extract not in EXTRACTORS:
+            raise ValueError(f"extract: unknown extractor {self.extract!r} (use {', '.join(EXTRACTORS)} "
+                             "or regex:PATTERN)")
         if self.output == "choose":
             if self.metric not in (None, "accuracy"):
                 raise ValueError(f"a choose task is scored by accuracy, not {self.metric!r}")
@@ -151,8 +158,8 @@ def custom(data_dir: str | Path | None = None, seed: int = 0, **options: Any) ->
         output=spec.output,
         options=tuple(spec.options),
         seed_prompts=tuple(spec.seed_prompts),
-        extract=EXTRACTORS[extract],
-        metric=METRICS[metric],
+        extract=EXTRACTORS[extract] if extract in EXTRACTORS else get_extractor(extract),
+        metric=exact_match_strict if spec.strict and METRICS[metric] is exact_match else METRICS[metric],
         max_tokens=spec.max_tokens,
         stop=tuple(spec.stop),
         chat=spec.chat,

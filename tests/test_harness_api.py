@@ -169,3 +169,58 @@ def test_stop_conditions(tmp_path: Path):
             parse_stop(bad)
     with pytest.raises(ConfigError, match="has none of the methods"):
         _opt(_choose(), tmp_path / "x", callbacks=[object()])
+
+
+# -- answer extraction and matching --
+
+def test_exact_match_normalizes_by_default_and_strict_keeps_the_old_rule():
+    from promptopt.answers import exact_match, exact_match_strict, normalize_answer
+    from promptopt.types import Example
+    gold = Example("x", "q", "s")
+    assert exact_match(" S.", gold) == 1.0 and exact_match_strict(" S.", gold) == 0.0
+    assert exact_match('"Yes!"', Example("y", "q", "yes")) == 1.0
+    assert normalize_answer("(-5)") == "-5" and exact_match("5", Example("n", "q", "-5")) == 0.0
+    assert normalize_answer(") ] >") == ") ] >"  # an answer made of punctuation is kept
+    # the case: the model keeps talking; first_line + normalized match gets it
+    from promptopt.answers import first_line
+    assert exact_match(first_line(" S\n\nThe answer is: S"), gold) == 1.0
+
+
+def test_extractors_by_name():
+    from promptopt.answers import get_extractor
+    assert get_extractor("first_line")("\n A \nB") == "A"
+    assert get_extractor("first_number")("1,200.0 then 3") == "1200"
+    assert get_extractor("last_number")("1,200.0 then 3") == "3"
+    assert get_extractor("option_letter")("I think the answer is (c).") == "C"
+    assert get_extractor("option_letter")("Answer: b") == "B"
+    assert get_extractor(r"regex:answer: (\w+)")("so answer: Paris.") == "Paris"
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        get_extractor("regex:(")
+
+
+def test_spec_file_extract_and_strict(tmp_path: Path):
+    from promptopt.api import load_task
+    rows = "".join(json.dumps({"q": f"q{i}", "a": f"Ans{i}"}) + "\n" for i in range(10))
+    (tmp_path / "d.jsonl").write_text(rows)
+    base = ('template = "{prompt}\\nQ: {input}\\nA:"\noutput = "generate"\nseed_prompts = ["Answer."]\n'
+            '[columns]\ninput = "q"\ntarget = "a"\n[data]\nfile = "d.jsonl"\n'
+            'split = { train = 4, dev = 3, test = 3 }\n')
+    spec = tmp_path / "s.toml"
+    spec.write_text('extract = "regex:is (\\\\w+)"\n' + base)
+    t = load_task(str(spec))
+    ex = t.split("dev")[0]
+    assert t.metric(t.extract(f"it is {ex.target.lower()}."), ex) == 1.0
+    spec.write_text('strict = true\n' + base)
+    t = load_task(str(spec))
+    assert t.metric(ex.target.lower(), ex) == 0.0 and t.metric(f" {ex.target}\n", ex) == 1.0
+    spec.write_text('extract = "second_word"\n' + base)
+    with pytest.raises(ConfigError, match="unknown extractor 'second_word'"):
+        load_task(str(spec))
+
+
+def test_make_task_extract_and_strict():
+    t = _gen(extract="last_number")
+    ex = t.split("dev")[0]
+    assert t.metric(t.extract(f"The answer is {ex.target}."), ex) == 1.0
+    t = _gen(strict=True)
+    assert t.metric(f"{ex.target}.", ex) == 0.0
