@@ -38,7 +38,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "promptquine": {"strategy": "promptquine", "options": {"k": 4}},
     "apo_demos": {"strategy": "apo", "demos": 4, "optimizer": True,
                   "options": {"rounds": 2}},
+    "bootstrap": {"strategy": "bootstrap", "options": {"k": 4}},
 }
+# Smaller dev carves where a task's default dev split would eat the whole budget (GSM8K: 200 by default).
+TASK_OPTIONS: dict[str, dict[str, Any]] = {"gsm8k": {"dev_size": 50}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,7 +82,7 @@ def test_scores(task: Any, backend: Any, prefix: str, test: list[Any]) -> list[f
 
 
 def baselines(task_name: str, args: argparse.Namespace, backend: Any) -> dict[str, Any]:
-    task = load_task(task_name)
+    task = load_task(task_name, options=TASK_OPTIONS.get(task_name))
     test = test_sample(list(task.split("test")), args.test_limit)
     seed_prompt = task.seed_prompts[0]
     started = time.monotonic()
@@ -91,7 +94,7 @@ def baselines(task_name: str, args: argparse.Namespace, backend: Any) -> dict[st
         draws.append(test_scores(task, backend, task.prompt_text(seed_prompt, [by_id[i] for i in ids]), test))
     return {"seed_test": statistics.fmean(seed), "seed_scores": seed,
             "random_test": [statistics.fmean(s) for s in draws],
-            "random_mean_scores": [statistics.fmean(col) for col in zip(*draws)],
+            "random_mean_scores": [statistics.fmean(col) for col in zip(*draws)] if draws else [],
             "test_n": len(test), "seconds": time.monotonic() - started}
 
 
@@ -99,17 +102,20 @@ def run_method(task_name: str, method: str, seed: int, args: argparse.Namespace,
                base: dict[str, Any]) -> dict[str, Any]:
     spec = METHODS[method]
     data: dict[str, Any] = {
-        "task": task_name, "strategy": spec["strategy"], "seed": seed, "strategy_options": spec["options"],
+        "task": task_name, "task_options": TASK_OPTIONS.get(task_name, {}),
+        "strategy": spec["strategy"], "seed": seed, "strategy_options": spec["options"],
         "budget": {"max_examples": args.budget}, "test_limit": args.test_limit, "demos": spec.get("demos", 0),
         "run_dir": str(Path(args.run_dir) / task_name), "run_name": f"{method}-seed{seed}",
         "optimizer": {"backend": "hf", "model": "embedded"} if spec.get("optimizer") else None,
     }
     started = time.monotonic()
     report = run_config(build_config(data))
-    task = load_task(task_name)
+    task = load_task(task_name, options=TASK_OPTIONS.get(task_name))
     test = test_sample(list(task.split("test")), args.test_limit)
     best = test_scores(task, backend, report.best_prefix, test)  # cached: the run scored this prefix
-    diff, low, high, p = paired_bootstrap(base["random_mean_scores"], best)
+    diff = low = high = p = float("nan")
+    if base["random_mean_scores"]:
+        diff, low, high, p = paired_bootstrap(base["random_mean_scores"], best)
     sig = report.significance or {"diff": 0.0, "p": 1.0}
     return {"seed_test": report.seed_test, "best_test": report.best_test, "best_dev": report.best_dev,
             "seed_dev": report.seed_dev, "p_vs_seed": sig["p"], "diff_vs_seed": sig["diff"],
@@ -122,6 +128,7 @@ def run_method(task_name: str, method: str, seed: int, args: argparse.Namespace,
 def table(out: Path) -> str:
     recs = done_keys(out)
     tasks = list(dict.fromkeys(k[0] for k in recs))
+    rnd: list[float] = []
     lines = ["| task | method | test (mean ± std) | Δ vs seed | seeds p<0.05 vs seed | Δ vs random k | "
              "seeds p<0.05 vs random | scored ex. | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for t in tasks:
@@ -129,6 +136,7 @@ def table(out: Path) -> str:
         if base:
             rnd = base["random_test"]
             lines.append(f"| {t} | seed prompt | {base['seed_test']:.3f} | | | | | 0 | |")
+        if base and rnd:
             lines.append(f"| {t} | random demos (mean of {len(rnd)}) | {statistics.fmean(rnd):.3f} "
                          f"({', '.join(f'{x:.3f}' for x in rnd)}) | {statistics.fmean(rnd) - base['seed_test']:+.3f} "
                          f"| | | | 0 | {base['seconds']:.0f} |")
@@ -140,10 +148,11 @@ def table(out: Path) -> str:
             std = statistics.stdev(tests) if len(tests) > 1 else 0.0
             sig_seed = sum(1 for r in runs if r["p_vs_seed"] < 0.05 and r["diff_vs_seed"] > 0)
             sig_rnd = sum(1 for r in runs if r["p_vs_random"] < 0.05 and r["diff_vs_random"] > 0)
+            vs_rnd = statistics.fmean(r["diff_vs_random"] for r in runs)
             lines.append(
                 f"| {t} | {m} | {statistics.fmean(tests):.3f} ± {std:.3f} "
                 f"| {statistics.fmean(r['diff_vs_seed'] for r in runs):+.3f} | {sig_seed}/{len(runs)} "
-                f"| {statistics.fmean(r['diff_vs_random'] for r in runs):+.3f} | {sig_rnd}/{len(runs)} "
+                f"| {vs_rnd:+.3f} | {sig_rnd}/{len(runs)} "
                 f"| {statistics.fmean(r['scored_examples'] for r in runs):.0f} "
                 f"| {statistics.fmean(r['seconds'] for r in runs):.0f} |")
     return "\n".join(lines)
