@@ -259,13 +259,18 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
              optimizer_model: str | None = "embedded", optimizer_backend: str | None = None,
              budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
-             callbacks: Sequence[Any] = (), **settings: Any) -> Report:
+             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, **settings: Any) -> Report:
     """Run an optimization end to end and return its Report.
 
     `task`: a registered name, a spec file, or a Task built in Python (`promptopt.make_task`); config.json
     then records "python:<name>" and the task's fingerprint, and a resume needs the same Task passed again.
     `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
+    `mlflow`: a tracking URI (e.g. "./mlruns") to log the run to MLflow (the mlflow extra; see
+    promptopt/integrations/mlflow_tracking.py), checked before the run starts.
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
+    if mlflow is not None:
+        from promptopt.integrations.mlflow_tracking import MlflowTracker
+        callbacks = [*callbacks, MlflowTracker(mlflow)]
     task_object = task if isinstance(task, Task) else None
     if task_object is None and not isinstance(task, str):
         raise ConfigError(f"task must be a task name, a spec file or a Task (promptopt.make_task(examples, ...)), "

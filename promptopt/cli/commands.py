@@ -12,6 +12,7 @@ from typing import Any, NoReturn, Sequence
 
 from promptopt import registry
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
+from promptopt.cli import tracking
 from promptopt.cli.templates import templates
 
 BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dry-run", action="store_true",
                    help="check the config, task, strategy settings and run dir, print the plan, and stop: "
                         "no model is loaded and no run dir made")
+    tracking.add_flags(o)
 
     e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split",
                        description="With --run, the run's best prompt is scored as the run scored it: with its "
@@ -218,14 +220,16 @@ def _optimize(args: argparse.Namespace) -> int:
         resume_dir = None
         if args.accept_changed_inputs:
             raise ConfigError("--accept-changed-inputs goes with --resume")
+    tracker = tracking.tracker(args)  # --mlflow: its URI is checked here, before anything is written
     if args.dry_run:
         from promptopt.cli.plan import describe, plan
-        print(describe(plan(cfg)))
+        print(describe(plan(cfg)) + (f"\nmlflow: {tracker.tracking_uri}" if tracker else ""))
         return 0
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
+    run = tracking.runner(tracker, run_config)  # run_config, logged to MLflow with --mlflow
     try:
-        report = run_config(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None,
-                            accept_changed_inputs=args.accept_changed_inputs)
+        report = run(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None,
+                     accept_changed_inputs=args.accept_changed_inputs)
     finally:
         if bar:
             bar.close()
