@@ -12,6 +12,8 @@ so a callback that counts steps sees the same sequence in a resumed run as in an
     on_evaluation(run, evaluation, phase)           an evaluation was recorded ("search", "final", "test")
     on_new_best(run, candidate, score)              the best dev score so far went up
     on_step_end(run)                                an ask -> score -> tell step ended
+    on_phase(run, phase, examples)                  the final report begins a phase: "final" (finalists on
+                                                    the whole dev split) or "test", scoring `examples` pairs
     on_run_end(run, report)                         the run ended: `report` is the Report, or None when it
                                                     stopped resumably (no summary)
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("promptopt")
 
-EVENTS = ("on_candidate", "on_evaluation", "on_new_best", "on_step_end", "on_run_end")
+EVENTS = ("on_candidate", "on_evaluation", "on_new_best", "on_step_end", "on_run_end", "on_phase")
 
 
 class StopSearch(Exception):
@@ -60,6 +62,9 @@ class Callback:
         pass
 
     def on_run_end(self, run: "Run", report: "Report | None") -> None:
+        pass
+
+    def on_phase(self, run: "Run", phase: str, examples: int) -> None:
         pass
 
 

@@ -420,6 +420,8 @@ class Run:
         if self.target is not None:
             reqs = [self._resolve(ScoreRequest(c, "dev")) for c in finalists]
             todo = [r for r in reqs if r.example_ids]
+            if todo:
+                self.callbacks.emit("on_phase", self, "final", sum(len(r.example_ids or ()) for r in todo))
             for ev in self.score(todo, phase="final"):
                 self._record(ev, search=False)
         full = len(self.task.split("dev"))
@@ -433,6 +435,7 @@ class Run:
             self._test_by_id = {ex.id: ex for ex in test}
             ids = tuple(ex.id for ex in test)
             cands = [best] if best.id == seed.id else [best, seed]
+            self.callbacks.emit("on_phase", self, "test", len(ids) * len(cands))
             evs = self.score([ScoreRequest(c, "test", example_ids=ids) for c in cands], phase="test")
             scores = {c.id: ev.score for c, ev in zip(cands, evs)}
             for ev in evs:

@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    o = sub.add_parser("optimize", help="search for a better prompt")
+    o = sub.add_parser("optimize", help="search for a better prompt",
+                       description="After the search a final report runs: the top final_top_k candidates (default 3) "
+                                   "and the seed prompt are scored on the whole dev split, then the best and the seed "
+                                   "on the test split (--test-limit caps it). It has its own progress line, and "
+                                   "--dry-run prints how many examples it may score.")
     o.add_argument("--task", help="task name or a task spec file (.toml/.yaml)")
     o.add_argument("--strategy", help="search strategy (promptopt list strategies)")
     _model_flags(o)
@@ -88,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--stop", action="append", default=[], metavar="COND",
+                   help="end the search early (the final report still runs): no_improvement=N (steps without a "
+                        "new best), score=X (best dev score), seconds=S (wall time), file=PATH (exists); repeatable")
+    o.add_argument("--json", action="store_true", help="print the final summary as JSON (stdout) instead of the table")
     o.add_argument("--dry-run", action="store_true",
                    help="check the config, task, strategy settings and run dir, print the plan, and stop: "
                         "no model is loaded and no run dir made")
@@ -130,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run")
     r.add_argument("--out", help="HTML file or folder to write (default: RUN/report.html); PNGs go beside it")
     r.add_argument("--top", type=_positive, default=10, help="how many top candidates to list")
+
+    ex = sub.add_parser("export", help="write a finished run's best prompt (with its demos) and the template "
+                                       "rendered for one example")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=["json", "yaml", "text"], default="json")
+    ex.add_argument("--example-id", metavar="ID", help="render the template for this example (default: the first test one)")
+    ex.add_argument("--out", metavar="FILE", help="write here instead of stdout")
 
     ls = sub.add_parser("list", help="list strategies, tasks or backends")
     ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
@@ -175,6 +190,7 @@ _RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "-
 def _optimize(args: argparse.Namespace) -> int:
     from promptopt.api import resume_config, run_config
     from promptopt.config import apply_set, build_config, deep_merge, load_toml
+    from promptopt.callbacks import parse_stops
     from promptopt.cli.progress import ProgressBar
     from promptopt.cli.render import print_report
 
@@ -221,6 +237,7 @@ def _optimize(args: argparse.Namespace) -> int:
         if args.accept_changed_inputs:
             raise ConfigError("--accept-changed-inputs goes with --resume")
     tracker = tracking.tracker(args)  # --mlflow: its URI is checked here, before anything is written
+    stops = parse_stops(args.stop)
     if args.dry_run:
         from promptopt.cli.plan import describe, plan
         print(describe(plan(cfg)) + (f"\nmlflow: {tracker.tracking_uri}" if tracker else ""))
@@ -228,12 +245,18 @@ def _optimize(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
     run = tracking.runner(tracker, run_config)  # run_config, logged to MLflow with --mlflow
     try:
-        report = run(cfg, resume_dir=resume_dir, on_step=bar.update if bar else None,
+        report = run(cfg, resume_dir=resume_dir, on_step=None, callbacks=[*stops, *([bar] if bar else [])],
                      accept_changed_inputs=args.accept_changed_inputs)
     finally:
         if bar:
             bar.close()
-    print_report(report)
+    if args.json:
+        import json
+        summary = Path(report.run_dir or "") / "summary.json"
+        data = json.loads(summary.read_text(encoding="utf-8")) if report.run_dir and summary.is_file() else report.to_json()
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print_report(report)
     return 0
 
 
@@ -320,6 +343,11 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from promptopt.cli.export import export_command
+    return export_command(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from promptopt.cli.report import write_report
     print(f"report: {write_report(Path(args.run), args.out, top=args.top)}")
@@ -328,7 +356,7 @@ def _report(args: argparse.Namespace) -> int:
 
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
             "report": _report, "compare": _compare, "download-model": _download_model,
-            "templates": templates}
+            "templates": templates, "export": _export}
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:

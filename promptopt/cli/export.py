@@ -1,0 +1,109 @@
+"""`promptopt export RUN`: the best prompt of a finished run, with its demos, as JSON, YAML or plain text,
+and the full text the model reads for one example (the task's template rendered)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from promptopt.errors import ConfigError, PromptOptError
+from promptopt.types import Candidate
+
+FORMATS = ("json", "yaml", "text")
+
+
+def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str, Any]:
+    """What `export` writes: the best candidate (instruction, demos, system prompt), what stands where the
+    template has {prompt}, scores, and the template rendered for one example (`example_id`, default the
+    first test example; None when the task cannot be loaded by name, e.g. one built in Python)."""
+    from promptopt.api import load_run_config, load_task
+    from promptopt.runlog import load_run
+
+    d = Path(run_dir)
+    view = load_run(d)
+    if view.summary is None:
+        raise ConfigError(f"{d} is not a finished run (no summary.json); export reads its best prompt from there")
+    s = view.summary
+    cand_json = view.candidates.get(s["best_id"])
+    cand = Candidate.from_json(cand_json) if cand_json else Candidate(s["best_prompt"])
+    demos = list(s.get("best_demos") or cand.demos)
+    cfg = load_run_config(d)
+    out: dict[str, Any] = {
+        "run": str(d), "task": cfg.task, "best_id": s["best_id"], "instruction": s["best_prompt"],
+        "system": cand.system or None, "demo_ids": demos, "prompt": s.get("best_prefix") or s["best_prompt"],
+        "scores": {"dev": s.get("best_dev"), "test": s.get("best_test"),
+                   "seed_dev": s.get("seed_dev"), "seed_test": s.get("seed_test")},
+        "seed_prompt": s.get("seed_prompt"),
+    }
+    try:
+        task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    except PromptOptError as e:
+        if example_id is not None:
+            raise ConfigError(f"--example-id needs the run's task, which cannot be loaded: {e}") from None
+        out.update(template=None, output=None, options=None, demos=None, example=None, rendered=None,
+                   note=f"the task could not be loaded, so nothing is rendered: {e}")
+        return out
+    by_id = {ex.id: ex for split in ("train", "dev", "test") for ex in task.split(split)}
+    missing = [i for i in demos if i not in by_id]
+    if missing:
+        raise ConfigError(f"{d}: demo id(s) {missing[:3]} are not in task {cfg.task}'s data any more")
+    answers = list(cand.demo_answers) or [None] * len(demos)
+    out.update(template=task.template, output=task.output, options=list(task.options) or None,
+               demos=[{"id": i, "text": task.demo_text(by_id[i], a)} for i, a in zip(demos, answers)])
+    if example_id is None:
+        pool = list(task.split("test")) or list(task.split("dev"))
+        example = pool[0]
+    elif example_id in by_id:
+        example = by_id[example_id]
+    else:
+        some = ", ".join(list(by_id)[:3])
+        raise ConfigError(f"--example-id {example_id!r}: task {task.name} has no such example (ids look like {some})")
+    out["example"] = {"id": example.id, "input": example.input, "target": example.target}
+    out["rendered"] = task.render(out["prompt"], example)
+    return out
+
+
+def format_export(data: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "yaml":
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError("--format yaml needs PyYAML (pip install pyyaml); or use --format json") from None
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    if fmt == "text":
+        parts = [f"# best prompt of {data['run']} (dev {data['scores']['dev']}, test {data['scores']['test']})",
+                 "", data["prompt"]]
+        if data.get("rendered") is not None:
+            parts += ["", f"# rendered for example {data['example']['id']}", "", data["rendered"]]
+        return "\n".join(parts) + "\n"
+    raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def write_export(text: str, out: str | Path) -> Path:
+    """Atomically: a failed write leaves no half-written file."""
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory; name a file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: folder {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
+    return path
+
+
+def export_command(args: Any) -> int:
+    text = format_export(export_data(args.run, args.example_id), args.format)
+    if args.out:
+        print(f"export: {write_export(text, args.out)}")
+    else:
+        print(text, end="")
+    return 0

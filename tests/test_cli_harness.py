@@ -1,0 +1,109 @@
+"""CLI side of the harness issue on the fake backend: --stop conditions, --json, export, and the progress
+line of the final report."""
+import json
+from pathlib import Path
+
+import pytest
+
+from promptopt.cli import main
+
+
+def run_cli(*args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def base(tmp_path):
+    return ["optimize", "--task", "demo", "--strategy", "paraphrase", "--backend", "fake", "--model", "m",
+            "--run-dir", tmp_path / "runs", "--set", f"cache_path={tmp_path / 'cache.sqlite'}", "-q",
+            "--budget", "2000"]
+
+
+def runs(tmp_path):
+    return sorted((tmp_path / "runs").iterdir()) if (tmp_path / "runs").exists() else []
+
+
+def test_stop_no_improvement_and_json(base, tmp_path, capsys):
+    code, out, err = run_cli(*base, "--stop", "no_improvement=1", "--json", capsys=capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["stop_reason"].startswith("stop: no_improvement=1") and "cache" in summary
+    assert summary == json.loads((runs(tmp_path)[0] / "summary.json").read_text())
+
+
+def test_stop_file_and_score(base, tmp_path, capsys):
+    stop = tmp_path / "STOP"
+    stop.write_text("")
+    code, out, err = run_cli(*base, "--stop", f"file={stop}", "--json", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 1 and "file=" in json.loads(out)["stop_reason"]
+    code, out, err = run_cli(*base, "--stop", "score=0", "--stop", "seconds=600", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["stop_reason"].startswith("stop: score=0")
+
+
+@pytest.mark.parametrize("cond", ["no_improvement=x", "later=5", "score"])
+def test_bad_stop_is_one_line_exit_2_and_writes_nothing(base, tmp_path, capsys, cond):
+    code, out, err = run_cli(*base, "--stop", cond, capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "--stop" in err
+    assert runs(tmp_path) == []
+
+
+def test_export_formats_and_example(base, tmp_path, capsys):
+    code, _, err = run_cli(*base, "--budget", "200", capsys=capsys)
+    assert code == 0, err
+    (run,) = runs(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    code, out, err = run_cli("export", run, capsys=capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["instruction"] == summary["best_prompt"] and data["prompt"] == summary["best_prefix"]
+    assert data["rendered"].startswith(summary["best_prefix"]) and data["example"]["input"] in data["rendered"]
+    dev_id = data["example"]["id"]
+    code, out, _ = run_cli("export", run, "--format", "text", "--example-id", dev_id, capsys=capsys)
+    assert code == 0 and summary["best_prefix"] in out and f"example {dev_id}" in out
+    pytest.importorskip("yaml")
+    target = tmp_path / "best.yaml"
+    code, out, _ = run_cli("export", run, "--format", "yaml", "--out", target, capsys=capsys)
+    import yaml
+    assert code == 0 and yaml.safe_load(target.read_text())["best_id"] == summary["best_id"]
+    code, out, err = run_cli("export", run, "--example-id", "nope", "--out", tmp_path / "x.json", capsys=capsys)
+    assert code == 2 and "no such example" in err and not (tmp_path / "x.json").exists()
+    code, out, err = run_cli("export", tmp_path, capsys=capsys)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_export_with_demos(base, tmp_path, capsys):
+    code, _, err = run_cli(*base, "--budget", "200", "--demos", "2", capsys=capsys)
+    assert code == 0, err
+    (run,) = runs(tmp_path)
+    data = json.loads(run_cli("export", run, capsys=capsys)[1])
+    assert len(data["demo_ids"]) == 2 and all(d["text"] in data["prompt"] for d in data["demos"])
+
+
+def test_progress_final_phase_has_its_own_line(base, tmp_path, capsys):
+    from promptopt.cli.progress import ProgressBar
+    from promptopt.api import optimize
+    bar = ProgressBar(2000)
+    phases = []
+    orig = bar.on_phase
+
+    def spy(run, phase, n):
+        phases.append((phase, n))
+        orig(run, phase, n)
+    bar.on_phase = spy
+    optimize(task="demo", strategy="paraphrase", backend="fake", model="m", optimizer_model="m",
+             budget={"max_examples": 200}, run_dir=str(tmp_path / "runs"), cache=False, callbacks=[bar])
+    bar.close()
+    assert phases[-1][0] == "test" and {p for p, _ in phases} <= {"final", "test"} and all(n > 0 for _, n in phases)
+    assert bar._bar.total == bar._bar.n == phases[-1][1]  # the test line counts what it scores
+
+
+def test_help_and_dry_run_say_what_the_final_report_costs(base, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["optimize", "--help"])
+    out = capsys.readouterr().out
+    assert "final report" in " ".join(out.split()) and "--stop" in out and "--json" in out
+    code, out, _ = run_cli(*base, "--dry-run", capsys=capsys)
+    assert code == 0 and "more scored examples" in out
