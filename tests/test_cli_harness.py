@@ -107,3 +107,18 @@ def test_help_and_dry_run_say_what_the_final_report_costs(base, tmp_path, capsys
     assert "final report" in " ".join(out.split()) and "--stop" in out and "--json" in out
     code, out, _ = run_cli(*base, "--dry-run", capsys=capsys)
     assert code == 0 and "more scored examples" in out
+
+
+def test_list_describes_and_says_who_needs_an_optimizer(capsys):
+    code, out, _ = run_cli("list", "strategies", capsys=capsys)
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and "optimizer LLM" in lines["apo"] and "no optimizer LLM" in lines["fewshot"]
+    assert "ProTeGi" in lines["apo"]
+    code, out, _ = run_cli("list", "tasks", capsys=capsys)
+    assert code == 0 and any(line.startswith("demo ") and len(line.split()) > 1 for line in out.splitlines())
+
+
+def test_optimize_without_task_or_strategy_says_what_it_chose(tmp_path, capsys):
+    code, out, err = run_cli("optimize", "--backend", "fake", "--model", "m", "--run-dir", tmp_path / "runs",
+                             "--dry-run", capsys=capsys)
+    assert code == 0 and "using the defaults --task demo and --strategy paraphrase" in err

@@ -234,6 +234,9 @@ def _optimize(args: argparse.Namespace) -> int:
             apply_set(data, assignment)
         cfg = build_config(data)
         resume_dir = None
+        chosen = [f"--{k} {getattr(cfg, k)}" for k in ("task", "strategy") if k not in data]
+        if chosen and not args.json:  # a newcomer's bare `promptopt optimize` says what it runs
+            print(f"promptopt: using the defaults {' and '.join(chosen)} (pass them to choose)", file=sys.stderr)
         if args.accept_changed_inputs:
             raise ConfigError("--accept-changed-inputs goes with --resume")
     tracker = tracking.tracker(args)  # --mlflow: its URI is checked here, before anything is written
@@ -303,8 +306,29 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    """One line per plugin: its name, what it needs (strategies: an optimizer LLM or not) and the first
+    line of its docstring."""
+    from promptopt.strategy import needs
+    rows = []
     for name in registry.names(args.kind):
-        print(name)
+        try:
+            obj = registry.get(args.kind, name)
+        except PromptOptError as e:  # a plugin that cannot load is listed, with why
+            rows.append((name, "", f"(cannot load: {e})"))
+            continue
+        own = getattr(obj, "__doc__", None) if getattr(obj, "__doc__", None) != getattr(type(obj), "__doc__", 0) else None
+        text = own or getattr(sys.modules.get(getattr(obj, "__module__", ""), None), "__doc__", None) or ""
+        doc = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        tag = ""
+        if args.kind == "strategies":
+            wants = needs(obj)
+            tag = "optimizer LLM" if wants.optimizer else ("optimizer optional" if wants.uses_optimizer
+                                                          else "no optimizer LLM")
+        rows.append((name, tag, doc))
+    width = max((len(n) for n, _, _ in rows), default=0)
+    tag_width = max((len(t) for _, t, _ in rows), default=0)
+    for name, tag, doc in rows:
+        print(f"{name:<{width}}  {tag + '  ' if tag_width else ''}{' ' * (tag_width - len(tag))}{doc}".rstrip())
     return 0
 
 
