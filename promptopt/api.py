@@ -34,6 +34,9 @@ def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options:
     if name.startswith(IN_MEMORY):
         raise ConfigError(f"task {name!r} was built in Python (promptopt.make_task), so it cannot be loaded by "
                           "name; pass the same Task object (optimize(task=task, resume=RUN), evaluate(prompt, task))")
+    if name.startswith("lmeval:"):  # an lm-evaluation-harness task config or name (the lmeval extra)
+        from promptopt.integrations.lmeval import task_factory
+        return task_factory(name[len("lmeval:"):], data_dir=data_dir, seed=seed, **opts)
     if name.endswith(TASK_FILE_SUFFIXES) or Path(name).is_file():
         factory = registry.get("tasks", "custom")
         opts["spec"] = name
