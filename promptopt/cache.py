@@ -308,6 +308,7 @@ class CachedBackend:
         self.hits = 0
         self.misses = 0
         self.inner_calls = 0
+        self.cache_seconds = 0.0  # perf_counter seconds spent on keys, lookups and writes (promptopt/timing.py)
 
     def fingerprint(self) -> str:
         return self.inner.fingerprint()
@@ -319,13 +320,15 @@ class CachedBackend:
             check(needs=needs)
 
     def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
-        fp = self.inner.fingerprint()
+        fp, t0 = self.inner.fingerprint(), time.perf_counter()
         keys = [cache_key(fp, r) if r.cacheable else None for r in reqs]
+        self.cache_seconds += time.perf_counter() - t0
         return self._serve(reqs, keys, self.inner.generate, _gen_to_json, _gen_from_json)
 
     def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
-        fp = self.inner.fingerprint()
+        fp, t0 = self.inner.fingerprint(), time.perf_counter()
         keys = [cache_key(fp, r) for r in reqs]
+        self.cache_seconds += time.perf_counter() - t0
         return self._serve(reqs, keys, self.inner.loglikelihood, _ll_to_json, _ll_from_json)
 
     def _serve(self, reqs: Sequence[Any], keys: Sequence[str | None],
@@ -333,7 +336,9 @@ class CachedBackend:
                decode: Callable[[Mapping[str, Any]], R]) -> list[R]:
         """Fill results from the cache, send the rest once each; `None` keys are never cached or merged."""
         results: list[R | None] = [None] * len(reqs)
+        t0 = time.perf_counter()
         stored = self._lookup([k for k in keys if k is not None], decode)
+        self.cache_seconds += time.perf_counter() - t0
         sent: list[Any] = []
         owners: list[int] = []  # owners[j]: position of the request sent j-th
         first_sent: dict[str, int] = {}
@@ -355,8 +360,10 @@ class CachedBackend:
                 results[i] = res
             for i, j in copies:
                 results[i] = replace(fresh[j], usage=_HIT)
+            t0 = time.perf_counter()
             self._store({keys[i]: encode(res) for i, res in zip(owners, fresh)
                          if keys[i] is not None and res.error is None})
+            self.cache_seconds += time.perf_counter() - t0
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def _call_inner(self, call: Callable[[list[Any]], list[R]], sent: list[Any]) -> list[R]:

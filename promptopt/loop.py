@@ -23,6 +23,7 @@ from promptopt.scorer import Job, score_jobs
 from promptopt.significance import compare_paired
 from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, Strategy, needs
 from promptopt.task import Task
+from promptopt.timing import Timings, cache_seconds
 from promptopt.types import Candidate, Evaluation, Example, Usage
 
 log = logging.getLogger("promptopt")
@@ -51,6 +52,7 @@ class Report:
     best_demos: tuple[str, ...] = ()  # train example ids of the best candidate's demos
     best_prefix: str = ""  # what the best candidate puts where {prompt} stands (instruction + demos)
     significance: dict[str, Any] | None = None  # seed vs best on the same test examples
+    timings: dict[str, float] = field(default_factory=dict)  # this session's wall time by part (timing.py)
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -63,7 +65,7 @@ class Report:
             "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
             "failures": self.failures, "seconds": round(self.seconds, 2),
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
-            "significance": self.significance,
+            "significance": self.significance, "timings": self.timings,
         }
 
 
@@ -88,12 +90,15 @@ class _OptimizerChannel:
             results = [GenResult(o["text"], o.get("finish_reason", "stop"), Usage.from_json(o.get("usage")),
                                  o.get("error")) for o in recorded["responses"]]
         else:
+            t0, c0 = time.perf_counter(), cache_seconds(self._backend)
             try:
                 results = [replace(r, text=_valid_text(r.text)) for r in self._backend.generate(reqs)]
             except PromptOptError as e:
                 if isinstance(e, BackendError) and e.fatal:
                     raise
                 results = [GenResult("", "error", Usage(), str(e)) for _ in reqs]
+            finally:
+                run.timings.add("optimizer_generation", time.perf_counter() - t0, cache_seconds(self._backend) - c0)
         usage = sum((r.usage for r in results), Usage())
         run.tracker.optimizer_calls += len(reqs)
         run.tracker.optimizer = run.tracker.optimizer + usage
@@ -159,6 +164,7 @@ class Run:
         self._best_dev = -math.inf
         self.failures = 0
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
+        self.timings = Timings()  # wall time by part, this session only; never logged as events
         self.stop_reason = ""
         self._rng = random.Random(seed)
         # A fixed per-run order of each split: "n more unseen examples" walks it.
@@ -356,7 +362,11 @@ class Run:
         jobs = [Job(reqs[i].candidate.id, self.prompt_of(reqs[i].candidate), reqs[i].split,
                     tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective)
                 for i in live]
-        evals = score_jobs(self.task, self.target, jobs)
+        t0, c0 = time.perf_counter(), cache_seconds(self.target)
+        try:
+            evals = score_jobs(self.task, self.target, jobs)
+        finally:
+            self.timings.add("target_scoring", time.perf_counter() - t0, cache_seconds(self.target) - c0)
         self._stop_if_failing([e for e in out if e is not None] + evals, phase)
         for i, ev in zip(live, evals):
             out[i] = ev
@@ -455,6 +465,9 @@ class Run:
             failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
             significance=significance,
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
+        # This session's wall time (not earlier sessions'), split by part.
+        report.timings = self.timings.to_json(time.monotonic() - (started if started is not None
+                                                                   else self.tracker.started))
         return report
 
 

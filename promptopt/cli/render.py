@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from promptopt.timing import breakdown_line
+
 if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop
     from promptopt.loop import Report
 
@@ -54,5 +56,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
         f"target tokens {tu.tokens:,} · optimizer tokens {ou.tokens:,} · usd {tu.usd + ou.usd:.4f}"
         f" · model calls {cache.get('model_calls', '-')} · cache hits {cache.get('hits', '-')}"
         f" · failures {report.failures} · {report.seconds:.1f}s")
+    if report.timings:
+        console.print(breakdown_line(report.timings))
     if report.run_dir:
         console.print(f"run log: {report.run_dir}")

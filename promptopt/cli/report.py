@@ -13,11 +13,13 @@ from typing import Any, Iterable, Sequence
 
 from promptopt.api import load_run_config
 from promptopt.cli.plots import plot_dev_by_step, plot_rl_curves
+from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.render import fmt, significance_line
 from promptopt.cli.show import meta_text
 from promptopt.config import RunConfig
 from promptopt.errors import PromptOptError
 from promptopt.runlog import RunView, load_run
+from promptopt.timing import PARTS
 from promptopt.types import Usage
 
 REPORT_FILE = "report.html"
@@ -82,6 +84,11 @@ def render_html(run_dir: Path, view: RunView, plots: Sequence[tuple[str, Path]],
              f"<h1>{escape(title)}</h1>", _overview(run_dir, view, config)]
     if best:
         parts.append(f"<h2>Best prompt</h2><pre id=\"best-prompt\">{escape(view.candidates[best]['text'])}</pre>")
+        scored = best_results(view)
+        if scored:
+            dist, warning = prediction_lines(scored[1], f"answers on {scored[0]}")
+            parts.append(f"<p id=\"answers\">{escape(dist)}</p>"
+                         + (f"<p id=\"answer-warning\"><strong>warning: {escape(warning)}</strong></p>" if warning else ""))
         prefix = (view.summary or {}).get("best_prefix")
         if prefix and prefix != view.candidates[best]["text"]:
             parts.append("<h3>As the model reads it (instruction and demos, before each query)</h3>"
@@ -178,7 +185,20 @@ def _costs(view: RunView) -> str:
                   ("failed evaluations", s.get("failures", "-")),
                   ("response cache, last session: hits / misses / model batches",
                    f"{cache.get('hits', '-')} / {cache.get('misses', '-')} / {cache.get('model_calls', '-')}")]
-    return "<h2>Cost</h2>" + usage + _table(("counter", "value"), facts, text_col=0)
+    return "<h2>Cost</h2>" + usage + _table(("counter", "value"), facts, text_col=0) + _time_parts(s)
+
+
+def _time_parts(summary: dict[str, Any] | None) -> str:
+    """The last session's wall time split into target scoring, optimizer generation, cache and overhead."""
+    timings = (summary or {}).get("timings")
+    if not timings:
+        return ""
+    wall = float(timings.get("wall") or 0.0)
+    rows = [(key.replace("_", " "), f"{float(timings.get(key) or 0.0):.2f}",
+             f"{100 * float(timings.get(key) or 0.0) / wall:.0f}%" if wall > 0 else "-")
+            for key in (*PARTS, "overhead")]
+    rows.append(("wall time (last session)", f"{wall:.2f}", "100%" if wall > 0 else "-"))
+    return "<h3 id=\"time-parts\">Where the time goes</h3>" + _table(("part", "seconds", "share"), rows, text_col=0)
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], text_col: int | None = None) -> str:
