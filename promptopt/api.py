@@ -111,7 +111,12 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
     start = next((s for s in log.sessions if s["type"] == "run.start"), None)
     if start is None:
         return []
-    changed = [] if start.get("config") == meta["config"] else ["config.json differs from the config recorded at start"]
+    recorded = start.get("config")
+    if isinstance(recorded, dict):  # a setting added since the run started, at its default, changes nothing
+        defaults = RunConfig().model_dump(mode="json")
+        recorded = {**{k: v for k, v in meta["config"].items() if k not in recorded and v == defaults.get(k)},
+                    **recorded}
+    changed = [] if recorded == meta["config"] else ["config.json differs from the config recorded at start"]
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)
         if old != new:
@@ -152,7 +157,8 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
               seed=cfg.seed, log=None, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
               max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step,
-              demos=cfg.demos, callbacks=callbacks)
+              demos=cfg.demos, callbacks=callbacks, objectives=cfg.objectives,
+              objective_weights=cfg.objective_weights)
     if resume_dir is None:
         log = RunLog(new_run_dir(Path(cfg.run_dir), meta, cfg.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from promptopt import registry
 from promptopt.budget import Budget
 from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
+from promptopt.objectives import check_objectives, check_weights
 
 NONE_MODEL = "none"
 
@@ -87,6 +88,19 @@ class RunConfig(BaseModel):
     test_limit: int | None = Field(None, ge=1)
     demos: int = Field(0, ge=0, description="train demos every seed candidate carries (label-balanced draw)")
     plugins: list[str] = Field(default_factory=list)
+    # Run objectives (promptopt/objectives.py): what the final report chooses by; ["task"] = as always.
+    objectives: list[str] = Field(default_factory=lambda: ["task"])
+    objective_weights: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, names: list[str]) -> list[str]:
+        return check_objectives(names)
+
+    @model_validator(mode="after")
+    def _weights_of_objectives(self) -> "RunConfig":
+        check_weights(self.objective_weights, self.objectives)
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -116,7 +130,7 @@ def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
 
 # Short section names accepted by --set, mapped to RunConfig fields.
 _SECTIONS = {"task": "task_options", "backend": "target.options", "target": "target",
-             "optimizer": "optimizer", "budget": "budget"}
+             "optimizer": "optimizer", "budget": "budget", "objective_weights": "objective_weights"}
 
 
 def apply_set(data: dict[str, Any], assignment: str) -> None:

@@ -18,6 +18,7 @@ from promptopt.data import test_sample
 from promptopt.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
                               RunStopped)
+from promptopt.objectives import Measurer
 from promptopt.runlog import RunLog
 from promptopt.scorer import Job, score_jobs
 from promptopt.significance import compare_paired
@@ -52,6 +53,7 @@ class Report:
     best_demos: tuple[str, ...] = ()  # train example ids of the best candidate's demos
     best_prefix: str = ""  # what the best candidate puts where {prompt} stands (instruction + demos)
     significance: dict[str, Any] | None = None  # seed vs best on the same test examples
+    objectives: dict[str, Any] | None = None  # several objectives: the finalists' front (objectives.py)
     timings: dict[str, float] = field(default_factory=dict)  # this session's wall time by part (timing.py)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +67,7 @@ class Report:
             "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
             "failures": self.failures, "seconds": round(self.seconds, 2),
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
-            "significance": self.significance, "timings": self.timings,
+            "significance": self.significance, **({"objectives": self.objectives} if self.objectives else {}), "timings": self.timings,
         }
 
 
@@ -144,7 +146,8 @@ class Run:
                  budget: Budget | None = None, seed: int = 0, log: RunLog | None = None,
                  seed_prompt: str | None = None, final_top_k: int = 3, max_failures: int = 20,
                  test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None,
-                 demos: int = 0, callbacks: Sequence[Any] = ()):
+                 demos: int = 0, callbacks: Sequence[Any] = (), objectives: Sequence[str] = ("task",),
+                 objective_weights: Any = None):
         self.task = task
         self.strategy = strategy
         self.target = target
@@ -182,6 +185,8 @@ class Run:
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note, seed_demos=self.seed_demos)
+        self.objectives = self._measurer(objectives, objective_weights)  # None: the task metric only
+        self._ctx.objectives = self.objectives if self.objectives is not None and self.objectives.weighted else None
         self._check_capabilities()
         n, window = self._tokens(self.seed_prompt)
         if n > window:  # every evaluation would fail: refuse before any model call
@@ -220,6 +225,14 @@ class Run:
             raise CapabilityError(f"strategy {type(self.strategy).__name__} needs log-likelihoods but the target "
                                   f"model ({self.target.fingerprint()}) cannot give them"
                                   f"{_because(self.target, LOGLIKELIHOOD)}")
+
+    def _measurer(self, names: Sequence[str], weights: Any) -> Measurer | None:
+        if list(names) == ["task"] and not weights:
+            return None
+        inner = getattr(self.target, "inner", self.target)
+        count = getattr(inner, "count_tokens", None)
+        return Measurer(names, weights, prompt_text=self.prompt_of, render=self.task.render,
+                        example=self._by_id.__getitem__, count=count if callable(count) else None)
 
     def _note(self, kind: str, **data: Any) -> None:
         if self.log:
@@ -338,6 +351,8 @@ class Run:
     def _record(self, ev: Evaluation, *, search: bool) -> None:
         self.history._add_evaluation(ev)
         self.target_usage = self.target_usage + ev.usage
+        if self.objectives is not None:
+            self.objectives.record(ev)
         if search:
             self.tracker.examples += len(ev.results) if ev.state == "complete" else 0
             self.tracker.target = self.tracker.target + ev.usage
@@ -438,6 +453,9 @@ class Run:
         ranked = [(c, self.history.score(c.id, "dev")) for c in finalists
                   if self.history.n_scored(c.id, "dev") == full] or [(seed, math.nan)]
         best = max(ranked, key=lambda cs: -math.inf if math.isnan(cs[1]) else cs[1])[0]
+        front = None
+        if self.objectives is not None and not math.isnan(ranked[0][1]):  # several objectives: by the stated rule
+            best, front = self.objectives.choose([c for c, _ in ranked], self.history, best)
         seed_test = best_test = significance = None
         if self.target is not None and self.task.split("test"):
             test = list(self.task.split("test"))
@@ -463,7 +481,7 @@ class Run:
             search={"examples": self.tracker.examples, "optimizer_calls": self.tracker.optimizer_calls},
             target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
             failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
-            significance=significance,
+            significance=significance, objectives=front,
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         # This session's wall time (not earlier sessions'), split by part.
         report.timings = self.timings.to_json(time.monotonic() - (started if started is not None

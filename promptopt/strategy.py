@@ -114,6 +114,9 @@ class Context:
     budget: BudgetView
     notes: Callable[..., None]  # notes(kind, **data): log a strategy event (e.g. a failed proposal)
     seed_demos: tuple[str, ...] = ()  # train demo ids every seed candidate carries (`--demos K`)
+    # With `objective_weights` set: the run's objectives.Measurer, whose `scalarize` shared ranking helpers
+    # use; None otherwise (rank by the strategy's own fitness).
+    objectives: Any = None
 
     def seed_candidates(self) -> list[Candidate]:
         """The task's seed prompts as candidates, with the run's seed demos."""

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--test-limit", type=int, help="score the final test split on at most N examples")
     o.add_argument("--demos", type=int, metavar="K",
                    help="seed every strategy with K train demonstrations (label-balanced, drawn with the run seed)")
+    o.add_argument("--objectives", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], metavar="LIST",
+                   help="what the final report chooses by: task (default), prompt_tokens, target_tokens, usd, e.g. "
+                        "task,prompt_tokens (a Pareto front; --set objective_weights.prompt_tokens=0.001 scalarizes)")
     o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -185,7 +188,7 @@ _RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "-
               "--optimizer-backend": "optimizer_backend", "--budget": "budget", "--max-usd": "max_usd",
               "--seed": "seed", "--prompt": "prompt", "--run-dir": "run_dir", "--config": "config",
               "--set": "sets", "--test-limit": "test_limit", "--no-cache": "no_cache", "--plugin": "plugin",
-              "--demos": "demos"}
+              "--demos": "demos", "--objectives": "objectives"}
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -209,7 +212,7 @@ def _optimize(args: argparse.Namespace) -> int:
         flags: dict[str, Any] = {}
         for flag, key in (("task", "task"), ("strategy", "strategy"), ("seed", "seed"), ("prompt", "prompt"),
                           ("run_dir", "run_dir"), ("data_dir", "data_dir"), ("test_limit", "test_limit"),
-                          ("demos", "demos")):
+                          ("demos", "demos"), ("objectives", "objectives")):
             if getattr(args, flag) is not None:
                 flags[key] = getattr(args, flag)
         if args.model or args.backend:

@@ -67,3 +67,29 @@ def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[i
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return Path(out)
+
+
+def plot_front(points: Sequence[dict[str, Any]], x: str, y: str, chosen: str | None, out: str | Path) -> Path:
+    """Save the finalists as y (task score) against x (e.g. prompt tokens), the Pareto front joined and the
+    chosen prompt ringed; `points` are summary.json's objectives.points."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    have = [p for p in points if p.get(x) is not None and p.get(y) is not None]
+    rest = [(p[x], p[y]) for p in have if not p.get("front")]
+    front = sorted((p[x], p[y]) for p in have if p.get("front"))
+    if rest:
+        ax.scatter(*zip(*rest), s=24, alpha=0.6, color="tab:gray", label="dominated finalist")
+    if front:
+        ax.step(*zip(*front), where="post", color="tab:red", alpha=0.6)
+        ax.scatter(*zip(*front), s=36, color="tab:red", label="Pareto front", zorder=3)
+    pick = [(p[x], p[y]) for p in have if p["id"] == chosen]
+    if pick:
+        ax.scatter(*zip(*pick), s=160, facecolors="none", edgecolors="black", linewidths=1.5, label="chosen", zorder=4)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(f"{y} (dev)" if y == "task" else y)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)

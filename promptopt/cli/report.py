@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from promptopt.api import load_run_config
-from promptopt.cli.plots import plot_dev_by_step, plot_rl_curves
+from promptopt.cli.front import FRONT_PLOT, front_of, front_section, plot_axes
+from promptopt.cli.plots import plot_dev_by_step, plot_front, plot_rl_curves
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.render import fmt, significance_line
 from promptopt.cli.show import meta_text
@@ -69,6 +70,12 @@ def _plots(run_dir: Path, view: RunView, out: Path) -> list[tuple[str, Path]]:
         if any(n.get("kind") == "rl.step" for n in view.notes):
             plots.append(("RL training: mean sampled reward and the greedy prompt's dev score",
                           plot_rl_curves(run_dir, out.with_name(f"{out.stem}_rl_curves.png"))))
+        front = front_of(view.summary)
+        axes = plot_axes(front) if front else None
+        if front and axes:
+            plots.append((f"The finalists' {axes[1]} score (dev) against {axes[0].replace('_', ' ')}: the Pareto front "
+                          "joined, the chosen prompt ringed",
+                          plot_front(front["points"], *axes, front.get("chosen"), out.with_name(f"{out.stem}{FRONT_PLOT}"))))
     except ImportError as e:  # matplotlib is the optional `plot` extra
         raise PromptOptError(f"the report's plots need matplotlib (pip install 'promptopt[plot]'): {e}") from None
     return plots
@@ -94,12 +101,13 @@ def render_html(run_dir: Path, view: RunView, plots: Sequence[tuple[str, Path]],
             parts.append("<h3>As the model reads it (instruction and demos, before each query)</h3>"
                          f"<pre id=\"best-prefix\">{escape(prefix)}</pre>")
     parts.append("<h2>Score by step</h2>")
-    for caption, png in plots:
+    for caption, png in [p for p in plots if not p[1].name.endswith(FRONT_PLOT)]:  # the front has its section
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{escape(caption)}\">"
                      f"<figcaption>{escape(caption)} ({escape(png.name)})</figcaption></figure>")
     if not plots:
         parts.append("<p>No candidate has been scored yet.</p>")
+    parts.append(front_section(view.summary, plots))
     parts.append(_table(("step", "best dev", "candidates"),
                         [(s, fmt(b), n) for s, b, n in view.best_by_step()]))
     if best:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from promptopt.cli.front import print_front
 from promptopt.cli.render import fmt, short, significance_line
 from promptopt.runlog import load_run
 
@@ -55,3 +56,4 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
         if view.summary.get("significance"):
             console.print(significance_line(view.summary["significance"]))
+        print_front(console, view.summary)

@@ -185,7 +185,10 @@ class IterativeSearch:
     def fitness(self, ctx: Context, candidate_id: str) -> float:
         if self._objective is None:
             self._objective = Objective(ctx.task, self.config.objective, self.config.entropy_weight)
-        return self._objective(ctx.history.results(candidate_id, "dev"))
+        value = self._objective(ctx.history.results(candidate_id, "dev"))
+        if ctx.objectives is not None:  # objective_weights set: rank by the run's scalarization (objectives.py)
+            value = ctx.objectives.scalarize(value, ctx.history.candidate(candidate_id), ctx.history)
+        return value
 
     def _absorb(self, ctx: Context, proposals: list[Member]) -> None:
         scored = [replace(m, fitness=self.fitness(ctx, m.id)) for m in proposals]

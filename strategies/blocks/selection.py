@@ -133,6 +133,7 @@ class Selector:
         self.keep = 1
         self.spent = 0  # examples requested so far in this selection step
         self._history = History()
+        self._objectives = None
         self._size = 0  # examples in the split
         self._arms: list[Candidate] = []
         self._failed: set[str] = set()
@@ -143,6 +144,7 @@ class Selector:
         """Begin selecting among `candidates` (duplicates by id dropped) with at most `budget` examples;
         `keep` is how many the caller will take from the ranking (sr/sh stop at that many)."""
         self._history = ctx.history
+        self._objectives = getattr(ctx, "objectives", None)  # objective_weights set: ranking() scalarizes
         self._size = len(ctx.task.split(self.split))
         arms: dict[str, Candidate] = {}
         for cand in candidates:
@@ -196,6 +198,8 @@ class Selector:
         the earlier arm (callers list incumbents first)."""
         def key(a: Candidate) -> tuple[float, int]:
             m = self.mean(a)
+            if self._objectives is not None:
+                m = self._objectives.scalarize(m, a, self._history, self.split)
             return (-math.inf if math.isnan(m) else m, self.n(a))
         return sorted(arms, key=key, reverse=True)  # stable: equal keys keep their order
 
