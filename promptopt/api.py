@@ -101,8 +101,11 @@ def task_fingerprint(task: Task) -> str:
     """A hash of what the task scores: every example of every split, its template, options and seed prompts."""
     splits = {s: [[ex.id, ex.input, ex.target, ex.label, dict(ex.fields)] for ex in task.split(s)]
               for s in ("train", "dev", "test")}
-    return "sha256:" + canonical_hash({"splits": splits, "template": task.template, "options": list(task.options or ()),
-                                       "seed_prompts": list(task.seed_prompts)})
+    data = {"splits": splits, "template": task.template, "options": list(task.options or ()),
+            "seed_prompts": list(task.seed_prompts)}
+    if task.corpus_metric is not None:  # only when set, so the fingerprints of earlier runs stay
+        data["corpus_metric"] = task.corpus_metric
+    return "sha256:" + canonical_hash(data)
 
 
 def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
@@ -138,6 +141,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
     task = task_object if task_object is not None else \
         load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    warn_reused_splits(task)
     check_task = getattr(strategy, "check_task", None)  # settings the task cannot carry: refused before any model loads
     if callable(check_task):
         check_task(task.without_test())
@@ -169,6 +173,15 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
         run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
+
+
+def warn_reused_splits(task: Task) -> list[str]:
+    """Warn (log) when one split's examples are mostly another's (train given as dev): scores are then not held out."""
+    from promptopt.metrics import reused_splits
+    found = reused_splits(task.splits)
+    for line in found:
+        log.warning("task %s: %s", task.name, line)
+    return found
 
 
 def backend_stats(backends: Backends) -> dict[str, Any]:
@@ -327,6 +340,7 @@ def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", mode
              task_options: Mapping[str, Any] | None = None, target: Backend | None = None) -> Evaluation:
     """Score one prompt on a split of a task (through the cache unless cache=False)."""
     t = task if isinstance(task, Task) else load_task(task, data_dir=data_dir, seed=seed, options=task_options)
+    warn_reused_splits(t)
     examples = tuple(t.split(split))
     if not examples:
         raise ConfigError(f"task {t.name} has no {split} examples")

@@ -247,6 +247,10 @@ class RunView:
     optimizer_usage: Usage = field(default_factory=Usage)
     wall_seconds: float = 0.0  # summed over sessions, so pauses between a crash and a resume do not count
     summary: dict[str, Any] | None = None
+    # Per (candidate, split): each example's logged result (for corpus metrics and the answer distribution),
+    # and the corpus metric its evaluations name (promptopt.metrics), when they name one.
+    results: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
+    metrics: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def evals(self) -> list[dict[str, Any]]:
@@ -260,6 +264,9 @@ class RunView:
 
     def score(self, cid: str, split: str = "dev") -> float:
         s = self.scores.get((cid, split))
+        if s and (cid, split) in self.metrics:
+            from promptopt.metrics import corpus_score
+            return corpus_score(self.metrics[(cid, split)], self.results[(cid, split)].values())
         return sum(s.values()) / len(s) if s else float("nan")
 
     def n(self, cid: str, split: str = "dev") -> int:
@@ -331,8 +338,12 @@ def load_run(run_dir: Path) -> RunView:
             view.target_usage += Usage.from_json(e.get("usage"))  # failed evaluations cost too
             if e.get("state") == "complete" and is_task_score(e):
                 bucket = view.scores[(e["candidate_id"], e["split"])]
+                kept = view.results[(e["candidate_id"], e["split"])]
+                if e.get("metric"):
+                    view.metrics[(e["candidate_id"], e["split"])] = e["metric"]
                 for r in e["results"]:
                     bucket[r["example_id"]] = r["score"]
+                    kept[r["example_id"]] = r
         elif t == "note":
             view.notes.append(e)
         elif t == "optimizer_call":

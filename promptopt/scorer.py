@@ -50,7 +50,8 @@ def score_jobs(task: Task, backend: Backend, jobs: Sequence[Job]) -> list[Evalua
     seconds = time.monotonic() - started
     return [Evaluation(e.candidate_id, e.split, e.results, e.state, e.error,
                        Usage(e.usage.calls, e.usage.prompt_tokens, e.usage.completion_tokens,
-                             seconds * len(j.examples) / total, e.usage.usd, e.usage.cache_hits), j.objective)
+                             seconds * len(j.examples) / total, e.usage.usd, e.usage.cache_hits), j.objective,
+                       task.corpus_metric if j.objective == "task" else None)
             for e, j in zip(evals, jobs)]
 
 

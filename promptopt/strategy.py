@@ -45,6 +45,7 @@ class History:
         self._candidates: dict[str, Candidate] = {}
         self._results: dict[tuple[str, str, str], dict[str, ExampleResult]] = {}
         self._failures: dict[str, int] = {}
+        self._metrics: dict[tuple[str, str, str], str] = {}
 
     # -- written by the loop only --
     def _add_candidate(self, cand: Candidate) -> bool:
@@ -58,6 +59,8 @@ class History:
             self._failures[ev.candidate_id] = self._failures.get(ev.candidate_id, 0) + 1
             return
         bucket = self._results.setdefault((ev.candidate_id, ev.split, ev.objective), {})
+        if ev.metric is not None:  # a corpus metric (promptopt.metrics): score() computes it over the results
+            self._metrics[(ev.candidate_id, ev.split, ev.objective)] = ev.metric
         for r in ev.results:
             bucket[r.example_id] = r
 
@@ -87,6 +90,10 @@ class History:
         res = self._results.get((candidate_id, split, objective))
         if not res:
             return math.nan
+        metric = self._metrics.get((candidate_id, split, objective))
+        if metric is not None:
+            from promptopt.metrics import corpus_score
+            return corpus_score(metric, res.values())
         return sum(r.score for r in res.values()) / len(res)
 
     def ranked(self, split: str = "dev", min_examples: int = 1, objective: str = "task") -> list[tuple[Candidate, float]]:

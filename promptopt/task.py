@@ -66,6 +66,9 @@ class Task:
     description: str = ""
     meta: Mapping[str, object] = field(default_factory=dict)
     metric_on_choice: bool = False  # choose: score the chosen option's text with `metric` (else: label match)
+    # choose: "balanced_accuracy" or "macro_f1" is what a score over examples reports (promptopt.metrics);
+    # None keeps mean accuracy. Per-example scores stay correctness.
+    corpus_metric: str | None = None
 
     def __post_init__(self) -> None:
         check_template(self.template)
@@ -75,6 +78,11 @@ class Task:
             raise TaskError(f"task {self.name}: a 'choose' task needs at least two options")
         if not self.seed_prompts:
             raise TaskError(f"task {self.name}: no seed prompt")
+        if self.corpus_metric is not None:
+            from promptopt.metrics import CORPUS_METRICS
+            if self.corpus_metric not in CORPUS_METRICS or self.output != "choose" or self.metric_on_choice:
+                raise TaskError(f"task {self.name}: corpus_metric {self.corpus_metric!r} needs a choose task scored "
+                                f"by label match, and one of {', '.join(CORPUS_METRICS)}")
         for split in ("dev",):
             if not self.splits.get(split):
                 raise TaskError(f"task {self.name}: the {split} split is empty")

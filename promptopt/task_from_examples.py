@@ -10,7 +10,9 @@ fixed seed (the same rows whatever the seed), dev with `seed`, the rest is train
 
 `metric(prediction, example)` gets the extracted prediction (the chosen option's text for a choose task)
 and the example's original row (a dict), and returns a number or `(number, feedback text)`; the feedback
-goes into each example's result, where reflective strategies (gepa) read it. A metric that raises or
+goes into each example's result, where reflective strategies (gepa) read it. A choose task may instead
+name a corpus metric, `metric="balanced_accuracy"` or `"macro_f1"` (promptopt.metrics), reported by every
+score over examples; per-example scores stay correctness. A metric that raises or
 returns something else is a `MetricError` naming the example (checked once on the first example's gold
 answer when the task is built, so an obvious mistake costs no model call).
 """
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from promptopt.answers import exact_match, exact_match_strict, get_extractor
 from promptopt.data import carve
 from promptopt.errors import ConfigError, TaskError
+from promptopt.metrics import CORPUS_METRICS
 from promptopt.task import Task
 from promptopt.template import template_fields
 from promptopt.types import Example
@@ -62,7 +65,8 @@ def _missing(value: Any) -> bool:
 
 def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test: Any = None,
               template: str = DEFAULT_TEMPLATE, output: Literal["generate", "choose"] = "generate",
-              options: Sequence[str] | None = None, metric: Callable[[str, Mapping[str, Any]], Any] | None = None,
+              options: Sequence[str] | None = None,
+              metric: Callable[[str, Mapping[str, Any]], Any] | str | None = None,
               input_key: str = "input", target_key: str = "target", label_key: str | None = None,
               id_key: str | None = None, prompt: str | Sequence[str] = DEFAULT_PROMPT, name: str = "examples",
               extract: str | Callable[[str], str] | None = None, strict: bool = False,
@@ -71,6 +75,12 @@ def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test:
     """A Task from examples in memory (see the module doc). Bad input is a TaskError/ConfigError naming it."""
     if output not in ("generate", "choose"):
         raise ConfigError(f"output must be 'generate' or 'choose', not {output!r}")
+    corpus_metric = None
+    if isinstance(metric, str):  # a named metric: accuracy (the default), or a corpus metric of a choose task
+        if metric not in ("accuracy", *CORPUS_METRICS) or (output != "choose" and metric != "accuracy"):
+            raise ConfigError(f"metric {metric!r}: a name is one of accuracy, {', '.join(CORPUS_METRICS)} (the last "
+                              "two for output='choose'); or pass a callable (prediction, example) -> float")
+        corpus_metric, metric = (None if metric == "accuracy" else metric), None
     if metric is not None and not callable(metric):
         raise ConfigError(f"metric must be a callable (prediction, example) -> float, not {type(metric).__name__}")
     fields = template_fields(template)
@@ -158,8 +168,8 @@ def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test:
     task = Task(name=name, splits=splits, template=template, output=output, seed_prompts=seed_prompts,
                 options=opts, extract=get_extractor(extract) if output == "generate" else get_extractor(None),
                 metric=metric_fn, max_tokens=max_tokens, stop=tuple(stop), chat=chat, description=description,
-                metric_on_choice=output == "choose" and user_metric is not None,
-                meta={"source": "python", "metric": getattr(metric_fn, "__name__", "metric"),
+                metric_on_choice=output == "choose" and user_metric is not None, corpus_metric=corpus_metric,
+                meta={"source": "python", "metric": corpus_metric or getattr(metric_fn, "__name__", "metric"),
                       "extract": getattr(get_extractor(extract), "__name__", "extract"),
                       "sizes": {k: len(v) for k, v in splits.items()}})
     if user_metric is not None:  # one call on a gold answer: a broken metric fails here, before any model

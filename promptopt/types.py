@@ -161,12 +161,16 @@ class Evaluation:
     error: str | None = None
     usage: Usage = Usage()
     objective: Objective = "task"
+    metric: str | None = None  # a corpus metric of a choose task (promptopt.metrics); None: the mean score
 
     @property
     def score(self) -> float:
-        """Mean score; NaN for a failed or empty evaluation."""
+        """Mean score (or the corpus `metric` over the results); NaN for a failed or empty evaluation."""
         if self.state != "complete" or not self.results:
             return math.nan
+        if self.metric is not None:
+            from promptopt.metrics import corpus_score
+            return corpus_score(self.metric, self.results)
         return sum(r.score for r in self.results) / len(self.results)
 
     @property
@@ -174,14 +178,17 @@ class Evaluation:
         return tuple(r.example_id for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"candidate_id": self.candidate_id, "split": self.split, "objective": self.objective,
-                "state": self.state,
-                "error": self.error, "score": None if math.isnan(self.score) else self.score,
-                "usage": self.usage.to_json(), "results": [r.to_json() for r in self.results]}
+        d = {"candidate_id": self.candidate_id, "split": self.split, "objective": self.objective,
+             "state": self.state,
+             "error": self.error, "score": None if math.isnan(self.score) else self.score,
+             "usage": self.usage.to_json(), "results": [r.to_json() for r in self.results]}
+        if self.metric is not None:
+            d["metric"] = self.metric
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Evaluation":
         return cls(d["candidate_id"], d["split"],
                    tuple(ExampleResult.from_json(r) for r in d["results"]),
                    d.get("state", "complete"), d.get("error"), Usage.from_json(d.get("usage")),
-                   d.get("objective", "task"))
+                   d.get("objective", "task"), d.get("metric"))

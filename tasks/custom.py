@@ -5,16 +5,20 @@
     output = "choose"                       # or "generate"
     options = [" billing", " technical", " other"]   # choose only; index = label
     seed_prompts = ["What is this message about?"]
-    metric = "accuracy"                     # choose: accuracy; generate: exact_match (alias accuracy),
-                                            #   contains or numeric
+    metric = "accuracy"                     # choose: accuracy, balanced_accuracy or macro_f1;
+                                            #   generate: exact_match (alias accuracy), contains or numeric
     [columns]
     input = "text"                          # the column put into {input}
     target = "intent"                       # gold answer; for choose it must match an option
     # label = "label"                       # choose: a column holding the option index instead
     [data]
-    file = "intents.csv"                    # .jsonl, .csv or .tsv; paths are relative to the spec
+    file = "intents.csv"                    # JSON lines, a JSON array, CSV or TSV (read by content);
+                                            #   paths are relative to the spec
     split = { train = 0.4, dev = 0.3, test = 0.3 }   # fractions or counts
     # or: train = "train.jsonl", dev = "dev.jsonl", test = "test.jsonl"
+    #     limit = { train = 500, test = 1000 }   # optional: at most this many rows of a file
+
+Every key, with examples: docs/task-spec.md.
 
 Other `{name}` fields in the template are filled from the column of the same name. A seeded split
 draws test with a fixed seed, so every run reports on the same rows, then dev and train with the
@@ -24,14 +28,15 @@ only; by default it ignores case, extra whitespace and surrounding punctuation),
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from promptopt.data import (TaskOptions, carve, parse_options, read_jsonl, read_table, read_text, require_columns,
-                            sample)
+from promptopt.data import (TaskOptions, carve, lone_surrogate, parse_options, read_jsonl, read_table, read_text,
+                            require_columns, sample, test_sample)
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task
 from promptopt.answers import EXTRACTORS as _ANSWER_EXTRACTORS, exact_match_strict, get_extractor
@@ -61,7 +66,8 @@ def first_line(text: str) -> str:
 
 
 METRICS: dict[str, Callable[[str, Example], float]] = {
-    "exact_match": exact_match, "accuracy": exact_match, "contains": contains, "numeric": numeric}
+    "exact_match": exact_match, "accuracy": exact_match, "contains": contains, "numeric": numeric,
+    "balanced_accuracy": exact_match, "macro_f1": exact_match}  # choose: label match, the corpus metric on top
 EXTRACTORS: dict[str, Callable[[str], str]] = {
     **_ANSWER_EXTRACTORS, "strip": identity, "last_number": last_number, "first_line": first_line}
 
@@ -82,6 +88,9 @@ class DataFiles(_Spec):
     train: str | None = None
     dev: str | None = None
     test: str | None = None
+    # Separate files: at most this many rows of each (train and dev drawn with the run seed, test with the
+    # fixed test sampler, so every run reports on the same rows).
+    limit: dict[Literal["train", "dev", "test"], PositiveInt] | None = None
 
     @model_validator(mode="after")
     def one_layout(self) -> "DataFiles":
@@ -89,6 +98,8 @@ class DataFiles(_Spec):
         if self.file is not None:
             if any(explicit):
                 raise ValueError("give either `file` with `split`, or `train`/`dev`/`test` files, not both")
+            if self.limit:
+                raise ValueError("`limit` is for separate train/dev/test files; with `file`, `split` sets the sizes")
             if self.split is None or set(self.split) != set(SPLITS):
                 raise ValueError("`file` needs `split = { train = ..., dev = ..., test = ... }`")
         elif not all(explicit):
@@ -103,7 +114,7 @@ class TaskSpec(_Spec):
     output: Literal["generate", "choose"]
     options: list[str] = []
     seed_prompts: list[str] = Field(min_length=1)
-    metric: Literal["exact_match", "contains", "numeric", "accuracy"] | None = None
+    metric: Literal["exact_match", "contains", "numeric", "accuracy", "balanced_accuracy", "macro_f1"] | None = None
     extract: str | None = None  # a name in EXTRACTORS or regex:PATTERN
     strict: bool = False
     chat: bool = False
@@ -114,25 +125,35 @@ class TaskSpec(_Spec):
 
     @model_validator(mode="after")
     def consistent(self) -> "TaskSpec":
+        problems = []  # every one, so a dry run lists them all at once (load_spec splits them again)
         missing = [f"{{{f}}}" for f in ("prompt", "input") if f not in template_fields(self.template)]
         if missing:
-            raise ValueError(f"the template lacks {' and '.join(missing)}")
+            problems.append(f"the template lacks {' and '.join(missing)}")
         if self.extract is not None and not self.extract.startswith("regex:") and self.extract not in EXTRACTORS:
-            raise ValueError(f"extract: unknown extractor {self.extract!r} (use {', '.join(EXTRACTORS)} "
-                             "or regex:PATTERN)")
+            problems.append(f"extract: unknown extractor {self.extract!r} (use {', '.join(EXTRACTORS)} "
+                            "or regex:PATTERN)")
         if self.output == "choose":
-            if self.metric not in (None, "accuracy"):
-                raise ValueError(f"a choose task is scored by accuracy, not {self.metric!r}")
+            if self.metric not in (None, "accuracy", "balanced_accuracy", "macro_f1"):
+                problems.append(f"a choose task is scored by accuracy, balanced_accuracy or macro_f1, "
+                                f"not {self.metric!r}")
             if len(self.options) < 2:
-                raise ValueError("a choose task needs at least two `options`")
+                problems.append("a choose task needs at least two `options`")
             if (self.columns.target is None) == (self.columns.label is None):
-                raise ValueError("a choose task needs exactly one of columns.target or columns.label")
+                problems.append("a choose task needs exactly one of columns.target or columns.label")
         else:
             if self.options:
-                raise ValueError("`options` are for output = 'choose'; a generate task has none")
+                problems.append("`options` are for output = 'choose'; a generate task has none")
             if self.columns.target is None:
-                raise ValueError("a generate task needs columns.target")
+                problems.append("a generate task needs columns.target")
+            if self.metric in ("balanced_accuracy", "macro_f1"):
+                problems.append(f"metric {self.metric!r} is for choose tasks; a generate task takes exact_match, "
+                                "contains or numeric")
+        if problems:
+            raise ValueError(_PROBLEMS.join(problems))
         return self
+
+
+_PROBLEMS = "\x1f"  # joins several problems of one validator inside its ValueError
 
 
 class CustomOptions(TaskOptions):
@@ -160,6 +181,7 @@ def custom(data_dir: str | Path | None = None, seed: int = 0, **options: Any) ->
         seed_prompts=tuple(spec.seed_prompts),
         extract=EXTRACTORS[extract] if extract in EXTRACTORS else get_extractor(extract),
         metric=exact_match_strict if spec.strict and METRICS[metric] is exact_match else METRICS[metric],
+        corpus_metric=metric if metric in ("balanced_accuracy", "macro_f1") else None,
         max_tokens=spec.max_tokens,
         stop=tuple(spec.stop),
         chat=spec.chat,
@@ -179,13 +201,18 @@ def load_spec(path: Path) -> TaskSpec:
     try:
         return TaskSpec(**raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        # Errors from the model validators have no location and start "Value error, ".
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        raise ConfigError(f"{path}: {where + ': ' if where else ''}{msg}") from None
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            # Errors from the model validators have no location and start "Value error, ".
+            msgs = err["msg"].removeprefix("Value error, ").split(_PROBLEMS)
+            if err["type"] == "extra_forbidden":
+                msgs = ["unknown setting"]
+            problems += [f"{where + ': ' if where else ''}{m}" for m in msgs]
+        if len(problems) == 1:
+            raise ConfigError(f"{path}: {problems[0]}") from None
+        raise ConfigError(f"{path}: {len(problems)} problems (see docs/task-spec.md): "
+                          + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))) from None
 
 
 def _parse(path: Path, text: str) -> Any:
@@ -214,9 +241,16 @@ def _splits(spec: TaskSpec, base: Path, name: str, seed: int) -> dict[str, list[
     data = spec.data
     if data.file is None:
         files = {"train": data.train, "dev": data.dev, "test": data.test}
-        return {split: [_example(spec, row, f"{name}-{split}-{i}", f"{file} row {i + 1}")
-                        for i, row in enumerate(_read(spec, base / file))]
-                for split, file in files.items() if file}
+        absent = [f"{split} = {file!r}" for split, file in files.items() if file and not (base / file).is_file()]
+        if len(absent) > 1:
+            raise TaskError(f"{base}: data files do not exist: {', '.join(absent)}; paths in a spec are relative "
+                            "to the spec")
+        out = {split: [_example(spec, row, f"{name}-{split}-{i}", f"{file} row {i + 1}")
+                       for i, row in enumerate(_read(spec, base / file))]
+               for split, file in files.items() if file}
+        for split, n in (data.limit or {}).items():
+            out[split] = test_sample(out[split], n) if split == "test" else sample(out[split], n, f"{seed}:{split}")
+        return out
     rows = _read(spec, base / data.file)
     examples = [_example(spec, row, f"{name}-{i}", f"{data.file} row {i + 1}") for i, row in enumerate(rows)]
     sizes = _sizes(data.split or {}, len(examples), base / data.file)
@@ -242,13 +276,52 @@ def _sizes(split: Mapping[str, float], n_rows: int, file: Path) -> dict[str, int
 def _read(spec: TaskSpec, path: Path) -> Sequence[Mapping[str, Any]]:
     if not path.is_file():
         raise TaskError(f"data file {str(path)!r} does not exist; paths in a spec are relative to the spec")
-    readers = {".jsonl": read_jsonl, ".csv": lambda p: read_table(p, ","), ".tsv": read_table}
-    if path.suffix not in readers:
-        raise ConfigError(f"{path}: data files must end in .jsonl, .csv or .tsv")
-    rows = readers[path.suffix](path)
+    rows = read_rows(path)
     needed = [c for c in (spec.columns.input, spec.columns.target, spec.columns.label) if c]
     require_columns(rows, needed + sorted(template_fields(spec.template) - {"prompt", "input"}), str(path))
     return rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a data file, by its content: a JSON array of objects, JSON lines (whatever the file is called:
+    `.json`, `.jsonl`, `.ndjson`, `.txt`), else CSV or TSV (by the extension, or by the header line:
+    tabs make it TSV)."""
+    text = read_text(path)
+    head = text.lstrip()[:1]
+    if head == "[":
+        return _json_array(path, text)
+    if head == "{":
+        first = next(line for line in text.split("\n") if line.strip())
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:  # one object over several lines: a JSON document, not JSON lines
+            raise TaskError(f"{path}: holds one JSON object; give JSON lines (one object a line) or a JSON "
+                            "array of objects") from None
+        return read_jsonl(path)
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        if not text.strip():
+            return []  # no rows: the split is reported empty
+        raise TaskError(f"{path}: expected JSON lines or a JSON array of objects, but it starts with "
+                        f"{text.lstrip()[:20]!r}")
+    header = text.split("\n", 1)[0]
+    tsv = path.suffix == ".tsv" or (path.suffix != ".csv" and "\t" in header)
+    return read_table(path, "\t" if tsv else ",")
+
+
+def _json_array(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise TaskError(f"{path}: expected a JSON array of objects")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}: item {i + 1} of the array is {type(row).__name__}, expected an object")
+        bad = lone_surrogate(row)
+        if bad:
+            raise TaskError(f"{path}: item {i + 1}: {bad}")
+    return data
 
 
 def _example(spec: TaskSpec, row: Mapping[str, Any], example_id: str, where: str) -> Example:

@@ -290,7 +290,12 @@ def _evaluate(args: argparse.Namespace) -> int:
                   seed=args.seed if args.seed is not None else cfg.seed, limit=limit, cache=not args.no_cache)
     if ev.state == "failed":
         raise PromptOptError(f"evaluation failed: {ev.error}")
-    print(f"{args.split} score {ev.score:.4f} on {len(ev.results)} examples")
+    from promptopt.cli.predictions import prediction_lines
+    print(f"{args.split} {ev.metric or 'score'} {ev.score:.4f} on {len(ev.results)} examples")
+    dist, warning = prediction_lines(ev.results)
+    print(dist)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from promptopt import registry
-from promptopt.api import load_task, optimizer_config
+from promptopt.api import load_task, optimizer_config, warn_reused_splits
 from promptopt.cache import default_cache_path
 from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
 from promptopt.errors import ConfigError
@@ -22,6 +22,7 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     strategy_cls = registry.get("strategies", cfg.strategy)
     settings = strategy_config(strategy_cls, cfg.strategy_options)
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
+    warn_reused_splits(task)
     check_task = getattr(strategy_cls(settings), "check_task", None)  # as a run checks it (api.prepare)
     if callable(check_task):
         check_task(task.without_test())

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
 from promptopt.cli.render import fmt, short, significance_line
 from promptopt.runlog import load_run
@@ -51,6 +52,12 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     console.print(steps)
     console.print(f"candidates {len(view.candidates)} · optimizer calls {view.optimizer_calls} · "
                   f"rejected proposals {view.rejected}")
+    scored = best_results(view)
+    if scored:
+        dist, warning = prediction_lines(scored[1], f"answers of the best prompt on {scored[0]}")
+        console.print(escape(dist))
+        if warning:
+            console.print(escape(f"warning: {warning}"), style="bold yellow")
     if view.summary:
         console.print(f"stop: {view.summary.get('stop_reason')} · seed dev {fmt(view.summary.get('seed_dev'))} "
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
