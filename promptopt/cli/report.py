@@ -96,11 +96,6 @@ def render_html(run_dir: Path, view: RunView, plots: Sequence[tuple[str, Path]],
             dist, warning = prediction_lines(scored[1], f"answers on {scored[0]}")
             parts.append(f"<p id=\"answers\">{escape(dist)}</p>"
                          + (f"<p id=\"answer-warning\"><strong>warning: {escape(warning)}</strong></p>" if warning else ""))
-        scored = best_results(view)
-        if scored:
-            dist, warning = prediction_lines(scored[1], f"answers on {scored[0]}")
-            parts.append(f"<p id=\"answers\">{escape(dist)}</p>"
-                         + (f"<p id=\"answer-warning\"><strong>warning: {escape(warning)}</strong></p>" if warning else ""))
         prefix = (view.summary or {}).get("best_prefix")
         if prefix and prefix != view.candidates[best]["text"]:
             parts.append("<h3>As the model reads it (instruction and demos, before each query)</h3>"
