@@ -212,7 +212,19 @@ def strategy_config(strategy_cls: Any, options: Mapping[str, Any]) -> Any:
     try:
         return strategy_cls.Config.model_validate(dict(options))
     except ValidationError as e:
-        raise ConfigError(f"strategy options: {_one_line(e)}") from None
+        raise ConfigError(f"strategy options: {_one_line(e)}{_valid_keys(strategy_cls, e)}") from None
+
+
+def _valid_keys(strategy_cls: Any, e: ValidationError) -> str:
+    """For a misspelled setting: the closest valid key and the list of valid ones."""
+    import difflib
+    unknown = [str(err["loc"][0]) for err in e.errors() if err["type"] == "extra_forbidden" and err["loc"]]
+    if not unknown:
+        return ""
+    keys = list(strategy_cls.Config.model_fields)
+    close = difflib.get_close_matches(unknown[0], keys, n=1)
+    return ((f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; valid settings: {', '.join(keys) or 'none'}")
 
 
 def _one_line(e: ValidationError) -> str:

@@ -160,3 +160,17 @@ def test_run_show_and_report_use_the_metric_and_warn(tmp_path, capsys):
     assert main(["report", report.run_dir]) == 0
     html = (Path(report.run_dir) / "report.html").read_text(encoding="utf-8")
     assert 'id="answers"' in html
+
+
+def test_misspelled_strategy_setting_suggests_the_valid_keys(tmp_path, capsys):
+    code = main(["optimize", "--task", "demo", "--strategy", "apo", "--set", "apo.beam_widht=2", "--dry-run",
+                 "--run-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "did you mean 'beam_width'?" in err and "valid settings:" in err and "rounds" in err
+
+
+def test_cli_evaluate_defaults_to_dev_like_the_api(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROMPTOPT_CACHE_DIR", str(tmp_path))
+    assert main(["evaluate", "--task", "demo", "--prompt", "Is it a complaint?", "--backend", "fake",
+                 "--model", "m"]) == 0
+    assert capsys.readouterr().out.startswith("dev score")

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--run", help="use the best prompt of this run and its settings (flags given here override)")
-    e.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    e.add_argument("--split", default="dev", choices=["train", "dev", "test"],
+                   help="which split to score (default: dev, as the Python API's evaluate; --split test for "
+                        "the held-out score)")
     e.add_argument("--limit", type=_positive, help="at most N examples (the test split: the run's fixed test sample)")
     e.add_argument("--seed", type=int, help="the task's seed (dev carving); default: the run's, else 0")
     e.add_argument("--no-cache", action="store_true")
