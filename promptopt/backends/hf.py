@@ -157,6 +157,9 @@ class HFBackend:
             caps.add(CHAT)
         self.capabilities = frozenset(caps)
         self._fingerprint: str | None = None
+        # Generation runs a chunk's shared prompt prefix once and expands its KV over the chunk; False
+        # forces the plain left-padded path (same greedy outputs; kept as the fallback and for benches).
+        self.share_generation_prefix = True
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -402,32 +405,61 @@ class HFBackend:
             else:
                 todo.append((i, ids, min(req.max_tokens, self.max_length - len(ids))))
         todo.sort(key=lambda t: len(t[1]))
+        prefixes: dict[tuple[int, ...], list[tuple["torch.Tensor", "torch.Tensor"]]] = {}
         with torch.inference_mode():
             for s in range(0, len(todo), self.batch_size):
                 chunk = todo[s:s + self.batch_size]
                 start = time.perf_counter()
-                texts = self._generate_chunk([reqs[i] for i, _, _ in chunk], [p for _, p, _ in chunk],
-                                             [b for _, _, b in chunk])
+                prompts = [p for _, p, _ in chunk]
+                prefix = self._generation_prefix(prompts) if self.share_generation_prefix else ()
+                if prefix and prefix not in prefixes:  # chunks of one call mostly share one prompt
+                    prefixes.clear()
+                    prefixes[prefix] = self._prefix_cache(prefix)
+                texts = self._generate_chunk([reqs[i] for i, _, _ in chunk], prompts,
+                                             [b for _, _, b in chunk], len(prefix),
+                                             prefixes[prefix] if prefix else None)
                 share = (time.perf_counter() - start) / len(chunk)
                 for (i, ids, _), (text, reason, n_new) in zip(chunk, texts):
                     results[i] = GenResult(text, reason, Usage(1, len(ids), n_new, share))
         return cast("list[GenResult]", results)  # every slot was filled above
 
-    def _generate_chunk(self, reqs: list[GenRequest], prompts: list[list[int]],
-                        budgets: list[int]) -> list[tuple[str, str, int]]:
-        batch, width = len(prompts), max(len(p) for p in prompts)
+    @staticmethod
+    def _generation_prefix(prompts: list[list[int]]) -> tuple[int, ...]:
+        """The token prefix all prompts of a chunk share, short of each one's last token (whose output
+        starts the generation), or () when reusing it would save fewer than MIN_SHARED_TOKENS_SAVED."""
+        if len(prompts) < 2:
+            return ()
+        first = prompts[0]
+        n = min(min(len(p) for p in prompts) - 1, *(common_prefix(first, p) for p in prompts[1:]))
+        return tuple(first[:n]) if n > 0 and (len(prompts) - 1) * n >= MIN_SHARED_TOKENS_SAVED else ()
+
+    def _generate_chunk(self, reqs: list[GenRequest], prompts: list[list[int]], budgets: list[int],
+                        prefix_len: int = 0,
+                        prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None = None
+                        ) -> list[tuple[str, str, int]]:
+        """Decode a batch of left-padded prompts. With `prefix_kv` (the KV of the first `prefix_len`
+        tokens, which every prompt shares) only the suffixes run, as in scoring: the prefix's KV is
+        expanded over the batch and the suffixes are left-padded after it, with explicit positions."""
+        batch = len(prompts)
+        suffixes = [p[prefix_len:] for p in prompts]
+        width = max(len(p) for p in suffixes)
         ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for b, p in enumerate(prompts):
+        mask = torch.zeros((batch, prefix_len + width), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for b, p in enumerate(suffixes):
             ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = 1
+            mask[b, prefix_len + width - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (prefix_len + mask[:, prefix_len:].cumsum(-1) - 1).clamp(min=prefix_len)
         rngs = [self._rng(r) for r in reqs]
         generated: list[list[int]] = [[] for _ in reqs]
         finished: list[tuple[str, str] | None] = [None] * batch
         active = list(range(batch))  # original row of each live cache row
-        cache = DynamicCache(config=self.model.config)
+        if prefix_kv is not None and prefix_len:
+            cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                                  for k, v in prefix_kv], config=self.model.config)
+        else:
+            cache = DynamicCache(config=self.model.config)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         next_pos = positions[:, -1:] + 1
