@@ -63,11 +63,11 @@ class Bootstrap(FewShot):
         arms = [Candidate(seed.text, origin="seed")] if self.config.zero_shot else []
         accepted_ids = {i for i, _ in self.accepted}
         labeled = [ex.id for ex in ctx.task.split("train") if ex.id not in accepted_ids]
+        gold = {ex.id: ex for ex in ctx.task.split("train")}
         for i in range(self.config.sets):
             picked = ctx.rng.sample(self.accepted, min(self.config.k, len(self.accepted)))
             fill = ctx.rng.sample(labeled, min(self.config.k - len(picked), len(labeled)))
             demos = tuple(d for d, _ in picked) + tuple(fill)
-            gold = {ex.id: ex for ex in ctx.task.split("train")}
             answers = tuple(own if own is not None else _gold_answer(ctx, gold[d]) for d, own in picked) + \
                 tuple(_gold_answer(ctx, gold[d]) for d in fill)
             arms.append(Candidate(seed.text, origin="bootstrap.sample", demos=demos, demo_answers=answers,
