@@ -17,7 +17,7 @@ from promptopt.config import ModelConfig, RunConfig, build_config, strategy_conf
 from promptopt.data import test_sample
 from promptopt.errors import BackendError, CapabilityError, ConfigError, ResumeError, RunStopped, Terminated
 from promptopt.loop import Report, Run
-from promptopt.runlog import CONFIG, SUMMARY, RunLog, new_run_dir, write_json_atomic
+from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
 from promptopt.scorer import Job, score_jobs
 from promptopt.strategy import needs
 from promptopt.task import Task
@@ -199,6 +199,7 @@ def backend_stats(backends: Backends) -> dict[str, Any]:
 
 
 def finish_run(run: Run, backends: Backends, started: float) -> Report:
+    search_events = run.log.cursor if run.log else 0  # where the search ended: a stopped run resumes from here
     report = run.finish(started)
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
@@ -207,7 +208,8 @@ def finish_run(run: Run, backends: Backends, started: float) -> Report:
     # Backends that count retries and failures by kind (e.g. openai) report them here.
     summary["backend_stats"] = backend_stats(backends)
     if run.log:
-        run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id)
+        run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id,
+                        search_events=search_events)
         write_json_atomic(run.log.dir / SUMMARY, summary)
         run.log.close()
     report.search["cache"] = summary["cache"]
@@ -270,10 +272,10 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def resume_config(run_dir: str | Path) -> RunConfig:
-    """The config to continue an unfinished run with."""
+    """The config to continue an unfinished run (or one a stop condition ended) with."""
     d = Path(run_dir)
     cfg = load_run_config(d)
-    if (d / SUMMARY).exists():
+    if (d / SUMMARY).exists() and continuable(d / SUMMARY) is None:
         raise ResumeError(f"{d} already finished (see {d / SUMMARY})")
     return cfg
 

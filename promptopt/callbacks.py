@@ -18,7 +18,8 @@ so a callback that counts steps sees the same sequence in a resumed run as in an
                                                     stopped resumably (no summary)
 
 Stopping: raise `StopSearch("why")` from any method to end the search at the end of the current step;
-the final report still runs (as for a spent budget) and `stop_reason` is "stop: why". Any other
+the final report still runs (as for a spent budget) and `stop_reason` is "stop: why"; `--resume` (or
+`optimize(resume=...)`) later goes on with the search from that step (runlog.replay_stream). Any other
 exception from a callback stops the run at once, resumably (no summary; `--resume` continues it), with
 one line naming the callback.
 """

@@ -149,9 +149,12 @@ class RunLog:
             raise ResumeError(f"{self.dir} is in use by another promptopt process") from None
         self.recorded: list[dict[str, Any]] = []
         self.sessions: list[dict[str, Any]] = []
+        self.continues: str | None = None  # a run a stop condition or Ctrl-C ended: why, when resumed to go on
         if resume and (self.dir / SUMMARY).exists():  # checked under the lock: a racing resumer finished it
-            self._lock.close()
-            raise ResumeError(f"{self.dir} already finished (see {self.dir / SUMMARY})")
+            self.continues = continuable(self.dir / SUMMARY)
+            if self.continues is None:
+                self._lock.close()
+                raise ResumeError(f"{self.dir} already finished (see {self.dir / SUMMARY})")
         if resume:
             clean_temp_files(self.dir)
             if not self.path.exists():
@@ -160,7 +163,7 @@ class RunLog:
             if good < self.path.stat().st_size:
                 os.truncate(self.path, good)  # drop the partial last line before appending
             self.sessions = [e for e in events if e["type"] in SESSION_EVENTS]
-            self.recorded = [e for e in events if e["type"] not in SESSION_EVENTS]
+            self.recorded = replay_stream(events, continuing=self.continues is not None)
         self.elapsed_before = wall_seconds(events) if resume else 0.0  # earlier sessions, for the time budget
         self.cursor = 0  # position in `recorded` of the next event the run will produce
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -193,7 +196,16 @@ class RunLog:
 
     def session(self, type_: str, **data: Any) -> None:
         """Write a session event (start/resume/end); never part of the replayed stream."""
+        if type_ == "run.resume" and self.continues is not None:
+            data["continues"] = self.continues
         self._write({"type": type_, "time": time.time(), **data})
+        if type_ == "run.resume" and self.continues is not None:
+            # Only now, with the resume recorded (so a crash from here on replays the search alone), is
+            # the stopped run's summary set aside: the run is in progress again.
+            n = 1
+            while (self.dir / f"summary.stopped-{n}.json").exists():
+                n += 1
+            os.replace(self.dir / SUMMARY, self.dir / f"summary.stopped-{n}.json")
 
     def emit(self, type_: str, **data: Any) -> dict[str, Any]:
         """Record a stream event; while replaying, check it matches the log instead of writing."""
@@ -214,6 +226,37 @@ class RunLog:
     def close(self) -> None:
         os.close(self._fd)
         self._lock.close()
+
+
+# Stop reasons after which `--resume` continues the search instead of refusing a finished run.
+CONTINUABLE = ("stop:", "interrupted")
+
+
+def continuable(summary: Path) -> str | None:
+    """The stop reason of a finished run that may go on (a stop condition, a callback's StopSearch, Ctrl-C)."""
+    try:
+        reason = json.loads(summary.read_text(encoding="utf-8")).get("stop_reason", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) and reason.startswith(CONTINUABLE) else None
+
+
+def replay_stream(events: list[dict[str, Any]], *, continuing: bool = False) -> list[dict[str, Any]]:
+    """The stream a resumed run replays. A run ended by a stop condition recorded its final report's events
+    after the search's (run.end's `search_events` says where the search ended); when it is resumed to go
+    on, those are left out, so the search continues from where it stopped and reports again at its end."""
+    stream: list[dict[str, Any]] = []
+    search_end: int | None = None
+    for e in events:
+        if e["type"] == "run.end":
+            search_end = e.get("search_events")
+        elif e["type"] == "run.resume" and e.get("continues") and search_end is not None:
+            del stream[search_end:]
+        elif e["type"] not in SESSION_EVENTS:
+            stream.append(e)
+    if continuing and search_end is not None and events and events[-1]["type"] == "run.end":
+        del stream[search_end:]  # this resume goes on from the stopped search
+    return stream
 
 
 def _identity(event: dict[str, Any]) -> tuple[Any, ...]:

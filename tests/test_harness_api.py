@@ -171,6 +171,61 @@ def test_stop_conditions(tmp_path: Path):
         _opt(_choose(), tmp_path / "x", callbacks=[object()])
 
 
+@pytest.mark.parametrize("stop", ["score", "no_improvement", "file", "seconds"])
+def test_a_stopped_run_resumes_to_what_an_unstopped_run_finds(tmp_path: Path, stop: str):
+    """Each stop condition ends the search with a report; --resume then goes on from where it stopped, and
+    the finished run equals one that was never stopped (same steps, candidates, best and test score)."""
+    from promptopt.callbacks import WallTime
+    from promptopt.runlog import SUMMARY, load_run
+    task = _choose()
+    kw = dict(strategy="paraphrase", optimizer_model="fake", budget={"max_examples": 600})
+    whole = _opt(task, tmp_path / "whole", **kw)
+    flag = tmp_path / "STOP"
+    flag.write_text("")
+    cond = {"score": ScoreReached(0.0), "no_improvement": NoImprovement(1), "file": StopFile(flag),
+            "seconds": WallTime(1e-9)}[stop]
+    first = _opt(task, tmp_path / "stopped", callbacks=[cond], **kw)
+    assert first.stop_reason.startswith(f"stop: {stop}") and first.steps < whole.steps
+    run_dir = Path(first.run_dir)
+    resumed = promptopt.optimize(task=task, resume=run_dir)
+    assert (resumed.steps, resumed.candidates, resumed.best_id, resumed.best_test, resumed.search["examples"]) == \
+        (whole.steps, whole.candidates, whole.best_id, whole.best_test, whole.search["examples"])
+    assert json.loads((run_dir / "summary.stopped-1.json").read_text())["stop_reason"] == first.stop_reason
+    assert json.loads((run_dir / SUMMARY).read_text())["stop_reason"] == whole.stop_reason
+    assert load_run(run_dir).summary["best_id"] == whole.best_id
+    with pytest.raises(ResumeError, match="already finished"):  # a run that ran to its end stays finished
+        promptopt.optimize(task=task, resume=run_dir)
+
+
+def test_a_run_stopped_twice_and_killed_while_going_on_still_resumes(tmp_path: Path):
+    """Stop, go on, stop again, then a crash right after the resume event: the next resume still replays
+    the search alone and ends where an unstopped run does."""
+    from promptopt.runlog import SUMMARY
+    task = _choose()
+    kw = dict(strategy="paraphrase", optimizer_model="fake", budget={"max_examples": 600})
+    whole = _opt(task, tmp_path / "whole", **kw)
+    first = _opt(task, tmp_path / "s", callbacks=[ScoreReached(0.0)], **kw)
+    run_dir = Path(first.run_dir)
+
+    class StopAt(Callback):
+        def on_step_end(self, run):
+            if run.step == 3 and not run.replaying:
+                from promptopt.callbacks import StopSearch
+                raise StopSearch("step 3")
+    second = promptopt.optimize(task=task, resume=run_dir, callbacks=[StopAt()])
+    assert second.steps == 3 and second.stop_reason == "stop: step 3"
+    summary = (run_dir / SUMMARY).read_text()
+    from promptopt.runlog import RunLog
+    log = RunLog(run_dir, resume=True)  # a resume that dies after recording itself, before any search event
+    log.session("run.resume", recorded_events=len(log.recorded))
+    log.close()
+    (run_dir / SUMMARY).write_text(summary)  # and before it set the summary aside
+    done = promptopt.optimize(task=task, resume=run_dir)
+    assert (done.steps, done.best_id, done.best_test) == (whole.steps, whole.best_id, whole.best_test)
+    assert sorted(p.name for p in run_dir.glob("summary*.json")) == [
+        "summary.json", "summary.stopped-1.json", "summary.stopped-2.json", "summary.stopped-3.json"]
+
+
 # -- answer extraction and matching --
 
 def test_exact_match_normalizes_by_default_and_strict_keeps_the_old_rule():

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from promptopt.timing import breakdown_line
+from promptopt.runlog import CONTINUABLE
 
 if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop
     from promptopt.loop import Report
@@ -60,3 +61,5 @@ def print_report(report: Report, console: Console | None = None) -> None:
         console.print(breakdown_line(report.timings))
     if report.run_dir:
         console.print(f"run log: {report.run_dir}")
+        if report.stop_reason.startswith(CONTINUABLE):
+            console.print(f"stopped early: `promptopt optimize --resume {report.run_dir}` continues the search")
