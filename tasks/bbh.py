@@ -1,7 +1,7 @@
 """BIG-Bench Hard: 27 reasoning tasks, registered as `bbh_<task>` (e.g. `bbh_navigate`).
 
 Local files only: `bbh/<task>.json`, `{"canary": ..., "examples": [{"input": ..., "target": ...}]}`
-(shared/data/README.md; 250 examples each, except causal_judgement 187, penguins_in_a_table 146 and
+(docs/data.md; 250 examples each, except causal_judgement 187, penguins_in_a_table 146 and
 snarks 178). The CoT exemplars in `bbh/cot-prompts/` are not used.
 
 Splits: the files hold one split, so all three are carved from it. Test is carved first with a
@@ -225,7 +225,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list) or not examples:
         raise TaskError(f"{path}: expected a JSON object with a non-empty \"examples\" list "
-                        f"(the BBH layout in shared/data/README.md)")
+                        f"(the BBH layout in docs/data.md)")
     for i, row in enumerate(examples):
         if not (isinstance(row, dict) and isinstance(row.get("input"), str) and isinstance(row.get("target"), str)):
             raise TaskError(f"{path}: example {i + 1} is not an object with text \"input\" and \"target\"")

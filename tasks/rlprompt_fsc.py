@@ -1,7 +1,7 @@
 """RLPrompt's 16-shot classification benchmarks: SST-2, MR, CR, SST-5, AG News and TREC.
 
 Local files: `rlprompt_fsc/16-shot/<dataset>/<k-seed>/{train,dev}.tsv` plus one shared
-`<dataset>/test.tsv` (shared/data/README.md). RLPrompt's dataset_seed 0..4 is k_seed
+`<dataset>/test.tsv` (docs/data.md). RLPrompt's dataset_seed 0..4 is k_seed
 16-100, 16-13, 16-21, 16-42, 16-87. The splits are those fixed files, so the run seed does not
 change them.
 

@@ -158,6 +158,26 @@ def test_real_hub_offline_fails_fast():
     assert "DataNotFoundError: task gsm8k: no data dir given and the hub cannot provide 'openai/gsm8k'" in proc.stderr
 
 
+def test_unreachable_hub_without_offline_flags_fails_at_once_pointing_at_the_docs(tmp_path):
+    """No HF_HUB_OFFLINE and a hub host that does not answer (a closed local port): the probe switches
+    `datasets` offline, so there are no retries, and the line names docs/data.md, which exists."""
+    pytest.importorskip("datasets")
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("from promptopt.data import load_hub\n"
+            "load_hub('openai/gsm8k', 'train', config='main', task='gsm8k', looked_in=None, layout='gsm8k/')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 20 and proc.returncode != 0
+    assert "the hub's host did not answer and the local hub cache has no copy" in proc.stderr
+    assert "Retrying" not in proc.stderr and "docs/data.md" in proc.stderr
+    assert (Path(__file__).resolve().parents[1] / "docs" / "data.md").is_file()
+
+
 # -- seeded sampling and carving -------------------------------------------------------------
 
 def test_sample_is_seeded_ordered_and_balanced():
