@@ -165,7 +165,19 @@ def _go_offline() -> None:
 
 def load_hub(dataset: str, split: str, *, config: str | None = None, task: str,
              looked_in: Path | None, layout: str) -> list[dict[str, Any]]:
-    """Rows of one split from the hub, or a DataNotFoundError naming where local files would go.
+    """Rows of one split from the hub, or a DataNotFoundError naming where local files would go."""
+    try:
+        return hub_rows(dataset, split, config=config)
+    except HubUnavailable as e:
+        raise no_local_copy(task, looked_in, layout, f" and {e}") from None
+
+
+class HubUnavailable(Exception):
+    """The hub (or its local cache) cannot give a dataset split; the message says why, in one line."""
+
+
+def hub_rows(dataset: str, split: str, *, config: str | None = None) -> list[dict[str, Any]]:
+    """Rows of one hub dataset split through `datasets`.
 
     An unreachable hub (a 3 s connect probe) switches `datasets` to offline mode first, so it serves its
     local cache or fails at once instead of spending ~25 s on retries.
@@ -173,8 +185,7 @@ def load_hub(dataset: str, split: str, *, config: str | None = None, task: str,
     try:
         import datasets  # the `hf` extra; imported late because it is heavy and optional
     except ImportError:
-        raise no_local_copy(task, looked_in, layout,
-                            f" and the `datasets` package is not installed to fetch {dataset!r}") from None
+        raise HubUnavailable(f"the `datasets` package is not installed to fetch {dataset!r}") from None
     offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in _OFFLINE_ENV)
     unreachable = not offline and not hub_reachable()
     if unreachable:
@@ -184,8 +195,31 @@ def load_hub(dataset: str, split: str, *, config: str | None = None, task: str,
     except Exception as e:  # any hub failure (offline, 404, retries exhausted) means "not available"
         reason = ("the hub's host did not answer and the local hub cache has no copy" if unreachable else
                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160])
-        raise no_local_copy(task, looked_in, layout,
-                            f" and the hub cannot provide {dataset!r} ({reason})") from None
+        raise HubUnavailable(f"the hub cannot provide {dataset!r} ({reason})") from None
+
+
+def read_saved_dataset(path: Path) -> list[dict[str, Any]]:
+    """Rows of a folder written by `datasets.Dataset.save_to_disk`. A DatasetDict's folder holds one
+    such folder per split: name those."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads(read_text(path / "dataset_dict.json")).get("splits", [])
+        except (json.JSONDecodeError, AttributeError):
+            splits = []
+        raise TaskError(f"{path} is a DatasetDict saved with save_to_disk (splits: {', '.join(splits) or '?'}); "
+                        f"name one of its split folders per split, e.g. train = \"{path.name}/train\"")
+    if not (path / "state.json").is_file():
+        raise TaskError(f"{path} is a folder, but not one written by datasets' save_to_disk (no state.json)")
+    try:
+        import datasets
+    except ImportError:
+        raise TaskError(f"{path}: reading a save_to_disk folder needs the `datasets` package "
+                        "(pip install 'promptopt[hf]')") from None
+    try:
+        return [dict(row) for row in datasets.load_from_disk(str(path))]
+    except Exception as e:  # a damaged or foreign folder: one line, not a traceback
+        raise TaskError(f"{path}: datasets cannot load this save_to_disk folder "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"[:300]) from None
 
 
 def sample(items: Sequence[T], n: int | None, seed: int | str,

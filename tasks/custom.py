@@ -12,11 +12,12 @@
     target = "intent"                       # gold answer; for choose it must match an option
     # label = "label"                       # choose: a column holding the option index instead
     [data]
-    file = "intents.csv"                    # JSON lines, a JSON array, CSV or TSV (read by content);
-                                            #   paths are relative to the spec
+    file = "intents.csv"                    # JSON lines, a JSON array, CSV or TSV (read by content), or a
+                                            #   folder from datasets' save_to_disk; relative to the spec
     split = { train = 0.4, dev = 0.3, test = 0.3 }   # fractions or counts
     # or: train = "train.jsonl", dev = "dev.jsonl", test = "test.jsonl"
     #     limit = { train = 500, test = 1000 }   # optional: at most this many rows of a file
+    # or: hub = "org/name", config = "...", train = "train", dev = "validation", test = "test"
 
 Every key, with examples: docs/task-spec.md.
 
@@ -35,8 +36,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from promptopt.data import (TaskOptions, carve, lone_surrogate, parse_options, read_jsonl, read_table, read_text,
-                            require_columns, sample, test_sample)
+from promptopt.data import (HubUnavailable, TaskOptions, carve, hub_rows, lone_surrogate, parse_options, read_jsonl,
+                            read_saved_dataset, read_table, read_text, require_columns, sample, test_sample)
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task
 from promptopt.answers import EXTRACTORS as _ANSWER_EXTRACTORS, exact_match_strict, get_extractor
@@ -91,10 +92,19 @@ class DataFiles(_Spec):
     # Separate files: at most this many rows of each (train and dev drawn with the run seed, test with the
     # fixed test sampler, so every run reports on the same rows).
     limit: dict[Literal["train", "dev", "test"], PositiveInt] | None = None
+    # A hub dataset by name: train/dev/test then name its splits (e.g. dev = "validation").
+    hub: str | None = None
+    config: str | None = None
 
     @model_validator(mode="after")
     def one_layout(self) -> "DataFiles":
         explicit = [self.train, self.dev, self.test]
+        if self.hub is not None:
+            if self.file is not None or not all(explicit):
+                raise ValueError("with `hub`, name its three splits: train = \"train\", dev = \"validation\", "
+                                 "test = \"test\" (no `file`)")
+        elif self.config is not None:
+            raise ValueError("`config` names a hub dataset's configuration; it goes with `hub`")
         if self.file is not None:
             if any(explicit):
                 raise ValueError("give either `file` with `split`, or `train`/`dev`/`test` files, not both")
@@ -239,18 +249,21 @@ def _parse(path: Path, text: str) -> Any:
 
 def _splits(spec: TaskSpec, base: Path, name: str, seed: int) -> dict[str, list[Example]]:
     data = spec.data
+    if data.hub is not None:
+        out = {split: [_example(spec, row, f"{name}-{split}-{i}", f"{data.hub} {hub_split} row {i + 1}")
+                       for i, row in enumerate(_hub(spec, hub_split))]
+               for split, hub_split in (("train", data.train), ("dev", data.dev), ("test", data.test))}
+        return _limited(out, data.limit, seed)
     if data.file is None:
         files = {"train": data.train, "dev": data.dev, "test": data.test}
-        absent = [f"{split} = {file!r}" for split, file in files.items() if file and not (base / file).is_file()]
+        absent = [f"{split} = {file!r}" for split, file in files.items() if file and not (base / file).exists()]
         if len(absent) > 1:
             raise TaskError(f"{base}: data files do not exist: {', '.join(absent)}; paths in a spec are relative "
                             "to the spec")
         out = {split: [_example(spec, row, f"{name}-{split}-{i}", f"{file} row {i + 1}")
                        for i, row in enumerate(_read(spec, base / file))]
                for split, file in files.items() if file}
-        for split, n in (data.limit or {}).items():
-            out[split] = test_sample(out[split], n) if split == "test" else sample(out[split], n, f"{seed}:{split}")
-        return out
+        return _limited(out, data.limit, seed)
     rows = _read(spec, base / data.file)
     examples = [_example(spec, row, f"{name}-{i}", f"{data.file} row {i + 1}") for i, row in enumerate(rows)]
     sizes = _sizes(data.split or {}, len(examples), base / data.file)
@@ -273,13 +286,36 @@ def _sizes(split: Mapping[str, float], n_rows: int, file: Path) -> dict[str, int
     return sizes
 
 
-def _read(spec: TaskSpec, path: Path) -> Sequence[Mapping[str, Any]]:
-    if not path.is_file():
-        raise TaskError(f"data file {str(path)!r} does not exist; paths in a spec are relative to the spec")
-    rows = read_rows(path)
-    needed = [c for c in (spec.columns.input, spec.columns.target, spec.columns.label) if c]
-    require_columns(rows, needed + sorted(template_fields(spec.template) - {"prompt", "input"}), str(path))
+def _limited(out: dict[str, list[Example]], limit: Mapping[str, int] | None, seed: int) -> dict[str, list[Example]]:
+    for split, n in (limit or {}).items():
+        out[split] = test_sample(out[split], n) if split == "test" else sample(out[split], n, f"{seed}:{split}")
+    return out
+
+
+def _hub(spec: TaskSpec, split: str | None) -> Sequence[Mapping[str, Any]]:
+    assert spec.data.hub is not None and split is not None  # one_layout checked both
+    try:
+        rows = hub_rows(spec.data.hub, split, config=spec.data.config)
+    except HubUnavailable as e:
+        raise TaskError(f"data.hub: {e}; or save the data to files and name them in the spec") from None
+    _require(spec, rows, f"{spec.data.hub} {split}")
     return rows
+
+
+def _read(spec: TaskSpec, path: Path) -> Sequence[Mapping[str, Any]]:
+    if path.is_dir():
+        rows = read_saved_dataset(path)
+    elif not path.is_file():
+        raise TaskError(f"data file {str(path)!r} does not exist; paths in a spec are relative to the spec")
+    else:
+        rows = read_rows(path)
+    _require(spec, rows, str(path))
+    return rows
+
+
+def _require(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: str) -> None:
+    needed = [c for c in (spec.columns.input, spec.columns.target, spec.columns.label) if c]
+    require_columns(rows, needed + sorted(template_fields(spec.template) - {"prompt", "input"}), source)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

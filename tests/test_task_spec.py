@@ -84,3 +84,43 @@ def test_the_docs_page_names_every_spec_key():
             assert f"`{key}`" in page, key
     for name in ("balanced_accuracy", "macro_f1", "first_line", "regex:"):
         assert name in page
+
+
+def test_save_to_disk_folders_and_a_dataset_dict(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({s: datasets.Dataset.from_list(ROWS[i * 3:i * 3 + 4])
+                          for i, s in enumerate(("train", "validation", "test"))}).save_to_disk(str(saved))
+    t = load_task(str(write_spec(tmp_path, ("saved/train", "saved/validation", "saved/test"))))
+    assert [len(t.split(s)) for s in ("train", "dev", "test")] == [4, 4, 4]
+    assert t.split("dev")[0].input == ROWS[3]["q"] and t.split("test")[-1].target == ROWS[9]["a"]
+    with pytest.raises(TaskError, match=r"is a DatasetDict saved with save_to_disk \(splits: train, validation, "
+                                        r"test\); name one of its split folders per split"):
+        load_task(str(write_spec(tmp_path, ("saved", "saved/validation", "saved/test"))))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(TaskError, match="not one written by datasets' save_to_disk"):
+        load_task(str(write_spec(tmp_path, ("plain", "saved/validation", "saved/test"))))
+
+
+def test_hub_dataset_by_name(tmp_path, monkeypatch):
+    import sys
+    import types
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        if name != "org/qa":
+            raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+        return [{"q": f"{split} {i}?", "a": "yes"} for i in range(5)]
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    spec = write_spec(tmp_path, ("train", "validation", "test"), '\nhub = "org/qa"\nconfig = "main"\n'
+                                                                  'limit = { test = 3 }\n')
+    t = load_task(str(spec))
+    assert calls == [("org/qa", "main", "train"), ("org/qa", "main", "validation"), ("org/qa", "main", "test")]
+    assert t.split("dev")[0].input == "validation 0?" and len(t.split("test")) == 3
+    spec.write_text(spec.read_text().replace("org/qa", "org/none"))
+    with pytest.raises(TaskError, match=r"data.hub: the hub cannot provide 'org/none' \(FileNotFoundError"):
+        load_task(str(spec))
+    spec.write_text(SPEC % ("a", "b", "c") + 'config = "main"\n')
+    with pytest.raises(ConfigError, match="`config` names a hub dataset's configuration"):
+        load_task(str(spec))
