@@ -171,6 +171,65 @@ def test_loglikelihood_matches_server_logprobs(bos, backend_factory):
         assert body["echo"] is True and body["max_tokens"] == 0 and body["logprobs"] == 1
 
 
+# --- vLLM: one-token continuations by one generated token --------------------------------------
+
+SENTIMENT = [LLRequest(f"Classify the review.\nReview: film number {i} was {w}.\nSentiment:", label)
+             for i in range(20) for w in ("fine", "dull") for label in (" positive", " negative")]
+
+
+@pytest.mark.parametrize("bos", ["", "<s>"])
+def test_vllm_one_token_route_equals_echo_and_keeps_the_prefix_cache(bos, backend_factory):
+    """On a vLLM server one-token continuations go by `logprob_token_ids` (many prompts a request) and give
+    the echo recipe's numbers; multi-token ones and merged tokens stay on echo; /metrics hits are reported."""
+    reqs = SENTIMENT + [LLRequest(c, x) for c, x in LL_CASES]
+    with FakeOpenAIServer(MODEL, bos=bos, vllm=True, max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        out = b.loglikelihood(reqs)
+        for req, res in zip(reqs, out):
+            logprob, greedy = expected_ll(req.context, req.continuation, bos)
+            assert res.error is None and res.logprob == pytest.approx(logprob, abs=1e-9), req
+            rivals = [expected_ll(r.context, r.continuation, bos)[0] for r in SENTIMENT if r.context == req.context]
+            # one generated token is the argmax: of two labels above the server's greedy line, only the best
+            assert res.is_greedy == (greedy and (req not in SENTIMENT or logprob >= max(rivals)))
+        stats = b.stats
+        one = [x for x in srv.bodies if "logprob_token_ids" in x and isinstance(x.get("prompt"), list)]
+        # 81 one-token prompts in requests of at most 32, after the start-up probe's one
+        assert stats["one_token"] == {"prompts": len(SENTIMENT) + 1, "requests": 3, "echo_fallbacks": 3}
+        assert sorted(len(x["prompt"]) for x in one) == [1, 17, 32, 32]
+        assert all(x["max_tokens"] == 1 and x["return_tokens_as_token_ids"] for x in one)
+        cache = stats["prefix_cache"]
+        assert cache["queried_tokens"] > 0 and cache["hit_rate"] > 0.5  # the shared instruction is read back
+        assert sum(r.usage.prompt_tokens for r in out) == stats["usage"]["prompt_tokens"]  # shared out exactly
+
+
+def test_a_server_that_claims_vllm_but_refuses_the_extension_scores_by_echo(backend_factory, caplog):
+    with FakeOpenAIServer(MODEL, vllm="refuses", max_lifetime=60) as srv:
+        b = backend_factory(srv.url)
+        with caplog.at_level("WARNING", logger="promptopt"):
+            out = b.loglikelihood(SENTIMENT[:6])
+        assert [r.logprob for r in out] == pytest.approx([expected_ll(r.context, r.continuation)[0]
+                                                          for r in SENTIMENT[:6]], abs=1e-9)
+        said = [r.getMessage() for r in caplog.records if "says it is vLLM" in r.getMessage()]
+        assert len(said) == 1 and "logprob_token_ids" in said[0] and "scoring by echo" in said[0]
+        assert "one_token" not in b.stats
+
+
+def test_one_token_route_unit_rules():
+    from promptopt.backends.openai import onetoken
+    assert onetoken.plan([1, 2, 3], [3]) == onetoken.Plan((1, 2), 3)
+    assert onetoken.plan([1, 2, 9], [3]).label_id is None  # merged at the boundary
+    assert onetoken.plan([1, 2, 3], [2, 3]).why_not.startswith("the continuation is more than one token")
+    assert onetoken.batches(list(range(70)), [i % 2 for i in range(70)]) == [
+        list(range(32)), list(range(32, 64)), list(range(64, 70))]
+    assert [len(g) for g in onetoken.batches(list(range(200)), list(range(200)))] == [32] * 6 + [8]
+    page = ('# HELP x\nvllm:prefix_cache_queries_total{engine="0",model_name="m"} 120.0\n'
+            'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 90.0\n'
+            'vllm:prefix_cache_hits_total{engine="1",model_name="m"} 6.0\n')
+    assert onetoken.prefix_cache_counters(page) == {"queries": 120.0, "hits": 96.0}
+    with pytest.raises(ValueError, match="token_id:N"):
+        onetoken.label_logprobs({"choices": [{"index": 0, "logprobs": {"tokens": [" a"], "top_logprobs": [{}]}}]}, 1)
+
+
 def test_greedy_flag_varies():
     greedy = [expected_ll("ctx", f" w{i}")[1] for i in range(40)]
     assert any(greedy) and not all(greedy)  # the server's data exercises both branches

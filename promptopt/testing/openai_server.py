@@ -4,7 +4,10 @@ It serves `/v1/models`, `/v1/chat/completions` and `/v1/completions` (echo + log
 shape vLLM returns) with values that are a fixed function of the text, so tests can recompute
 them. Switches imitate other servers: a key check, a small context window, a server that wants
 max_tokens >= 1 with echo (older vLLM), one that cannot echo (llama.cpp: HTTP 500), one without a chat
-template (a base model on vLLM), a BOS token in the echo. It stops itself after `max_lifetime`.
+template (a base model on vLLM), a BOS token in the echo. With `vllm=True` it also is a vLLM server:
+`/version`, `/tokenize`, token-id prompts (one or a list), `logprob_token_ids` with
+`return_tokens_as_token_ids`, and `/metrics` prefix-cache counters (blocks of 4 tokens);
+`vllm="refuses"` claims vLLM but rejects the extension fields. It stops itself after `max_lifetime`.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ class FakeOpenAIServer(LocalService):
     def __init__(self, model: str = "test-model", *, api_key: str | None = None, delay: float = 0.0,
                  max_context: int = 4096, echo: bool = True, echo_min_max_tokens: int = 0,
                  chat: bool = True, bos: str = "", served_model: str | None = None,
-                 leak_key_in_errors: bool = False, max_lifetime: float = 120.0):
+                 leak_key_in_errors: bool = False, max_lifetime: float = 120.0, vllm: bool | str = False):
         self.model = model
         self.api_key = api_key
         self.delay = delay
@@ -64,6 +67,11 @@ class FakeOpenAIServer(LocalService):
         self.served_model = served_model or model
         self.leak_key_in_errors = leak_key_in_errors  # a careless server, to test redaction
         self.max_lifetime = max_lifetime
+        self.vllm = vllm
+        self.vocab: dict[str, int] = {}  # token -> id, assigned as tokens are first seen
+        self.pieces: list[str] = []  # id -> token
+        self.cache_blocks: set[tuple[int, ...]] = set()
+        self.cache = {"queries": 0, "hits": 0}
         self.requests: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -106,6 +114,16 @@ class FakeOpenAIServer(LocalService):
         if method == "GET" and path == "/v1/models":
             return _send(h, 200, {"object": "list", "data": [
                 {"id": self.served_model, "object": "model", "owned_by": "promptopt-test", "root": self.model}]})
+        if self.vllm and method == "GET" and path == "/version":
+            return _send(h, 200, {"version": "0.0.0-promptopt-test"})
+        if self.vllm and method == "GET" and path == "/metrics":
+            text = (f"vllm:prefix_cache_queries_total{{model_name=\"{self.model}\"}} {self.cache['queries']}.0\n"
+                    f"vllm:prefix_cache_hits_total{{model_name=\"{self.model}\"}} {self.cache['hits']}.0\n")
+            return respond(h, 200, text.encode("utf-8"))
+        if self.vllm and method == "POST" and path == "/tokenize" and body is not None:
+            special = body.get("add_special_tokens", True)
+            ids = [self._id(t) for t in ([self.bos] if self.bos and special else []) + tokenize(str(body.get("prompt")))]
+            return _send(h, 200, {"tokens": ids, "count": len(ids), "max_model_len": self.max_context})
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
             return _send(h, 404, {"detail": "Not Found"})
         assert body is not None
@@ -144,7 +162,59 @@ class FakeOpenAIServer(LocalService):
                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": min(len(pieces), max_tokens),
                                  "total_tokens": prompt_tokens + min(len(pieces), max_tokens)}})
 
+    def _id(self, token: str) -> int:
+        with self._lock:
+            if token not in self.vocab:
+                self.vocab[token] = len(self.pieces)
+                self.pieces.append(token)
+            return self.vocab[token]
+
+    def _one_token(self, h: Handler, body: dict[str, Any]) -> None:
+        """vLLM's logprob_token_ids route: token-id prompts, one generated token, the labels' logprobs."""
+        if self.vllm == "refuses":
+            return _error(h, 400, "1 validation error: logprob_token_ids: Extra inputs are not permitted", 400)
+        prompts = body.get("prompt")
+        prompts = [prompts] if prompts and isinstance(prompts[0], int) else prompts
+        labels = body.get("logprob_token_ids") or []
+        choices, prompt_tokens = [], 0
+        for i, ids in enumerate(prompts or []):
+            if any(not isinstance(t, int) or not 0 <= t < len(self.pieces) for t in ids):
+                return _error(h, 400, "token id out of vocabulary", 400)
+            self._cache_lookup(ids)
+            text = "".join(self.pieces[t] for t in ids)
+            tops = {f"token_id:{t}": token_logprob(text, self.pieces[t]) for t in labels}
+            # Greedy as the echo route has it (a token above GREEDY_ABOVE is the top one): the best label
+            # if one is above it, else the generated token, just above every label.
+            best = max(labels, key=lambda t: tops[f"token_id:{t}"], default=None)
+            if best is not None and tops[f"token_id:{best}"] > GREEDY_ABOVE:
+                gen = best
+            else:
+                gen = self._id(GENERATED_TOKEN)
+                tops[f"token_id:{gen}"] = GREEDY_ABOVE / 2
+            choices.append({"index": i, "text": GENERATED_TOKEN, "finish_reason": "length",
+                            "logprobs": {"tokens": [f"token_id:{gen}"], "token_logprobs": [tops[f"token_id:{gen}"]],
+                                         "top_logprobs": [tops], "text_offset": [0]}})
+            prompt_tokens += len(ids)
+        _send(h, 200, {"id": "cmpl-test", "object": "text_completion", "model": self.served_model,
+                       "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(choices),
+                                                     "total_tokens": prompt_tokens + len(choices)}})
+
+    def _cache_lookup(self, ids: list[int]) -> None:
+        """Count the block-aligned prefix (4-token blocks, never the last token) already seen, then cache it."""
+        with self._lock:
+            self.cache["queries"] += len(ids)
+            blocks = [tuple(ids[:n]) for n in range(4, len(ids), 4)]
+            hit = 0
+            for b in blocks:
+                if b not in self.cache_blocks:
+                    break
+                hit = len(b)
+            self.cache["hits"] += hit
+            self.cache_blocks.update(blocks)
+
     def _completions(self, h: Handler, body: dict[str, Any]) -> None:
+        if self.vllm and (body.get("logprob_token_ids") is not None or isinstance(body.get("prompt"), list)):
+            return self._one_token(h, body)
         prompt = str(body.get("prompt", ""))
         max_tokens = int(body.get("max_tokens", 16))
         echo = bool(body.get("echo"))

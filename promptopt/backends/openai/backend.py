@@ -2,7 +2,8 @@
 
 Generation goes through `/chat/completions`; log-likelihoods through `/completions` with
 `echo` + `logprobs` + `max_tokens=0` (or 1 where a server refuses 0), which `check()` probes once
-per server before the run. Requests run concurrently on a private event loop, bounded by
+per server before the run. On vLLM servers one-token continuations (labels, option letters) are scored
+by one generated token with `logprob_token_ids` instead, which keeps the prefix cache (onetoken.py). Requests run concurrently on a private event loop, bounded by
 `concurrency` and optional requests/tokens-per-minute limits, retried only when retrying can help.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from promptopt.errors import CapabilityError, ConfigError
 from promptopt.registry import register_backend
 from promptopt.types import Usage
 from promptopt.backends.openai.limits import RateLimiter
+from promptopt.backends.openai import onetoken
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob, echoed_prompt
 from promptopt.backends.openai.aioloop import LoopThread
 from promptopt.backends.openai.prices import DEFAULT_PRICES, price_for, usd
@@ -38,6 +40,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 log = logging.getLogger("promptopt")
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 _PROBE_TAIL = " lazy dog."
+_PROBE_ONE = ("The quick brown fox jumps over the lazy", " dog")  # one-token probe, checked against echo
+_PROBE_ONE_TOLERANCE = 0.05  # nats: catches a different quantity, not kernel noise (bf16 servers)
 _PROBE_LL_RETRIES = 2  # llama.cpp answers echo with a 500: absorb a blip, not a refusal
 
 
@@ -50,6 +54,8 @@ class _ServerInfo:
     chat_error: str | None  # why chat completions do not work, if they do not
     ll_max_tokens: int | None  # 0 or 1: what echo+logprobs needs; None when unsupported
     ll_error: str | None
+    one_token: bool = False  # a vLLM server whose logprob_token_ids route matched echo on the probe
+    one_token_note: str | None = None  # why not, for a server that says it is vLLM
 
 
 def _base_urls(base_url: str | Sequence[str] | None) -> list[str]:
@@ -111,6 +117,7 @@ class OpenAIOptions(BackendOptions):
     prices: dict[str, list[NonNegativeFloat]] | None = None
     backoff: NonNegativeFloat = 0.5
     max_wait: NonNegativeFloat = 60.0
+    one_token: bool = True  # on vLLM servers, score one-token continuations by one generated token
 
     @field_validator("prices")
     @classmethod
@@ -139,7 +146,8 @@ class OpenAIBackend:
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 32,
                  rpm: float | None = None, tpm: float | None = None, timeout: float = 60.0,
                  max_retries: int = 6, prices: Mapping[str, Sequence[float]] | None = None,
-                 backoff: float = 0.5, max_wait: float = 60.0, probe_timeout: float = 10.0, **_: object):
+                 backoff: float = 0.5, max_wait: float = 60.0, probe_timeout: float = 10.0,
+                 one_token: bool = True, **_: object):
         if not model:
             raise ConfigError("openai backend: name a model, e.g. model='gpt-4o-mini'")
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_wait < 0:
@@ -156,6 +164,7 @@ class OpenAIBackend:
         self._price = price_for(model, table)
         self._retry = dict(max_retries=max_retries, backoff=backoff, max_wait=max_wait)
         self._probe_timeout = probe_timeout
+        self._try_one_token = one_token
         self._limits = (concurrency, rpm, tpm)
         self._slots: asyncio.Semaphore  # these three are made with the loop, in _run
         self._rpm: RateLimiter | None
@@ -165,6 +174,8 @@ class OpenAIBackend:
         self._turn = 0  # round-robin among equally loaded servers
         self._info: dict[Server, _ServerInfo] | None = None
         self._check_lock = threading.Lock()
+        self._one_token = {"prompts": 0, "requests": 0, "echo_fallbacks": 0}
+        self._cache_start: dict[Server, dict[str, float]] = {}  # /metrics prefix-cache counters at the probe
         self._loop: LoopThread | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -197,8 +208,15 @@ class OpenAIBackend:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Requests sent, retries and failures by kind, and the summed usage (tokens, USD)."""
-        return {**self._stats.to_json(), "usage": self._usage.to_json()}
+        """Requests sent, retries and failures by kind, and the summed usage (tokens, USD); on vLLM servers
+        also the one-token route's counts and the prefix cache's hits since the probe (from /metrics)."""
+        out = {**self._stats.to_json(), "usage": self._usage.to_json()}
+        if self._info and any(i.one_token for i in self._info.values()):
+            out["one_token"] = dict(self._one_token)
+            cache = self._run(self._prefix_cache())
+            if cache is not None:
+                out["prefix_cache"] = cache
+        return out
 
     def generate(self, reqs: Sequence[GenRequest]) -> list[GenResult]:
         self.check(needs=[GENERATE])
@@ -206,7 +224,11 @@ class OpenAIBackend:
 
     def loglikelihood(self, reqs: Sequence[LLRequest]) -> list[LLResult]:
         self.check(needs=[LOGLIKELIHOOD])
-        return self._run(_gather(self._loglikelihood_one(r) for r in reqs)) if reqs else []
+        if not reqs:
+            return []
+        if self._info and all(i.one_token for i in self._info.values()):
+            return self._run(self._loglikelihood_one_token(list(reqs)))
+        return self._run(_gather(self._loglikelihood_one(r) for r in reqs))
 
     def close(self) -> None:
         """Close HTTP connections and stop the private loop thread (also done at garbage collection)."""
@@ -388,6 +410,133 @@ class OpenAIBackend:
             return LLResult(math.nan, usage=self._failed(e, started), error=str(e))
         return LLResult(logprob, greedy, tokens, self._account(pt, ct, started))
 
+    # --- log-likelihood by one generated token (vLLM) ---------------------------------------
+
+    async def _tokens(self, text: str, special: bool) -> list[int]:
+        """Token ids from a server's /tokenize (any one: they serve the same model). Pinned to the server
+        picked, as the route is outside base_url; a failure sends the request to echo, which routes around."""
+        server = self._pick(avoid=None)
+        return await self._call(server.root_url + "/tokenize",
+                                lambda _: onetoken.tokenize_payload(self.model, text, special),
+                                self._token_ids, 0, server=server, max_retries=1)
+
+    def _token_ids(self, data: dict[str, Any], server: Server) -> list[int]:
+        try:
+            return onetoken.token_ids(data)
+        except ValueError as e:
+            raise server.malformed(self.model, str(e)) from None
+
+    async def _plan(self, req: LLRequest, alone: dict[str, list[int]]) -> onetoken.Plan:
+        if not req.context or not req.continuation:
+            return onetoken.Plan(None, None, "empty context or continuation")
+        if req.continuation not in alone:
+            alone[req.continuation] = await self._tokens(req.continuation, special=False)
+        return onetoken.plan(await self._tokens(req.context + req.continuation, special=True),
+                             alone[req.continuation])
+
+    async def _loglikelihood_one_token(self, reqs: list[LLRequest]) -> list[LLResult]:
+        """One-token continuations by one generated token, many prompts a request; the rest by echo. A
+        request whose tokenization cannot be read goes to echo too: nothing is dropped."""
+        alone: dict[str, list[int]] = {}
+        plans = await _gather(self._plan_or_echo(r, alone) for r in reqs)
+        fast = [i for i, pl in enumerate(plans) if pl.label_id is not None]
+        out: list[LLResult | None] = [None] * len(reqs)
+        groups = onetoken.batches(fast, [plans[i].label_id or 0 for i in fast])
+        results = await _gather(self._one_token_batch([plans[fast[j]] for j in g]) for g in groups)
+        for g, res in zip(groups, results):
+            for j, r in zip(g, res):
+                out[fast[j]] = r
+        slow = [i for i, r in enumerate(out) if r is None]
+        self._one_token["echo_fallbacks"] += len(slow)
+        for i, r in zip(slow, await _gather(self._loglikelihood_one(reqs[i]) for i in slow)):
+            out[i] = r
+        return [r for r in out if r is not None]
+
+    async def _plan_or_echo(self, req: LLRequest, alone: dict[str, list[int]]) -> onetoken.Plan:
+        try:
+            return await self._plan(req, alone)
+        except OpenAIRequestError as e:
+            if e.fatal:
+                raise
+            return onetoken.Plan(None, None, f"/tokenize failed: {e.detail}")
+
+    async def _one_token_batch(self, plans: list[onetoken.Plan]) -> list[LLResult | None]:
+        """One request for these plans; None for each (so it goes to echo) when the request fails."""
+        started = time.monotonic()
+        prompts = [pl.prompt_ids or () for pl in plans]
+        labels = [pl.label_id or 0 for pl in plans]
+
+        def parse(data: dict[str, Any], server: Server) -> tuple[list[Scored], tuple[int, int]]:
+            try:
+                reads = onetoken.label_logprobs(data, len(plans))
+                return [onetoken.scored(lps, sampled, lab) for (lps, sampled), lab in zip(reads, labels)], \
+                    _usage_counts(data)
+            except ValueError as e:
+                raise server.malformed(self.model, str(e)) from None
+
+        est = sum(len(p) for p in prompts) + len(prompts)
+        try:
+            scores, (pt, ct) = await self._call(
+                "completions", lambda _: onetoken.completion_payload(self.model, prompts, labels), parse, est)
+        except OpenAIRequestError as e:
+            if e.fatal:
+                raise
+            log.warning("openai backend: a one-token request failed (%s); scoring its %d prompts by echo",
+                        e.detail, len(plans))
+            return [None] * len(plans)
+        self._one_token["requests"] += 1
+        self._one_token["prompts"] += len(plans)
+        total = self._account(pt, ct, started)
+        n = len(plans)  # the request's usage, shared out so the per-result sums equal it
+        return [LLResult(lp, greedy, toks, Usage(1 if i == 0 else 0, pt // n + (i < pt % n), ct // n + (i < ct % n),
+                                               total.seconds / n, total.usd / n))
+                for i, (lp, greedy, toks) in enumerate(scores)]
+
+    async def _prefix_cache(self) -> dict[str, Any] | None:
+        """Prompt tokens looked up in and read from vLLM's prefix cache since the probe, all servers."""
+        now = {s: onetoken.prefix_cache_counters(await s.get_text(s.root_url + "/metrics") or "")
+               for s in self._servers}
+        if not all(now.values()):
+            return None
+        queries = sum(now[s].get("queries", 0) - self._cache_start.get(s, {}).get("queries", 0) for s in now)
+        hits = sum(now[s].get("hits", 0) - self._cache_start.get(s, {}).get("hits", 0) for s in now)
+        return {"queried_tokens": int(queries), "hit_tokens": int(hits),
+                "hit_rate": round(hits / queries, 4) if queries else None}
+
+    async def _probe_one_token(self, server: Server, ll_max_tokens: int) -> tuple[bool, str | None]:
+        """Whether this server is vLLM and its one-token route gives what echo gives on a probe text."""
+        version = await server.get_text(server.root_url + "/version")
+        if not version or '"version"' not in version:
+            return False, None  # not vLLM: echo it is, nothing to say
+        context, continuation = _PROBE_ONE
+        try:
+            alone = await self._call(server.root_url + "/tokenize",
+                                     lambda _: onetoken.tokenize_payload(self.model, continuation, False),
+                                     self._token_ids, 0, server=server, retry_connect=False, max_retries=0)
+            full = await self._call(server.root_url + "/tokenize",
+                                    lambda _: onetoken.tokenize_payload(self.model, context + continuation, True),
+                                    self._token_ids, 0, server=server, retry_connect=False, max_retries=0)
+            pl = onetoken.plan(full, alone)
+            if pl.label_id is None:
+                return False, f"the probe's answer is not one token ({pl.why_not})"
+            label = pl.label_id
+            fast = await self._call(
+                "completions", lambda _: onetoken.completion_payload(self.model, [pl.prompt_ids or ()], [label]),
+                lambda d, _: onetoken.label_logprobs(d, 1)[0], 8, server=server, retry_connect=False,
+                max_retries=0)
+            echo = await self._call(
+                "completions", lambda _: self._echo_payload(context + continuation, ll_max_tokens),
+                lambda d, _: self._parse_echo(continuation, ll_max_tokens, d)[1], 16, server=server,
+                retry_connect=False, max_retries=0)
+        except (OpenAIRequestError, ValueError) as e:
+            return False, f"its one-token route (logprob_token_ids) failed: {getattr(e, 'detail', e)}"
+        lp = fast[0].get(label)
+        if lp is None or abs(lp - echo[0]) > _PROBE_ONE_TOLERANCE:
+            return False, f"its one-token logprob ({lp}) differs from echo's ({echo[0]:.4f})"
+        self._cache_start[server] = onetoken.prefix_cache_counters(
+            await server.get_text(server.root_url + "/metrics") or "")
+        return True, None
+
     # --- start-up probe ------------------------------------------------------------------------
 
     async def _probe_within(self, server: Server) -> _ServerInfo:
@@ -440,8 +589,12 @@ class OpenAIBackend:
                 f"({chat_error}) nor /completions with echo ({ll_error}) work; check base_url and model",
                 kind="unsupported", fatal=True)
         served = chat_model or ll_model or self.model
+        one_token, note = (False, None) if ll_max_tokens is None or not self._try_one_token else \
+            await self._probe_one_token(server, ll_max_tokens)
+        if note:
+            log.warning("openai backend at %s says it is vLLM, but %s; scoring by echo", server.url, note)
         return _ServerInfo(server.url, served, chat_error, ll_max_tokens,
-                           None if ll_max_tokens is not None else ll_error)
+                           None if ll_max_tokens is not None else ll_error, one_token, note)
 
     def _validate_probe(self, data: dict[str, Any], max_tokens: int) -> str:
         """The server's model id, if the probe's echo carries usable prompt logprobs."""

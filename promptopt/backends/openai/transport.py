@@ -134,6 +134,19 @@ class Server:
         line = f"openai backend at {self.url} (model {model!r}): {what}; {todo}"
         return OpenAIRequestError(line, detail=what, **kw)
 
+    @property
+    def root_url(self) -> str:
+        """The server's root, where vLLM serves /version, /tokenize and /metrics (base_url less its /v1)."""
+        return self.base_url.removesuffix("/v1")
+
+    async def get_text(self, url: str) -> str | None:
+        """GET an absolute URL on this server; None on any failure (for optional routes: /version, /metrics)."""
+        try:
+            resp = await self._http().get(url)
+        except httpx.HTTPError:
+            return None
+        return resp.text if resp.status_code == 200 else None
+
     async def post(self, path: str, model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Send one request and return its JSON object, or raise OpenAIRequestError."""
         try:
