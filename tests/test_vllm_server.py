@@ -116,3 +116,33 @@ def test_three_backends_agree_on_the_same_requests(openai_on_vllm, vllm_backend,
         worst[f"{a}-{b}"] = max(abs(x.logprob - y.logprob) for x, y in zip(scores[a], scores[b]))
     print("\nmax abs diff of log-likelihood (nats): " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     assert max(worst.values()) <= PARITY_TOLERANCE
+
+
+def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: str, openai_on_vllm) -> None:
+    """Labels after a shared instruction: the one-token route (logprob_token_ids, token-id prompts) gives
+    echo's log-probs within the parity tolerance, and vLLM's prefix cache serves most prompt tokens."""
+    from promptopt.backends.openai.backend import OpenAIBackend
+
+    instruction = ("You will read short movie reviews. Decide whether each review is positive or negative. "
+                   "Positive reviews praise the film, its acting or its story; negative reviews complain "
+                   "about them. Answer with one word.\n\n")
+    reqs = [LLRequest(f"{instruction}Review: the {adj} film number {i}.\nSentiment:", label)
+            for i, adj in enumerate(["warm", "tedious", "clever", "flat", "bold", "dull", "bright", "messy"])
+            for label in (" positive", " negative")]
+    echo = OpenAIBackend(SERVED_NAME, base_url=vllm_server, concurrency=8, timeout=300, one_token=False)
+    try:
+        slow = echo.loglikelihood(reqs)
+        assert "one_token" not in echo.stats
+    finally:
+        echo.close()
+    before = openai_on_vllm.stats["one_token"]["prompts"]
+    fast = openai_on_vllm.loglikelihood(reqs)
+    stats = openai_on_vllm.stats
+    assert all(r.error is None for r in fast + slow)
+    diff = max(abs(a.logprob - b.logprob) for a, b in zip(fast, slow))
+    print(f"\none-token route vs echo on vLLM's server: max abs diff {diff:.2e} nats; "
+          f"prefix cache {stats['prefix_cache']}")
+    assert diff <= PARITY_TOLERANCE
+    assert stats["one_token"]["prompts"] - before == len(reqs)
+    assert [a.is_greedy for a in fast] == [b.is_greedy for b in slow]
+    assert stats["prefix_cache"]["hit_rate"] > 0.5
