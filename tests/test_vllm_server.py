@@ -135,7 +135,7 @@ def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: st
         assert "one_token" not in echo.stats
     finally:
         echo.close()
-    before = openai_on_vllm.stats["one_token"]["prompts"]
+    before = openai_on_vllm.stats["one_token"]["scored"]
     fast = openai_on_vllm.loglikelihood(reqs)
     stats = openai_on_vllm.stats
     assert all(r.error is None for r in fast + slow)
@@ -143,6 +143,6 @@ def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: st
     print(f"\none-token route vs echo on vLLM's server: max abs diff {diff:.2e} nats; "
           f"prefix cache {stats['prefix_cache']}")
     assert diff <= PARITY_TOLERANCE
-    assert stats["one_token"]["prompts"] - before == len(reqs)
+    assert stats["one_token"]["scored"] - before == len(reqs)
     assert [a.is_greedy for a in fast] == [b.is_greedy for b in slow]
     assert stats["prefix_cache"]["hit_rate"] > 0.5

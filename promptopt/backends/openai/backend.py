@@ -174,7 +174,8 @@ class OpenAIBackend:
         self._turn = 0  # round-robin among equally loaded servers
         self._info: dict[Server, _ServerInfo] | None = None
         self._check_lock = threading.Lock()
-        self._one_token = {"prompts": 0, "requests": 0, "echo_fallbacks": 0}
+        # one-token route: requests sent, distinct prompts in them, LLRequests scored, LLRequests left to echo
+        self._one_token = {"requests": 0, "prompts": 0, "scored": 0, "echo_fallbacks": 0}
         self._cache_start: dict[Server, dict[str, float]] = {}  # /metrics prefix-cache counters at the probe
         self._loop: LoopThread | None = None
         self._finalizer: weakref.finalize | None = None
@@ -441,7 +442,7 @@ class OpenAIBackend:
         plans = await _gather(self._plan_or_echo(r, alone) for r in reqs)
         fast = [i for i, pl in enumerate(plans) if pl.label_id is not None]
         out: list[LLResult | None] = [None] * len(reqs)
-        groups = onetoken.batches(fast, [plans[i].label_id or 0 for i in fast])
+        groups = onetoken.batches([plans[i].prompt_ids or () for i in fast], [plans[i].label_id or 0 for i in fast])
         results = await _gather(self._one_token_batch([plans[fast[j]] for j in g]) for g in groups)
         for g, res in zip(groups, results):
             for j, r in zip(g, res):
@@ -463,13 +464,16 @@ class OpenAIBackend:
     async def _one_token_batch(self, plans: list[onetoken.Plan]) -> list[LLResult | None]:
         """One request for these plans; None for each (so it goes to echo) when the request fails."""
         started = time.monotonic()
-        prompts = [pl.prompt_ids or () for pl in plans]
+        at: dict[tuple[int, ...], int] = {}  # each distinct prompt once: it reads every label asked of it
+        for pl in plans:
+            at.setdefault(pl.prompt_ids or (), len(at))
+        prompts = list(at)
         labels = [pl.label_id or 0 for pl in plans]
 
         def parse(data: dict[str, Any], server: Server) -> tuple[list[Scored], tuple[int, int]]:
             try:
-                reads = onetoken.label_logprobs(data, len(plans))
-                return [onetoken.scored(lps, sampled, lab) for (lps, sampled), lab in zip(reads, labels)], \
+                reads = onetoken.label_logprobs(data, len(prompts))
+                return [onetoken.scored(*reads[at[pl.prompt_ids or ()]], lab) for pl, lab in zip(plans, labels)], \
                     _usage_counts(data)
             except ValueError as e:
                 raise server.malformed(self.model, str(e)) from None
@@ -485,7 +489,8 @@ class OpenAIBackend:
                         e.detail, len(plans))
             return [None] * len(plans)
         self._one_token["requests"] += 1
-        self._one_token["prompts"] += len(plans)
+        self._one_token["prompts"] += len(prompts)
+        self._one_token["scored"] += len(plans)
         total = self._account(pt, ct, started)
         n = len(plans)  # the request's usage, shared out so the per-result sums equal it
         return [LLResult(lp, greedy, toks, Usage(1 if i == 0 else 0, pt // n + (i < pt % n), ct // n + (i < ct % n),

@@ -8,7 +8,8 @@ is vLLM (`GET /version`) and accepts its `logprob_token_ids` extension:
 1. `/tokenize` context+continuation (with the special tokens the completions route would add). When the
    continuation is exactly its last token, the tokens before it are the context as the echo recipe reads
    it, and the request is planned as (those token ids, that one token id); otherwise it stays on echo.
-2. Plans are sent many prompts per `/v1/completions` request as token ids, `max_tokens=1`,
+2. Plans are sent many prompts per `/v1/completions` request as token ids (the options of one example
+   share one prompt, which reads all their labels), `max_tokens=1`,
    `temperature=0`, `logprobs=1`, `logprob_token_ids=[the labels]`, `return_tokens_as_token_ids=true`;
    `choices[i].logprobs.top_logprobs[0]["token_id:N"]` is label N's log-probability.
 
@@ -98,16 +99,21 @@ def scored(logprobs: Mapping[int, float], sampled: int | None, label: int) -> tu
     return lp, greedy, (lp,)
 
 
-def batches(items: Sequence[Any], labels: Sequence[int]) -> list[list[int]]:
-    """Indices of `items` in groups of at most PROMPTS_PER_REQUEST with at most MAX_LABEL_IDS labels."""
+def batches(prompts: Sequence[Sequence[int]], labels: Sequence[int]) -> list[list[int]]:
+    """Indices of the plans (prompt, label) in groups of at most PROMPTS_PER_REQUEST distinct prompts (the
+    options of one example share theirs: one prompt reads all its labels) and MAX_LABEL_IDS labels."""
     groups: list[list[int]] = []
     current: list[int] = []
+    seen_prompts: set[tuple[int, ...]] = set()
     seen: set[int] = set()
-    for i, label in enumerate(labels):
-        if current and (len(current) >= PROMPTS_PER_REQUEST or (label not in seen and len(seen) >= MAX_LABEL_IDS)):
+    for i, (prompt, label) in enumerate(zip(prompts, labels)):
+        key = tuple(prompt)
+        new_prompt = key not in seen_prompts and len(seen_prompts) >= PROMPTS_PER_REQUEST
+        if current and (new_prompt or (label not in seen and len(seen) >= MAX_LABEL_IDS)):
             groups.append(current)
-            current, seen = [], set()
+            current, seen_prompts, seen = [], set(), set()
         current.append(i)
+        seen_prompts.add(key)
         seen.add(label)
     if current:
         groups.append(current)
