@@ -15,7 +15,8 @@ from promptopt.backends.base import Backend, canonical_hash
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
 from promptopt.data import test_sample
-from promptopt.errors import BackendError, CapabilityError, ConfigError, ResumeError, RunStopped, Terminated
+from promptopt.errors import (BackendError, CapabilityError, ConfigError, ResumeError, RunStopped, SkipReport,
+                              Terminated)
 from promptopt.loop import Report, Run
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
 from promptopt.scorer import Job, score_jobs
@@ -198,9 +199,17 @@ def backend_stats(backends: Backends) -> dict[str, Any]:
     return out
 
 
-def finish_run(run: Run, backends: Backends, started: float) -> Report:
+def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = False) -> Report:
+    """The final report and summary.json. Ctrl-C during the report (or `partial`) writes the result so far
+    instead, marked partial."""
     search_events = run.log.cursor if run.log else 0  # where the search ended: a stopped run resumes from here
-    report = run.finish(started)
+    try:
+        report = run.finish(started, partial=partial)
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            raise
+        run.stop_reason = "interrupted"
+        report = run.finish(started, partial=True)
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
@@ -229,8 +238,9 @@ def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
                 pass
         except Terminated:
             raise
-        except KeyboardInterrupt:  # Ctrl-C: the user wants the result so far
+        except KeyboardInterrupt as e:  # Ctrl-C: the user wants the result so far
             run.stop_reason = "interrupted"
+            return finish_run(run, backends, started, partial=isinstance(e, SkipReport))
         return finish_run(run, backends, started)
     except (RunStopped, BackendError, Terminated, MetricError) as e:  # an escaping BackendError is a fatal one
         raise _stopped(run, backends, e) from None

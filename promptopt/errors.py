@@ -57,5 +57,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: a scheduler preempting the job. Unlike Ctrl-C the run is not finalized: it stays resumable."""
 
 
+class SkipReport(KeyboardInterrupt):
+    """A second Ctrl-C: write the result so far (a partial summary) without the final report's scoring."""
+
+
 class BudgetExhausted(PromptOptError):
     """Internal signal: a budget limit was reached; the loop stops cleanly and still reports."""

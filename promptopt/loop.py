@@ -55,6 +55,7 @@ class Report:
     significance: dict[str, Any] | None = None  # seed vs best on the same test examples
     objectives: dict[str, Any] | None = None  # several objectives: the finalists' front (objectives.py)
     timings: dict[str, float] = field(default_factory=dict)  # this session's wall time by part (timing.py)
+    partial: bool = False  # a second Ctrl-C skipped the final report: dev scores as they were, no test
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -67,7 +68,8 @@ class Report:
             "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
             "failures": self.failures, "seconds": round(self.seconds, 2),
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
-            "significance": self.significance, **({"objectives": self.objectives} if self.objectives else {}), "timings": self.timings,
+            "significance": self.significance, **({"objectives": self.objectives} if self.objectives else {}),
+            "timings": self.timings, **({"partial": True} if self.partial else {}),
         }
 
 
@@ -420,7 +422,9 @@ class Run:
         if self.on_step:
             self.on_step(self)
         self.callbacks.emit("on_step_end", self)
-        if self.callbacks.stop_reason and not self.stop_reason:
+        # A stop asked for while a resumed run replays its log takes effect once it is past the log: the
+        # recorded run went on from here, and the replay must match it.
+        if self.callbacks.stop_reason and not self.stop_reason and not self.replaying:
             self.stop_reason = f"stop: {self.callbacks.stop_reason}"
         return not self.stop_reason
 
@@ -433,10 +437,17 @@ class Run:
         self.callbacks.emit("on_run_end", self, report)
         return report
 
-    def finish(self, started: float | None = None) -> Report:
+    def finish(self, started: float | None = None, *, partial: bool = False) -> Report:
         """Final report: top candidates and the seed prompt on the full dev split, then the chosen
-        prompt (and the seed, as the baseline) once on the test split."""
+        prompt (and the seed, as the baseline) once on the test split. `partial` (a second Ctrl-C):
+        no more scoring; the best so far by its dev score, however many dev examples it had."""
         seed = Candidate(self.seed_prompt, origin="seed")
+        if partial:
+            ranked_so_far = self.history.ranked("dev")
+            best = ranked_so_far[0][0] if ranked_so_far else seed
+            report = self._report(seed, best, None, None, None, None, started)
+            report.partial = True
+            return report
         if self.history._add_candidate(seed) and self.log:
             self.log.emit("candidate", step=self.step, candidate_id=seed.id, **seed.to_json())
         finalists = [c for c, _ in self.history.ranked("dev")[: self.final_top_k]]
@@ -473,6 +484,10 @@ class Run:
                 by_ex = [{r.example_id: r.score for r in ev.results} for ev in evs]
                 shared = [i for i in ids if i in by_ex[0] and i in by_ex[1]]
                 significance = compare_paired([by_ex[1][i] for i in shared], [by_ex[0][i] for i in shared])
+        return self._report(seed, best, seed_test, best_test, significance, front, started)
+
+    def _report(self, seed: Candidate, best: Candidate, seed_test: float | None, best_test: float | None,
+                significance: dict[str, Any] | None, front: Any, started: float | None) -> Report:
         report = Report(
             run_dir=str(self.log.dir) if self.log else None, seed_prompt=seed.text, best_prompt=best.text,
             best_id=best.id, seed_dev=self.history.score(seed.id, "dev"),

@@ -122,3 +122,48 @@ def test_optimize_without_task_or_strategy_says_what_it_chose(tmp_path, capsys):
     code, out, err = run_cli("optimize", "--backend", "fake", "--model", "m", "--run-dir", tmp_path / "runs",
                              "--dry-run", capsys=capsys)
     assert code == 0 and "using the defaults --task demo and --strategy paraphrase" in err
+
+
+def _ctrl_c_run(tmp_path, presses_at):
+    """`promptopt optimize` on a slow fake backend with SIGINT sent to this process at the given times."""
+    import os
+    import signal
+    import threading
+    from promptopt.cli import main
+    timers = [threading.Timer(t, os.kill, (os.getpid(), signal.SIGINT)) for t in presses_at]
+    for t in timers:
+        t.start()
+    try:
+        code = main(["optimize", "--task", "demo", "--strategy", "paraphrase", "--backend", "fake", "--model", "m",
+                     "--set", "backend.delay=0.3", "--budget", "examples=100000", "--run-dir", str(tmp_path),
+                     "--no-cache", "-q"])
+    finally:
+        for t in timers:
+            t.cancel()
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    return code, run_dir
+
+
+def test_first_ctrl_c_ends_the_search_with_the_report_and_says_so(tmp_path, capsys):
+    import json
+    code, run_dir = _ctrl_c_run(tmp_path, [1.0])
+    err = capsys.readouterr().err
+    assert code == 130 and "the search ends when this step does; then the final report" in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "stop: Ctrl-C" and summary["best_test"] is not None and "partial" not in summary
+
+
+def test_second_ctrl_c_writes_a_partial_summary_that_show_marks_and_resume_goes_on(tmp_path, capsys):
+    import json
+    from promptopt.cli import main
+    code, run_dir = _ctrl_c_run(tmp_path, [1.0, 1.2])
+    err = capsys.readouterr().err
+    assert code == 130 and "writing a partial summary" in err and "Traceback" not in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["partial"] is True and summary["best_test"] is None and summary["stop_reason"] == "interrupted"
+    assert main(["show", str(run_dir)]) == 0
+    assert "partial: Ctrl-C skipped the final report" in capsys.readouterr().out
+    # the interrupted run goes on: stopped again at once by a score condition, it reports in full
+    assert main(["optimize", "--resume", str(run_dir), "--stop", "score=0", "-q"]) == 0
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert "partial" not in again and again["best_test"] is not None and (run_dir / "summary.stopped-1.json").exists()

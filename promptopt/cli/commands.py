@@ -197,6 +197,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from promptopt.api import resume_config, run_config
     from promptopt.config import apply_set, build_config, deep_merge, load_toml
     from promptopt.callbacks import parse_stops
+    from promptopt.cli.interrupt import CtrlC, interrupted
     from promptopt.cli.progress import ProgressBar
     from promptopt.cli.render import print_report
 
@@ -254,8 +255,10 @@ def _optimize(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
     run = tracking.runner(tracker, run_config)  # run_config, logged to MLflow with --mlflow
     try:
-        report = run(cfg, resume_dir=resume_dir, on_step=None, callbacks=[*stops, *([bar] if bar else [])],
-                     accept_changed_inputs=args.accept_changed_inputs)
+        with CtrlC() as ctrl_c:
+            report = run(cfg, resume_dir=resume_dir, on_step=None,
+                         callbacks=[*stops, ctrl_c, *([bar] if bar else [])],
+                         accept_changed_inputs=args.accept_changed_inputs)
     finally:
         if bar:
             bar.close()
@@ -266,7 +269,8 @@ def _optimize(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         print_report(report)
-    return 0
+    return 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
+
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -34,6 +34,10 @@ def significance_line(sig: dict) -> str:
     return line
 
 
+PARTIAL = ("partial: Ctrl-C skipped the final report; the dev scores are as the search left them (not all on "
+           "the whole dev split) and there is no test score")
+
+
 def print_report(report: Report, console: Console | None = None) -> None:
     console = console or Console(width=max(100, shutil.get_terminal_size().columns))
     t = Table(title="promptopt result")
@@ -44,6 +48,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
     t.add_row("seed", short(report.seed_prompt), fmt(report.seed_dev), fmt(report.seed_test))
     t.add_row("best", short(report.best_prompt), fmt(report.best_dev), fmt(report.best_test))
     console.print(t)
+    if report.partial:
+        console.print(PARTIAL, style="bold yellow")
     if report.best_demos:
         console.print(f"best prompt's demos (train ids, in order): {', '.join(report.best_demos)}")
     if report.significance:

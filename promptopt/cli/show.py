@@ -10,7 +10,7 @@ from rich.table import Table
 
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
-from promptopt.cli.render import fmt, short, significance_line
+from promptopt.cli.render import PARTIAL, fmt, short, significance_line
 from promptopt.runlog import load_run
 
 
@@ -58,6 +58,8 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
         console.print(escape(dist))
         if warning:
             console.print(escape(f"warning: {warning}"), style="bold yellow")
+    if view.summary and view.summary.get("partial"):
+        console.print(PARTIAL, style="bold yellow")
     if view.summary:
         console.print(f"stop: {view.summary.get('stop_reason')} · seed dev {fmt(view.summary.get('seed_dev'))} "
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
