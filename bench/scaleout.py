@@ -20,6 +20,7 @@ import time
 import urllib.request
 from contextlib import ExitStack
 from typing import Any
+from unittest import mock
 
 from bench_requests import sst2_requests  # bench/ is on sys.path when run as a script
 from promptopt.backends.openai.backend import OpenAIBackend
@@ -29,16 +30,8 @@ _ARGS = ("--dtype", "float32", "--block-size", "32", "--enforce-eager", "--kv-ca
 
 
 def start(core: int) -> VLLMServer:
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")}
-    os.environ.update(OMP_NUM_THREADS="1", VLLM_CPU_OMP_THREADS_BIND=str(core))
-    try:
-        return VLLMServer(extra_args=_ARGS).start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": str(core)}):
+        return VLLMServer(extra_args=_ARGS).start()  # the server process takes the environment at spawn
 
 
 def served(server: VLLMServer) -> int:
