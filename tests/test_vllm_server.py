@@ -124,8 +124,10 @@ def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: st
     from promptopt.backends.openai.backend import OpenAIBackend
 
     instruction = ("You will read short movie reviews. Decide whether each review is positive or negative. "
-                   "Positive reviews praise the film, its acting or its story; negative reviews complain "
-                   "about them. Answer with one word.\n\n")
+                   "Positive reviews praise the film, its acting, its music or its story, and say it is worth "
+                   "seeing; negative reviews complain about them, call the film dull, long or silly, and say "
+                   "it is not worth the ticket. Some reviews are mixed: decide which side is stronger. Do not "
+                   "explain your answer. Answer with one word, positive or negative.\n\n")  # > 3 KV blocks
     reqs = [LLRequest(f"{instruction}Review: the {adj} film number {i}.\nSentiment:", label)
             for i, adj in enumerate(["warm", "tedious", "clever", "flat", "bold", "dull", "bright", "messy"])
             for label in (" positive", " negative")]
@@ -135,14 +137,15 @@ def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: st
         assert "one_token" not in echo.stats
     finally:
         echo.close()
-    before = openai_on_vllm.stats["one_token"]["scored"]
+    start = openai_on_vllm.stats  # the session's other tests used this backend too: count this test's part
     fast = openai_on_vllm.loglikelihood(reqs)
     stats = openai_on_vllm.stats
     assert all(r.error is None for r in fast + slow)
     diff = max(abs(a.logprob - b.logprob) for a, b in zip(fast, slow))
+    queried, hit = (stats["prefix_cache"][k] - start["prefix_cache"][k] for k in ("queried_tokens", "hit_tokens"))
     print(f"\none-token route vs echo on vLLM's server: max abs diff {diff:.2e} nats; "
-          f"prefix cache {stats['prefix_cache']}")
+          f"prefix cache: {hit} of {queried} prompt tokens")
     assert diff <= PARITY_TOLERANCE
-    assert stats["one_token"]["scored"] - before == len(reqs)
+    assert stats["one_token"]["scored"] - start["one_token"]["scored"] == len(reqs)
     assert [a.is_greedy for a in fast] == [b.is_greedy for b in slow]
-    assert stats["prefix_cache"]["hit_rate"] > 0.5
+    assert queried > 0 and hit / queried > 0.5  # the shared instruction is read from the cache
