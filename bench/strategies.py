@@ -97,14 +97,15 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| strategy | optimizer | seed dev | best dev | seed test | best test | Δ test | "
-            "seeds p<0.05 | scored ex. | opt. calls | wall s |")
-    lines = [head, "|" + "---|" * 11]
+            "seeds p<0.05 | p per seed | scored ex. | opt. calls | wall s |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         cells = [r["strategy"], r["optimizer"]]
         for key in ("seed_dev", "best_dev", "seed_test", "best_test", "delta_test"):
             m, s = r[key]
             cells.append(f"{m:.3f} ± {s:.3f}")
         cells.append(f"{r['significant']}/{r['seeds']}")
+        cells.append(", ".join("n/a" if p is None else f"{p:.2g}" for p in r["p"]))
         cells += [f"{r['examples'][0]:.0f}", f"{r['optimizer_calls'][0]:.1f}", f"{r['seconds'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         row["significant"] = sum(1 for s in summaries if (s.get("significance") or {}).get("p", 1.0) < 0.05
                                  and s["significance"]["diff"] > 0)
         row["seeds"] = len(summaries)
+        row["p"] = [(s.get("significance") or {}).get("p") for s in summaries]
         rows.append(row)
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     out = Path(args.out) if args.out else run_dir / "strategies"

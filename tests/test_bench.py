@@ -48,6 +48,9 @@ def test_writes_table_json_and_plot(first_pass):
         for s in summaries:
             assert 0 < s["search"]["examples"] <= BUDGET and s["search"]["optimizer_calls"] == 0
             assert 0.0 <= s["best_test"] <= 1.0 and s["best_dev"] >= s["seed_dev"]
+    assert "| p per seed |" in table
+    for row in data["rows"]:  # the p column is each seed's own best-vs-seed test, in seed order
+        assert row["p"] == [(s.get("significance") or {}).get("p") for s in data["runs"][row["strategy"]]]
     png = (out / "strategies.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
