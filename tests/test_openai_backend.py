@@ -193,10 +193,10 @@ def test_vllm_one_token_route_equals_echo_and_keeps_the_prefix_cache(bos, backen
             assert res.is_greedy == (greedy and (req not in SENTIMENT or logprob >= max(rivals)))
         stats = b.stats
         one = [x for x in srv.bodies if "logprob_token_ids" in x and isinstance(x.get("prompt"), list)]
-        # 81 one-token requests: 41 distinct prompts (two labels each but one) in requests of at most 32,
-        # after the start-up probe's one
+        # 81 one-token requests: 41 distinct prompts (two labels each but one) in two even requests of at
+        # most 32, after the start-up probe's one
         assert stats["one_token"] == {"requests": 2, "prompts": 41, "scored": len(SENTIMENT) + 1, "echo_fallbacks": 3}
-        assert sorted(len(x["prompt"]) for x in one) == [1, 9, 32]
+        assert sorted(len(x["prompt"]) for x in one) == [1, 20, 21]
         assert all(len(x["logprob_token_ids"]) == 2 for x in one[1:])
         assert all(x["max_tokens"] == 1 and x["return_tokens_as_token_ids"] for x in one)
         cache = stats["prefix_cache"]
@@ -222,8 +222,13 @@ def test_one_token_route_unit_rules():
     assert onetoken.plan([1, 2, 9], [3]).label_id is None  # merged at the boundary
     assert onetoken.plan([1, 2, 3], [2, 3]).why_not.startswith("the continuation is more than one token")
     prompts = [(i // 2,) for i in range(70)]  # two labels per prompt
-    assert onetoken.batches(prompts, [i % 2 for i in range(70)]) == [list(range(64)), list(range(64, 70))]
-    assert [len(g) for g in onetoken.batches([(i,) for i in range(200)], list(range(200)))] == [32] * 6 + [8]
+    # 35 prompts need 2 requests: 18 + 17 prompts, not 32 + 3
+    assert onetoken.batches(prompts, [i % 2 for i in range(70)]) == [list(range(36)), list(range(36, 70))]
+    assert [len(g) for g in onetoken.batches([(i,) for i in range(200)], list(range(200)))] == [29] * 6 + [26]
+    # a multiple of the servers, so least-busy routing splits the work evenly
+    assert [len(g) for g in onetoken.batches([(i,) for i in range(300)], [0] * 300, servers=2)] == [30] * 10
+    assert [len(g) for g in onetoken.batches([(i,) for i in range(33)], [0] * 33, servers=3)] == [11] * 3
+    assert [len(g) for g in onetoken.batches([(i,) for i in range(2)], [0] * 2, servers=3)] == [1, 1]
     assert [len(g) for g in onetoken.batches([(0,)] * 200, list(range(200)))] == [128, 72]  # the label cap
     page = ('# HELP x\nvllm:prefix_cache_queries_total{engine="0",model_name="m"} 120.0\n'
             'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 90.0\n'

@@ -456,7 +456,8 @@ class OpenAIBackend:
         plans = await _gather(self._plan_or_echo(r, alone) for r in reqs)
         fast = [i for i, pl in enumerate(plans) if pl.label_id is not None]
         out: list[LLResult | None] = [None] * len(reqs)
-        groups = onetoken.batches([plans[i].prompt_ids or () for i in fast], [plans[i].label_id or 0 for i in fast])
+        groups = onetoken.batches([plans[i].prompt_ids or () for i in fast], [plans[i].label_id or 0 for i in fast],
+                                  servers=len(self._servers))
         results = await _gather(self._one_token_batch([plans[fast[j]] for j in g]) for g in groups)
         for g, res in zip(groups, results):
             for j, r in zip(g, res):

@@ -99,16 +99,24 @@ def scored(logprobs: Mapping[int, float], sampled: int | None, label: int) -> tu
     return lp, greedy, (lp,)
 
 
-def batches(prompts: Sequence[Sequence[int]], labels: Sequence[int]) -> list[list[int]]:
+def batches(prompts: Sequence[Sequence[int]], labels: Sequence[int], servers: int = 1) -> list[list[int]]:
     """Indices of the plans (prompt, label) in groups of at most PROMPTS_PER_REQUEST distinct prompts (the
-    options of one example share theirs: one prompt reads all its labels) and MAX_LABEL_IDS labels."""
+    options of one example share theirs: one prompt reads all its labels) and MAX_LABEL_IDS labels.
+
+    The groups are of even size and their number a multiple of `servers` where the prompts allow it, so
+    least-busy routing can give every server the same work (300 prompts on 2 servers: 10 x 30, not
+    9 x 32 + 12)."""
+    distinct = len({tuple(p) for p in prompts})
+    needed = -(-distinct // PROMPTS_PER_REQUEST)
+    needed = min(-(-needed // servers) * servers, max(distinct, 1))
+    per_request = -(-distinct // needed) if distinct else PROMPTS_PER_REQUEST
     groups: list[list[int]] = []
     current: list[int] = []
     seen_prompts: set[tuple[int, ...]] = set()
     seen: set[int] = set()
     for i, (prompt, label) in enumerate(zip(prompts, labels)):
         key = tuple(prompt)
-        new_prompt = key not in seen_prompts and len(seen_prompts) >= PROMPTS_PER_REQUEST
+        new_prompt = key not in seen_prompts and len(seen_prompts) >= per_request
         if current and (new_prompt or (label not in seen and len(seen) >= MAX_LABEL_IDS)):
             groups.append(current)
             current, seen_prompts, seen = [], set(), set()
