@@ -107,9 +107,10 @@ def batches(prompts: Sequence[Sequence[int]], labels: Sequence[int], servers: in
     least-busy routing can give every server the same work (300 prompts on 2 servers: 10 x 30, not
     9 x 32 + 12)."""
     distinct = len({tuple(p) for p in prompts})
-    needed = -(-distinct // PROMPTS_PER_REQUEST)
-    needed = min(-(-needed // servers) * servers, max(distinct, 1))
-    per_request = -(-distinct // needed) if distinct else PROMPTS_PER_REQUEST
+    if not distinct:
+        return []
+    requests = min(math.ceil(math.ceil(distinct / PROMPTS_PER_REQUEST) / servers) * servers, distinct)
+    per_request = math.ceil(distinct / requests)
     groups: list[list[int]] = []
     current: list[int] = []
     seen_prompts: set[tuple[int, ...]] = set()
