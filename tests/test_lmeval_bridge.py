@@ -94,10 +94,9 @@ def test_multiple_choice_task_optimized_and_exported_config_loads_in_lm_eval(in_
 
 def test_generate_until_task_is_a_generate_task_with_lm_eval_exact_match(in_tmp):
     from promptopt.api import load_task
-    from promptopt.types import Example
     task = load_task(f"lmeval:{_write_task(in_tmp, 'generate_until', 'tiny_gen')}")
     assert task.output == "generate" and task.stop == ("\n",) and task.max_tokens == 8
-    ex = Example("x", "q", "yes")
+    ex = next(e for e in task.split("dev") if e.target == "yes")
     assert task.metric("Yes.", ex) == 1.0 and task.metric("yes it is", ex) == 0.0
     runs = in_tmp / "runs"
     assert main(["optimize", "--task", f"lmeval:{in_tmp / 'tiny_gen.yaml'}", *FAKE, "--budget", "60",
