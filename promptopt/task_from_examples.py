@@ -7,8 +7,9 @@
 `examples` is a list of dicts, a pandas DataFrame or a `datasets.Dataset`; test is carved from it with a
 fixed seed (the same rows whatever the seed), dev with `seed`, the rest is train. Or pass `train=`,
 `dev=` and `test=` separately (dev, or train to carve dev from with `dev_size`). `prompt=` is required: it is
-the seed instruction the search starts from. The template may name the input column (`{question}`) instead
-of `{input}`; other `{field}`s are filled from the columns of the same name.
+the seed instruction the search starts from. The defaults (max_tokens 256, extract strip) are a spec file's.
+The template may name the input column (`{question}`) instead of `{input}`; other `{field}`s are filled from
+the columns of the same name.
 
 `metric(prediction, example)` gets the extracted prediction (the chosen option's text for a choose task)
 and the example's original row (a dict), and returns a number or `(number, feedback text)`; the feedback
@@ -64,7 +65,7 @@ def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test:
               id_key: str | None = None, prompt: str | Sequence[str] | None = None, name: str = "examples",
               extract: str | Callable[[str], str] | None = None, strict: bool = False,
               dev_size: float | int = 0.2, test_size: float | int = 0.2, seed: int = 0,
-              max_tokens: int = 64, stop: Sequence[str] = (), chat: bool = False, description: str = "") -> Task:
+              max_tokens: int | None = None, stop: Sequence[str] = (), chat: bool = False, description: str = "") -> Task:
     """A Task from examples in memory (see the module doc). Bad input is one TaskError/ConfigError line."""
     if examples is not None and any(x is not None for x in (train, dev, test)):
         raise ConfigError("make_task: pass examples= (carved into train/dev/test) or train=/dev=/test=, not both")
@@ -85,7 +86,7 @@ def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test:
         "make_task", no_prompt if prompt is None else (), name=name, description=description, template=template, output=output,
         options=[str(o) for o in options or ()], seed_prompts=[prompt] if isinstance(prompt, str) else list(prompt or ["-"]),
         metric=metric, extract=extract if output == "generate" else None, strict=strict, chat=chat,
-        max_tokens=max_tokens, stop=list(stop),
+        **({} if max_tokens is None else {"max_tokens": max_tokens}), stop=list(stop),
         columns={"input": input_key, "target": None if label_key else target_key, "label": label_key, "id": id_key},
         data=data, meta={"source": "python"})
     return build_task(spec, seed)

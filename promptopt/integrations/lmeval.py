@@ -26,11 +26,12 @@ any demos) followed by a blank line, the task renamed `<task>_promptopt`, and re
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from promptopt.errors import ConfigError, TaskError
 from promptopt.task import SPLITS, Task
@@ -123,14 +124,29 @@ def load_lmeval_task(spec: str) -> tuple[Any, str, Path | None]:
         raise ConfigError(f"{path}: output_type is {cfg.get('output_type')!r}; the bridge needs output_type: "
                           "multiple_choice or generate_until (say which; lm-eval's default hides a choice task)")
     try:
-        # TaskManager.load (lm-eval >= 0.4.10) returns {"tasks": {...}}; get_task_dict before it
-        tasks = manager.load([name])["tasks"] if hasattr(manager, "load") else get_task_dict([name], manager)
+        with _quiet_datasets():
+            # TaskManager.load (lm-eval >= 0.4.10) returns {"tasks": {...}}; get_task_dict before it
+            tasks = manager.load([name])["tasks"] if hasattr(manager, "load") else get_task_dict([name], manager)
     except Exception as e:  # noqa: BLE001 - dataset loading, Jinja, !function imports: one line
         raise ConfigError(f"lm-eval could not build task {name!r}: {_why(e)}") from None
     task = tasks.get(name)
     if task is None or not hasattr(task, "doc_to_text"):
         raise ConfigError(f"lm-eval task {name!r} is a group; name one of its tasks")
     return task, name, path
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No `datasets` progress bars while lm-eval reads a task's files (an error stays one line); the
+    caller's setting is restored."""
+    import datasets
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
 
 
 def _why(e: BaseException) -> str:
