@@ -19,10 +19,18 @@ what they mean to lm-eval:
   carved from train (a third, at most 100, with the run seed), or from test when there is no train split.
 - the instruction prefix stands where lm-eval's `description` stands: `{prompt}\\n\\n` + doc_to_text. The seed
   prompt is the task's own description, else a plain instruction.
+- the docs become rows of a `promptopt.taskspec.TaskSpec`, built by the same function as spec files and
+  `make_task`, so the same rules hold (distinct options, no empty cells, ...); `limit` draws a split's rows
+  as spec files' `limit` does (test with the fixed test sampler).
+- the config must say its `output_type`, and be a `*.yaml` file. lm-eval looks a task up by name among the
+  `*.yaml` files of the config's folder (and below): when it would load another file that declares the
+  same `task:` name, the bridge refuses, naming that file.
 
 Export writes the same YAML with `description` set to the best prompt as the model read it (instruction and
 any demos) followed by a blank line, the task renamed `<task>_promptopt`, and relative paths (`include`,
-`data_files`) made absolute, so `lm_eval` evaluates the optimized prompt with nothing else changed.
+`data_files`) made absolute, so `lm_eval` evaluates the optimized prompt with nothing else changed. It writes
+only inside `--out` (a plain `--task-name`; `--out`'s parent must exist), atomically, and replaces only a
+config an earlier export wrote (its `metadata.promptopt`).
 """
 from __future__ import annotations
 
