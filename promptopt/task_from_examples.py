@@ -20,7 +20,7 @@ example (checked once on the first example's gold answer when the task is built,
 costs no model call).
 
 The rules (options, gold answers, empty cells, split sizes, ids) are the ones spec files and the lm-eval
-bridge follow: promptopt/taskspec.py builds all three.
+bridge follow: promptopt/task_spec.py builds all three.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from promptopt.errors import ConfigError, TaskError
 from promptopt.task import Task
-from promptopt.taskspec import MetricError, build_task, check_metric_value, check_size, count, validate_spec
+from promptopt.task_spec import MetricError, build_task, check_metric_value, check_size, count, validate_spec
 
 IN_MEMORY = "python:"  # RunConfig.task of a run whose task was built in Python: "python:<name>"
 DEFAULT_TEMPLATE = "{prompt}\n\nInput: {input}\nAnswer:"

@@ -19,7 +19,7 @@
     #     limit = { train = 500, test = 1000 }   # optional: at most this many rows of a file
     # or: hub = "org/name", config = "...", train = "train", dev = "validation", test = "test"
 
-Every key, with examples: docs/task-spec.md. The file is read into a `promptopt.taskspec.TaskSpec` and
+Every key, with examples: docs/task-spec.md. The file is read into a `promptopt.task_spec.TaskSpec` and
 built by `build_task`, as `make_task` and the lm-eval bridge are: the three follow one set of rules.
 
 Other `{name}` fields in the template are filled from the column of the same name. A seeded split
@@ -40,7 +40,7 @@ from promptopt.data import (HubUnavailable, TaskOptions, hub_rows, parse_options
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task
 from promptopt.task import SPLITS, Task
-from promptopt.taskspec import (Columns, TaskSettings, TaskSpec, _Model, build_task, check_size, one_line, problems,
+from promptopt.task_spec import (Columns, TaskSettings, TaskSpec, _Model, build_task, check_size, one_line, problems,
                                 validate_spec)
 
 __all__ = ["Columns", "DataFiles", "SpecFile", "custom", "load_spec", "spec_of"]
@@ -86,7 +86,7 @@ class DataFiles(_Model):
 
 
 class SpecFile(TaskSettings):
-    """A spec file: the task's settings (promptopt.taskspec.TaskSettings), its name and where its rows are."""
+    """A spec file: the task's settings (promptopt.task_spec.TaskSettings), its name and where its rows are."""
     name: str | None = None
     data: DataFiles
 

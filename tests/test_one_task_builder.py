@@ -1,4 +1,4 @@
-"""One task builder (promptopt/taskspec.py): spec files, make_task and the lm-eval bridge build the same Task
+"""One task builder (promptopt/task_spec.py): spec files, make_task and the lm-eval bridge build the same Task
 from the same rows and refuse the same bad input with one line (fast tier; the lm-eval leg needs the lmeval
 extra, which CI installs)."""
 from __future__ import annotations
