@@ -28,12 +28,12 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from promptopt.errors import ConfigError, TaskError
 from promptopt.task import Task
-from promptopt.task_spec import MetricError, build_task, check_metric_value, check_size, count, validate_spec
+from promptopt.task_spec import MetricError, build_task, check_size, count, validate_spec
 
 IN_MEMORY = "python:"  # RunConfig.task of a run whose task was built in Python: "python:<name>"
 DEFAULT_TEMPLATE = "{prompt}\n\nInput: {input}\nAnswer:"
 
-__all__ = ["IN_MEMORY", "MetricError", "check_metric_value", "in_memory_name", "make_task", "rows_of"]
+__all__ = ["IN_MEMORY", "MetricError", "make_task", "rows_of"]
 
 
 def rows_of(data: Any, what: str = "examples") -> list[dict[str, Any]]:
@@ -65,13 +65,19 @@ def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test:
               id_key: str | None = None, prompt: str | Sequence[str] | None = None, name: str = "examples",
               extract: str | Callable[[str], str] | None = None, strict: bool = False,
               dev_size: float | int = 0.2, test_size: float | int = 0.2, seed: int = 0,
-              max_tokens: int | None = None, stop: Sequence[str] = (), chat: bool = False, description: str = "") -> Task:
+              max_tokens: int | None = None, stop: Sequence[str] = (), chat: bool = False,
+              description: str = "") -> Task:
     """A Task from examples in memory (see the module doc). Bad input is one TaskError/ConfigError line."""
     if examples is not None and any(x is not None for x in (train, dev, test)):
         raise ConfigError("make_task: pass examples= (carved into train/dev/test) or train=/dev=/test=, not both")
     if examples is None and dev is None and train is None:
         raise ConfigError("make_task: pass examples=[...], or dev=[...] (or train=[...] to carve dev from) "
                           "with optional train= and test=")
+    for what, size in (("dev_size", dev_size), ("test_size", test_size)):
+        try:
+            check_size(size, what)
+        except ValueError as e:
+            raise ConfigError(f"make_task: {e}") from None
     data: dict[str, Any]
     if examples is not None:
         data = {"kind": "pool", "rows": rows_of(examples), "dev": dev_size, "test": test_size,
@@ -80,26 +86,15 @@ def make_task(examples: Any = None, *, train: Any = None, dev: Any = None, test:
         data = {"kind": "splits", **{s: rows_of(d, s) for s, d in (("train", train), ("dev", dev), ("test", test))},
                 "where": {s: f"{s}[{{i}}]" for s in ("train", "dev", "test")}}
         if dev is None:  # dev carved from train
-            data["dev_size"] = _carve_count(dev_size, len(data["train"]))
+            data["dev_size"] = count(dev_size, len(data["train"])) or None
     no_prompt = ["prompt: pass prompt=, the seed instruction the search starts from (a text or a list)"]
+    seeds = [prompt] if isinstance(prompt, str) else list(prompt or ["-"])  # "-" stands in while no_prompt is said
     spec = validate_spec(
-        "make_task", no_prompt if prompt is None else (), name=name, description=description, template=template, output=output,
-        options=[str(o) for o in options or ()], seed_prompts=[prompt] if isinstance(prompt, str) else list(prompt or ["-"]),
-        metric=metric, extract=extract if output == "generate" else None, strict=strict, chat=chat,
+        "make_task", no_prompt if prompt is None else (), name=name, description=description, template=template,
+        output=output, options=[str(o) for o in options or ()], seed_prompts=seeds, metric=metric,
+        extract=extract, strict=strict, chat=chat,
         **({} if max_tokens is None else {"max_tokens": max_tokens}), stop=list(stop),
         columns={"input": input_key, "target": None if label_key else target_key, "label": label_key, "id": id_key},
         data=data, meta={"source": "python"})
     return build_task(spec, seed)
 
-
-def _carve_count(size: Any, n: int) -> Any:
-    """dev_size as rows of train; a bad size is left for the spec to refuse."""
-    try:
-        return count(check_size(size, "dev_size"), n) or None
-    except ValueError as e:
-        raise ConfigError(f"make_task: {e}") from None
-
-
-def in_memory_name(task: Task) -> str:
-    """What config.json records as the task of a run given a Task object."""
-    return IN_MEMORY + task.name

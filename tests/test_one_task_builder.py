@@ -35,7 +35,8 @@ def _spec_file(root: Path, output: str = "choose") -> Path:
             f'seed_prompts = ["{PROMPT}"]\n'
             + ('output = "choose"\noptions = ["yes", "no"]\n[columns]\ninput = "question"\nlabel = "idx"\n'
                if output == "choose" else
-               'output = "generate"\nstop = ["\\n"]\nmax_tokens = 8\n[columns]\ninput = "question"\ntarget = "answer"\n')
+               'output = "generate"\nstop = ["\\n"]\nmax_tokens = 8\n'
+               '[columns]\ninput = "question"\ntarget = "answer"\n')
             + '[data]\ntrain = "train.jsonl"\ndev = "dev.jsonl"\ntest = "test.jsonl"\n')
     path = root / "tiny.toml"
     path.write_text(body, encoding="utf-8")
@@ -134,8 +135,8 @@ def test_a_lone_surrogate_in_a_row_is_one_line_naming_it():
 
 
 @pytest.mark.parametrize("size, match", [
-    (math.nan, r"make_task: data.dev: dev = nan must be a row count or a fraction in \[0, 1\)"),
-    (1.5, r"dev = 1.5 must be"), (-2, "must not be negative"), ("a", "must be a row count"),
+    (math.nan, r"make_task: dev_size = nan must be a row count or a fraction in \[0, 1\)"),
+    (1.5, r"dev_size = 1.5 must be"), (-2, "must not be negative"), ("a", "must be a row count"),
     (True, "must be a row count"), (0, "the dev split would be empty")])
 def test_bad_split_sizes_are_one_clear_error(size, match):
     with pytest.raises(PromptOptError, match=match):
@@ -210,3 +211,15 @@ def test_spec_file_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["optimize", "--task", str(spec), "--strategy", "paraphrase", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "appear more than once" in err and "Traceback" not in err
+
+
+def test_make_task_carves_dev_from_train_when_no_dev_is_given():
+    t = make_task(train=ROWS["train"] + ROWS["dev"], test=ROWS["test"], template="{prompt} {question}",
+                  input_key="question", target_key="answer", prompt="p", dev_size=4, seed=1)
+    assert {s: len(t.split(s)) for s in ("train", "dev", "test")} == {"train": 10, "dev": 4, "test": 6}
+    assert not {e.id for e in t.split("dev")} & {e.id for e in t.split("train")}
+    again = make_task(train=ROWS["train"] + ROWS["dev"], test=ROWS["test"], template="{prompt} {question}",
+                      input_key="question", target_key="answer", prompt="p", dev_size=4, seed=2)
+    assert [e.id for e in again.split("dev")] != [e.id for e in t.split("dev")]  # dev follows the seed
+    with pytest.raises(ConfigError, match="or train=/dev=/test=, not both"):
+        make_task(ROWS["train"], dev=ROWS["dev"], prompt="p")
