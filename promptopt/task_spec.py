@@ -97,8 +97,7 @@ class Columns(_Model):
     id: str | None = None
 
 
-# Rows are checked one by one as they become Examples (naming the row); pydantic copying 100k dicts first
-# would cost ~1 s and say less.
+# Rows are checked one by one as they become Examples, where an error can name the row and the column.
 Rows = SkipValidation[list[Mapping[str, Any]]]
 
 
@@ -270,32 +269,33 @@ class _Builder:
 
     def example(self, row: Mapping[str, Any], i: int, id_prefix: str, where: str) -> Example:
         spec, cols = self.spec, self.spec.columns
-        at = where.format(i=i, n=i + 1)
         if not isinstance(row, Mapping):
-            raise TaskError(f"{at}: expected a dict of columns, not {type(row).__name__}")
+            raise TaskError(f"{where.format(i=i, n=i + 1)}: expected a dict of columns, not {type(row).__name__}")
         lacking = [c for c in self.needed if c not in row]
         if lacking:
-            raise TaskError(f"{at} has no column {', '.join(map(repr, lacking))} "
+            raise TaskError(f"{where.format(i=i, n=i + 1)} has no column {', '.join(map(repr, lacking))} "
                             f"(columns there: {', '.join(map(repr, list(row)[:8])) or 'none'})")
         cells = {c: row[c] for c in self.needed}
         empty = [c for c, v in cells.items() if _missing(v)]
         if empty:
-            raise TaskError(f"{at}: column {', '.join(map(repr, empty))} is empty (None or NaN)")
+            raise TaskError(f"{where.format(i=i, n=i + 1)}: column {', '.join(map(repr, empty))} is empty "
+                            "(None or NaN)")
         text = {c: str(v) for c, v in cells.items()}
-        bad = next(((c, why) for c, t in text.items() for why in [lone_surrogate(t)] if why), None)
-        if bad:
-            raise TaskError(f"{at}: column {bad[0]!r} holds {bad[1]}")
+        for c, t in text.items():
+            why = None if t.isascii() else lone_surrogate(t)
+            if why:
+                raise TaskError(f"{where.format(i=i, n=i + 1)}: column {c!r} holds {why}")
         ex_id = text[cols.id] if cols.id else f"{id_prefix}{i}"
         fields = {f: text[f] for f in self.extra}
         if spec.output == "generate":
             ex = Example(ex_id, text[cols.input], text[cols.target or ""], fields=fields)
         else:
-            label = self.label(cells, at)
+            label = self.label(cells, where, i)
             ex = Example(ex_id, text[cols.input], self.options[label].strip(), label, fields)
         self.rows_by_id[ex_id] = row
         return ex
 
-    def label(self, cells: Mapping[str, Any], at: str) -> int:
+    def label(self, cells: Mapping[str, Any], where: str, i: int) -> int:
         cols, clean = self.spec.columns, [o.strip() for o in self.options]
         if cols.label is not None:
             value = cells[cols.label]
@@ -304,7 +304,8 @@ class _Builder:
             except (TypeError, ValueError, OverflowError):
                 label = -1
             if not 0 <= label < len(clean):
-                raise TaskError(f"{at}: label {value!r} is not an option index 0..{len(clean) - 1}")
+                raise TaskError(f"{where.format(i=i, n=i + 1)}: label {value!r} is not an option index "
+                                f"0..{len(clean) - 1}")
             return label
         target = str(cells[cols.target or ""]).strip()
         if target in clean:
@@ -312,7 +313,8 @@ class _Builder:
         folded = [i for i, o in enumerate(clean) if o.casefold() == target.casefold()]
         if len(folded) == 1:
             return folded[0]
-        raise TaskError(f"{at}: target {target!r} is not one of the options ({', '.join(clean)})"
+        raise TaskError(f"{where.format(i=i, n=i + 1)}: target {target!r} is not one of the options "
+                        f"({', '.join(clean)})"
                         + (" (it matches several, ignoring case)" if folded else ""))
 
 
