@@ -223,3 +223,20 @@ def test_make_task_carves_dev_from_train_when_no_dev_is_given():
     assert [e.id for e in again.split("dev")] != [e.id for e in t.split("dev")]  # dev follows the seed
     with pytest.raises(ConfigError, match="or train=/dev=/test=, not both"):
         make_task(ROWS["train"], dev=ROWS["dev"], prompt="p")
+
+
+def test_cli_run_whose_metric_calls_sys_exit_is_stopped_not_exit_0(tmp_path, capsys):
+    (tmp_path / "harness_tasks.py").write_text(
+        "import sys\nfrom promptopt import make_task\ncalls = {'n': 0}\n"
+        "def metric(pred, row):\n    calls['n'] += 1\n    if calls['n'] > 3:\n        sys.exit(0)\n    return 1.0\n"
+        "def factory(data_dir=None, seed=0):\n"
+        "    rows = [{'q': f'what is {i} plus 1?', 'a': str(i + 1)} for i in range(20)]\n"
+        "    return make_task(rows, input_key='q', target_key='a', metric=metric, prompt='Answer.')\n",
+        encoding="utf-8")
+    code = main(["optimize", "--task", f"{tmp_path / 'harness_tasks.py'}:factory", "--backend", "fake", "--model", "m",
+                 "--optimizer-model", "none", "--strategy", "hill_climb", "--no-cache", "-q", "--budget", "60",
+                 "--run-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and "metric metric raised SystemExit: 0 on example" in err[0], (code, err)
+    [run] = list((tmp_path / "runs").iterdir())
+    assert not (run / "summary.json").exists()
