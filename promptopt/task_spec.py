@@ -300,7 +300,8 @@ class _Builder:
         if cols.label is not None:
             value = cells[cols.label]
             try:
-                label = int(value) if not isinstance(value, bool) and float(value) == int(value) else -1
+                index = float(value)  # 1, "1", 1.0 and True all mean option 1
+                label = int(index) if index.is_integer() else -1
             except (TypeError, ValueError, OverflowError):
                 label = -1
             if not 0 <= label < len(clean):

@@ -240,3 +240,14 @@ def test_cli_run_whose_metric_calls_sys_exit_is_stopped_not_exit_0(tmp_path, cap
     assert code == 3 and len(err) == 1 and "metric metric raised SystemExit: 0 on example" in err[0], (code, err)
     [run] = list((tmp_path / "runs").iterdir())
     assert not (run / "summary.json").exists()
+
+
+def test_label_columns_take_indices_as_numbers_text_or_booleans(tmp_path):
+    rows = [{"t": f"x{i}", "y": v} for i, v in enumerate([0, 1, "1", 1.0, True, False] * 2)]
+    t = make_task(train=rows, dev=rows[:6], template="{prompt} {t}", input_key="t", label_key="y", output="choose",
+                  options=["no", "yes"], prompt="p", name="b")
+    assert [e.label for e in t.split("dev")] == [0, 1, 1, 1, 1, 0]
+    for bad in (2, "1.5", "yes", -1):
+        with pytest.raises(TaskError, match=r"dev\[0\]: label .* is not an option index 0\.\.1"):
+            make_task(dev=[{"t": "x", "y": bad}], template="{prompt} {t}", input_key="t", label_key="y",
+                      output="choose", options=["no", "yes"], prompt="p")
