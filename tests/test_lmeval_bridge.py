@@ -158,6 +158,10 @@ def test_another_config_with_the_same_task_name_is_refused_not_swapped_in(in_tmp
 def test_a_config_without_output_type_or_doc_to_text_is_one_clear_line(in_tmp, capsys):
     path = _write_task(in_tmp)
     text = path.read_text()
+    yml = path.rename(in_tmp / "tiny_parity.yml")
+    assert main(["lmeval", "import", str(yml)]) == 2
+    assert "lm-eval reads task configs named *.yaml only" in _one_error_line(capsys)
+    yml.rename(path)
     path.write_text(text.replace("output_type: multiple_choice\n", ""), encoding="utf-8")
     assert main(["lmeval", "import", str(path)]) == 2
     assert "output_type is None; the bridge needs output_type: multiple_choice or generate_until" in \
@@ -192,9 +196,12 @@ def test_export_writes_only_inside_out_and_only_its_own_files(in_tmp, capsys):
     assert "was not written by promptopt" in _one_error_line(capsys)
     assert users.read_text() == "task: tiny_parity_promptopt\n# the user's own file\n"
 
+    (in_tmp / "hook.py").write_text("def f(doc):\n    return doc\n", encoding="utf-8")  # a !function file
+    (out / "hook.py").symlink_to(in_tmp / "elsewhere.py")  # dangling: export must not write through it
     assert main(["lmeval", "export", str(run_dir), "--out", str(out), "--task-name", "mine"]) == 0
     assert main(["lmeval", "export", str(run_dir), "--out", str(out), "--task-name", "mine"]) == 0  # its own: replaced
-    assert sorted(p.name for p in out.iterdir()) == ["mine.yaml", "tiny_parity_promptopt.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["hook.py", "mine.yaml", "tiny_parity_promptopt.yaml"]
+    assert not (in_tmp / "elsewhere.py").exists()
     assert (out / "mine.yaml").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import string
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -356,18 +357,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, task_name: str | Non
     text = yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
     if not out.exists():
         out.mkdir()
-    tmp = out / f".{target.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the user's umask applies, as for any file
+    tmp = out / f".{target.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for hook in sorted(path.parent.glob("*.py")):  # !function hooks resolve beside the YAML
-        if not (out / hook.name).exists():
-            (out / hook.name).write_text(hook.read_text(encoding="utf-8"), encoding="utf-8")
+        _write_new(tmp, text)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for hook in sorted(path.parent.glob("*.py")):  # !function hooks resolve beside the YAML
+            try:
+                _write_new(out / hook.name, hook.read_text(encoding="utf-8"))
+            except FileExistsError:  # the user's own, or an earlier export's: left as it is
+                pass
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there: {e.strerror or e}") from None
     return target
 
 
@@ -380,6 +384,18 @@ def _task_name(name: str) -> str:
         raise ConfigError(f"--task-name {name!r}: a task name is letters, digits, '_', '-' and '.', not starting "
                           "with '.' or '-' (it also names the file written in --out)")
     return name
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create `path` with `text`; FileExistsError when anything is there, a dangling symlink included (never
+    written through). The user's umask applies, as for any file they create."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except BaseException:  # nothing half-written stays
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _ours(path: Path) -> bool:
