@@ -27,6 +27,7 @@ Every problem with the settings is reported at once, one line (`problems`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, SkipValidation, ValidationError, field_validator,
@@ -311,7 +312,7 @@ class _Builder:
         target = str(cells[cols.target or ""]).strip()
         if target in clean:
             return clean.index(target)
-        folded = [i for i, o in enumerate(clean) if o.casefold() == target.casefold()]
+        folded = [k for k, o in enumerate(clean) if o.casefold() == target.casefold()]
         if len(folded) == 1:
             return folded[0]
         raise TaskError(f"{where.format(i=i, n=i + 1)}: target {target!r} is not one of the options "
@@ -389,11 +390,9 @@ def build_task(spec: TaskSpec, seed: int = 0) -> Task:
     """The Task a spec describes: rows checked and split, metric and extractor resolved (module doc)."""
     b = _Builder(spec)
     splits = _splits(spec, b, seed)
-    ids = [e.id for s in splits.values() for e in s]
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise TaskError(f"{spec.name}: example id {dup!r} appears twice"
+    twice = [i for i, n in Counter(e.id for s in splits.values() for e in s).items() if n > 1]
+    if twice:
+        raise TaskError(f"{spec.name}: example id {twice[0]!r} appears twice"
                         + (f"; column {spec.columns.id!r} must be unique" if spec.columns.id else ""))
     named = spec.metric if isinstance(spec.metric, str) else None
     metric_name = named or ("accuracy" if spec.output == "choose" else "exact_match")

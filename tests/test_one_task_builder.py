@@ -251,3 +251,11 @@ def test_label_columns_take_indices_as_numbers_text_or_booleans(tmp_path):
         with pytest.raises(TaskError, match=r"dev\[0\]: label .* is not an option index 0\.\.1"):
             make_task(dev=[{"t": "x", "y": bad}], template="{prompt} {t}", input_key="t", label_key="y",
                       output="choose", options=["no", "yes"], prompt="p")
+
+
+def test_an_id_column_names_examples_and_must_be_unique():
+    rows = [{"input": f"q{i}", "target": "a", "key": f"k{i}"} for i in range(4)]
+    t = make_task(dev=rows, id_key="key", prompt="p")
+    assert [e.id for e in t.split("dev")] == ["k0", "k1", "k2", "k3"]
+    with pytest.raises(TaskError, match="example id 'k0' appears twice; column 'key' must be unique"):
+        make_task(dev=rows, test=rows[:1], id_key="key", prompt="p")
