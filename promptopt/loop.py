@@ -151,7 +151,7 @@ class Run:
         """`resolved`: what to run (promptopt.resolved: from a RunConfig, or built in Python); `target` and
         `optimizer`: the backends built from its specs (or the caller's own)."""
         task, strategy, seed, seed_prompt, demos = (resolved.task, resolved.strategy, resolved.seed,
-                                                    resolved.seed_prompt, resolved.demos)
+                                                    resolved.prompt, resolved.demos)
         self.resolved = resolved
         self.task = task
         self.strategy = strategy
@@ -163,7 +163,7 @@ class Run:
         self.tracker = BudgetTracker(resolved.budget, replaying=lambda: self.log is not None and self.log.replaying)
         self.history = History()
         self.step = 0
-        self.seed_prompt = seed_prompt or task.seed_prompts[0]
+        self.seed_prompt = resolved.seed_prompt
         self.final_top_k = resolved.final_top_k
         self.max_failures = resolved.max_failures
         self.test_limit = resolved.test_limit

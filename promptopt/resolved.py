@@ -119,7 +119,7 @@ class ResolvedRun:
     optimizer: BackendSpec | None = None  # None: the strategy runs without an optimizer LLM
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
-    seed_prompt: str | None = None  # a user's seed prompt; None: the task's first
+    prompt: str | None = None  # a user's seed prompt (--prompt); None: the task's first
     final_top_k: int = 3
     max_failures: int = 20
     test_limit: int | None = None
@@ -130,6 +130,11 @@ class ResolvedRun:
     run_name: str | None = None
     cache_path: Path | None = None  # the response cache; None: off
     strategy_name: str = ""  # its registered name, when resolved from a config
+
+    @property
+    def seed_prompt(self) -> str:
+        """Where the search starts: the user's prompt, else the task's first seed prompt."""
+        return self.prompt or self.task.seed_prompts[0]
 
     @property
     def final(self) -> FinalPlan:
@@ -154,7 +159,7 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
         task=task, strategy=strategy, strategy_config=settings, strategy_name=cfg.strategy,
         target=BackendSpec.of(cfg.target, "target"),
         optimizer=BackendSpec.of(optimizer, "optimizer") if optimizer is not None else None,
-        budget=cfg.budget, seed=cfg.seed, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
+        budget=cfg.budget, seed=cfg.seed, prompt=cfg.prompt, final_top_k=cfg.final_top_k,
         max_failures=cfg.max_failures, test_limit=cfg.test_limit, demos=cfg.demos,
         objectives=tuple(cfg.objectives), objective_weights=dict(cfg.objective_weights),
         run_dir=Path(cfg.run_dir), run_name=cfg.run_name,

@@ -402,7 +402,7 @@ def test_a_seed_prompt_longer_than_the_window_is_refused_before_any_model_call()
 
     target = Windowed()
     with pytest.raises(ConfigError, match=r"comes to \d+ tokens, over the model's window of 50"):
-        Run(ResolvedRun(task=toy_task(), strategy=_paraphrase(), seed_prompt="word " * 60), target=target,
+        Run(ResolvedRun(task=toy_task(), strategy=_paraphrase(), prompt="word " * 60), target=target,
             optimizer=FakeBackend())
     assert target.calls == 0
 

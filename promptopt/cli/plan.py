@@ -23,7 +23,7 @@ HEADER = "dry run: no model loaded, no run directory made"
 
 def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
     """What `run` does, in print order: the task, strategy, models, budget, final report, run dir, cache."""
-    return [("task", _task(run)), ("seed", repr(run.seed_prompt or run.task.seed_prompts[0])),
+    return [("task", _task(run)), ("seed", repr(run.seed_prompt)),
             ("strategy", _strategy(run)),
             ("target", run.target.describe() if run.target else "none"),
             ("optimizer", run.optimizer.describe() if run.optimizer else "none"),
