@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from promptopt import registry
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
@@ -16,6 +16,9 @@ from promptopt.cli import lmeval, tracking
 from promptopt.cli.plan import BUDGET_LIMITS
 from promptopt.cli.templates import templates
 
+if TYPE_CHECKING:
+    from promptopt.config import RunConfig
+    from promptopt.loop import Report
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,7 +231,7 @@ def _optimize(args: argparse.Namespace) -> int:
     return 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
 
 
-def _resumed_config(args: argparse.Namespace) -> tuple[Any, Path]:
+def _resumed_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     """A resumed run replays its recorded config; a flag that would change it must not be silently dropped."""
     from promptopt.api import resume_config
     if args.dry_run:
@@ -239,7 +242,7 @@ def _resumed_config(args: argparse.Namespace) -> tuple[Any, Path]:
     return resume_config(args.resume), Path(args.resume)
 
 
-def _new_config(args: argparse.Namespace) -> Any:
+def _new_config(args: argparse.Namespace) -> RunConfig:
     """defaults < --config file < flags < each --set, validated (before any model loads)."""
     from promptopt.config import NONE_MODEL, apply_set, build_config, deep_merge, load_toml
     if args.accept_changed_inputs:
@@ -275,7 +278,7 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def _dry_run(cfg: Any, tracker: Any) -> int:
+def _dry_run(cfg: RunConfig, tracker: Any) -> int:
     """Print the resolved run (the one `optimize` would run) and stop."""
     from promptopt.cli.plan import check_run_dir, describe, plan_lines
     from promptopt.resolved import resolve
@@ -285,7 +288,8 @@ def _dry_run(cfg: Any, tracker: Any) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, cfg: Any, resume_dir: Path | None, stops: list[Any], tracker: Any) -> Any:
+def _run(args: argparse.Namespace, cfg: RunConfig, resume_dir: Path | None, stops: list[Any],
+         tracker: Any) -> Report:
     """The run to its end (or Ctrl-C), with a progress bar unless -q, logged to MLflow with --mlflow."""
     from promptopt.api import run_config
     from promptopt.cli.interrupt import CtrlC
@@ -301,7 +305,7 @@ def _run(args: argparse.Namespace, cfg: Any, resume_dir: Path | None, stops: lis
             bar.close()
 
 
-def _print_result(args: argparse.Namespace, report: Any) -> None:
+def _print_result(args: argparse.Namespace, report: Report) -> None:
     """The final summary: JSON (summary.json as written) with --json, else the table."""
     if args.json:
         import json
