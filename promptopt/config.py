@@ -17,6 +17,10 @@ from promptopt.errors import ConfigError
 from promptopt.objectives import check_objectives, check_weights
 
 NONE_MODEL = "none"  # --optimizer-model none / optimize(optimizer_model="none"): no optimizer LLM
+# The budget's limits by short name (--budget examples=500,calls=40), written once:
+# short name -> (Budget field, how the dry-run plan names it).
+BUDGET_LIMITS = {"examples": ("max_examples", "examples"), "calls": ("max_optimizer_calls", "optimizer calls"),
+                 "tokens": ("max_tokens", "tokens"), "seconds": ("max_seconds", "seconds"), "usd": ("max_usd", "USD")}
 
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.I)
 

@@ -10,8 +10,8 @@ import pytest
 from promptopt import api
 from promptopt.cli import main
 from promptopt.cli.commands import parse_budget
-from promptopt.cli.plan import BUDGET_LIMITS, describe, plan_lines
-from promptopt.config import RunConfig, build_config
+from promptopt.cli.plan import describe, plan_lines
+from promptopt.config import BUDGET_LIMITS, RunConfig, build_config
 from promptopt.resolved import resolve
 
 FAKE = ["--task", "demo", "--backend", "fake", "--model", "m"]

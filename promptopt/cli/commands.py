@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from promptopt import registry
+from promptopt.config import BUDGET_LIMITS
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
 from promptopt.cli import lmeval, tracking
-from promptopt.cli.plan import BUDGET_LIMITS
 from promptopt.cli.templates import templates
 
 if TYPE_CHECKING:

@@ -10,14 +10,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from promptopt.config import BUDGET_LIMITS
 from promptopt.errors import ConfigError
 
 if TYPE_CHECKING:
     from promptopt.resolved import ResolvedRun
 
-# --budget's limits, written once: flag key -> (Budget field, how the plan names it).
-BUDGET_LIMITS = {"examples": ("max_examples", "examples"), "calls": ("max_optimizer_calls", "optimizer calls"),
-                 "tokens": ("max_tokens", "tokens"), "seconds": ("max_seconds", "seconds"), "usd": ("max_usd", "USD")}
 HEADER = "dry run: no model loaded, no run directory made"
 
 
