@@ -118,3 +118,18 @@ def test_each_cli_command_function_reads_in_one_screen():
     long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
             if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 45}
     assert not long
+
+
+def test_the_final_report_scores_what_the_plan_says_at_most(tmp_path, capsys):
+    args = [*FAKE, "--strategy", "paraphrase", "--budget", "120", "--test-limit", "9", "--run-dir",
+            str(tmp_path / "runs"), "--set", f"cache_path={tmp_path / 'c.sqlite'}", "--set", "final_top_k=2"]
+    plan = dry_run(capsys, *args)
+    assert plan["task"].endswith("dev 24, test 9 of 30") and plan["final"].startswith(f"at most {24 * 3 + 2 * 9} ")
+    assert main(["optimize", *args, "-q"]) == 0
+    capsys.readouterr()
+    (run,) = (tmp_path / "runs").iterdir()
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    scored = {phase: [len(e["example_ids"]) for e in events if e["type"] == "eval" and e.get("phase") == phase]
+              for phase in ("final", "test")}
+    assert scored["test"] and all(n == 9 for n in scored["test"])  # the planned test sample, per candidate
+    assert sum(scored["final"]) + sum(scored["test"]) <= 24 * 3 + 2 * 9
