@@ -67,15 +67,15 @@ def optimizer_config(strategy_cls: Any, cfg: RunConfig) -> ModelConfig | None:
 class BackendSpec:
     """A backend by name with its model and options, checked by the backend's `Options`; not loaded."""
 
-    role: str  # "target" or "optimizer"
     config: ModelConfig
     cls: Any  # the registered backend class
     options: Any  # its validated `Options`, or None for a backend that declares none
 
     @classmethod
     def of(cls, config: ModelConfig, role: str) -> "BackendSpec":
+        """`role` ("target", "optimizer") names the model in an error."""
         backend_cls = registry.get("backends", config.backend)
-        return cls(role, config, backend_cls, backend_options(backend_cls, config, role))
+        return cls(config, backend_cls, backend_options(backend_cls, config, role))
 
     def urls(self) -> list[str]:
         """The servers its requests go to (none for a local model)."""
