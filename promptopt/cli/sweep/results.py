@@ -56,8 +56,9 @@ def _row(task: str, strategy: str, runs: list[dict[str, Any]]) -> dict[str, Any]
     seed_tests = [r["seed_test"] for r in runs if r.get("seed_test") is not None]
     mean, sd = _mean_sd(tests)
     seed_mean, _ = _mean_sd(seed_tests)
+    # Seeds whose best prompt beat the seed prompt on the same test examples (the run's own paired test).
     significant = sum(1 for r in runs if (r.get("significance") or {}).get("p", 1.0) < ALPHA
-                      and (r.get("best_test") or 0) > (r.get("seed_test") or 0))
+                      and r["significance"].get("diff", 0) > 0)
     usd = sum(r["target_usage"]["usd"] + r["optimizer_usage"]["usd"] for r in runs)
     return {"task": task, "method": strategy, "seeds": len(runs), "test_mean": mean, "test_sd": sd,
             "seed_test_mean": seed_mean,
