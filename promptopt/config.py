@@ -15,6 +15,7 @@ from promptopt.budget import Budget
 from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
 from promptopt.objectives import check_objectives, check_weights
+from promptopt.paths import read_text
 
 NONE_MODEL = "none"
 
@@ -155,12 +156,10 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    text = read_text(p, "config file")  # a device or FIFO is refused, not read forever
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 

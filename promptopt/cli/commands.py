@@ -250,7 +250,8 @@ def _optimize(args: argparse.Namespace) -> int:
     stops = parse_stops(args.stop)
     if args.dry_run:
         from promptopt.cli.plan import describe, plan
-        print(describe(plan(cfg)) + (f"\nmlflow: {tracker.tracking_uri}" if tracker else ""))
+        from promptopt.paths import redact
+        print(describe(plan(cfg)) + (f"\nmlflow: {redact(tracker.tracking_uri)}" if tracker else ""))
         return 0
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
     run = tracking.runner(tracker, run_config)  # run_config, logged to MLflow with --mlflow
