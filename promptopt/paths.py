@@ -65,7 +65,7 @@ def regular_or_absent(path: str | os.PathLike[str], what: str) -> Path:
     real = Path(os.path.realpath(Path(path).expanduser()))
     try:
         mode = os.stat(real).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a missing folder is the writer's to report)
         return real
     except OSError as e:
         raise ConfigError(f"{what} {path}: cannot use it ({e.strerror or e})") from None
@@ -84,7 +84,7 @@ def write_text(path: str | os.PathLike[str], text: str, what: str) -> Path:
         raise ConfigError(f"{what} {path}: folder {real.parent} does not exist")
     try:
         old_mode = stat.S_IMODE(os.stat(real).st_mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         old_mode = None
     tmp = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp")
     try:
