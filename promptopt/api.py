@@ -109,6 +109,16 @@ def task_fingerprint(task: Task) -> str:
     return "sha256:" + canonical_hash(data)
 
 
+def prompt_files_fingerprint(settings: Any) -> dict[str, str]:
+    """{"prompt_files": hash} of the meta-prompt files a strategy's settings name (none: {}), so a template
+    edited between a stop and --resume is caught like changed task data."""
+    files = getattr(settings, "prompt_files", None)
+    if not files:
+        return {}
+    texts = settings.templates()
+    return {"prompt_files": "sha256:" + canonical_hash({short: texts[short] for short in sorted(files)})}
+
+
 def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
     """What changed since the run started (its config.json against the checksummed run.start event, and
     the task data and models against their recorded fingerprints). Refused unless `accept`."""
@@ -124,7 +134,8 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)
         if old != new:
-            changed.append(f"{what} {'data' if what == 'task' else 'model'} changed ({old} -> {new})")
+            thing = {"task": "task data", "prompt_files": "prompt_files text"}.get(what, f"{what} model")
+            changed.append(f"{thing} changed ({old} -> {new})")
     if changed and not accept:
         log.close()
         raise ResumeError(f"{log.dir}: its inputs changed since it started: {'; '.join(changed)}; a resume would "
@@ -139,7 +150,8 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     """Validate, create (or reopen) the run dir, load task and models, and return a ready Run.
     `task_object`: a Task built in Python (cfg.task is then "python:<name>")."""
     strategy_cls = registry.get("strategies", cfg.strategy)
-    strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
+    settings = strategy_config(strategy_cls, cfg.strategy_options)
+    strategy = strategy_cls(settings)
     task = task_object if task_object is not None else \
         load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     warn_reused_splits(task)
@@ -156,7 +168,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
-                             "task": task_fingerprint(task)},
+                             "task": task_fingerprint(task), **prompt_files_fingerprint(settings)},
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
