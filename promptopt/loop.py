@@ -28,6 +28,7 @@ from promptopt.timing import Timings, cache_seconds
 from promptopt.types import Candidate, Evaluation, Example, Usage
 
 log = logging.getLogger("promptopt")
+TOO_LONG = "shorten the prompt"  # what every backend's error for a request over the model's window says
 
 
 @dataclass
@@ -401,6 +402,7 @@ class Run:
         before logging the batch that reaches max_failures. In the final dev or test report any failed example
         stops the run (a report with missing scores is no result), so a resume redoes that batch live."""
         failed = [ev for ev in batch if ev.state == "failed"]
+        self._refuse_a_seed_too_long(batch, reqs)
         if failed and phase != "search":
             # A batch-wide error leaves no per-example results: all of that request's examples failed.
             bad = sum(sum(1 for r in ev.results if r.error) if ev.results else len(req.example_ids or ())
@@ -413,6 +415,19 @@ class Run:
         if failed and total >= self.max_failures:
             raise RunStopped(f"{total} evaluations failed (max_failures={self.max_failures}); "
                              f"the last: {failed[-1].error}")
+
+    def _refuse_a_seed_too_long(self, batch: Sequence[Evaluation], reqs: Sequence[ScoreRequest]) -> None:
+        """The seed prompt over the model's window (on an API model, which cannot count tokens before the
+        run, the server says so at its first evaluation) makes a report impossible, and no retry or resume
+        can change that: bad input (exit 2), not a resumable stop."""
+        for ev, req in zip(batch, reqs):
+            if ev.state != "failed" or req.candidate.text != self.seed_prompt:
+                continue
+            errors = [r.error for r in ev.results if r.error] or [ev.error or ""]
+            if all(TOO_LONG in e for e in errors):
+                raise ConfigError(f"the seed prompt does not fit the model's window with {len(errors)} of the "
+                                  f"{len(req.example_ids or ())} {req.split} examples it was scored on: "
+                                  f"{errors[0]}; no resume can fix that: shorten the prompt and start a new run")
 
     def _example(self, split: str, example_id: str) -> Example:
         if split == "test":

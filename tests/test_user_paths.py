@@ -174,3 +174,20 @@ def test_every_strategys_floats_are_finite_numbers(strategy, field, value):
 def test_max_usd_inf_is_refused(capsys):
     assert main([*FAKE, "--max-usd", "inf", "--dry-run"]) == 2
     assert "max_usd: Input should be a finite number" in capsys.readouterr().err
+
+
+# -- round two: a seed prompt over an API model's window is bad input, not a resumable stop ---------
+
+def test_a_100k_character_prompt_on_an_api_model_is_exit_2_not_resumable(tmp_path, capsys, quick_thread_switches):
+    from promptopt.testing.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer("test-model", max_lifetime=120) as server:
+        code = main(["optimize", "--task", "demo", "--strategy", "hill_climb", "--backend", "openai", "--model",
+                     "test-model", "--set", f"backend.base_url={server.url}", "--prompt", "word " * 20_000,
+                     "--run-dir", str(tmp_path / "runs"), "--budget", "100", "--no-cache", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "the seed prompt does not fit the model's window" in err[0] and "maximum context length" in err[0]
+    assert "resumable" not in err[0] and "no resume can fix that" in err[0]
+    (d,) = (tmp_path / "runs").iterdir()
+    assert not (d / SUMMARY).exists()
