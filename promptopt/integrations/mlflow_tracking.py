@@ -16,8 +16,11 @@ One MLflow run per promptopt run, in the experiment "promptopt" (or `experiment=
 - tags: `promptopt.run_dir` (so `--resume RUN --mlflow` continues the same MLflow run), strategy, task,
   best candidate id, stop reason; status FINISHED, or KILLED when the run stopped resumably.
 
-The tracking URI is checked before the run starts (a path that cannot be written is a ConfigError) and
-the MLflow run is created only at the first step, so a run refused for bad input leaves nothing behind.
+The tracking URI is checked before the run starts, each problem one ConfigError line with any password in
+the URI shown as ***: an empty URI or an unknown scheme; a file store that cannot be written; a SQLite file
+that is not new, empty or MLflow's own (a user's database is never touched); a server or database that does
+not answer. The MLflow run is created only at the first step, so a run refused for bad input leaves
+nothing behind.
 mlflow is imported only here, when a tracker is made. MLflow 3 refuses plain file stores unless
 MLFLOW_ALLOW_FILE_STORE is set; a tracker pointed at a file store sets it for this process.
 """
