@@ -6,7 +6,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -15,7 +14,7 @@ from promptopt.budget import Budget
 from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
 from promptopt.objectives import check_objectives, check_weights
-from promptopt.paths import read_text
+from promptopt.paths import has_password, read_text, redact
 
 NONE_MODEL = "none"
 
@@ -39,24 +38,11 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{key!r} looks like a secret; put it in an environment variable and "
                                  f"name that variable instead (e.g. api_key_env=MY_KEY_VAR)")
             for text in value if isinstance(value, list) else [value]:
-                if isinstance(text, str) and _url_password(text):
-                    raise ValueError(f"{key!r} has a password in its URL ({_redacted(text)}); URLs are saved "
+                if isinstance(text, str) and has_password(text):
+                    raise ValueError(f"{key!r} has a password in its URL ({redact(text)}); URLs are saved "
                                      "with the run and printed: put the key in an environment variable and "
                                      "name it with api_key_env")
         return options
-
-
-def _url_password(text: str) -> bool:
-    try:
-        return bool(urlsplit(text).password)
-    except ValueError:
-        return False
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                          + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 class RunConfig(BaseModel):

@@ -111,11 +111,10 @@ def redact(uri: str) -> str:
         parts = urlsplit(uri)
         if not parts.password:
             return uri
+        host = parts.netloc.rpartition("@")[2]  # as written: a bad port must not make this raise
+        return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
     except ValueError:
         return "<a URI that cannot be parsed>"
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}{port}").geturl()
 
 
 def has_password(uri: str) -> bool:
@@ -137,6 +136,8 @@ def check_uri(uri: str, what: str, schemes: Collection[str]) -> SplitResult:
     except ValueError as e:
         raise ConfigError(f"{what} {shown}: not a valid URI ({e})") from None
     scheme = parts.scheme.lower().split("+")[0]
+    if len(scheme) == 1 and os.name == "nt":  # C:\\mlruns: a drive letter, not a scheme
+        scheme = ""
     if scheme not in schemes:
         known = ", ".join(f"{s}://" if s else "a path" for s in schemes)
         raise ConfigError(f"{what} {shown}: unsupported scheme {parts.scheme!r} (supported: {known})")

@@ -191,3 +191,16 @@ def test_a_100k_character_prompt_on_an_api_model_is_exit_2_not_resumable(tmp_pat
     assert "resumable" not in err[0] and "no resume can fix that" in err[0]
     (d,) = (tmp_path / "runs").iterdir()
     assert not (d / SUMMARY).exists()
+
+
+# -- the URI checker every reader shares -------------------------------------------------------------
+
+def test_check_uri_takes_driver_suffixes_and_never_shows_a_password():
+    from promptopt.paths import check_uri, redact
+    assert check_uri("postgresql+psycopg2://u@db/mlflow", "--mlflow", ("postgresql",)).hostname == "db"
+    assert redact("http://bob:s3cret@host:5000/x") == "http://bob:***@host:5000/x"
+    for bad, message in (("gopher://bob:s3cret@x", "unsupported scheme 'gopher'"), ("  ", "the URI is empty"),
+                         ("http://bob:s3cret@host:99999", "not a valid URI")):
+        with pytest.raises(ConfigError, match=message) as e:
+            check_uri(bad, "--mlflow", ("http",))
+        assert "s3cret" not in str(e.value)

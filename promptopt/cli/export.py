@@ -85,8 +85,6 @@ def format_export(data: dict[str, Any], fmt: str) -> str:
 def write_export(text: str, out: str | Path) -> Path:
     """Atomically (promptopt.paths.write_text): a failed write leaves no half-written file, and a device,
     FIFO or directory at `out` is refused rather than replaced."""
-    if Path(out).is_dir():
-        raise ConfigError(f"--out {out} is a directory; name a file")
     return write_text(out, text, "--out")
 
 
