@@ -417,11 +417,11 @@ class Run:
                              f"the last: {failed[-1].error}")
 
     def _refuse_a_seed_too_long(self, batch: Sequence[Evaluation], reqs: Sequence[ScoreRequest]) -> None:
-        """The seed prompt over the model's window (on an API model, which cannot count tokens before the
-        run, the server says so at its first evaluation) makes a report impossible, and no retry or resume
-        can change that: bad input (exit 2), not a resumable stop."""
+        """The seed prompt over the model's window with a dev or test example (on an API model, which cannot
+        count tokens before the run, the server says so at its first evaluation) makes the final report
+        impossible, and no retry or resume can change that: bad input (exit 2), not a resumable stop."""
         for ev, req in zip(batch, reqs):
-            if ev.state != "failed" or req.candidate.text != self.seed_prompt:
+            if ev.state != "failed" or req.candidate.text != self.seed_prompt or req.split == "train":
                 continue
             errors = [r.error for r in ev.results if r.error] or [ev.error or ""]
             if all(TOO_LONG in e for e in errors):
