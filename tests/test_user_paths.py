@@ -29,6 +29,17 @@ def _finished_run(tmp_path: Path) -> Path:
     return d
 
 
+def _cli_bounded(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child with 3 GiB of address space and a deadline: a regression (reading /dev/zero
+    for ever, waiting on a FIFO) fails this test instead of taking the machine down with it."""
+    def limit() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "promptopt.cli", *args], capture_output=True, text=True,
+                          timeout=60, preexec_fn=limit, env=env, cwd=tmp_path)
+
+
 # -- class 1: export --out respects what is at the path ---------------------------------------------
 
 def _device(tmp_path: Path) -> Path:
@@ -51,9 +62,9 @@ def test_export_out_refuses_a_special_file_and_leaves_it(tmp_path, capsys, make)
     else:
         out.mkdir()
     before = os.lstat(out)
-    assert main(["export", str(d), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"--out {out}" in err[0]
+    proc = _cli_bounded(tmp_path, "export", str(d), "--out", str(out))  # a regression may block on a FIFO
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and f"--out {out}" in err[0], proc.stderr
     after = os.lstat(out)
     assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(["runs", out.name])  # no temp file left
@@ -73,6 +84,15 @@ def test_export_out_keeps_a_files_mode_and_writes_through_a_symlink(tmp_path, ca
     assert link.is_symlink() and json.loads(target.read_text())["best_id"]
 
 
+def test_report_out_refuses_a_fifo_instead_of_hanging(tmp_path, capsys):
+    d = _finished_run(tmp_path)
+    fifo = tmp_path / "report.html"
+    os.mkfifo(fifo)
+    proc = _cli_bounded(tmp_path, "report", str(d), "--out", str(fifo))  # before: blocked for ever on open
+    assert proc.returncode == 2 and f"--out {fifo} is a FIFO" in proc.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not list(tmp_path.glob("*.png"))
+
+
 def test_a_new_export_file_gets_the_umask_mode_not_0600(tmp_path):
     old = os.umask(0o022)
     try:
@@ -83,17 +103,6 @@ def test_a_new_export_file_gets_the_umask_mode_not_0600(tmp_path):
 
 
 # -- class 5: special files as --config or a prompt_files template --------------------------------
-
-def _cli_bounded(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a child with 1 GiB of address space and a deadline: a regression (reading /dev/zero
-    for ever, waiting on a FIFO) fails this test instead of taking the machine down with it."""
-    def limit() -> None:
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "promptopt.cli", *args], capture_output=True, text=True,
-                          timeout=60, preexec_fn=limit, env=env, cwd=tmp_path)
-
 
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 @pytest.mark.parametrize("where", ["config", "prompt_files"])
