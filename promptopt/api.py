@@ -109,14 +109,13 @@ def task_fingerprint(task: Task) -> str:
     return "sha256:" + canonical_hash(data)
 
 
-def prompt_files_fingerprint(settings: Any) -> dict[str, str]:
-    """{"prompt_files": hash} of the meta-prompt files a strategy's settings name (none: {}), so a template
-    edited between a stop and --resume is caught like changed task data."""
-    files = getattr(settings, "prompt_files", None)
-    if not files:
-        return {}
-    texts = settings.templates()
-    return {"prompt_files": "sha256:" + canonical_hash({short: texts[short] for short in sorted(files)})}
+def templates_fingerprint(settings: Any) -> dict[str, str]:
+    """{"templates": hash} of the meta-prompts a strategy's settings put in use (the defaults, or the user's
+    prompt_files), {} for a strategy without any: a template file edited between a stop and --resume, or a
+    default changed by an upgrade, is caught like changed task data."""
+    templates = getattr(settings, "templates", None)
+    texts = templates() if callable(templates) else {}
+    return {"templates": "sha256:" + canonical_hash(texts)} if texts else {}
 
 
 def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
@@ -134,7 +133,7 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)
         if old != new:
-            thing = {"task": "task data", "prompt_files": "prompt_files text"}.get(what, f"{what} model")
+            thing = {"task": "task data", "templates": "meta-prompt templates"}.get(what, f"{what} model")
             changed.append(f"{thing} changed ({old} -> {new})")
     if changed and not accept:
         log.close()
@@ -168,7 +167,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
-                             "task": task_fingerprint(task), **prompt_files_fingerprint(settings)},
+                             "task": task_fingerprint(task), **templates_fingerprint(settings)},
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,

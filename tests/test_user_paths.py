@@ -141,10 +141,10 @@ def test_resume_refuses_an_edited_prompt_files_template_unless_accepted(tmp_path
     capsys.readouterr()
     assert main(["optimize", "--resume", str(d), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "prompt_files text changed" in err[0] and "--accept-changed-inputs" in err[0]
+    assert len(err) == 1 and "meta-prompt templates changed" in err[0] and "--accept-changed-inputs" in err[0]
     assert main(["optimize", "--resume", str(d), "--accept-changed-inputs", "-q"]) == 0
     resumes = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines() if '"run.resume"' in line]
-    assert "prompt_files text changed" in resumes[-1]["accepted_changes"][0]
+    assert "meta-prompt templates changed" in resumes[-1]["accepted_changes"][0]
 
 
 def _finished_run_with(tmp_path: Path, *extra: str) -> Path:
