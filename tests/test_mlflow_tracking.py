@@ -123,6 +123,7 @@ def _user_sqlite(path: Path) -> Path:
     (lambda t: "sqlite:///:memory:", "an in-memory one would lose the run"),
     (lambda t: "gopher://x", "unsupported scheme 'gopher'"),
     (lambda t: "", "the URI is empty"),
+    (lambda t: "databricks", "--mlflow databricks: the tracking store does not answer"),  # not a ./databricks folder
     (lambda t: "http://bob:s3cret@127.0.0.1:9/", "http://bob:***@127.0.0.1:9/: the tracking store does not answer"),
 ])
 def test_every_uri_is_checked_before_the_run_and_no_password_is_shown(tmp_path, capsys, monkeypatch, uri, message):

@@ -163,6 +163,9 @@ def check_uri(uri: str | os.PathLike[str] | None) -> str:
     shown = redact(text)
     parts = check_uri_parts(text, "--mlflow", SCHEMES)
     _mlflow()
+    if text in ("databricks", "databricks-uc", "uc"):  # MLflow's names for Databricks, not folders
+        _probe(text, shown, None)
+        return text
     path = _file_path(text)
     if path is not None:
         path = path.expanduser().resolve()
