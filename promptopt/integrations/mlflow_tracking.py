@@ -130,6 +130,9 @@ def _probe(text: str, shown: str, password: str | None) -> None:
     from mlflow.tracking import MlflowClient
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.CRITICAL)  # its warnings would come before our one line; the error says it all
     try:
         MlflowClient(text).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure to reach the store is one line
@@ -137,6 +140,7 @@ def _probe(text: str, shown: str, password: str | None) -> None:
         raise ConfigError(_scrub(f"--mlflow {shown}: the tracking store does not answer: "
                                  f"{type(e).__name__}: {first}", text, shown, password)) from None
     finally:
+        mlflow_log.setLevel(level)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
