@@ -120,7 +120,8 @@ def _user_sqlite(path: Path) -> Path:
 @pytest.mark.parametrize("uri,message", [
     (lambda t: f"sqlite:///{_user_sqlite(t / 'mine.db')}", "is not an MLflow database, so it is left alone"),
     (lambda t: f"sqlite:///{t / 'notes.txt'}", "is not an MLflow database, so it is left alone"),
-    (lambda t: "sqlite:///:memory:", "an in-memory one would lose the run"),
+    (lambda t: "sqlite:///:memory:", "an in-memory database would lose the run"),
+    (lambda t: "sqlite://mlflow.db", "name a database file, as in sqlite:///mlflow.db (three slashes"),
     (lambda t: "gopher://x", "unsupported scheme 'gopher'"),
     (lambda t: "", "the URI is empty"),
     (lambda t: "databricks", "--mlflow databricks: the tracking store does not answer"),  # not a ./databricks folder

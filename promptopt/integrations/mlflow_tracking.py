@@ -186,8 +186,8 @@ def check_uri(uri: str | os.PathLike[str] | None) -> str:
         _writable_dir(db.parent, shown)
         return f"sqlite:///{db}"
     if parts.scheme == "sqlite":
-        raise ConfigError(f"--mlflow {shown}: name a database file (sqlite:///mlflow.db); an in-memory one "
-                          "would lose the run")
+        raise ConfigError(f"--mlflow {shown}: name a database file, as in sqlite:///mlflow.db (three slashes; "
+                          "an in-memory database would lose the run)")
     _probe(text, shown, parts.password)
     return text
 
