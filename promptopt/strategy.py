@@ -15,16 +15,16 @@ from promptopt.task import Task
 from promptopt.types import OBJECTIVES, Candidate, Evaluation, ExampleResult, Objective
 
 __all__ = ["OBJECTIVES", "Context", "History", "Needs", "Objective", "OptimizerLM", "ScoreRequest", "Strategy",
-           "StrategyConfig", "needs"]
+           "StrategyConfig", "StrictSettings", "needs"]
 
 
 MAX_SETTING = 10**6  # no count a strategy takes (rounds, population, steps) is meant to be larger
 
 
-class StrategyConfig(BaseModel):
-    """Base of every strategy's settings: unknown keys are an error, values are validated. Numbers are
-    strict for every strategy: true/false is not a number, a count is a whole number up to MAX_SETTING
-    (not 1e20), and inf or nan is no float setting."""
+class StrictSettings(BaseModel):
+    """Settings a user types (a strategy's, and the blocks they embed, such as racing and selection): unknown
+    keys are an error, and numbers are strict: true/false is not a number, a count is a whole number up to
+    MAX_SETTING (not 1e20), and inf or nan is no float setting."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -43,6 +43,10 @@ class StrategyConfig(BaseModel):
         if reason:  # the reason alone, without pydantic's "Value error," prefix
             raise PydanticCustomError("strict_number", "{reason}", {"reason": reason})
         return value
+
+
+class StrategyConfig(StrictSettings):
+    """Base of every strategy's settings (see StrictSettings)."""
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,13 @@ def test_check_uri_takes_driver_suffixes_and_never_shows_a_password():
         with pytest.raises(ConfigError, match=message) as e:
             check_uri(bad, "--mlflow", ("http",))
         assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize("strategy,options,message", [
+    ("hill_climb", {"racing": {"block": True}}, "racing.block: a number, not true"),
+    ("apo", {"selection": {"budget": 1e20}}, "selection.budget: a whole number, not 1e+20"),
+    ("hill_climb", {"racing": {"alpha": float("inf")}}, "racing.alpha: Input should be a finite number"),
+])
+def test_the_settings_blocks_a_strategy_embeds_are_strict_too(strategy, options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({"strategy": strategy, "strategy_options": options})
