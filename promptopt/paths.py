@@ -1,5 +1,5 @@
-"""The one checker of the files and URIs a user names: a config file, a `prompt_files` template, an
-`export --out` file, a `cache_path`, an `--mlflow` URI.
+"""The one checker of the files and URIs a user names: a config file, a `prompt_files` template, the
+`--out` of export, report, explain and lmeval-export, a `cache_path`, an `--mlflow` URI.
 
 - A file promptopt reads must be a regular file of bounded size: a device (/dev/zero), a FIFO or a
   directory is refused with one line, and is never read (a FIFO is opened without blocking, so a
@@ -53,7 +53,7 @@ def read_text(path: str | os.PathLike[str], what: str, *, max_bytes: int = MAX_T
         except OSError as e:
             raise ConfigError(f"{what} {p}: cannot read it ({e.strerror or e})") from None
     if len(data) > max_bytes:
-        raise ConfigError(f"{what} {p} is larger than {max_bytes // 2**20} MiB")
+        raise ConfigError(f"{what} {p} is larger than {max_bytes:,} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
