@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from contextlib import suppress
 from pathlib import Path
 from typing import Collection
 from urllib.parse import SplitResult, urlsplit
@@ -77,15 +78,15 @@ def regular_or_absent(path: str | os.PathLike[str], what: str) -> Path:
 def write_text(path: str | os.PathLike[str], text: str, what: str) -> Path:
     """Write `text` to a file the user named, atomically (a failed write leaves the old file or none).
     Refused (ConfigError) when a device, FIFO, socket or directory is there. A symlink is followed, so the
-    file it names is replaced and the link stays; an existing file keeps its permission bits, and a new
-    one gets the ones the umask allows. Returns the path written, as given."""
+    file it names is replaced and the link stays; an existing file keeps its permission bits (and owner,
+    where the writer may set it), and a new one gets the ones the umask allows. Returns the path written, as given."""
     real = regular_or_absent(path, what)
     if not real.parent.is_dir():
         raise ConfigError(f"{what} {path}: folder {real.parent} does not exist")
     try:
-        old_mode = stat.S_IMODE(os.stat(real).st_mode)
+        old: os.stat_result | None = os.stat(real)
     except (FileNotFoundError, NotADirectoryError):
-        old_mode = None
+        old = None
     tmp = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
@@ -94,8 +95,11 @@ def write_text(path: str | os.PathLike[str], text: str, what: str) -> Path:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            if old_mode is not None:
-                os.chmod(tmp, old_mode)
+            if old is not None:
+                os.chmod(tmp, stat.S_IMODE(old.st_mode))
+                if hasattr(os, "chown") and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    with suppress(PermissionError):  # only a privileged user can keep another's ownership
+                        os.chown(tmp, old.st_uid, old.st_gid)
             os.replace(tmp, real)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -223,3 +223,14 @@ def test_check_uri_takes_driver_suffixes_and_never_shows_a_password():
 def test_the_settings_blocks_a_strategy_embeds_are_strict_too(strategy, options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config({"strategy": strategy, "strategy_options": options})
+
+
+def test_export_out_keeps_another_users_ownership_when_root(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("only root can write a file that keeps another user's ownership")
+    shared = tmp_path / "theirs.json"
+    shared.write_text("old")
+    os.chown(shared, 4321, 4321)
+    write_text(shared, "new", "--out")
+    st = shared.stat()
+    assert (st.st_uid, st.st_gid, shared.read_text()) == (4321, 4321, "new")
