@@ -37,12 +37,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import string
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from promptopt.errors import ConfigError, TaskError
+from promptopt.paths import write_text
 from promptopt.task import SPLITS, Task
 from promptopt.task_spec import build_task, validate_spec
 
@@ -359,21 +359,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, task_name: str | Non
     text = yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
     if not out.exists():
         out.mkdir()
-    tmp = out / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        _write_new(tmp, text)
+    write_text(target, text, "--out")  # atomic; a device or FIFO there is refused
+    for hook in sorted(path.parent.glob("*.py")):  # !function hooks resolve beside the YAML
         try:
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        for hook in sorted(path.parent.glob("*.py")):  # !function hooks resolve beside the YAML
-            try:
-                _write_new(out / hook.name, hook.read_text(encoding="utf-8"))
-            except FileExistsError:  # the user's own, or an earlier export's: left as it is
-                pass
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write there: {e.strerror or e}") from None
+            _write_new(out / hook.name, hook.read_text(encoding="utf-8"))
+        except FileExistsError:  # the user's own, or an earlier export's: left as it is
+            pass
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot write {hook.name} there ({e.strerror or e})") from None
     return target
 
 
