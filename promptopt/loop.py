@@ -20,6 +20,7 @@ from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, Co
                               RunStopped)
 from promptopt.objectives import Measurer
 from promptopt.resolved import ResolvedRun
+from promptopt.retrieval import Retriever, check_embedding, check_policy
 from promptopt.runlog import RunLog
 from promptopt.scorer import Job, score_jobs
 from promptopt.significance import compare_paired
@@ -58,6 +59,7 @@ class Report:
     objectives: dict[str, Any] | None = None  # several objectives: the finalists' front (objectives.py)
     timings: dict[str, float] = field(default_factory=dict)  # this session's wall time by part (timing.py)
     partial: bool = False  # a second Ctrl-C skipped the final report: dev scores as they were, no test
+    best_retrieval: dict[str, Any] | None = None  # the best candidate's retrieval policy (demos per input)
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -72,6 +74,7 @@ class Report:
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
             "significance": self.significance, **({"objectives": self.objectives} if self.objectives else {}),
             "timings": self.timings, **({"partial": True} if self.partial else {}),
+            **({"best_retrieval": self.best_retrieval} if self.best_retrieval else {}),
         }
 
 
@@ -183,6 +186,9 @@ class Run:
         # `demos=K`: every strategy starts from the seed prompt with K train demos (drawn once, label-balanced).
         self.seed_demos = self._seed_demos(task, demos, seed)
         self._window_checked: set[str] = set()
+        # Demos retrieved per input (promptopt.retrieval): indexes only the train split, built on first use.
+        self.retriever = Retriever(task.split("train"), target,
+                                   resolved.cache_path.parent / "embeddings" if resolved.cache_path else None)
         self._pending: list[ScoreRequest] = []
         view = task.without_test()
         if seed_prompt:  # a user's seed prompt is where every strategy starts
@@ -201,6 +207,8 @@ class Run:
         check_task = getattr(strategy, "check_task", None)  # optional: refuse a task it cannot search
         if callable(check_task):
             check_task(self._ctx.task)
+        for name in getattr(strategy, "retrieval_embeddings", ()):  # a strategy that retrieves demos: usable here?
+            check_embedding(name, target)
 
     # -- setup --
     @staticmethod
@@ -290,7 +298,19 @@ class Run:
     def _check_prompt(self, cand: Candidate) -> None:
         """Demos come from train only, and a demo set that overflows the model's window is refused
         before any model call (with its token count)."""
-        if cand.id in self._window_checked or not (cand.demos or cand.system):
+        if cand.id in self._window_checked or not (cand.demos or cand.system or cand.retrieval):
+            return
+        if cand.retrieval is not None:
+            if cand.demos:
+                raise PromptOptError(f"candidate {cand.id}: fixed demos and a retrieval policy; give one of them")
+            check_policy(cand.retrieval, self.task.split("train"), self.target, f"candidate {cand.id}")
+            # The window check assumes the k longest train examples are retrieved.
+            longest = sorted(self.task.split("train"), key=lambda ex: -len(self.task.demo_text(ex)))[:cand.retrieval.k]
+            n, window = self._tokens(self.task.prompt_text(cand.text, longest, (), cand.system))
+            if n > window:
+                raise PromptOptError(f"candidate {cand.id}: its instruction and {cand.retrieval.k} retrieved demos "
+                                     f"can come to {n} tokens, over the model's window of {window}; use a smaller k")
+            self._window_checked.add(cand.id)
             return
         check_demo_ids(cand.demos, self._train_ids, f"candidate {cand.id}")
         if cand.demo_answers and len(cand.demo_answers) != len(cand.demos):
@@ -313,7 +333,8 @@ class Run:
         return count(self.task.render(prompt, self._longest)), window
 
     def prompt_of(self, cand: Candidate) -> str:
-        """The text that stands where the template has `{prompt}`: system prompt, instruction, demos."""
+        """The text that stands where the template has `{prompt}`: system prompt, instruction, demos (none
+        for a retrieval policy: its demos differ per input, see `_jobs`)."""
         if not cand.demos and not cand.system:
             return cand.text
         return self.task.prompt_text(cand.text, [self._by_id[d] for d in cand.demos], cand.demo_answers,
@@ -380,12 +401,11 @@ class Run:
                 self.log.emit("eval", step=self.step, candidate_id=r.candidate.id, split=r.split)
             else:
                 live.append(i)
-        jobs = [Job(reqs[i].candidate.id, self.prompt_of(reqs[i].candidate), reqs[i].split,
-                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective)
-                for i in live]
         t0, c0 = time.perf_counter(), cache_seconds(self.target)
         try:
-            evals = score_jobs(self.task, self.target, jobs)
+            jobs, owner, by_live = self._jobs([reqs[i] for i in live])
+            evals = _merge(score_jobs(self.task, self.target, jobs), owner, [reqs[i] for i in live])
+            retrieved = {live[n]: ids for n, ids in by_live.items()}
         finally:
             self.timings.add("target_scoring", time.perf_counter() - t0, cache_seconds(self.target) - c0)
         done_reqs = [r for r, e in zip(reqs, out) if e is not None] + [reqs[i] for i in live]
@@ -393,12 +413,37 @@ class Run:
         for i, ev in zip(live, evals):
             out[i] = ev
             if self.log:
+                extra = {"retrieved": retrieved[i]} if i in retrieved else {}
                 self.log.emit("eval", step=self.step, phase=phase, **ev.to_json(),
-                              example_ids=list(reqs[i].example_ids or ()))
+                              example_ids=list(reqs[i].example_ids or ()), **extra)
         done = [e for e in out if e is not None]
         for ev in done:
             self.callbacks.emit("on_evaluation", self, ev, phase=phase)
         return done
+
+    def _jobs(self, reqs: Sequence[ScoreRequest]) -> tuple[list[Job], list[int], dict[int, dict[str, list[str]]]]:
+        """Scoring jobs for requests, and which request each job belongs to. A candidate with a retrieval policy
+        becomes one job per distinct retrieved demo set (inputs that retrieved the same demos share a prompt);
+        all jobs go to the backend in one call, whose prefix sharing keeps the instruction computed once.
+        Also each retrieval request's demo ids per example, for the run log."""
+        jobs, owner, retrieved = [], [], {}
+        for n, r in enumerate(reqs):
+            examples = tuple(self._example(r.split, x) for x in (r.example_ids or ()))
+            policy = r.candidate.retrieval
+            if policy is None:
+                jobs.append(Job(r.candidate.id, self.prompt_of(r.candidate), r.split, examples, r.objective))
+                owner.append(n)
+                continue
+            sets = self.retriever.retrieve(policy, examples)
+            retrieved[n] = {ex.id: list(ids) for ex, ids in zip(examples, sets)}
+            groups: dict[tuple[str, ...], list[Example]] = {}
+            for ex, ids in zip(examples, sets):
+                groups.setdefault(ids, []).append(ex)
+            for ids, group in groups.items():
+                prompt = self.task.prompt_text(r.candidate.text, [self._by_id[d] for d in ids], (), r.candidate.system)
+                jobs.append(Job(r.candidate.id, prompt, r.split, tuple(group), r.objective))
+                owner.append(n)
+        return jobs, owner, retrieved
 
     def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str, reqs: Sequence[ScoreRequest]) -> None:
         """Failed evaluations are data during the search, but a run mostly made of them is no result: stop
@@ -520,6 +565,7 @@ class Run:
             search={"examples": self.tracker.examples, "optimizer_calls": self.tracker.optimizer_calls},
             target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
             failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
+            best_retrieval=best.retrieval.to_json() if best.retrieval else None,
             significance=significance, objectives=front,
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         # This session's wall time (not earlier sessions'), split by part.
@@ -533,6 +579,26 @@ def _check_recorded_candidate(rec: dict[str, Any], path: Any) -> None:
     if Candidate.from_json(rec).id != rec["candidate_id"]:
         raise ResumeError(f"{path}: event {rec.get('seq')} (candidate {rec['candidate_id']}) does not match its "
                           "own content; the log was edited. Resume from an unedited log")
+
+
+def _merge(evals: Sequence[Evaluation], owner: Sequence[int], reqs: Sequence[ScoreRequest]) -> list[Evaluation]:
+    """One evaluation per request from its jobs' evaluations (several for a retrieval policy), with the
+    results in the request's example order; failed if any part failed."""
+    if len(evals) == len(reqs):  # one job per request: nothing to merge
+        return list(evals)
+    parts: list[list[Evaluation]] = [[] for _ in reqs]
+    for ev, n in zip(evals, owner):
+        parts[n].append(ev)
+    out = []
+    for r, evs in zip(reqs, parts):
+        first = evs[0]
+        by_id = {res.example_id: res for ev in evs for res in ev.results}
+        results = tuple(by_id[x] for x in (r.example_ids or ()) if x in by_id)
+        failed = [ev for ev in evs if ev.state == "failed"]
+        usage = sum((ev.usage for ev in evs), Usage())
+        out.append(Evaluation(first.candidate_id, first.split, results, "failed" if failed else "complete",
+                              failed[0].error if failed else None, usage, first.objective, first.metric))
+    return out
 
 
 def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:

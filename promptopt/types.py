@@ -6,7 +6,10 @@ import json
 import math
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, get_args
+from typing import TYPE_CHECKING, Any, Literal, Mapping, get_args
+
+if TYPE_CHECKING:
+    from promptopt.retrieval import RetrievalPolicy
 
 
 def normalize_prompt(text: str) -> str:
@@ -46,13 +49,18 @@ class Candidate:
     demos: tuple[str, ...] = ()
     system: str = ""
     demo_answers: tuple[str, ...] = ()  # bootstrapped outputs, one per demo; empty = the gold answers
+    # Demos retrieved for each input (promptopt.retrieval) instead of the fixed `demos`; None: fixed demos.
+    retrieval: "RetrievalPolicy | None" = None
 
     @property
     def id(self) -> str:
-        if not self.demos and not self.system:
+        if not self.demos and not self.system and self.retrieval is None:
             return prompt_id(self.text)
-        parts = json.dumps([normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system),
-                            list(self.demo_answers)], ensure_ascii=False)
+        fields: list[Any] = [normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system),
+                             list(self.demo_answers)]
+        if self.retrieval is not None:  # appended only when set, so fixed-demo ids stay as they were
+            fields.append(self.retrieval.to_json())
+        parts = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha256(parts.encode("utf-8")).hexdigest()[:16]
 
     def revise(self, text: str, *, origin: str, parents: tuple[str, ...] | None = None,
@@ -60,7 +68,7 @@ class Candidate:
         """A child with a new instruction and the same demos and system prompt (what every
         instruction-editing strategy proposes)."""
         return Candidate(text, (self.id,) if parents is None else parents, origin, dict(meta or {}),
-                         self.demos, self.system, self.demo_answers)
+                         self.demos, self.system, self.demo_answers, self.retrieval)
 
     def to_json(self) -> dict[str, Any]:
         d = {"id": self.id, "text": self.text, "parents": list(self.parents),
@@ -71,14 +79,20 @@ class Candidate:
             d["system"] = self.system
         if self.demo_answers:
             d["demo_answers"] = list(self.demo_answers)
+        if self.retrieval is not None:
+            d["retrieval"] = self.retrieval.to_json()
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
+        policy = None
+        if d.get("retrieval") is not None:
+            from promptopt.retrieval import RetrievalPolicy  # lazy: retrieval imports this module
+            policy = RetrievalPolicy.from_json(d["retrieval"])
         return cls(text=d["text"], parents=tuple(d.get("parents", ())),
                    origin=d.get("origin", ""), meta=dict(d.get("meta", {})),
                    demos=tuple(d.get("demos", ())), system=d.get("system", ""),
-                   demo_answers=tuple(d.get("demo_answers", ())))
+                   demo_answers=tuple(d.get("demo_answers", ())), retrieval=policy)
 
 
 @dataclass(frozen=True)

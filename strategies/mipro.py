@@ -69,6 +69,7 @@ class Mipro:
         self.pending: list[tuple[Any, Candidate]] = []  # (optuna trial, candidate) scored on a minibatch
         self.full: Candidate | None = None  # being scored on the rest of dev
         self.last_full = 0  # trial count at the last full evaluation
+        self.proposed: set[str] = set()  # ids of the candidates this search's trials scored
 
     def check_task(self, task: Task) -> None:
         train = task.split("train")
@@ -139,12 +140,17 @@ class Mipro:
         if (self.config.trials is not None and self.trials >= self.config.trials) or (left is not None and left < size):
             return []
         trial = self.study.ask()
-        i = trial.suggest_categorical("instruction", list(range(len(self.instructions))))
-        j = trial.suggest_categorical("demos", list(range(len(self.demo_sets))))
-        cand = self._candidate(i, j)
+        cand = self._suggest(trial)
+        self.proposed.add(cand.id)
         ids = tuple(ex.id for ex in ctx.rng.sample(list(dev), size))
         self.pending = [(trial, cand)]
         return [ScoreRequest(cand, "dev", example_ids=ids)]
+
+    def _suggest(self, trial: Any) -> Candidate:
+        """The trial's candidate: here an (instruction, demo set) pair; knn suggests a retrieval policy instead."""
+        i = trial.suggest_categorical("instruction", list(range(len(self.instructions))))
+        j = trial.suggest_categorical("demos", list(range(len(self.demo_sets))))
+        return self._candidate(i, j)
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
         if self.full is not None and not self.pending:
@@ -161,5 +167,4 @@ class Mipro:
 
     def _best_by_minibatch(self, ctx: Context) -> Candidate | None:
         ranked = ctx.history.ranked("dev")
-        own = {self._candidate(i, j).id for i in range(len(self.instructions)) for j in range(len(self.demo_sets))}
-        return next((c for c, _ in ranked if c.id in own), None)
+        return next((c for c, _ in ranked if c.id in self.proposed), None)
