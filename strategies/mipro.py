@@ -10,6 +10,8 @@
    (instruction, demo set) pair and scores it on a random dev minibatch; every
    `full_eval_every` trials the best pair by minibatch mean is scored on the whole dev split.
    The default pair (seed instruction, zero-shot) is enqueued as the first trial, as MIPROv2 does.
+   With `retrieval=true` one more demo-set choice retrieves the k train demos nearest each input by BM25
+   (promptopt.retrieval; the `knn` strategy searches the retrieval policy itself).
 Paper/code defaults: minibatch 35, full evaluation every 5 trials, 4 demos, `num_candidates` 6..18
 instructions and demo sets (auto light/medium/heavy). Scaled for CPU: the minibatch is capped at half
 the dev split (16-shot dev sets hold 32-96 examples) and the number of trials comes from the budget.
@@ -26,6 +28,7 @@ from promptopt.backends.base import GenRequest
 from promptopt.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
+from promptopt.retrieval import RetrievalPolicy, check_policy
 from promptopt.strategies.blocks.edits import DELETE, SWAP, apply_edit, plan_edit, render, segment, tidy
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
@@ -46,6 +49,8 @@ class MiproConfig(StrategyConfig):
     full_eval_every: int = Field(5, ge=1, description="trials between full dev evaluations (MIPROv2: 5)")
     trials: int | None = Field(None, ge=1, description="trials to run (default: until the budget is spent)")
     balanced: bool = Field(True, description="label-balanced demo sets on choose tasks")
+    retrieval: bool = Field(False, description="one more demo-set choice: the k train demos nearest each input "
+                                               "by BM25 (promptopt.retrieval; the `retrieval` extra)")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer temperature for proposals")
     max_tokens: int = Field(96, ge=8)
     proposal_examples: int = Field(3, ge=1, description="train examples shown to the proposer")
@@ -64,7 +69,7 @@ class Mipro:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study: Any = None
         self.instructions: list[Candidate] = []
-        self.demo_sets: list[tuple[str, ...]] = []
+        self.demo_sets: list[tuple[str, ...] | RetrievalPolicy] = []  # fixed ids, or a policy (`retrieval`)
         self.trials = 0
         self.pending: list[tuple[Any, Candidate]] = []  # (optuna trial, candidate) scored on a minibatch
         self.full: Candidate | None = None  # being scored on the rest of dev
@@ -77,6 +82,13 @@ class Mipro:
             raise ConfigError(f"mipro: task {task.name} has no train split to draw demos from")
         if self.config.k > len(train):
             raise ConfigError(f"mipro: k={self.config.k} is larger than the train pool ({len(train)} examples)")
+        if self.config.retrieval:
+            check_policy(RetrievalPolicy(k=self.config.k), train, where="mipro")
+
+    @property
+    def retrieval_embeddings(self) -> list[str]:
+        """Read by the loop at start: the embeddings this search retrieves demos with."""
+        return ["bm25"] if self.config.retrieval else []
 
     # -- setup: the two candidate pools and the study --
     def _start(self, ctx: Context) -> None:
@@ -85,6 +97,8 @@ class Mipro:
         train = ctx.task.split("train")
         self.demo_sets = [seed.demos] + [sample_demo_ids(train, self.config.k, ctx.rng, balanced=self.config.balanced)
                                          for _ in range(self.config.demo_sets - 1)]
+        if self.config.retrieval:
+            self.demo_sets.append(RetrievalPolicy(k=self.config.k))
         sampler = self._optuna.samplers.TPESampler(seed=ctx.rng.randrange(2**31), multivariate=True)
         self.study = self._optuna.create_study(direction="maximize", sampler=sampler)
         self.study.enqueue_trial({"instruction": 0, "demos": 0})
@@ -120,9 +134,11 @@ class Mipro:
         return list(out.values())[:want]
 
     def _candidate(self, i: int, j: int) -> Candidate:
-        inst = self.instructions[i]
+        inst, demos = self.instructions[i], self.demo_sets[j]
+        policy = demos if isinstance(demos, RetrievalPolicy) else None
         return Candidate(inst.text, parents=inst.parents, origin=inst.origin,
-                         meta={**inst.meta, "instruction": i, "demo_set": j}, demos=self.demo_sets[j])
+                         meta={**inst.meta, "instruction": i, "demo_set": j},
+                         demos=() if policy else demos, retrieval=policy)  # type: ignore[arg-type]
 
     # -- ask / tell --
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:

@@ -133,6 +133,15 @@ def test_knn_beats_a_fixed_demo_seed_on_a_task_where_demos_must_match_the_input(
     assert report.seed_dev == 0.5 and report.best_dev == 1.0
 
 
+def test_mipro_can_choose_retrieved_demos_as_one_demo_set():
+    from promptopt.strategies.mipro import Mipro, MiproConfig
+    run = make_run(Mipro(MiproConfig(k=1, instructions=1, demo_sets=2, retrieval=True, minibatch=4)), task=toy_task(),
+                   target=NearestDemoBackend(), budget=Budget(max_examples=80))
+    report = run.run()
+    assert any(c.retrieval is not None for c in run.history.candidates())
+    assert report.best_dev == 1.0 and report.best_retrieval == RetrievalPolicy(k=1).to_json()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "knn.k=[99]"], "retrieval k=99 is larger than the train split"),
     (["--set", 'knn.embedding=["st:all-MiniLM-L6-v2"]'], "needs sentence-transformers, which is not installed"),
