@@ -130,9 +130,14 @@ class _DenseIndex(_Index):
         self.vectors = _unit(vectors)
         self.embed = embed
         self.pairwise = self.vectors @ self.vectors.T
+        self._queries: dict[str, Any] = {}  # every candidate scores the same dev inputs: embed each once
 
     def relevance(self, queries: Sequence[str]) -> Any:
-        return _unit(self.embed(list(queries))) @ self.vectors.T
+        import numpy as np
+        new = list(dict.fromkeys(q for q in queries if q not in self._queries))
+        if new:
+            self._queries.update(zip(new, _unit(self.embed(new))))
+        return np.stack([self._queries[q] for q in queries]) @ self.vectors.T
 
 
 def _unit(vectors: Any) -> Any:

@@ -180,3 +180,7 @@ def test_hidden_state_embeddings_of_the_target_are_cached_on_disk(tmp_path: Path
     again = Retriever(train, hf, tmp_path)
     assert again.retrieve(RetrievalPolicy(k=2, embedding="hidden", order="nearest_first"), [query]) == [picked]
     assert again.embedded == 0  # served from the disk cache
+    calls = []
+    again._indexes["hidden"].embed = lambda texts: calls.append(list(texts)) or hf.embed(texts)
+    again.retrieve(RetrievalPolicy(k=1, embedding="hidden"), [query, Example("r", "Rain is due.", "0", label=0)])
+    assert calls == [["Rain is due."]]  # queries are embedded once per run, in one batch
