@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.retrieval import RetrievalPolicy, check_policy
 from promptopt.strategies.mipro import Mipro
@@ -41,16 +43,16 @@ class KnnConfig(StrategyConfig):
     max_tokens: int = Field(96, ge=8)
     proposal_examples: int = Field(3, ge=1, description="train examples shown to the proposer")
 
-    @field_validator("k", "embedding", "mmr", mode="after")
+    @field_validator("k", "embedding", "mmr", "order", "balanced", mode="after")
     @classmethod
     def _valid_choices(cls, values: list[Any], info: Any) -> list[Any]:
         if len(set(values)) != len(values):
-            raise ValueError("a choice is repeated")
+            raise PydanticCustomError("choices", "a choice is repeated")
         for v in values:  # RetrievalPolicy says what is wrong with one value
             try:
                 RetrievalPolicy(**{info.field_name: v})
-            except Exception as e:  # noqa: BLE001 - re-raised as pydantic's one-line error
-                raise ValueError(str(e).split(": ", 1)[-1]) from e
+            except ConfigError as e:  # the reason alone, without pydantic's "Value error," prefix
+                raise PydanticCustomError("choices", "{reason}", {"reason": str(e).split(": ", 1)[-1]}) from e
         return values
 
 

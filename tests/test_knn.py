@@ -148,6 +148,7 @@ def test_mipro_can_choose_retrieved_demos_as_one_demo_set():
     (["--set", 'knn.embedding=["hidden"]'], "'hidden' needs a local target model"),
     (["--set", 'knn.embedding=["glove"]'], "unknown embedding 'glove'"),
     (["--set", "knn.mmr=[1.5]"], "MMR lambda must be within 0..1"),
+    (["--set", "knn.k=[2,2]"], "k: a choice is repeated"),
 ])
 def test_bad_retrieval_settings_are_one_line_before_any_model_call(tmp_path, capsys, args, message):
     rc = main(["optimize", "--task", "demo", "--backend", "fake", "--model", "m", "--optimizer-model", "none",
