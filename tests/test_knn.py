@@ -185,3 +185,18 @@ def test_hidden_state_embeddings_of_the_target_are_cached_on_disk(tmp_path: Path
     again._indexes["hidden"].embed = lambda texts: calls.append(list(texts)) or hf.embed(texts)
     again.retrieve(RetrievalPolicy(k=1, embedding="hidden"), [query, Example("r", "Rain is due.", "0", label=0)])
     assert calls == [["Rain is due."]]  # queries are embedded once per run, in one batch
+
+
+def test_export_shows_the_policy_and_the_demos_one_example_retrieves(tmp_path, capsys):
+    args = ["optimize", "--task", "demo", "--backend", "fake", "--model", "m", "--optimizer-model", "none",
+            "--strategy", "knn", "--run-dir", str(tmp_path / "runs"), "--no-cache", "-q", "--budget", "200"]
+    assert main(args) == 0
+    (run,) = sorted((tmp_path / "runs").iterdir())
+    capsys.readouterr()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_retrieval"]["embedding"] == "bm25"  # on this seed a retrieval candidate wins
+    assert main(["export", str(run)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["retrieval"] == summary["best_retrieval"] and len(data["demo_ids"]) == data["retrieval"]["k"]
+    assert all(d["text"] in data["rendered"] for d in data["demos"])
+    assert data["rendered"].endswith(f"Message: {data['example']['input']}\nAnswer:")
