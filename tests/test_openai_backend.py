@@ -9,7 +9,6 @@ import json
 import math
 import socket
 import threading
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from promptopt.backends.base import GENERATE, LOGLIKELIHOOD, GenRequest, LLReque
 from promptopt.backends.openai.backend import OpenAIBackend
 from promptopt.backends.openai.limits import RateLimiter
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob
-from promptopt.backends.openai.prices import price_for, usd
+from promptopt.backends.openai.prices import Price, estimate_usd, price_for, usd
 from promptopt.backends.openai.transport import parse_retry_after, server_message
 from promptopt.cache import CachedBackend
 from promptopt.config import strategy_config
@@ -25,6 +24,7 @@ from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptO
 from promptopt.testing.faultproxy import FaultProxy
 from promptopt.registry import get
 from promptopt.testing import BackendContract, make_run
+from promptopt.testing.clock import FakeClock
 from promptopt.testing.openai_server import GREEDY_ABOVE, FakeOpenAIServer, token_logprob, tokenize
 
 KEY_ENV = "PROMPTOPT_TEST_OPENAI_KEY"
@@ -138,12 +138,28 @@ def test_usd_from_price_table_and_overrides(openai_server, backend_factory):
 
 
 def test_price_lookup():
-    table = {"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6)}
-    assert price_for("gpt-4o-mini-2024-07-18", table) == (0.15, 0.6)
-    assert price_for("gpt-4o-2024-08-06", table) == (2.5, 10.0)
-    assert price_for("gpt-4omni", table) == (0.0, 0.0)
-    assert price_for("my-local-llama", table) == (0.0, 0.0)
+    table = {"gpt-4o": (2.5, 10.0, 1.25), "gpt-4o-mini": (0.15, 0.6)}
+    assert price_for("gpt-4o-mini-2024-07-18", table) == Price(0.15, 0.6)
+    assert price_for("gpt-4o-2024-08-06", table) == Price(2.5, 10.0, 1.25)
+    assert price_for("gpt-4omni", table) == Price(0.0, 0.0)
+    assert price_for("my-local-llama", table) == Price(0.0, 0.0)
     assert usd(1_000_000, 500_000, (2.5, 10.0)) == pytest.approx(7.5)
+    # 400k of the 1M prompt tokens read from the provider's cache, at half the input price
+    assert usd(1_000_000, 500_000, (2.5, 10.0, 1.25), cached_tokens=400_000) == pytest.approx(7.5 - 0.5)
+    assert usd(1_000, 0, (2.5, 10.0), cached_tokens=1_000) == pytest.approx(0.0025)  # no cached price: full
+    with pytest.raises(ValueError, match="per 1M"):
+        Price.of([1.0])
+
+
+def test_usd_estimate_for_a_plan():
+    est = estimate_usd("gpt-4o-mini-2024-07-18", None, calls=1000, prompt_tokens_per_call=200.4,
+                       completion_tokens_per_call=8)
+    assert est["prompt_tokens"] == 200_400 and est["completion_tokens"] == 8_000
+    assert est["usd"] == pytest.approx((200_400 * 0.15 + 8_000 * 0.6) / 1e6)
+    mine = estimate_usd("my-model", {"my-model": [1.0, 2.0]}, calls=10, prompt_tokens_per_call=100,
+                        completion_tokens_per_call=10)
+    assert mine["usd"] == pytest.approx((1000 * 1.0 + 100 * 2.0) / 1e6)
+    assert estimate_usd("local-llama", None, calls=10, prompt_tokens_per_call=1, completion_tokens_per_call=1)["usd"] == 0
 
 
 # --- log-likelihood ---------------------------------------------------------------------------
@@ -330,25 +346,25 @@ def test_slow_response_is_not_a_fault_for_the_client(proxy, backend_factory):
     b = backend_factory(proxy.url)
     b.check()
     proxy.queue("slow")
-    started = time.monotonic()
     assert b.generate([GenRequest("slowly")])[0].text == "echo: slowly"
-    assert time.monotonic() - started >= 0.2
+    assert proxy.injected["slow"] == 1
     assert b.stats["retries"] == 0
 
 
 def test_retry_after_is_honored(proxy, backend_factory):
-    b = backend_factory(proxy.url)
+    clock = FakeClock()
+    b = backend_factory(proxy.url, clock=clock)
     b.check()
     proxy.retry_after = 1.0
     proxy.queue("429")
-    started = time.monotonic()
     assert b.generate([GenRequest("wait for it")])[0].error is None
-    waited = time.monotonic() - started
-    assert 1.0 <= waited < 2.5  # the proxy says Retry-After: 1; our own backoff would be ~0.01 s
+    # the proxy says Retry-After: 1 (waited with up to 10% jitter); our own backoff would be ~0.01 s
+    assert len(clock.slept) == 1 and 1.0 <= clock.slept[0] <= 1.1
+    assert b.stats["rate_limit_waits"] == 1 and b.stats["failures"] == 0
     proxy.queue("429_no_retry_after")
-    started = time.monotonic()
     assert b.generate([GenRequest("no header")])[0].error is None
-    assert time.monotonic() - started < 0.8
+    assert len(clock.slept) == 2 and clock.slept[1] <= 0.01 * 2  # backoff, multiplier 0.01, first retry
+    assert b.stats["rate_limit_waits"] == 1  # a 429 without Retry-After is an ordinary retry
 
 
 def test_retry_after_parsing():
@@ -356,8 +372,8 @@ def test_retry_after_parsing():
     assert parse_retry_after({"retry-after": "0.5"}) == 0.5
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
-    assert 50 < parse_retry_after({"retry-after": time.strftime(
-        "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))}) <= 61
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"},
+                             now=1445412420.0) == 60.0  # a minute before that date
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
 
@@ -393,11 +409,11 @@ def test_retry_moves_to_another_server(backend_factory):
 def test_bad_api_key_fails_fast(monkeypatch, backend_factory):
     monkeypatch.setenv(KEY_ENV, SECRET)
     with FakeOpenAIServer(MODEL, api_key="sk-the-right-one", leak_key_in_errors=True, max_lifetime=60) as srv:
-        b = backend_factory(srv.url)
-        started = time.monotonic()
+        clock = FakeClock()
+        b = backend_factory(srv.url, clock=clock)
         with pytest.raises(BackendError) as e:
             b.check()
-        assert time.monotonic() - started < 2.0
+        assert clock.slept == []  # failed at once: no retry, no wait
         assert_one_clear_line(e.value, srv.url, MODEL, "HTTP 401", f"${KEY_ENV}", "***")
         assert srv.requests["/v1/chat/completions"] == 1  # not retried
 
@@ -430,11 +446,11 @@ def test_wrong_base_url_path(openai_server, backend_factory):
 
 def test_refused_connection_fails_fast(backend_factory):
     url = f"http://127.0.0.1:{free_port()}/v1"
-    b = backend_factory(url, max_retries=6, backoff=0.5)  # retrying would take seconds
-    started = time.monotonic()
+    clock = FakeClock()
+    b = backend_factory(url, max_retries=6, backoff=0.5, clock=clock)  # retrying would wait seconds
     with pytest.raises(BackendError) as e:
         b.check()
-    assert time.monotonic() - started < 2.0 and b.stats["retries"] == 0
+    assert clock.slept == [] and b.stats["retries"] == 0
     assert_one_clear_line(e.value, url, MODEL, "cannot connect", "start the server or fix base_url")
 
 
@@ -542,23 +558,25 @@ def test_load_spreads_over_base_urls_and_fingerprint_ignores_order(backend_facto
 
 
 def test_requests_per_minute_limit(openai_server, backend_factory):
-    b = backend_factory(openai_server.url, rpm=1200)  # 20 a second, at most a second's worth at once
-    started = time.monotonic()
+    clock = FakeClock()
+    b = backend_factory(openai_server.url, rpm=1200, clock=clock)  # 20 a second, a second's worth at once
     b.generate([GenRequest(f"q{i}") for i in range(40)])  # + 2 probe requests
-    assert time.monotonic() - started >= 0.9
+    # 42 requests: the first 20 from the full bucket, then one every 0.05 s
+    assert clock.time - 1000.0 == pytest.approx(22 / 20)
+    assert openai_server.requests["/v1/chat/completions"] == 41
 
 
 def test_tokens_per_minute_limiter():
-    async def run() -> float:
-        limiter = RateLimiter(1_200_000)  # 20,000 tokens a second, at most that many at once
-        started = time.monotonic()
+    clock = FakeClock(start=0.0)
+
+    async def run() -> None:
+        limiter = RateLimiter(1_200_000, clock)  # 20,000 tokens a second, at most that many at once
         await limiter.acquire(25_000)  # over capacity: passes on a full bucket, leaves a 5,000 debt
         await limiter.acquire(1_000)  # waits out the debt and its own share: 0.3 s
         limiter.correct(2_000)  # the call used 2,000 more tokens than estimated
         await limiter.acquire(2_000)  # 0.2 s
-        return time.monotonic() - started
-    waited = asyncio.run(run())
-    assert 0.45 <= waited < 1.5
+    asyncio.run(run())
+    assert clock.slept == pytest.approx([0.3, 0.2])
 
 
 def test_callable_from_a_running_loop_and_from_threads(openai_server, backend_factory):
