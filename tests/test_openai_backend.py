@@ -17,7 +17,7 @@ from promptopt.backends.openai.backend import OpenAIBackend
 from promptopt.backends.openai.limits import RateLimiter
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob
 from promptopt.backends.openai.prices import Price, estimate_usd, price_for, usd
-from promptopt.backends.openai.transport import parse_retry_after, server_message
+from promptopt.backends.openai.transport import httpx, parse_retry_after, server_message
 from promptopt.cache import CachedBackend
 from promptopt.config import strategy_config
 from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptOptError
@@ -604,3 +604,90 @@ def test_close_stops_the_loop_thread_and_the_backend_can_start_again(openai_serv
     assert loop is not None and not loop.running
     assert [r.text for r in b.generate([GenRequest("again")] * 4)] == ["echo: again"] * 4
     b.close()
+
+
+# --- what a hosted account does: 429s with Retry-After, prompt caching, reasoning models ------------
+
+def test_server_answers_429_with_retry_after_once_its_rpm_is_passed():
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, rpm=120, clock=clock.now, max_lifetime=60) as srv:  # 2 a second, 2 at once
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        codes = [httpx.post(srv.url + "/chat/completions", json=body).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        refused = httpx.post(srv.url + "/chat/completions", json=body)
+        assert refused.headers["retry-after-ms"] == "500" and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert parse_retry_after(refused.headers) == 0.5
+        clock.time += 0.5  # half a second later one more request is allowed
+        assert httpx.post(srv.url + "/chat/completions", json=body).status_code == 200
+        assert srv.rate_limited == {"requests": 2} and len(srv.served_at) == 3
+
+
+def test_429s_with_retry_after_are_waited_out_not_failures():
+    # The client's clock is the server's: waiting out a Retry-After really refills the server's allowance.
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, rpm=60, clock=clock.now, max_lifetime=60) as srv:
+        b = make(srv.url, max_retries=0, max_wait=5, clock=clock)  # no retry allowed for other errors
+        out = b.generate([GenRequest(f"q{i}") for i in range(8)])
+        assert [r.text for r in out] == [f"echo: q{i}" for i in range(8)]
+        stats = b.stats
+        assert stats["failures"] == 0 and srv.rate_limited["requests"] > 0
+        assert stats["rate_limit_waits"] == srv.rate_limited["requests"] == stats["retries_by_kind"]["http_429"]
+        # 10 requests (2 probes) at 1 a second from one in the allowance: no faster than the limit
+        assert clock.time - 1000.0 >= 9.0
+        b.close()
+
+
+def test_client_rpm_at_the_accounts_limit_loses_nothing():
+    # Not "no 429s": fake time jumps while real requests are in flight, so arrivals bunch up at the
+    # server as network jitter bunches them on a real account. Whatever 429s that draws are waited out.
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, rpm=600, clock=clock.now, max_lifetime=60) as srv:
+        b = make(srv.url, rpm=600, max_retries=0, clock=clock)
+        out = b.generate([GenRequest(f"q{i}") for i in range(40)])
+        assert [r.text for r in out] == [f"echo: q{i}" for i in range(40)]
+        assert b.stats["failures"] == 0 and b.stats["rate_limit_waits"] == sum(srv.rate_limited.values())
+        assert clock.time - 1000.0 >= (42 - 10) / 10  # 10 at once, then 10 a second
+        b.close()
+
+
+def test_server_tokens_per_minute_counts_prompt_and_allowed_completion():
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, tpm=6000, clock=clock.now, max_lifetime=60) as srv:  # 100 tokens a second
+        b = make(srv.url, tpm=6000, max_retries=0, clock=clock)
+        out = b.generate([GenRequest("one two three", max_tokens=40) for _ in range(6)])
+        assert all(r.error is None for r in out) and b.stats["failures"] == 0
+        # 6 x (3 + 40) tokens + the probes' share: well over one second's 100 tokens, so the client waited
+        assert clock.time - 1000.0 >= 6 * 43 / 100 - 1
+        b.close()
+
+
+def test_cached_prompt_tokens_are_read_reported_and_priced():
+    with FakeOpenAIServer(MODEL, prompt_cache=4, max_lifetime=60) as srv:
+        b = make(srv.url, prices={MODEL: [2.0, 8.0, 0.5]})
+        b.check()
+        shared = "You are a careful annotator. Label the sentiment of the review as positive or negative."
+        reqs = [GenRequest("", messages=(("system", shared), ("user", f"{i}. Review: fine.")), max_tokens=4)
+                for i in range(3)]
+        first, = b.generate(reqs[:1])
+        rest = b.generate(reqs[1:])
+        assert srv.cached_tokens > 0
+        n_shared = len(tokenize(shared)) // 4 * 4  # whole 4-token blocks of the shared system message
+        assert b.stats["cached_prompt_tokens"] == srv.cached_tokens == 2 * n_shared
+        assert first.usage.usd == pytest.approx(usd(first.usage.prompt_tokens, first.usage.completion_tokens,
+                                                     (2.0, 8.0)))
+        for r in rest:
+            full = usd(r.usage.prompt_tokens, r.usage.completion_tokens, (2.0, 8.0))
+            assert r.usage.usd == pytest.approx(full - n_shared * 1.5 / 1e6)
+        b.close()
+
+
+def test_reasoning_models_get_max_completion_tokens(openai_server, backend_factory):
+    b = backend_factory(openai_server.url, max_tokens_param="max_completion_tokens")
+    r, = b.generate([GenRequest("think briefly", max_tokens=3)])
+    assert r.text == "echo: think" and r.finish_reason == "length"
+    sent = [body for body in openai_server.bodies if "messages" in body]
+    assert all("max_completion_tokens" in body and "max_tokens" not in body for body in sent)
+    assert sent[-1]["max_completion_tokens"] == 3
+    with pytest.raises(ConfigError, match="max_tokens_param"):
+        make(openai_server.url, max_tokens_param="max_length")
