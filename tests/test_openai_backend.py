@@ -691,3 +691,22 @@ def test_reasoning_models_get_max_completion_tokens(openai_server, backend_facto
     assert sent[-1]["max_completion_tokens"] == 3
     with pytest.raises(ConfigError, match="max_tokens_param"):
         make(openai_server.url, max_tokens_param="max_length")
+
+
+def test_dry_run_estimates_usd_for_an_openai_target(tmp_path, capsys):
+    from promptopt.backends.openai.prices import estimate_task_usd
+    from promptopt.cli import main
+    from promptopt.registry import get as get_plugin
+
+    args = ["optimize", "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
+            "--backend", "openai", "--model", "gpt-4o-mini", "--set", "backend.base_url=http://127.0.0.1:9/v1",
+            "--run-dir", str(tmp_path / "runs"), "--budget", "100", "--test-limit", "10", "--no-cache", "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    task = get_plugin("tasks", "demo")()
+    # 100 search examples + (3 finalists + seed) x 24 dev + 2 x 10 test, two options each
+    est = estimate_task_usd("gpt-4o-mini", None, task, task.seed_prompts[0], 100 + 4 * 24 + 2 * 10)
+    assert est["calls"] == 2 * 216 and est["usd"] > 0
+    assert f"usd        target at most ~${est['usd']:.4f} at list price: {est['calls']} requests" in out
+    assert main([*args[:-1], "--set", "backend.prices={\"gpt-4o-mini\": [0, 0]}", "--dry-run"]) == 0
+    assert "at most ~$0.0000" in capsys.readouterr().out

@@ -10,7 +10,10 @@ cost the cached-input price; a model listed without one pays the full input pric
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from promptopt.task import Task
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,19 @@ def estimate_usd(model: str, prices: Mapping[str, Sequence[float]] | None, *, ca
     prompt, completion = round(calls * prompt_tokens_per_call), round(calls * completion_tokens_per_call)
     return {"calls": calls, "prompt_tokens": prompt, "completion_tokens": completion,
             "usd": usd(prompt, completion, p), "usd_per_1m_input": p.input, "usd_per_1m_output": p.output}
+
+
+def estimate_task_usd(model: str, prices: Mapping[str, Sequence[float]] | None, task: "Task", prompt: str,
+                      examples: int, sample: int = 64) -> dict[str, float]:
+    """The most scoring `examples` (prompt, example) pairs of `task` with `prompt` costs on `model`, at
+    list price: prompt size from the first `sample` dev examples (4 characters a token), a generated
+    answer at the task's max_tokens, a choose task by one request per option (the echo route; a chat
+    route that reads all options from one reply costs less)."""
+    shown = [task.render(prompt, ex) for ex in list(task.split("dev"))[:sample]]
+    chars = sum(map(len, shown)) / max(len(shown), 1)
+    if task.output == "choose":
+        option_chars = sum(map(len, task.options)) / len(task.options)
+        return estimate_usd(model, prices, calls=examples * len(task.options),
+                            prompt_tokens_per_call=(chars + option_chars) / 4 + 1, completion_tokens_per_call=0)
+    return estimate_usd(model, prices, calls=examples, prompt_tokens_per_call=chars / 4 + 1,
+                        completion_tokens_per_call=task.max_tokens)
