@@ -90,7 +90,8 @@ class FakeOpenAIServer(LocalService):
                  chat: bool = True, bos: str = "", served_model: str | None = None,
                  leak_key_in_errors: bool = False, max_lifetime: float = 120.0, vllm: bool | str = False,
                  rpm: float | None = None, tpm: float | None = None, burst_seconds: float = 1.0,
-                 prompt_cache: int = 0, clock: Callable[[], float] = time.monotonic):
+                 prompt_cache: int = 0, clock: Callable[[], float] = time.monotonic,
+                 reply: Callable[[list[Mapping[str, Any]]], str] = chat_reply):
         self.model = model
         self.api_key = api_key
         self.delay = delay
@@ -120,6 +121,8 @@ class FakeOpenAIServer(LocalService):
         self.prompt_cache = prompt_cache
         self._cached_blocks: set[tuple[Any, ...]] = set()
         self.cached_tokens = 0  # reported to clients, summed
+        self.reply = reply  # the chat reply to a list of messages (a bench can answer in its client's format)
+        self.usage: Counter[str] = Counter()  # prompt and completion tokens of the answers sent
 
     @property
     def url(self) -> str:
@@ -231,6 +234,8 @@ class FakeOpenAIServer(LocalService):
     def _usage(self, prompt_tokens: int, completion_tokens: int, cached: int) -> dict[str, Any]:
         usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                  "total_tokens": prompt_tokens + completion_tokens}
+        with self._lock:
+            self.usage.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         if self.prompt_cache:
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return usage
@@ -253,7 +258,7 @@ class FakeOpenAIServer(LocalService):
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
         if self._too_long(h, prompt_tokens, max_tokens):
             return
-        reply = chat_reply(messages)
+        reply = self.reply(messages)
         for stop in body.get("stop") or []:
             reply = reply.split(stop)[0]
         pieces = tokenize(reply)
