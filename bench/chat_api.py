@@ -176,7 +176,7 @@ def bench_cli(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         common = ["optimize", "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
                   "--backend", "openai", "--model", args.model, "--set", f"backend.base_url={srv.url}",
                   "--set", "backend.rpm=60", "--set", "backend.api_key_env=PROMPTOPT_BENCH_KEY",
-                  "--set", "final_top_k=0", "--budget", str(args.cli_budget), "--test-limit", "4",
+                  "--set", "final_top_k=1", "--budget", str(args.cli_budget), "--test-limit", "4",
                   "--no-cache", "--run-dir", str(tmp / "runs"), "-q"]
         dry = subprocess.run([sys.executable, "-m", "promptopt.cli", *common, "--dry-run"], capture_output=True,
                              text=True, cwd=ROOT)
@@ -191,12 +191,15 @@ def bench_cli(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             raise SystemExit(f"bench: the rpm=60 run failed: {proc.stderr.strip()[-800:]}")
         attempts = sum(srv.requests[p] for p in ("/v1/chat/completions", "/v1/completions"))
         served = srv.served_at
-    summary = json.loads(next((tmp / "runs").glob("*/summary.json")).read_text())
+    run_dir = next((tmp / "runs").glob("*/summary.json")).parent
+    summary = json.loads((run_dir / "summary.json").read_text())
     stats = summary.get("backend_stats", {})
+    from promptopt.runlog import load_run
+    logged = load_run(run_dir).target_usage.to_json()  # every target call the run logged, search and final
     usd_line = next(line for line in dry.stdout.splitlines() if line.startswith("usd"))
     span = served[-1] - served[0] if len(served) > 1 else 0.0
     return {"case": "cli", "command": "promptopt " + " ".join(common), "dry_run_usd_line": usd_line,
-            "summary_usage": summary.get("usage"), "backend_stats": stats,
+            "usage_logged": logged, "backend_stats": stats,
             "wall_seconds": round(wall, 1), "requests": attempts, "served": len(served),
             "http_429": sum(srv.rate_limited.values()),
             # 60 RPM with one request's allowance at once: n requests need n - 1 seconds at least
