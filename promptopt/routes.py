@@ -130,11 +130,11 @@ def describe(task: Task, backend: Backend) -> dict[str, Any]:
     return out
 
 
-def flag_counts(results: Sequence[Any]) -> dict[str, int]:
-    """How many example results carry each route flag (ExampleResult.flags)."""
+def flag_counts(flags: Sequence[Sequence[str]]) -> dict[str, int]:
+    """How many example results carry each route flag (ExampleResult.flags, one tuple per result)."""
     counts = {f: 0 for f in FLAGS}
-    for r in results:
-        for f in getattr(r, "flags", ()):
+    for fs in flags:
+        for f in fs:
             counts[f] = counts.get(f, 0) + 1
     return counts
 
@@ -144,4 +144,26 @@ def _logsumexp(xs: Sequence[float]) -> float:
     if m == -math.inf:
         return m
     return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+
+def route_line(events: Sequence[dict[str, Any]]) -> str | None:
+    """One line on how a logged run's choose examples were scored and what the chat routes counted (format-
+    failure rate, floored options, generate fallbacks); None for a run on the loglikelihood route."""
+    start = next((e for e in events if e.get("type") == "run.start"), {})
+    fp = str((start.get("fingerprints") or {}).get("target") or "")
+    route = fp.rsplit("|route:", 1)[1] if "|route:" in fp else None
+    results = [r for e in events if e.get("type") == "eval" and e.get("objective", "task") == "task"
+               for r in e.get("results") or ()]
+    counts = flag_counts([r.get("flags") or () for r in results])
+    if route is None and not any(counts.values()):
+        return None
+    n = len(results) or 1
+    parts = [f"scoring route {route or 'loglikelihood'}",
+             f"format failures {counts['format_failure']}/{len(results)} ({counts['format_failure'] / n:.1%})"]
+    if route == "chat_logprobs":
+        parts += [f"options floored in {counts['floored']}", f"generate fallbacks {counts['fallback']}"]
+    if counts["format_line"]:
+        parts.append(f"answer-format line added in {counts['format_line']}")
+    return " · ".join(parts)
 

@@ -269,10 +269,14 @@ def test_server_without_echo_lacks_loglikelihood(backend_factory):
 def test_run_start_names_the_servers_reason_for_no_loglikelihood(backend_factory):
     hill_climb = get("strategies", "hill_climb")
     with FakeOpenAIServer(MODEL, echo=False, max_lifetime=60) as srv:
+        # Without echo a choose task takes a chat route (tests/test_chat_routes.py); forced to log-likelihood
+        # it is refused at start, with the server's reason.
         target = CachedBackend(backend_factory(srv.url), None)  # as api.prepare wraps it
+        make_run(hill_climb(strategy_config(hill_climb, {})), target=target)  # toy task: a choose task
+        assert target.inner.choose_route == "chat_logprobs"
         with pytest.raises(CapabilityError) as e:
-            make_run(hill_climb(strategy_config(hill_climb, {})), target=target)  # toy task: scored by log-likelihood
-        assert_one_clear_line(e.value, "task toy needs loglikelihood", srv.url, "Only no echo is supported")
+            backend_factory(srv.url, choose_route="loglikelihood").check()
+        assert_one_clear_line(e.value, "choose_route=loglikelihood", srv.url, "Only no echo is supported")
 
 
 def test_server_without_chat_template_still_scores(backend_factory):
