@@ -118,6 +118,17 @@ def names_all_options(text: str, options: Sequence[str]) -> bool:
     return all(re.search(rf"(?<!\w){re.escape(option_key(o))}(?!\w)", said) for o in options)
 
 
+def planned(task: Task, options: Any) -> str | None:
+    """The route a choose task would take, for --dry-run (no model loaded): the backend options' forced
+    `choose_route`, the probe's pick for `auto`, or loglikelihood for a backend without chat routes."""
+    if task.output != "choose":
+        return None
+    route = getattr(options, "choose_route", "loglikelihood")
+    if route == "auto":
+        return "auto: picked at start by the probe (loglikelihood, else chat_logprobs, else generate)"
+    return f"{route}{' (forced)' if options is not None and 'choose_route' in options.model_fields_set else ''}"
+
+
 def describe(task: Task, backend: Backend) -> dict[str, Any]:
     """The route facts a run records and shows (config, --dry-run, the run header)."""
     route = choose_route(backend) if task.output == "choose" else "generate"

@@ -309,3 +309,26 @@ def test_label_logprobs_refuses_out_of_range_repeated_indices_and_nan():
         with pytest.raises(ValueError):
             onetoken.label_logprobs({"choices": choices}, 2)
     assert onetoken.label_logprobs({"choices": [choice(1, -2.0), choice(0)]}, 2)[0] == ({1: -1.0}, 1)
+
+
+def test_strategies_that_need_prompt_loglikelihoods_refuse_a_chat_target(backend):
+    pmpo = get("strategies", "pmpo")
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        with pytest.raises(CapabilityError) as e:
+            make_run(pmpo(strategy_config(pmpo, {})), target=CachedBackend(backend(srv.url), None))
+    assert "needs log-likelihoods" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dry_run_shows_the_route_and_the_run_records_it(tmp_path, capsys):
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        assert optimize(tmp_path, srv.url, "--dry-run") == 0
+        assert "route      auto: picked at start by the probe" in capsys.readouterr().out
+        assert optimize(tmp_path, srv.url, "--dry-run", "--set", "backend.choose_route=generate") == 0
+        assert "route      generate (forced)" in capsys.readouterr().out
+        assert optimize(tmp_path, srv.url, "--demos", "2", "--set", "task.demo_format=inline") == 0
+        demo_turns = [b for b in srv.bodies if "messages" in b and len(b["messages"]) > 1]
+    config = json.loads((run_dir(tmp_path) / "config.json").read_text())
+    assert config["scoring"] == {"route": "chat_logprobs", "top_logprobs": 20, "demos": "inline",
+                                 "answer_format_line": "added where a prompt does not name every option"}
+    assert not demo_turns  # inline: every prompt is one user message
+    assert "scoring route chat_logprobs" in capsys.readouterr().out
