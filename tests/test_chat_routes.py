@@ -332,3 +332,23 @@ def test_dry_run_shows_the_route_and_the_run_records_it(tmp_path, capsys):
                                  "answer_format_line": "added where a prompt does not name every option"}
     assert not demo_turns  # inline: every prompt is one user message
     assert "scoring route chat_logprobs" in capsys.readouterr().out
+
+
+def test_a_server_that_ignores_logprobs_gets_the_generate_route(backend):
+    with FakeOpenAIServer(MODEL, chat_only=True, logprobs_for=0, max_lifetime=60) as srv:  # answers without them
+        b = backend(srv.url)
+        assert b.choose_route == "generate" and b.top_logprobs == 0
+        with pytest.raises(CapabilityError, match="no logprobs.content"):
+            backend(srv.url, choose_route="chat_logprobs").check()
+
+
+def test_show_and_report_give_the_format_failure_rate(tmp_path, capsys):
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        assert optimize(tmp_path, srv.url, "--set", "backend.choose_route=generate") == 0
+    run = run_dir(tmp_path)
+    failed = sum("format_failure" in r.get("flags", ()) for r in results(run))
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 0
+    assert f"scoring route generate · format failures {failed}/{len(results(run))}" in capsys.readouterr().out
+    assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
+    assert f"format failures {failed}/" in (tmp_path / "report.html").read_text()
