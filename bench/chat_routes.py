@@ -7,7 +7,7 @@ scores each task's seed prompt on its first --n test examples by each route: `lo
 recipe on /v1/completions, no chat template), `chat_logprobs` (one /v1/chat/completions per example,
 first-token top_logprobs) and `generate` (a chat reply matched to an option). For each route: accuracy,
 the share of predictions equal to the loglikelihood route's, the format-failure rate, options floored,
-generate fallbacks, and examples/s (wall time of the scoring call, the server warm).
+generate fallbacks, the generate route's agreement with chat_logprobs where its reply gave an option (same chat prompt), and examples/s (wall time of the scoring call, the server warm).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def main() -> None:
             job = Job("seed", task.seed_prompts[0], "test", examples)
             preds: dict[str, list[str]] = {}
             for route in ROUTES:
-                with OpenAIBackend(args.model, base_url=url, concurrency=args.concurrency, timeout=300,
+                with OpenAIBackend(args.model, base_url=url, concurrency=args.concurrency, timeout=300, probe_timeout=300,
                                    choose_route=route) as backend:
                     backend.check()
                     started = time.perf_counter()
@@ -58,9 +58,14 @@ def main() -> None:
                 preds[route] = [r.output for r in results]
                 flags = flag_counts([r.flags for r in results])
                 same = sum(a == b for a, b in zip(preds[route], preds["loglikelihood"]))
+                # chat_logprobs against generate: the same chat prompt, read from the first token or the words
+                said = [(a, b) for a, b in zip(preds.get("chat_logprobs", ()), preds[route])
+                        if route == "generate" and b in {o.strip() for o in task.options}]
                 rows.append({"task": name, "route": route, "n": len(results),
                              "accuracy": round(sum(r.score for r in results) / len(results), 4),
                              "agreement_with_loglikelihood": round(same / len(results), 4),
+                             "agreement_with_chat_logprobs_where_parsed":
+                                 round(sum(a == b for a, b in said) / len(said), 4) if said else None,
                              "format_failure_rate": round(flags["format_failure"] / len(results), 4),
                              "floored": flags["floored"], "fallbacks": flags["fallback"],
                              "errors": sum(1 for r in results if r.error),
@@ -72,10 +77,13 @@ def main() -> None:
     out = {"load": os.getloadavg(), "n": args.n, "max_tokens": args.max_tokens, "rows": rows,
            "argv": sys.argv}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"{'task':<8} {'route':<14} {'acc':>6} {'agree':>6} {'fmt-fail':>8} {'floored':>7} {'fallbk':>6} {'ex/s':>6}")
+    print(f"{'task':<8} {'route':<14} {'acc':>6} {'agree':>6} {'agr-clp':>7} {'fmt-fail':>8} {'floored':>7} "
+          f"{'fallbk':>6} {'ex/s':>6}")
     for r in rows:
+        clp = r["agreement_with_chat_logprobs_where_parsed"]
         print(f"{r['task']:<8} {r['route']:<14} {r['accuracy']:>6.3f} {r['agreement_with_loglikelihood']:>6.3f} "
-              f"{r['format_failure_rate']:>8.3f} {r['floored']:>7} {r['fallbacks']:>6} {r['examples_per_s']:>6.1f}")
+              f"{'-' if clp is None else f'{clp:.3f}':>7} {r['format_failure_rate']:>8.3f} {r['floored']:>7} "
+              f"{r['fallbacks']:>6} {r['examples_per_s']:>6.1f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 - `loglikelihood`: each option's log-likelihood as a continuation of the rendered text (local models,
   vLLM's echo and one-token routes).
 - `chat_logprobs`: one chat completion per example with the server's most `top_logprobs`; an option's
-  score is the probability mass of the first-token strings that begin it, renormalized over the options.
+  score is the probability mass of the first-token strings that begin it (the whole option or at least its
+  first 3 characters), renormalized over the options.
   An option missing from the top-k gets the lowest listed value (flag "floored"); an example whose most
   likely first token begins several options is answered by `generate` instead (flag "fallback").
 - `generate`: the model answers in words; the reply is matched to an option (normalized exact match,
@@ -92,7 +93,9 @@ def option_logprobs(tops: Sequence[tuple[str, float]], options: Sequence[str],
     shared_best = -math.inf
     for token, lp in tops:
         t = normalize_answer(token)
-        starts = [i for i, k in enumerate(keys) if t and k.startswith(t)]
+        # A token begins an option when it is the whole option or at least its first 3 characters: a bare
+        # "A" or "D" is an article or a stray letter far more often than the start of "abbreviation".
+        starts = [i for i, k in enumerate(keys) if t and k.startswith(t) and (t == k or len(t) >= 3)]
         if len(starts) == 1:
             mass[starts[0]].append(lp)
         elif starts:
@@ -109,7 +112,12 @@ def option_logprobs(tops: Sequence[tuple[str, float]], options: Sequence[str],
 
 
 def answer_format_line(options: Sequence[str]) -> str:
-    return "Answer with one of: " + ", ".join(o.strip() for o in options) + "."
+    """The line that asks for a bare option: chat models otherwise open with "The review is..." (measured on
+    SmolLM2 behind vLLM's chat route: the option then is not the first token, and the reply runs on)."""
+    names = [o.strip() for o in options]
+    listed = ", ".join(names[:-1]) + " or " + names[-1]
+    return f"Answer with one word: {listed}." if all(len(n.split()) == 1 for n in names) else \
+        f"Answer with only one of: {listed}."
 
 
 def names_all_options(text: str, options: Sequence[str]) -> bool:

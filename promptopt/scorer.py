@@ -114,18 +114,18 @@ def _messages(task: Task, job: Job, example: Example, line: str) -> tuple[tuple[
     return task.messages(parts.instruction, example, parts.demos, parts.answers, parts.system, line)
 
 
-def _answer_line(task: Task, job: Job) -> str:
-    """The answer-format line, where the prompt and template do not already name every option."""
-    parts = job.parts or PromptParts(job.prompt)
-    text = " ".join([parts.system, parts.instruction, re.sub(r"\{\w+\}", " ", task.template)])
-    return "" if routes.names_all_options(text, task.options) else routes.answer_format_line(task.options)
+def _answer_line(task: Task) -> str:
+    """The answer-format line, where the template does not already name every option. The template, not the
+    instruction, decides: every candidate of a run gets the same line, whatever a strategy writes."""
+    template = re.sub(r"\{\w+\}", " ", task.template)
+    return "" if routes.names_all_options(template, task.options) else routes.answer_format_line(task.options)
 
 
 def _score_choose_chat(task: Task, backend: Backend, jobs: Sequence[Job], route: str) -> list[Evaluation]:
     """A choose task on a chat model: first-token top_logprobs (chat_logprobs) or a matched reply (generate)."""
     items = [(j, ex) for j in jobs for ex in j.examples]
-    lines = {id(j): _answer_line(task, j) for j in jobs}
-    msgs = [_messages(task, j, ex, lines[id(j)]) for j, ex in items]
+    line = _answer_line(task)
+    msgs = [_messages(task, j, ex, line) for j, ex in items]
     results: list[ExampleResult | None] = [None] * len(items)
     usage = [Usage() for _ in items]
     ask = list(range(len(items)))
@@ -151,7 +151,7 @@ def _score_choose_chat(task: Task, backend: Backend, jobs: Sequence[Job], route:
     for j in jobs:
         n = len(j.examples)
         own = [r for r in results[at:at + n] if r is not None]
-        if lines[id(j)]:
+        if line:
             own = [replace(r, flags=r.flags + ("format_line",)) for r in own]
         evals.append(_finish(j, own, sum(usage[at:at + n], Usage())))
         at += n

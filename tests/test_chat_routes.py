@@ -84,7 +84,7 @@ def test_demo_runs_to_its_report_on_a_chat_only_server(route, tmp_path, capsys):
         assert failures and all(r["score"] == 0.0 and r["output"] not in ("other", "complaint") for r in failures)
     # The template names no option, so every chat prompt carries the answer-format line, and says so.
     assert all("format_line" in r["flags"] for r in rs)
-    assert all("Answer with one of: other, complaint." in b["messages"][-1]["content"] for b in chats[2:])
+    assert all("Answer with one word: other or complaint." in b["messages"][-1]["content"] for b in chats[2:])
     assert "format failures" in capsys.readouterr().out
 
 
@@ -256,16 +256,17 @@ def test_the_run_sends_a_candidates_demos_as_turns(backend):
         score_jobs(task, b, [Job("c", "unused flat text", "dev", (task.splits["dev"][0],), parts=parts)])
         (sent,) = [x for x in srv.bodies if "Review: a fine film" in str(x.get("messages"))]
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert sent["messages"][-1]["content"].startswith("Rate the review.\nAnswer with one of: negative, positive.")
+    assert sent["messages"][-1]["content"].startswith("Rate the review.\nAnswer with one word: negative or positive.")
 
 
-def test_no_answer_line_when_the_prompt_names_the_options(backend):
-    task = sentiment_task()
+def test_no_answer_line_when_the_template_names_the_options(backend):
+    task = dataclasses_replace(sentiment_task(), template="{prompt}\nReview: {input}\nNegative or positive?")
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
-        (ev,) = score_jobs(task, backend(srv.url), [Job("c", "Is it positive or negative?", "dev",
-                                                        (task.splits["dev"][0],))])
+        (ev,) = score_jobs(task, backend(srv.url), [Job("c", "Rate it.", "dev", (task.splits["dev"][0],))])
         sent = srv.bodies[-1]["messages"][-1]["content"]
-    assert "Answer with one of" not in sent and "format_line" not in ev.results[0].flags
+    assert "Answer with" not in sent and "format_line" not in ev.results[0].flags
+    assert routes.answer_format_line((" World", " Sports", " Sci/Tech")) == "Answer with one word: World, Sports or Sci/Tech."
+    assert routes.answer_format_line((" World news", " Sports")) == "Answer with only one of: World news or Sports."
 
 
 def test_generation_keys_without_top_logprobs_are_unchanged():
