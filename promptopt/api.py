@@ -1,6 +1,7 @@
 """Python API: build a run from a RunConfig, run it to the end (or resume it), evaluate prompts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from promptopt import __version__, registry
+from promptopt import __version__, registry, routes
 from promptopt.backends.base import Backend, canonical_hash
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
@@ -32,6 +33,10 @@ log = logging.getLogger("promptopt")
 def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options: Mapping[str, Any] | None = None) -> Task:
     """A registered task by name, or a custom task from a spec file path."""
     opts = dict(options or {})
+    # demo_format=turns|inline: how demos reach a chat model (Task.chat_demos), an option of every task
+    chat_demos = opts.pop("demo_format") if opts.get("demo_format") in ("turns", "inline") else None
+    if chat_demos is not None:
+        return dataclasses.replace(load_task(name, data_dir=data_dir, seed=seed, options=opts), chat_demos=chat_demos)
     if name.startswith(IN_MEMORY):
         raise ConfigError(f"task {name!r} was built in Python (promptopt.make_task), so it cannot be loaded by "
                           "name; pass the same Task object (optimize(task=task, resume=RUN), evaluate(prompt, task))")
@@ -157,6 +162,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
                              "task": task_fingerprint(task)},
+            "scoring": routes.describe(task, target),  # the route a choose task takes on this target
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,

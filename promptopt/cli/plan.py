@@ -12,6 +12,7 @@ from promptopt.api import load_task, optimizer_config, warn_reused_splits
 from promptopt.cache import default_cache_path
 from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
 from promptopt.errors import ConfigError
+from promptopt.routes import planned
 from promptopt.data import test_sample
 
 
@@ -40,6 +41,7 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
         "seed_prompt": cfg.prompt or task.seed_prompts[0],
         "strategy": cfg.strategy, "settings": _own_first(settings.model_dump(mode="json")),
         "target": _where(cfg.target),
+        "route": planned(task, backend_options(registry.get("backends", cfg.target.backend), cfg.target, "model")),
         "optimizer": _where(optimizer) if optimizer else None,
         "budget": cfg.budget.model_dump(mode="json"),
         # Finalists (top k and the seed) complete the dev split; then the best and the seed score test.
@@ -103,6 +105,7 @@ def describe(p: dict[str, Any]) -> str:
         f"seed       {p['seed_prompt']!r}",
         f"strategy   {p['strategy']}: {settings}",
         f"target     {p['target']}",
+        *([f"route      {p['route']}"] if p.get("route") else []),
         f"optimizer  {p['optimizer'] or 'none'}",
         f"budget     search: {budget}",
         f"final      at most {p['final_examples_at_most']} more scored examples "

@@ -7,7 +7,16 @@ max_tokens >= 1 with echo (older vLLM), one that cannot echo (llama.cpp: HTTP 50
 template (a base model on vLLM), a BOS token in the echo. With `vllm=True` it also is a vLLM server:
 `/version`, `/tokenize`, token-id prompts (one or a list), `logprob_token_ids` with
 `return_tokens_as_token_ids`, and `/metrics` prefix-cache counters (blocks of 4 tokens);
-`vllm="refuses"` claims vLLM but rejects the extension fields. It stops itself after `max_lifetime`.
+`vllm="refuses"` claims vLLM but rejects the extension fields; `lie="nan"|"negative_index"` makes that
+route lie (NaN label logprobs; choice indices counted from the end).
+
+Hosted chat APIs: `chat_only=True` refuses `/completions` as OpenAI does for its chat models (no echo)
+and answers chat as a "picking" model (its reply is the most likely word of the conversation; see
+`pick_logprobs`), with `logprobs`/`top_logprobs` (at most `max_top_logprobs`, 20 as on OpenAI) on
+every server. `reasoning=True` refuses `temperature`, `logprobs` and `max_tokens` as OpenAI's reasoning
+models do (they take `max_completion_tokens`). Odd servers: `preamble` words before the pick (a reply
+cut by max_tokens), `bad_utf8` (reply bytes that are not UTF-8), `logprobs_for` (chat logprobs stop
+after that many requests). It stops itself after `max_lifetime`.
 
 Like a hosted API account: `rpm`/`tpm` limits answer 429 with `Retry-After` (and `retry-after-ms`, as
 OpenAI sends) once passed, with OpenAI's error body; a request costs its prompt tokens plus the
@@ -50,6 +59,17 @@ def chat_reply(messages: list[Mapping[str, Any]]) -> str:
     return "echo: " + str(messages[-1].get("content", "")) if messages else "echo:"
 
 
+_WORD = re.compile(r"\w+")
+
+
+def pick_logprobs(messages: list[Mapping[str, Any]]) -> list[tuple[str, float]]:
+    """The picking model's first-token distribution: every distinct word of the conversation, with a
+    logprob that is a fixed function of the conversation and the word, best first."""
+    text = "\x00".join(f"{m.get('role')}:{m.get('content')}" for m in messages)
+    words = dict.fromkeys(w for m in messages for w in _WORD.findall(str(m.get("content") or "")))
+    return sorted(((w, token_logprob(text, w)) for w in words), key=lambda t: (-t[1], t[0]))
+
+
 def _send(h: Handler, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
     respond(h, status, json.dumps(body).encode("utf-8"), headers)
 
@@ -89,6 +109,9 @@ class FakeOpenAIServer(LocalService):
                  max_context: int = 4096, echo: bool = True, echo_min_max_tokens: int = 0,
                  chat: bool = True, bos: str = "", served_model: str | None = None,
                  leak_key_in_errors: bool = False, max_lifetime: float = 120.0, vllm: bool | str = False,
+                 lie: str | None = None, chat_only: bool = False, reasoning: bool = False,
+                 max_top_logprobs: int = 20, preamble: str = "", bad_utf8: bool = False,
+                 logprobs_for: int | None = None,
                  rpm: float | None = None, tpm: float | None = None, burst_seconds: float = 1.0,
                  prompt_cache: int = 0, clock: Callable[[], float] = time.monotonic,
                  reply: Callable[[list[Mapping[str, Any]]], str] = chat_reply):
@@ -104,6 +127,14 @@ class FakeOpenAIServer(LocalService):
         self.leak_key_in_errors = leak_key_in_errors  # a careless server, to test redaction
         self.max_lifetime = max_lifetime
         self.vllm = vllm
+        self.lie = lie
+        self.chat_only = chat_only
+        self.reasoning = reasoning
+        self.max_top_logprobs = max_top_logprobs
+        self.preamble = preamble
+        self.bad_utf8 = bad_utf8
+        self.logprobs_for = logprobs_for
+        self.chat_logprobs_served = 0
         self.vocab: dict[str, int] = {}  # token -> id, assigned as tokens are first seen
         self.pieces: list[str] = []  # id -> token
         self.cache_blocks: set[tuple[int, ...]] = set()
@@ -252,22 +283,58 @@ class FakeOpenAIServer(LocalService):
         if not self.chat:
             return _error(h, 400, "Cannot use chat template functions because tokenizer.chat_template "
                                   "is not set and no template argument was passed!", 400)
+        if self.reasoning:
+            refused = self._reasoning_refusal(body)
+            if refused:
+                return _error(h, 400, refused[0], refused[1])
         messages = body.get("messages") or []
         tokens = [(str(m.get("role")), t) for m in messages for t in tokenize(str(m.get("content", "")))]
         prompt_tokens = len(tokens)
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
         if self._too_long(h, prompt_tokens, max_tokens):
             return
-        reply = self.reply(messages)
+        want = int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0
+        if want > self.max_top_logprobs:
+            return _error(h, 400, f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= "
+                                  f"{self.max_top_logprobs}, but got {want} instead.", "integer_above_max_value")
+        picks = pick_logprobs(messages)
+        reply = (self.preamble + picks[0][0]) if self.chat_only and picks else self.reply(messages)
         for stop in body.get("stop") or []:
             reply = reply.split(stop)[0]
         pieces = tokenize(reply)
         finish = "length" if len(pieces) > max_tokens else "stop"
         reply = "".join(pieces[:max_tokens])
-        _send(h, 200, {"id": "chatcmpl-test", "object": "chat.completion", "model": self.served_model,
-                       "choices": [{"index": 0, "finish_reason": finish,
-                                    "message": {"role": "assistant", "content": reply}}],
-                       "usage": self._usage(prompt_tokens, min(len(pieces), max_tokens), self._cache_hit(tokens))})
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish,
+                                  "message": {"role": "assistant", "content": "\ufffe" if self.bad_utf8 else reply}}
+        if body.get("logprobs"):
+            with self._lock:
+                self.chat_logprobs_served += 1
+                vanished = self.logprobs_for is not None and self.chat_logprobs_served > self.logprobs_for
+            first = picks[0] if picks else (reply, GREEDY_ABOVE)
+            choice["logprobs"] = None if vanished else {"content": [
+                {"token": first[0], "logprob": first[1], "bytes": list(first[0].encode("utf-8")),
+                 "top_logprobs": [{"token": w, "logprob": lp, "bytes": list(w.encode("utf-8"))}
+                                  for w, lp in picks[:want]]}]}
+        data = json.dumps({"id": "chatcmpl-test", "object": "chat.completion", "model": self.served_model,
+                           "choices": [choice],
+                           "usage": self._usage(prompt_tokens, min(len(pieces), max_tokens),
+                                                self._cache_hit(tokens))}).encode("utf-8")
+        # bad_utf8: the reply's bytes are not UTF-8 (a server that cut a character in two)
+        respond(h, 200, data.replace(b"\\ufffe", b"\xff\xfe") if self.bad_utf8 else data)
+
+    @staticmethod
+    def _reasoning_refusal(body: Mapping[str, Any]) -> tuple[str, str] | None:
+        """OpenAI's words for what its reasoning models refuse."""
+        if "max_tokens" in body:
+            return ("Unsupported parameter: 'max_tokens' is not supported with this model. "
+                    "Use 'max_completion_tokens' instead.", "unsupported_parameter")
+        if body.get("temperature") not in (None, 1, 1.0):
+            return ("Unsupported value: 'temperature' does not support 0.0 with this model. "
+                    "Only the default (1) value is supported.", "unsupported_value")
+        for name in ("logprobs", "top_logprobs"):
+            if name in body:
+                return f"Unsupported parameter: '{name}' is not supported with this model.", "unsupported_parameter"
+        return None
 
     def _id(self, token: str) -> int:
         with self._lock:
@@ -289,16 +356,17 @@ class FakeOpenAIServer(LocalService):
                 return _error(h, 400, "token id out of vocabulary", 400)
             self._cache_lookup(ids)
             text = "".join(self.pieces[t] for t in ids)
-            tops = {f"token_id:{t}": token_logprob(text, self.pieces[t]) for t in labels}
+            tops = {f"token_id:{t}": math.nan if self.lie == "nan" else token_logprob(text, self.pieces[t])
+                    for t in labels}
             # Greedy as the echo route has it (a token above GREEDY_ABOVE is the top one): the best label
             # if one is above it, else the generated token, just above every label.
             best = max(labels, key=lambda t: tops[f"token_id:{t}"], default=None)
-            if best is not None and tops[f"token_id:{best}"] > GREEDY_ABOVE:
+            if best is not None and not tops[f"token_id:{best}"] <= GREEDY_ABOVE:
                 gen = best
             else:
                 gen = self._id(GENERATED_TOKEN)
                 tops[f"token_id:{gen}"] = GREEDY_ABOVE / 2
-            choices.append({"index": i, "text": GENERATED_TOKEN, "finish_reason": "length",
+            choices.append({"index": i - len(prompts) if self.lie == "negative_index" else i, "text": GENERATED_TOKEN, "finish_reason": "length",
                             "logprobs": {"tokens": [f"token_id:{gen}"], "token_logprobs": [tops[f"token_id:{gen}"]],
                                          "top_logprobs": [tops], "text_offset": [0]}})
             prompt_tokens += len(ids)
@@ -322,6 +390,10 @@ class FakeOpenAIServer(LocalService):
     def _completions(self, h: Handler, body: dict[str, Any]) -> None:
         if self.vllm and (body.get("logprob_token_ids") is not None or isinstance(body.get("prompt"), list)):
             return self._one_token(h, body)
+        if self.chat_only:  # OpenAI's words for a chat model on the legacy route
+            return _send(h, 404, {"error": {"message": "This is a chat model and not supported in the v1/completions "
+                                                       "endpoint. Did you mean to use v1/chat/completions?",
+                                            "type": "invalid_request_error", "param": "model", "code": None}})
         prompt = str(body.get("prompt", ""))
         max_tokens = int(body.get("max_tokens", 16))
         echo = bool(body.get("echo"))

@@ -171,7 +171,9 @@ class Server:
         if resp.status_code >= 400:
             raise self.status_error(model, path, resp.status_code, resp.headers, resp.content)
         try:
-            data = resp.json()
+            # Bytes that are not UTF-8 (a character cut in two) become U+FFFD: the reply is still an answer,
+            # one the scorer can count as unreadable, not a failed request.
+            data = json.loads(resp.content.decode("utf-8", "replace"))
         except ValueError as e:
             raise self.error(model, f"returned malformed JSON ({e})", "check the server (or proxy) logs",
                              kind="malformed", retryable=True) from None
