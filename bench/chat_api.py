@@ -1,9 +1,12 @@
 """Scoring against a hosted-style chat API: promptopt's openai backend next to DSPy's `Evaluate`.
 
-Both sides score the same examples (SST-2 test reviews, one prompt) against the same chat-only test
-server (`FakeOpenAIServer` with echo off: /v1/chat/completions only), which adds `--latency` seconds to
-every request, at the same concurrency (DSPy: `Evaluate(num_threads=C)`; promptopt:
-`backend.concurrency=C`). Two cases, each side on a fresh server:
+Both sides score the same examples (SST-2 test reviews, the task's seed prompt) against the same
+chat-only test server (`FakeOpenAIServer(chat_only=True)`: /v1/chat/completions with top_logprobs, no
+/completions), which adds `--latency` seconds to every request, at the same concurrency (DSPy:
+`Evaluate(num_threads=C)`; promptopt: `backend.concurrency=C`). promptopt scores the choose task `sst2`
+by the route its start-up probe picks (chat_logprobs here: one request an example, one reply token);
+DSPy runs `Predict` on a `review -> sentiment` signature whose output is a Literal of the same options.
+Two cases, each side on a fresh server:
 
 - latency: no limit binds. Goal: >= 80% of the ideal rate C / latency, and ahead of DSPy.
 - limit: the server enforces `--rpm` (429 with Retry-After past it); promptopt is told the same
@@ -12,8 +15,9 @@ every request, at the same concurrency (DSPy: `Evaluate(num_threads=C)`; prompto
 - cli (`--cases cli`): a whole `promptopt optimize` run on the demo task with `backend.rpm=60` against a
   server enforcing 60 RPM, its `--dry-run` USD estimate beside the USD the run logged.
 
-The server answers each review with its gold label, in the client's format (DSPy's ChatAdapter fields,
-or the bare word for promptopt), so accuracy 1.0 on both sides shows every reply was parsed. Tokens are
+The server's reply text is the review's gold label in DSPy's ChatAdapter fields (so DSPy's accuracy of
+1.0 shows every reply was parsed); promptopt's chat_logprobs route reads the server's first-token
+top_logprobs instead, a fixed function of the conversation, so its accuracy is that of a coin. Tokens are
 counted by the server (answers it sent) and USD priced from them with ONE table
 (promptopt.backends.openai.prices) for the `--model` name the server serves. Each client runs in its
 own process; DSPy's disk and memory caches are off, promptopt has no cache here.
@@ -38,18 +42,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "Classify the sentiment of the movie review as positive or negative."
-LABELS = ("negative", "positive")
 _DSPY_FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]")
 
 
-def load_examples(n: int) -> list[dict[str, str]]:
-    """The first n reviews of promptopt.data.test_sample(sst2 test, n), with their gold words."""
+def sst2_sample(n: int) -> tuple[Any, tuple[Any, ...]]:
+    """The sst2 task and promptopt.data.test_sample(its test split, n)."""
     from promptopt.api import load_task
     from promptopt.data import test_sample
     task = load_task("sst2", seed=0)
-    exs = test_sample(task.split("test"), n)
-    return [{"id": ex.id, "review": ex.input, "label": LABELS[ex.label or 0]} for ex in exs]
+    return task, tuple(test_sample(task.split("test"), n))
+
+
+def load_examples(n: int) -> list[dict[str, str]]:
+    task, exs = sst2_sample(n)
+    return [{"id": ex.id, "review": ex.input, "label": task.options[ex.label or 0].strip()} for ex in exs]
 
 
 def make_reply(examples: list[dict[str, str]]):
@@ -74,25 +80,21 @@ def make_reply(examples: list[dict[str, str]]):
 def client_promptopt(args: argparse.Namespace, examples: list[dict[str, str]]) -> dict[str, Any]:
     from promptopt.backends.openai.backend import OpenAIBackend
     from promptopt.scorer import Job, score_jobs
-    from promptopt.task import Task
-    from promptopt.types import Example
 
-    exs = tuple(Example(e["id"], e["review"], e["label"]) for e in examples)
-    task = Task(name="sst2-chat", splits={"dev": exs, "test": exs}, template="{prompt}\n\nReview: {input}",
-                output="generate", seed_prompts=(PROMPT,), extract=lambda t: t.strip().lower(), max_tokens=4,
-                chat=True)
+    task, exs = sst2_sample(len(examples))
+    assert [ex.id for ex in exs] == [e["id"] for e in examples]
     backend = OpenAIBackend(args.model, base_url=args.url, concurrency=args.concurrency, rpm=args.client_rpm,
                             api_key_env="PROMPTOPT_BENCH_KEY", max_retries=6)
     backend.check()  # the start-up probe, not timed
     time.sleep(1.0)  # the server's allowance holds one second's worth: both sides start on a full one
     started, cpu = time.monotonic(), time.process_time()
-    ev, = score_jobs(task, backend, [Job("seed", PROMPT, "test", exs)])
+    ev, = score_jobs(task, backend, [Job("seed", task.seed_prompts[0], "test", exs)])
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     stats = backend.stats
     backend.close()
     return {"seconds": seconds, "cpu_seconds": cpu, "examples": len(ev.results), "failed": sum(r.error is not None for r in ev.results),
             "accuracy": sum(r.score for r in ev.results) / len(ev.results),
-            "client": {"retries": stats["retries"], "rate_limit_waits": stats["rate_limit_waits"],
+            "client": {"route": backend.choose_route, "retries": stats["retries"], "rate_limit_waits": stats["rate_limit_waits"],
                        "usd_logged": stats["usage"]["usd"]}}
 
 
@@ -101,13 +103,15 @@ def client_dspy(args: argparse.Namespace, examples: list[dict[str, str]]) -> dic
 
     import dspy
 
+    task, _ = sst2_sample(1)
+    options = tuple(o.strip() for o in task.options)
     lm = dspy.LM(f"openai/{args.model}", api_base=args.url, api_key="sk-bench", cache=False, temperature=0.0,
                  max_tokens=32, num_retries=args.dspy_retries)
     dspy.configure(lm=lm)
 
     # Built from a dict: this module's postponed annotations would hand DSPy the Literal as a string.
     signature = dspy.Signature({"review": (str, dspy.InputField()),
-                                "sentiment": (Literal["negative", "positive"], dspy.OutputField())}, PROMPT)
+                                "sentiment": (Literal[options], dspy.OutputField())}, task.seed_prompts[0])
     program = dspy.Predict(signature)
     devset = [dspy.Example(review=e["review"], sentiment=e["label"]).with_inputs("review") for e in examples]
     evaluate = dspy.Evaluate(devset=devset, metric=lambda ex, pred, trace=None: ex.sentiment == pred.sentiment,
@@ -147,7 +151,7 @@ def bench_case(case: str, side: str, args: argparse.Namespace, examples: list[di
     from promptopt.testing.openai_server import FakeOpenAIServer
 
     rpm = args.rpm if case == "limit" else None
-    with FakeOpenAIServer(args.model, delay=args.latency, echo=False, rpm=rpm, reply=make_reply(examples),
+    with FakeOpenAIServer(args.model, delay=args.latency, chat_only=True, rpm=rpm, reply=make_reply(examples),
                           max_lifetime=900) as srv:
         before = load()
         res = run_side(side, args, srv.url, rpm if side == "promptopt" else None, data)

@@ -114,7 +114,7 @@ class FakeOpenAIServer(LocalService):
                  logprobs_for: int | None = None,
                  rpm: float | None = None, tpm: float | None = None, burst_seconds: float = 1.0,
                  prompt_cache: int = 0, clock: Callable[[], float] = time.monotonic,
-                 reply: Callable[[list[Mapping[str, Any]]], str] = chat_reply):
+                 reply: Callable[[list[Mapping[str, Any]]], str] | None = None):
         self.model = model
         self.api_key = api_key
         self.delay = delay
@@ -152,7 +152,7 @@ class FakeOpenAIServer(LocalService):
         self.prompt_cache = prompt_cache
         self._cached_blocks: set[tuple[Any, ...]] = set()
         self.cached_tokens = 0  # reported to clients, summed
-        self.reply = reply  # the chat reply to a list of messages (a bench can answer in its client's format)
+        self.reply = reply  # the chat reply's text, if given (a bench answers each client in its own format)
         self.usage: Counter[str] = Counter()  # prompt and completion tokens of the answers sent
 
     @property
@@ -298,7 +298,8 @@ class FakeOpenAIServer(LocalService):
             return _error(h, 400, f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= "
                                   f"{self.max_top_logprobs}, but got {want} instead.", "integer_above_max_value")
         picks = pick_logprobs(messages)
-        reply = (self.preamble + picks[0][0]) if self.chat_only and picks else self.reply(messages)
+        reply = self.reply(messages) if self.reply else \
+            (self.preamble + picks[0][0]) if self.chat_only and picks else chat_reply(messages)
         for stop in body.get("stop") or []:
             reply = reply.split(stop)[0]
         pieces = tokenize(reply)
