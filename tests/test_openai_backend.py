@@ -715,3 +715,8 @@ def test_dry_run_estimates_usd_for_an_openai_target(tmp_path, capsys):
     assert f"usd        target at most ~${est['usd']:.4f} at list price: {est['calls']} requests" in out
     assert main([*args[:-1], "--set", "backend.prices={\"gpt-4o-mini\": [0, 0]}", "--dry-run"]) == 0
     assert "at most ~$0.0000" in capsys.readouterr().out
+    # a route named in the config: one request an example, a one-token reply
+    assert main([*args[:-1], "--set", "backend.choose_route=chat_logprobs", "--dry-run"]) == 0
+    chat = estimate_task_usd("gpt-4o-mini", None, task, task.seed_prompts[0], 216, route="chat_logprobs")
+    assert chat["calls"] == 216 and chat["completion_tokens"] == 216 and chat["usd"] < est["usd"]
+    assert f"at most ~${chat['usd']:.4f} at list price: 216 requests" in capsys.readouterr().out

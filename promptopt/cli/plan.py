@@ -62,7 +62,8 @@ def _usd_estimate(cfg: RunConfig, task: Any, final_examples: int) -> dict[str, A
     if search is None:
         return {"usd": None, "why": "no max_examples budget"}
     return estimate_task_usd(cfg.target.model, cfg.target.options.get("prices"), task,
-                             cfg.prompt or task.seed_prompts[0], search + final_examples)
+                             cfg.prompt or task.seed_prompts[0], search + final_examples,
+                             route=cfg.target.options.get("choose_route"))
 
 
 def _own_first(settings: dict[str, Any]) -> dict[str, Any]:

@@ -84,14 +84,18 @@ def estimate_usd(model: str, prices: Mapping[str, Sequence[float]] | None, *, ca
 
 
 def estimate_task_usd(model: str, prices: Mapping[str, Sequence[float]] | None, task: "Task", prompt: str,
-                      examples: int, sample: int = 64) -> dict[str, float]:
+                      examples: int, route: str | None = None, sample: int = 64) -> dict[str, float]:
     """The most scoring `examples` (prompt, example) pairs of `task` with `prompt` costs on `model`, at
     list price: prompt size from the first `sample` dev examples (4 characters a token), a generated
-    answer at the task's max_tokens, a choose task by one request per option (the echo route; a chat
-    route that reads all options from one reply costs less)."""
+    answer at the task's max_tokens. A choose task costs one request per option on the loglikelihood route
+    (also the bound when the route is left to the start-up probe), one per example with a one-token reply
+    on chat_logprobs, one with a reply of up to max_tokens on generate."""
     shown = [task.render(prompt, ex) for ex in list(task.split("dev"))[:sample]]
     chars = sum(map(len, shown)) / max(len(shown), 1)
-    if task.output == "choose":
+    if task.output == "choose" and route == "chat_logprobs":
+        return estimate_usd(model, prices, calls=examples, prompt_tokens_per_call=chars / 4 + 1,
+                            completion_tokens_per_call=1)
+    if task.output == "choose" and route != "generate":
         option_chars = sum(map(len, task.options)) / len(task.options)
         return estimate_usd(model, prices, calls=examples * len(task.options),
                             prompt_tokens_per_call=(chars + option_chars) / 4 + 1, completion_tokens_per_call=0)
