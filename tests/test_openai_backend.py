@@ -720,3 +720,28 @@ def test_dry_run_estimates_usd_for_an_openai_target(tmp_path, capsys):
     chat = estimate_task_usd("gpt-4o-mini", None, task, task.seed_prompts[0], 216, route="chat_logprobs")
     assert chat["calls"] == 216 and chat["completion_tokens"] == 216 and chat["usd"] < est["usd"]
     assert f"at most ~${chat['usd']:.4f} at list price: 216 requests" in capsys.readouterr().out
+
+
+def test_an_account_that_stays_over_its_limit_fails_after_the_cap_on_waits(monkeypatch):
+    from promptopt.backends.openai import retry
+    monkeypatch.setattr(retry, "RATE_LIMIT_WAITS", 5)
+    # The server's clock stands still: after its one request's allowance, every request draws a 429.
+    with FakeOpenAIServer(MODEL, rpm=60, clock=lambda: 0.0, max_lifetime=60) as srv:
+        b = make(srv.url, max_retries=0, clock=FakeClock())
+        out = b.generate([GenRequest("stuck")])
+        assert out[0].finish_reason == "error" and "HTTP 429" in out[0].error
+        assert b.stats["failures_by_kind"] == {"http_429": 1} and b.stats["rate_limit_waits"] >= 5
+        b.close()
+
+
+def test_pause_holds_every_waiter_until_the_latest_hold():
+    from promptopt.backends.openai.limits import Pause
+    clock = FakeClock(start=0.0)
+    pause = Pause(clock)
+
+    async def run() -> list[float]:
+        pause.hold(2.0)
+        pause.hold(1.0)  # a shorter hold does not shorten the pause
+        return list(await asyncio.gather(pause.wait(), pause.wait()))
+    assert asyncio.run(run()) == [2.0, 2.0] and clock.time == 2.0
+    assert asyncio.run(pause.wait()) == 0.0  # over: no wait
