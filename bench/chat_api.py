@@ -164,7 +164,8 @@ def bench_case(case: str, side: str, args: argparse.Namespace, examples: list[di
     return {"case": case, "side": side, "examples": res["examples"], "failed": res["failed"],
             "accuracy": round(res["accuracy"], 4), "seconds": round(res["seconds"], 2),
             "examples_per_s": round(rate, 2),
-            "answered_per_s": round((res["examples"] - res["failed"]) / res["seconds"], 2),  # failed ones left out "client_cpu_s": round(res["cpu_seconds"], 2), "goal_rate": round(target, 2),
+            "answered_per_s": round((res["examples"] - res["failed"]) / res["seconds"], 2),  # failed ones left out
+            "client_cpu_s": round(res["cpu_seconds"], 2), "goal_rate": round(target, 2),
             "share_of_goal_rate": round(rate / target, 3),
             # server-side, whole client process (promptopt's 2-3 probe requests included)
             "requests": attempts, "http_429": limited, "prompt_tokens": tokens.get("prompt_tokens", 0),
