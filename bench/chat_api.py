@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             for side in sides:
                 results.append(bench_case(case, side, args, examples, data))
                 print(json.dumps(results[-1]), flush=True)
-    Path(args.out).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if v is not None},
+    Path(args.out).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if v is not None and k != "out"},
                                           "results": results}, indent=1) + "\n")
 
 
