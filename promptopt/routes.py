@@ -56,7 +56,7 @@ def check_choose(task: Task, backend: Backend) -> str:
     clash = next(((task.options[i], task.options[j]) for i in range(len(keys)) for j in range(i + 1, len(keys))
                   if keys[i] == keys[j]), None)
     if clash or not all(keys):
-        shown = f"{clash[0]!r} and {clash[1]!r} read the same" if clash else "an option has no letters or digits"
+        shown = f"{clash[0]!r} and {clash[1]!r} read the same" if clash else "an option is empty"
         raise ConfigError(f"task {task.name}: the {route} route cannot tell its options apart ({shown}); "
                           "make the options distinct words")
     return route
