@@ -7,7 +7,7 @@ scores each task's seed prompt on its first --n test examples by each route: `lo
 recipe on /v1/completions, no chat template), `chat_logprobs` (one /v1/chat/completions per example,
 first-token top_logprobs) and `generate` (a chat reply matched to an option). For each route: accuracy,
 the share of predictions equal to the loglikelihood route's, the format-failure rate, options floored,
-generate fallbacks, the generate route's agreement with chat_logprobs where its reply gave an option (same chat prompt), and examples/s (wall time of the scoring call, the server warm).
+generate fallbacks, the three most frequent answers, the generate route's agreement with chat_logprobs where its reply gave an option (same chat prompt), and examples/s (wall time of the scoring call, the server warm).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from promptopt.api import load_task
@@ -69,6 +70,8 @@ def main() -> None:
                              "format_failure_rate": round(flags["format_failure"] / len(results), 4),
                              "floored": flags["floored"], "fallbacks": flags["fallback"],
                              "errors": sum(1 for r in results if r.error),
+                             "answers": {a: round(c / len(results), 3) for a, c in
+                                         Counter(preds[route]).most_common(3)},
                              "examples_per_s": round(len(results) / seconds, 2)})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
