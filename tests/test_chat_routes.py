@@ -3,6 +3,7 @@ and odd servers, against promptopt's own OpenAI-compatible server (real HTTP on 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from promptopt import routes
-from promptopt.backends.base import GenRequest
+from promptopt.backends.base import GenRequest, LLRequest
 from promptopt.backends.openai import onetoken
 from promptopt.backends.openai.backend import OpenAIBackend
 from promptopt.backends.openai.chat import ChatParams, first_top_logprobs
@@ -22,7 +23,6 @@ from promptopt.registry import get
 from promptopt.scorer import Job, PromptParts, score_jobs
 from promptopt.task import Task
 from promptopt.testing import make_run
-from promptopt.testing.contracts import toy_task
 from promptopt.testing.openai_server import FakeOpenAIServer, pick_logprobs
 from promptopt.types import Example
 
@@ -178,17 +178,12 @@ def test_generate_route_matches_replies_and_counts_format_failures(backend):
 
 @pytest.mark.parametrize("server", [dict(bad_utf8=True), dict(preamble="I think the answer is ")])
 def test_unreadable_or_cut_replies_are_format_failures_not_crashes(server, backend):
-    task = dataclasses_replace(sentiment_task(), max_tokens=3)
+    task = dataclasses.replace(sentiment_task(), max_tokens=3)
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60, **server) as srv:
         b = backend(srv.url, choose_route="generate")
         (ev,) = score_jobs(task, b, [Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))])
     assert ev.state == "complete"
     assert all(r.score == 0.0 and "format_failure" in r.flags for r in ev.results)
-
-
-def dataclasses_replace(task: Task, **kw) -> Task:
-    import dataclasses
-    return dataclasses.replace(task, **kw)
 
 
 def test_logprobs_that_vanish_mid_run_are_counted_never_rerouted(backend):
@@ -225,7 +220,7 @@ def test_match_option_rules():
 
 
 def test_options_the_route_cannot_tell_apart_are_refused_at_start(backend):
-    task = dataclasses_replace(sentiment_task(), options=(" Yes", " yes."))
+    task = dataclasses.replace(sentiment_task(), options=(" Yes", " yes."))
     hill_climb = get("strategies", "hill_climb")
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
         with pytest.raises(ConfigError) as e:
@@ -244,7 +239,7 @@ def test_messages_put_system_demos_and_query_in_their_places():
                      ("user", "Review: dull and long\nSentiment:"), ("assistant", "negative"),
                      ("user", "Review: loved every minute\nSentiment:"), ("assistant", "positive"),
                      ("user", "Rate it.\nAnswer with one of: x.\nReview: a fine film\nSentiment:"))
-    inline = dataclasses_replace(task, chat_demos="inline").messages("Rate it.", ex, (d1,))
+    inline = dataclasses.replace(task, chat_demos="inline").messages("Rate it.", ex, (d1,))
     assert inline == (("user", "Rate it.\n\nReview: dull and long\nSentiment: negative\n\nReview: a fine film\nSentiment:"),)
 
 
@@ -260,7 +255,7 @@ def test_the_run_sends_a_candidates_demos_as_turns(backend):
 
 
 def test_no_answer_line_when_the_template_names_the_options(backend):
-    task = dataclasses_replace(sentiment_task(), template="{prompt}\nReview: {input}\nNegative or positive?")
+    task = dataclasses.replace(sentiment_task(), template="{prompt}\nReview: {input}\nNegative or positive?")
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
         (ev,) = score_jobs(task, backend(srv.url), [Job("c", "Rate it.", "dev", (task.splits["dev"][0],))])
         sent = srv.bodies[-1]["messages"][-1]["content"]
@@ -296,7 +291,6 @@ def test_a_lying_one_token_route_is_caught_at_the_probe_and_echo_scores(lie, bac
     with FakeOpenAIServer("test-model", vllm=True, lie=lie, max_lifetime=60) as srv:
         b = backend(srv.url, model="test-model")
         assert b.choose_route == "loglikelihood"
-        from promptopt.backends.base import LLRequest
         r = b.loglikelihood([LLRequest("The quick brown fox", " jumps")])[0]
         assert r.error is None and math.isfinite(r.logprob)
         assert "one_token" not in b.stats  # scored by echo
