@@ -347,3 +347,17 @@ def test_show_and_report_give_the_format_failure_rate(tmp_path, capsys):
     assert f"scoring route generate · format failures {failed}/{len(results(run))}" in capsys.readouterr().out
     assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
     assert f"format failures {failed}/" in (tmp_path / "report.html").read_text()
+
+
+def test_a_429_storm_on_the_chat_route_is_retried_and_the_route_kept(backend):
+    from promptopt.testing.faultproxy import FaultProxy
+    task = sentiment_task()
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv, \
+            FaultProxy(srv.url, retry_after=0.01, max_lifetime=60) as proxy:
+        b = backend(proxy.url, max_retries=6)
+        assert b.choose_route == "chat_logprobs"
+        proxy.queue(*["429"] * 8)  # every scoring request is refused at first
+        (ev,) = score_jobs(task, b, [Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))])
+    assert ev.state == "complete" and all(r.option_logprobs for r in ev.results)
+    assert proxy.injected["429"] == 8 and b.stats["retries_by_kind"]["http_429"] == 8
+    assert b.choose_route == "chat_logprobs"

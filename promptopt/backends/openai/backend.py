@@ -685,6 +685,9 @@ class OpenAIBackend:
                     retry_connect=False, max_retries=min(_PROBE_LL_RETRIES, self._retry["max_retries"]))
             except OpenAIRequestError as e:
                 error = e.detail
+                if e.retryable:  # not a refusal: say so, as choose tasks then take the generate route
+                    log.warning("openai backend at %s: the chat logprobs probe failed (%s); choose tasks will be "
+                                "scored by generation unless backend.choose_route says otherwise", server.url, error)
                 if e.fatal or e.kind not in ("http_400", "http_422") or not chatroute.names(e.detail, "top_logprobs"):
                     break  # logprobs refused outright, or a server error: not worth a smaller k
                 continue
