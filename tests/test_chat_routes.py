@@ -361,3 +361,24 @@ def test_a_429_storm_on_the_chat_route_is_retried_and_the_route_kept(backend):
     assert ev.state == "complete" and all(r.option_logprobs for r in ev.results)
     assert proxy.injected["429"] == 8 and b.stats["retries_by_kind"]["http_429"] == 8
     assert b.choose_route == "chat_logprobs"
+
+
+def test_apo_sees_unparseable_replies_as_errors(backend, tmp_path):
+    from promptopt.budget import Budget
+    from promptopt.loop import Run
+    from promptopt.runlog import RunLog, new_run_dir
+    from promptopt.testing.contracts import fake_optimizer
+    apo = get("strategies", "apo")
+    task = sentiment_task()
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        target = CachedBackend(backend(srv.url, choose_route="generate"), None)
+        run = Run(task=task, strategy=apo(strategy_config(apo, {"rounds": 1})), target=target,
+                  optimizer=fake_optimizer(), budget=Budget(max_examples=40), log=RunLog(new_run_dir(tmp_path, {})))
+        run.run()
+    events = [json.loads(line) for line in (run.log.dir / "events.jsonl").read_text().splitlines()]
+    failed = {r["output"] for e in events if e["type"] == "eval" for r in e.get("results", ())
+              if "format_failure" in r.get("flags", ())}
+    asks = " ".join(json.dumps(e["requests"]) for e in events if e["type"] == "optimizer_call")
+    # a reply that named no option is shown to the optimizer as the model's (wrong) label
+    assert failed and any(f"Model's label: {out}\\n" in asks or asks.endswith(f"Model's label: {out}")
+                          for out in failed - {"negative", "positive"})
