@@ -48,7 +48,22 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
         "final_examples_at_most": dev * (cfg.final_top_k + 1) + 2 * test,
         "run_dir": str(Path(cfg.run_dir) / f"{cfg.run_name or '<time>'}-…"),
         "cache": str(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None,
+        # USD estimate for an openai target (issue #27; backends/openai/prices.py, engineer `account`)
+        "usd_estimate": _usd_estimate(cfg, task, dev * (cfg.final_top_k + 1) + 2 * test),
     }
+
+
+def _usd_estimate(cfg: RunConfig, task: Any, final_examples: int) -> dict[str, Any] | None:
+    """What the target may cost at list price: the search budget's examples plus the final report's."""
+    if cfg.target is None or cfg.target.backend != "openai":
+        return None
+    from promptopt.backends.openai.prices import estimate_task_usd
+    search = cfg.budget.max_examples
+    if search is None:
+        return {"usd": None, "why": "no max_examples budget"}
+    return estimate_task_usd(cfg.target.model, cfg.target.options.get("prices"), task,
+                             cfg.prompt or task.seed_prompts[0], search + final_examples,
+                             route=cfg.target.options.get("choose_route"))
 
 
 def _own_first(settings: dict[str, Any]) -> dict[str, Any]:
@@ -98,4 +113,13 @@ def describe(p: dict[str, Any]) -> str:
         f"(finalists on dev, then the best and the seed on test)",
         f"run dir    {p['run_dir']}",
         f"cache      {p['cache'] or 'off'}",
+        *([_describe_usd(p["usd_estimate"])] if p.get("usd_estimate") else []),
     ])
+
+
+def _describe_usd(est: dict[str, Any]) -> str:
+    if est["usd"] is None:
+        return f"usd        target cost not estimated: {est['why']}"
+    return (f"usd        target at most ~${est['usd']:.4f} at list price: {est['calls']} requests, "
+            f"~{est['prompt_tokens']} prompt + {est['completion_tokens']} completion tokens "
+            f"(${est['usd_per_1m_input']:g}/${est['usd_per_1m_output']:g} per 1M)")

@@ -27,11 +27,11 @@ from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptio
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.registry import register_backend
 from promptopt.types import Usage
-from promptopt.backends.openai.limits import RateLimiter
+from promptopt.backends.openai.limits import Clock, Pause, RateLimiter
 from promptopt.backends.openai import chat as chatroute, onetoken
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob, echoed_prompt
 from promptopt.backends.openai.aioloop import LoopThread
-from promptopt.backends.openai.prices import DEFAULT_PRICES, price_for, usd
+from promptopt.backends.openai.prices import Price, price_for, price_table, usd
 from promptopt.backends.openai.retry import CallStats, retrying
 from promptopt.backends.openai.transport import OpenAIRequestError, Server, display_url
 
@@ -90,6 +90,15 @@ def _usage_counts(data: Mapping[str, Any]) -> tuple[int, int]:
         return 0, 0
 
 
+def _cached_tokens(data: Mapping[str, Any]) -> int:
+    """Prompt tokens the provider read from its prompt cache (`usage.prompt_tokens_details.cached_tokens`,
+    OpenAI's field, which vLLM also fills when asked to); 0 where it is absent."""
+    try:
+        return max(0, int(data["usage"]["prompt_tokens_details"]["cached_tokens"] or 0))
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 async def _gather(coros: Iterable[Awaitable[T]]) -> list[T]:
     """Like asyncio.gather, but a raised (fatal) error cancels the other requests at once."""
     tasks = [asyncio.ensure_future(c) for c in coros]
@@ -127,14 +136,18 @@ class OpenAIOptions(BackendOptions):
     backoff: NonNegativeFloat = 0.5
     max_wait: NonNegativeFloat = 60.0
     one_token: bool = True  # on vLLM servers, score one-token continuations by one generated token
+    # Reasoning models refuse `max_tokens` and want `max_completion_tokens`; the start-up probe switches on a
+    # refusal that names it, this starts there (one refused probe fewer).
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     choose_route: Literal["auto", "loglikelihood", "chat_logprobs", "generate"] = "auto"
 
     @field_validator("prices")
     @classmethod
     def _two_prices(cls, prices: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
-        for model, pair in (prices or {}).items():
-            if len(pair) != 2:
-                raise ValueError(f"{model!r}: give [USD per 1M input tokens, USD per 1M output tokens]")
+        for model, values in (prices or {}).items():
+            if len(values) not in (2, 3):
+                raise ValueError(f"{model!r}: give [USD per 1M input tokens, USD per 1M output tokens] "
+                                 "or [input, output, cached input]")
         return prices
 
     def urls(self) -> list[str]:
@@ -147,7 +160,10 @@ class OpenAIBackend:
 
     The API key is read from the environment variable `api_key_env` and only ever sent in the
     Authorization header. `prices` maps model -> (USD per 1M input, per 1M output tokens) and
-    extends/overrides the defaults. Retry-After is honored up to `max_wait` seconds.
+    extends/overrides the defaults (a third number prices cached input). `rpm`/`tpm` cap requests and
+    tokens a minute; a 429 with Retry-After pauses every request for that long (up to `max_wait`) and
+    does not count against `max_retries`. `max_tokens_param` is the length field chat requests start
+    with (the probe switches on a refusal). `clock` is for tests (a fake clock instead of real waiting).
     """
 
     Options = OpenAIOptions
@@ -157,12 +173,16 @@ class OpenAIBackend:
                  rpm: float | None = None, tpm: float | None = None, timeout: float = 60.0,
                  max_retries: int = 6, prices: Mapping[str, Sequence[float]] | None = None,
                  backoff: float = 0.5, max_wait: float = 60.0, probe_timeout: float = 10.0,
-                 one_token: bool = True, choose_route: str = "auto", **_: object):
+                 one_token: bool = True, choose_route: str = "auto", max_tokens_param: str = "max_tokens",
+                 clock: Clock | None = None, **_: object):
         if not model:
             raise ConfigError("openai backend: name a model, e.g. model='gpt-4o-mini'")
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_wait < 0:
             raise ConfigError("openai backend: concurrency must be >= 1, max_retries >= 0, "
                               "timeout > 0, backoff and max_wait >= 0")
+        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(f"openai backend: max_tokens_param is {max_tokens_param!r}; "
+                              "use 'max_tokens' or 'max_completion_tokens' (reasoning models)")
         urls = _base_urls(base_url)
         api_key = os.environ.get(api_key_env, "").strip() or None
         if api_key is None and any(urlsplit(u).hostname == "api.openai.com" for u in urls):
@@ -170,8 +190,13 @@ class OpenAIBackend:
                               f"set ${api_key_env}")
         self.model = model
         self._servers = [Server(u, api_key, api_key_env, timeout, concurrency) for u in urls]
-        table = {**DEFAULT_PRICES, **{k: (float(v[0]), float(v[1])) for k, v in (prices or {}).items()}}
-        self._price = price_for(model, table)
+        try:
+            self._price: Price = price_for(model, price_table(prices))
+        except ValueError as e:
+            raise ConfigError(f"openai backend: prices: {e}") from None
+        self.max_tokens_param = max_tokens_param
+        self._clock = clock or Clock()
+        self._cached = 0  # prompt tokens the provider served from its prompt cache
         self._retry = dict(max_retries=max_retries, backoff=backoff, max_wait=max_wait)
         self._probe_timeout = probe_timeout
         self._try_one_token = one_token
@@ -183,6 +208,7 @@ class OpenAIBackend:
         self._slots: asyncio.Semaphore  # these three are made with the loop, in _run
         self._rpm: RateLimiter | None
         self._tpm: RateLimiter | None
+        self._pause: Pause
         self._stats = CallStats()
         self._usage = Usage()
         self._turn = 0  # round-robin among equally loaded servers
@@ -248,7 +274,7 @@ class OpenAIBackend:
     def stats(self) -> dict[str, Any]:
         """Requests sent, retries and failures by kind, and the summed usage (tokens, USD); on vLLM servers
         also the one-token route's counts and the prefix cache's hits since the probe (from /metrics)."""
-        out = {**self._stats.to_json(), "usage": self._usage.to_json()}
+        out = {**self._stats.to_json(), "usage": self._usage.to_json(), "cached_prompt_tokens": self._cached}
         if self._info and any(i.one_token for i in self._info.values()):
             out["one_token"] = dict(self._one_token)
             cache = self._run(self._prefix_cache())
@@ -287,8 +313,9 @@ class OpenAIBackend:
             # gets fresh ones.
             concurrency, rpm, tpm = self._limits
             self._slots = asyncio.Semaphore(concurrency)
-            self._rpm = RateLimiter(rpm) if rpm else None
-            self._tpm = RateLimiter(tpm) if tpm else None
+            self._rpm = RateLimiter(rpm, self._clock) if rpm else None
+            self._tpm = RateLimiter(tpm, self._clock) if tpm else None
+            self._pause = Pause(self._clock)
             self._loop = LoopThread()
             self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._servers)
         return self._loop.run(coro)
@@ -340,6 +367,7 @@ class OpenAIBackend:
     async def _attempt(self, server: Server, path: str, payload: dict[str, Any],
                        parse: Callable[[dict[str, Any], Server], T], est_tokens: int) -> T:
         # Limits are taken before a concurrency slot so waiting on them never holds a slot.
+        await self._pause.wait()
         if self._rpm:
             await self._rpm.acquire(1)
         if self._tpm:
@@ -372,11 +400,14 @@ class OpenAIBackend:
                 raise
 
         policy = {**self._retry, **({} if max_retries is None else {"max_retries": max_retries})}
-        return await retrying(self._stats, retry_connect=retry_connect, **policy)(once)
+        return await retrying(self._stats, retry_connect=retry_connect, clock=self._clock, pause=self._pause,
+                              **policy)(once)
 
-    def _account(self, prompt_tokens: int, completion_tokens: int, started: float) -> Usage:
+    def _account(self, prompt_tokens: int, completion_tokens: int, started: float, cached: int = 0) -> Usage:
+        """A call's usage, its cached prompt tokens priced at the cached-input price."""
         usage = Usage(1, prompt_tokens, completion_tokens, time.monotonic() - started,
-                      usd(prompt_tokens, completion_tokens, self._price))
+                      usd(prompt_tokens, completion_tokens, self._price, cached))
+        self._cached += cached
         self._usage = self._usage + usage
         return usage
 
@@ -389,7 +420,7 @@ class OpenAIBackend:
     # --- generation ----------------------------------------------------------------------------
 
     def _parse_chat(self, data: dict[str, Any], server: Server,
-                    top: int = 0) -> tuple[str, str, tuple[int, int], tuple[tuple[str, float], ...]]:
+                    top: int = 0) -> tuple[str, str, tuple[int, int, int], tuple[tuple[str, float], ...]]:
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
@@ -402,7 +433,7 @@ class OpenAIBackend:
                 tops = chatroute.first_top_logprobs(choice)
             except ValueError as e:
                 raise server.malformed(self.model, str(e)) from None
-        return str(text), finish, _usage_counts(data), tops
+        return str(text), finish, (*_usage_counts(data), _cached_tokens(data)), tops
 
     async def _generate_one(self, req: GenRequest) -> GenResult:
         messages = ([{"role": r, "content": c} for r, c in req.messages]
@@ -417,11 +448,11 @@ class OpenAIBackend:
         est = sum(len(m["content"]) for m in messages) // 4 + req.max_tokens
         started = time.monotonic()
         try:
-            text, finish, (pt, ct), tops = await self._call(
+            text, finish, (pt, ct, cached), tops = await self._call(
                 "chat/completions", payload, lambda d, s: self._parse_chat(d, s, req.top_logprobs), est)
         except OpenAIRequestError as e:
             return GenResult("", "error", self._failed(e, started), error=str(e))
-        return GenResult(text, finish, self._account(pt, ct, started), top_logprobs=tops)
+        return GenResult(text, finish, self._account(pt, ct, started, cached), top_logprobs=tops)
 
     # --- log-likelihood ------------------------------------------------------------------------
 
@@ -660,7 +691,7 @@ class OpenAIBackend:
     async def _probe_chat(self, server: Server) -> tuple[str, chatroute.ChatParams]:
         """A 1-token chat completion, asked again without each parameter the server refuses by name (reasoning
         models refuse temperature and max_tokens); then the most top_logprobs it gives (0: none)."""
-        params = chatroute.ChatParams()
+        params = chatroute.ChatParams(max_tokens_key=self.max_tokens_param)  # the probe switches it if refused
         messages = [{"role": "user", "content": "Say OK."}]
         for _ in range(3):
             try:
