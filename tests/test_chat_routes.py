@@ -382,3 +382,17 @@ def test_apo_sees_unparseable_replies_as_errors(backend, tmp_path):
     # a reply that named no option is shown to the optimizer as the model's (wrong) label
     assert failed and any(f"Model's label: {out}\\n" in asks or asks.endswith(f"Model's label: {out}")
                           for out in failed - {"negative", "positive"})
+
+
+def test_chat_logprobs_results_come_back_from_the_cache(backend, tmp_path):
+    from promptopt.cache import ResponseCache
+    task = sentiment_task()
+    job = Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        b = backend(srv.url)
+        first = score_jobs(task, CachedBackend(b, ResponseCache(tmp_path / "c.sqlite")), [job])[0]
+        sent = len(srv.bodies)
+        again = score_jobs(task, CachedBackend(b, ResponseCache(tmp_path / "c.sqlite")), [job])[0]
+        assert len(srv.bodies) == sent  # all four served from the cache
+    assert [r.option_logprobs for r in again.results] == [r.option_logprobs for r in first.results]
+    assert [r.flags for r in again.results] == [r.flags for r in first.results]
