@@ -138,7 +138,7 @@ def planned(task: Task, options: Any) -> str | None:
 
 
 def describe(task: Task, backend: Backend) -> dict[str, Any]:
-    """The route facts a run records and shows (config, --dry-run, the run header)."""
+    """The route facts a run records in config.json (`scoring`)."""
     route = choose_route(backend) if task.output == "choose" else "generate"
     out: dict[str, Any] = {"route": route}
     if task.output == "choose" and route == "chat_logprobs":

@@ -396,3 +396,16 @@ def test_chat_logprobs_results_come_back_from_the_cache(backend, tmp_path):
         assert len(srv.bodies) == sent  # all four served from the cache
     assert [r.option_logprobs for r in again.results] == [r.option_logprobs for r in first.results]
     assert [r.flags for r in again.results] == [r.flags for r in first.results]
+
+
+def test_a_resume_on_a_server_that_lost_logprobs_is_refused_not_rerouted(tmp_path, capsys):
+    from promptopt.api import load_run_config, prepare
+    from promptopt.errors import ResumeError
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        assert optimize(tmp_path, srv.url) == 0
+        run = run_dir(tmp_path)
+        (run / "summary.json").unlink()  # as a run killed before its end leaves it
+        srv.logprobs_for = srv.chat_logprobs_served  # from now on the server answers without logprobs
+        with pytest.raises(ResumeError) as e:
+            prepare(load_run_config(run), resume_dir=run)
+    assert "route:chat_logprobs -> " in str(e.value) and "route:generate" in str(e.value)
