@@ -21,7 +21,8 @@ from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, Co
 from promptopt.objectives import Measurer
 from promptopt.resolved import ResolvedRun
 from promptopt.runlog import RunLog
-from promptopt.scorer import Job, score_jobs
+from promptopt.routes import check_choose
+from promptopt.scorer import Job, PromptParts, score_jobs
 from promptopt.significance import compare_paired
 from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, needs
 from promptopt.task import Task
@@ -213,8 +214,10 @@ class Run:
         return sample_demo_ids(train, k, random.Random(f"{seed}:demos"))
 
     def _check_capabilities(self) -> None:
-        if self.target is not None:
-            need = LOGLIKELIHOOD if self.task.output == "choose" else GENERATE
+        if self.target is not None and self.task.output == "choose":
+            check_choose(self.task, self.target)  # a route for it (loglikelihood or a chat route), or one line
+        elif self.target is not None:
+            need = GENERATE
             if need not in self.target.capabilities:
                 raise CapabilityError(f"task {self.task.name} needs {need} but the target model "
                                       f"({self.target.fingerprint()}) cannot provide it"
@@ -312,6 +315,10 @@ class Run:
             return 0, 0
         return count(self.task.render(prompt, self._longest)), window
 
+    def _parts(self, cand: Candidate) -> PromptParts:
+        """The candidate's pieces, for targets that take the prompt as chat messages."""
+        return PromptParts(cand.text, cand.system, tuple(self._by_id[d] for d in cand.demos), tuple(cand.demo_answers))
+
     def prompt_of(self, cand: Candidate) -> str:
         """The text that stands where the template has `{prompt}`: system prompt, instruction, demos."""
         if not cand.demos and not cand.system:
@@ -381,7 +388,8 @@ class Run:
             else:
                 live.append(i)
         jobs = [Job(reqs[i].candidate.id, self.prompt_of(reqs[i].candidate), reqs[i].split,
-                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective)
+                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective,
+                    self._parts(reqs[i].candidate))
                 for i in live]
         t0, c0 = time.perf_counter(), cache_seconds(self.target)
         try:
