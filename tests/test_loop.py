@@ -48,9 +48,51 @@ def test_budget_in_examples_stops_cleanly(tmp_path):
     s = Scripted([[c] for c in cands])
     run = make_run(s, budget=Budget(max_examples=30), run_dir=tmp_path)
     report = run.run()
-    assert run.tracker.examples == 24  # two full dev passes; the third would exceed 30
-    assert report.stop_reason.startswith("budget: examples")
+    assert run.tracker.examples == 30  # two full dev passes, then the third candidate on the 6 that are left
+    assert [len(ev.results) for (ev,) in s.told] == [12, 12, 6]
+    assert report.stop_reason == "budget: examples"
     assert not math.isnan(report.best_test)
+
+
+def test_a_step_larger_than_the_budget_is_scored_as_far_as_it_goes(tmp_path):
+    """Requests are filled in order: one is cut short (its Evaluation lists the ids scored), the ones
+    after it come back "unscored", so tell() still gets one Evaluation per request; the log says what
+    was left out, and a resume replays the same cut."""
+    a, b, c = (Candidate(f"prompt {x}") for x in "abc")
+    batches = lambda: [[ScoreRequest(a, n=8)], [ScoreRequest(b, n=8), ScoreRequest(c, n=8), ScoreRequest(a, n=2)]]
+    s = Scripted(batches())
+    run = make_run(s, budget=Budget(max_examples=11), run_dir=tmp_path)
+    report = run.run()
+    run.log.close()
+    told = s.told[1]
+    assert [ev.state for ev in told] == ["complete", "unscored", "unscored"]
+    assert len(told[0].results) == 3
+    assert [ev.candidate_id for ev in told] == [b.id, c.id, a.id]
+    assert run.tracker.examples == 11 and report.stop_reason == "budget: examples"
+    assert c.id in run.history and run.history.n_scored(c.id) == 0  # proposed, never scored
+    (note,) = [e for e in events_of(tmp_path) if e["type"] == "note" and e["kind"] == "budget.unscored"]
+    assert [(r["candidate_id"], r["scored"], len(r["unscored"])) for r in note["requests"]] == \
+        [(b.id, 3, 5), (c.id, 0, 8), (a.id, 0, 2)]
+    # Resume from the log cut after the partial step's first eval: the replay takes the same cut.
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if b'"budget.unscored"' in line) + 2
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines[:cut]))
+    again = Scripted(batches())
+    resumed = make_run(again, budget=Budget(max_examples=11), run_dir=tmp_path, resume=True)
+    assert resumed.run().best_prompt == report.best_prompt
+    assert [[(ev.state, ev.example_ids) for ev in evs] for evs in again.told] == \
+        [[(ev.state, ev.example_ids) for ev in evs] for evs in s.told]
+
+
+def test_a_harness_gets_only_the_part_of_a_step_that_fits():
+    a, b = Candidate("prompt a"), Candidate("prompt b")
+    s = Scripted([[ScoreRequest(a, n=4), ScoreRequest(b, n=4)]])
+    run = make_run(s, budget=Budget(max_examples=2))
+    reqs = run.ask()
+    assert [(r.candidate.id, len(r.example_ids)) for r in reqs] == [(a.id, 2)]
+    run.tell(run.score(reqs))
+    assert [ev.state for ev in s.told[0]] == ["complete", "unscored"]
+    assert run.ask() == [] and run.stop_reason == "budget: examples"
 
 
 def test_budget_in_optimizer_calls(tmp_path):
@@ -162,3 +204,24 @@ def test_resume_with_other_config_is_refused(tmp_path):
     other = make_run(Scripted([[Candidate("a different prompt")]]), run_dir=tmp_path, resume=True)
     with pytest.raises(ResumeError, match="original configuration"):
         other.run()
+
+
+def test_the_strategy_rng_is_its_own_stream_and_old_logs_replay_with_theirs(tmp_path):
+    """ctx.rng is Random(f"{seed}:strategy"); a log written before that (ctx.rng was Random(seed), and no
+    "run.streams" note opens the log) resumes with the stream it was made with."""
+    import random
+    from promptopt.strategies.fewshot import FewShot, FewShotConfig
+    make = lambda d, resume=False: make_run(FewShot(FewShotConfig(k=2, sets=4)), budget=Budget(max_examples=60),
+                                            seed=7, run_dir=d, resume=resume)
+    assert make(None)._ctx.rng.random() == random.Random("7:strategy").random()
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    old = make(old_dir)
+    old._choose_streams = lambda: old._rng.seed(7)  # as the loop did before the streams were split
+    full = old.run()
+    old.log.close()
+    assert not any(e.get("kind") == "run.streams" for e in events_of(old_dir))
+    lines = (old_dir / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (old_dir / "events.jsonl").write_bytes(b"".join(lines[: len(lines) // 2]))
+    resumed = make(old_dir, resume=True).run()
+    assert (resumed.best_prompt, resumed.best_demos, resumed.best_dev) == (full.best_prompt, full.best_demos, full.best_dev)
