@@ -54,7 +54,7 @@ def test_budget_in_examples_stops_cleanly(tmp_path):
     assert not math.isnan(report.best_test)
 
 
-def test_a_step_larger_than_the_budget_is_scored_as_far_as_it_goes(tmp_path):
+def test_a_step_larger_than_the_budget_is_scored_as_far_as_it_goes(tmp_path, capsys):
     """Requests are filled in order: one is cut short (its Evaluation lists the ids scored), the ones
     after it come back "unscored", so tell() still gets one Evaluation per request; the log says what
     was left out, and a resume replays the same cut."""
@@ -82,6 +82,10 @@ def test_a_step_larger_than_the_budget_is_scored_as_far_as_it_goes(tmp_path):
     assert resumed.run().best_prompt == report.best_prompt
     assert [[(ev.state, ev.example_ids) for ev in evs] for evs in again.told] == \
         [[(ev.state, ev.example_ids) for ev in evs] for evs in s.told]
+    resumed.log.close()
+    from promptopt.cli import main
+    assert main(["show", str(tmp_path)]) == 0
+    assert "examples the budget left unscored 15" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_harness_gets_only_the_part_of_a_step_that_fits():
