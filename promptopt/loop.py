@@ -182,6 +182,7 @@ class Run:
         self._pending: list[ScoreRequest] = []  # what the last ask() returned: the part of the step that fits
         self._asked: list[ScoreRequest] = []  # the strategy's requests of that step, whole
         self._kept: list[bool] = []  # per asked request: whether any of it is in _pending
+        self._legacy_log = False  # resuming a log made before the loop took in what fits (see _choose_streams)
         view = task.without_test()
         if seed_prompt:  # a user's seed prompt is where every strategy starts
             view = dataclasses.replace(view, seed_prompts=(seed_prompt, *[p for p in view.seed_prompts if p != seed_prompt]))
@@ -270,6 +271,10 @@ class Run:
             self.stop_reason = "strategy finished"
             return []
         reqs = [self._resolve(r if isinstance(r, ScoreRequest) else ScoreRequest(r)) for r in raw]
+        need, left = sum(len(r.example_ids or ()) for r in reqs), self.tracker.examples_left()
+        if self._legacy_log and left is not None and need > left:  # as that run did: a step that does not fit ends it
+            self.stop_reason = f"budget: examples (step {self.step} needs {need}, {left} left)"
+            return []
         for r in reqs:
             self._check_prompt(r.candidate)
         for r in reqs:
@@ -298,11 +303,13 @@ class Run:
         return [replace(r, example_ids=(r.example_ids or ())[:k]) for r, k, kept in zip(reqs, fit, self._kept) if kept]
 
     def _choose_streams(self) -> None:
-        """Before the first step: logs written since the run seed's jobs got separate streams open with a
-        "run.streams" note; a resumed log without one replays with the strategy stream it was made with."""
+        """Before the first step: logs written since the run seed's jobs got separate streams (and the loop
+        took in what fits) open with a "run.streams" note; a resumed log without one is replayed, and goes
+        on, as it was made: with the strategy stream Random(seed), and a step that does not fit ending it."""
         rec = self.log.peek() if self.log else None
         if rec is not None and not (rec["type"] == "note" and rec.get("kind") == "run.streams"):
             self._rng.seed(self.seed)
+            self._legacy_log = True
             return
         self._note("run.streams", strategy=f"{self.seed}:strategy")
 

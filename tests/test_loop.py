@@ -10,6 +10,8 @@ from promptopt.errors import CapabilityError, PromptOptError, ResumeError, RunSt
 from promptopt.runlog import RunLog, read_events
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import events_of, make_run
+from promptopt.task import Task
+from promptopt.testing import toy_task
 from promptopt.types import Candidate
 
 
@@ -211,21 +213,34 @@ def test_resume_with_other_config_is_refused(tmp_path):
 
 
 def test_the_strategy_rng_is_its_own_stream_and_old_logs_replay_with_theirs(tmp_path):
-    """ctx.rng is Random(f"{seed}:strategy"); a log written before that (ctx.rng was Random(seed), and no
-    "run.streams" note opens the log) resumes with the stream it was made with."""
+    """ctx.rng is Random(f"{seed}:strategy"). A log written before that (ctx.rng was Random(seed), a step
+    that did not fit ended the search, and no "run.streams" note opens the log) resumes as it was made,
+    here from a cut in its final report."""
     import random
-    from promptopt.strategies.fewshot import FewShot, FewShotConfig
-    make = lambda d, resume=False: make_run(FewShot(FewShotConfig(k=2, sets=4)), budget=Budget(max_examples=60),
-                                            seed=7, run_dir=d, resume=resume)
+    from promptopt.strategies.hill_climb import HillClimb
+    from promptopt.strategies.blocks.phrase_search import PhraseSearchConfig
+    task = toy_task()
+    task = Task(**{**task.__dict__, "seed_prompts": ("Read the text carefully, then decide whether it is good "
+                                                     "or bad and answer with one word.",)})
+    make = lambda d, resume=False: make_run(HillClimb(PhraseSearchConfig(candidates=5, steps=50, patience=None)),
+                                            task=task, budget=Budget(max_examples=100), seed=7, run_dir=d,
+                                            resume=resume)
     assert make(None)._ctx.rng.random() == random.Random("7:strategy").random()
-    old_dir = tmp_path / "old"
-    old_dir.mkdir()
-    old = make(old_dir)
-    old._choose_streams = lambda: old._rng.seed(7)  # as the loop did before the streams were split
+    old = make(tmp_path)
+
+    def as_before() -> None:  # what the loop did before the streams were split
+        old._rng.seed(7)
+        old._legacy_log = True
+    old._choose_streams = as_before
     full = old.run()
     old.log.close()
-    assert not any(e.get("kind") == "run.streams" for e in events_of(old_dir))
-    lines = (old_dir / "events.jsonl").read_bytes().splitlines(keepends=True)
-    (old_dir / "events.jsonl").write_bytes(b"".join(lines[: len(lines) // 2]))
-    resumed = make(old_dir, resume=True).run()
-    assert (resumed.best_prompt, resumed.best_demos, resumed.best_dev) == (full.best_prompt, full.best_demos, full.best_dev)
+    assert full.stop_reason.startswith("budget: examples (step") and old.tracker.examples == 96
+    events = events_of(tmp_path)
+    assert not any(e.get("kind") == "run.streams" for e in events)
+    final = next(i for i, e in enumerate(events) if e.get("phase") in ("final", "test"))
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines[:final + 1]))
+    again = make(tmp_path, resume=True)
+    resumed = again.run()
+    assert (resumed.best_prompt, resumed.best_dev, resumed.stop_reason) == (full.best_prompt, full.best_dev, full.stop_reason)
+    assert again.tracker.examples == 96
