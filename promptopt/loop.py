@@ -374,7 +374,8 @@ class Run:
             self._record(ev, search=True)
         # One Evaluation per request the strategy made: those the budget left out come back "unscored".
         scored = iter(evals)
-        whole = [next(scored) if kept else Evaluation(r.candidate.id, r.split, (), state="unscored", objective=r.objective)
+        whole = [next(scored) if kept else
+                 Evaluation(r.candidate.id, r.split, (), state="unscored", objective=r.objective)
                  for r, kept in zip(self._asked, self._kept)]
         self._pending, self._asked, self._kept = [], [], []
         self.strategy.tell(self._ctx, whole)
