@@ -7,10 +7,9 @@ import pytest
 from promptopt import registry
 from promptopt.budget import Budget
 from promptopt.config import strategy_config
-from promptopt.testing import toy_task
-from promptopt.testing.contracts import check_every_budget
+from promptopt.testing import check_every_budget, toy_task
 
-# Settings a strategy needs to run here at all: RLPrompt's policy is a local model (the tiny one).
+# RLPrompt needs its policy, a local model: the tiny one, small enough to run in seconds.
 NEEDED = {"rlprompt": lambda tiny: {"policy_model": str(tiny), "prompt_length": 3, "adapter_hidden": 32,
                                     "prompts_per_step": 4, "examples_per_reward": 4}}
 
