@@ -18,7 +18,7 @@ from promptopt.cache import default_cache_path
 from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
 from promptopt.data import test_sample
 from promptopt.errors import CapabilityError, ConfigError
-from promptopt.strategy import Strategy, StrategyConfig, needs
+from promptopt.strategy import Strategy, StrategyConfig, check_task, needs
 from promptopt.task import Task
 from promptopt.task_from_examples import IN_MEMORY
 
@@ -156,9 +156,7 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
     if task is None:
         task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     warn_reused_splits(task)
-    check_task = getattr(strategy, "check_task", None)  # settings the task cannot carry: refused before any model loads
-    if callable(check_task):
-        check_task(task.without_test())
+    check_task(strategy, task.without_test())  # settings the task cannot carry: refused before any model loads
     optimizer = optimizer_config(strategy_cls, cfg)
     return ResolvedRun(
         task=task, strategy=strategy, strategy_config=settings, strategy_name=cfg.strategy,
