@@ -6,7 +6,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -15,9 +14,13 @@ from promptopt.budget import Budget
 from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
 from promptopt.objectives import check_objectives, check_weights
+from promptopt.paths import has_password, read_text, redact
 
-NONE_MODEL = "none"
-
+NONE_MODEL = "none"  # --optimizer-model none / optimize(optimizer_model="none"): no optimizer LLM
+# The budget's limits by short name (--budget examples=500,calls=40), written once:
+# short name -> (Budget field, how the dry-run plan names it).
+BUDGET_LIMITS = {"examples": ("max_examples", "examples"), "calls": ("max_optimizer_calls", "optimizer calls"),
+                 "tokens": ("max_tokens", "tokens"), "seconds": ("max_seconds", "seconds"), "usd": ("max_usd", "USD")}
 
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.I)
 
@@ -38,24 +41,11 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{key!r} looks like a secret; put it in an environment variable and "
                                  f"name that variable instead (e.g. api_key_env=MY_KEY_VAR)")
             for text in value if isinstance(value, list) else [value]:
-                if isinstance(text, str) and _url_password(text):
-                    raise ValueError(f"{key!r} has a password in its URL ({_redacted(text)}); URLs are saved "
+                if isinstance(text, str) and has_password(text):
+                    raise ValueError(f"{key!r} has a password in its URL ({redact(text)}); URLs are saved "
                                      "with the run and printed: put the key in an environment variable and "
                                      "name it with api_key_env")
         return options
-
-
-def _url_password(text: str) -> bool:
-    try:
-        return bool(urlsplit(text).password)
-    except ValueError:
-        return False
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                          + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 class RunConfig(BaseModel):
@@ -74,6 +64,7 @@ class RunConfig(BaseModel):
     strategy: str = "paraphrase"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     target: ModelConfig = Field(default_factory=ModelConfig)
+    # The optimizer is the target model unless named: see _optimizer_defaults_to_the_target.
     optimizer: ModelConfig | None = Field(default_factory=ModelConfig)
     budget: Budget = Field(default_factory=Budget)
     seed: int = Field(0, strict=True)  # `--set seed=true` is not seed 1
@@ -91,6 +82,24 @@ class RunConfig(BaseModel):
     # Run objectives (promptopt/objectives.py): what the final report chooses by; ["task"] = as always.
     objectives: list[str] = Field(default_factory=lambda: ["task"])
     objective_weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_defaults_to_the_target(cls, data: Any) -> Any:
+        """The one place the rule is written: the optimizer's backend and model, each unless named, are
+        the target's (`optimizer = None` or --optimizer-model none: no optimizer LLM)."""
+        if not isinstance(data, dict):
+            return data
+        optimizer = data.get("optimizer", {})
+        if optimizer is None or isinstance(optimizer, ModelConfig) or not isinstance(optimizer, dict):
+            return data  # none, already whole, or not a section (validation says so)
+        target = data.get("target") or {}
+        if isinstance(target, ModelConfig):
+            target = target.model_dump()
+        if not isinstance(target, dict):
+            return data
+        named = {k: target[k] for k in ("backend", "model") if k in target}
+        return {**data, "optimizer": {**named, **optimizer}}
 
     @field_validator("objectives")
     @classmethod
@@ -155,12 +164,10 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    text = read_text(p, "config file")  # a device or FIFO is refused, not read forever
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 

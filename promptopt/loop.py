@@ -12,23 +12,25 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
-from promptopt.budget import Budget, BudgetTracker
+from promptopt.budget import BudgetTracker
 from promptopt.callbacks import Dispatcher
 from promptopt.data import test_sample
 from promptopt.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
                               RunStopped)
 from promptopt.objectives import Measurer
+from promptopt.resolved import ResolvedRun
 from promptopt.runlog import RunLog
 from promptopt.routes import check_choose
 from promptopt.scorer import Job, PromptParts, score_jobs
 from promptopt.significance import compare_paired
-from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, Strategy, needs
+from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, check_task, needs
 from promptopt.task import Task
 from promptopt.timing import Timings, cache_seconds
 from promptopt.types import Candidate, Evaluation, Example, Usage
 
 log = logging.getLogger("promptopt")
+TOO_LONG = "shorten the prompt"  # what every backend's error for a request over the model's window says
 
 
 @dataclass
@@ -104,9 +106,7 @@ class _OptimizerChannel:
                 results = [GenResult("", "error", Usage(), str(e)) for _ in reqs]
             finally:
                 run.timings.add("optimizer_generation", time.perf_counter() - t0, cache_seconds(self._backend) - c0)
-        usage = sum((r.usage for r in results), Usage())
-        run.tracker.optimizer_calls += len(reqs)
-        run.tracker.optimizer = run.tracker.optimizer + usage
+        run.tracker.record_optimizer_call(len(reqs), sum((r.usage for r in results), Usage()))
         if run.log:
             run.log.emit("optimizer_call", step=run.step, purpose=purpose,
                          requests=[_gen_req_json(r) for r in reqs],
@@ -145,12 +145,14 @@ class Run:
     """One optimization run. Use `run()` for the whole loop, or `step()` / `ask()` + `tell()` to drive it
     from an evaluation harness that scores prompts itself."""
 
-    def __init__(self, *, task: Task, strategy: Strategy, target: Backend | None, optimizer: Backend | None,
-                 budget: Budget | None = None, seed: int = 0, log: RunLog | None = None,
-                 seed_prompt: str | None = None, final_top_k: int = 3, max_failures: int = 20,
-                 test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None,
-                 demos: int = 0, callbacks: Sequence[Any] = (), objectives: Sequence[str] = ("task",),
-                 objective_weights: Any = None):
+    def __init__(self, resolved: ResolvedRun, *, target: Backend | None, optimizer: Backend | None,
+                 log: RunLog | None = None, on_step: Callable[["Run"], None] | None = None,
+                 callbacks: Sequence[Any] = ()):
+        """`resolved`: what to run (promptopt.resolved: from a RunConfig, or built in Python); `target` and
+        `optimizer`: the backends built from its specs (or the caller's own)."""
+        task, strategy, seed, seed_prompt, demos = (resolved.task, resolved.strategy, resolved.seed,
+                                                    resolved.prompt, resolved.demos)
+        self.resolved = resolved
         self.task = task
         self.strategy = strategy
         self.target = target
@@ -158,13 +160,13 @@ class Run:
         self.seed = seed
         self.log = log
         # Wall time is not replayable: the recorded run passed its time checks, so replay skips them.
-        self.tracker = BudgetTracker(budget or Budget(), replaying=lambda: self.log is not None and self.log.replaying)
+        self.tracker = BudgetTracker(resolved.budget, replaying=lambda: self.log is not None and self.log.replaying)
         self.history = History()
         self.step = 0
-        self.seed_prompt = seed_prompt or task.seed_prompts[0]
-        self.final_top_k = final_top_k
-        self.max_failures = max_failures
-        self.test_limit = test_limit
+        self.seed_prompt = resolved.seed_prompt
+        self.final_top_k = resolved.final_top_k
+        self.max_failures = resolved.max_failures
+        self.test_limit = resolved.test_limit
         self.on_step = on_step
         self.callbacks = Dispatcher(callbacks)  # promptopt/callbacks.py: events and stop conditions
         self._best_dev = -math.inf
@@ -172,7 +174,9 @@ class Run:
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
         self.timings = Timings()  # wall time by part, this session only; never logged as events
         self.stop_reason = ""
-        self._rng = random.Random(seed)
+        # The strategy's own stream, apart from the seed's other jobs (docs/architecture.md, "The run seed's
+        # jobs"); a log from before the split replays with the old one (see _choose_streams).
+        self._rng = random.Random(f"{seed}:strategy")
         # A fixed per-run order of each split: "n more unseen examples" walks it.
         self._order = {s: _shuffled(task.split(s), random.Random(f"{seed}:{s}")) for s in ("train", "dev")}
         self._by_id = {ex.id: ex for s in ("train", "dev") for ex in task.split(s)}
@@ -180,7 +184,10 @@ class Run:
         # `demos=K`: every strategy starts from the seed prompt with K train demos (drawn once, label-balanced).
         self.seed_demos = self._seed_demos(task, demos, seed)
         self._window_checked: set[str] = set()
-        self._pending: list[ScoreRequest] = []
+        self._pending: list[ScoreRequest] = []  # what the last ask() returned: the part of the step that fits
+        self._asked: list[ScoreRequest] = []  # the strategy's requests of that step, whole
+        self._kept: list[bool] = []  # per asked request: whether any of it is in _pending
+        self._legacy_log = False  # resuming a log made before the loop took in what fits (see _choose_streams)
         view = task.without_test()
         if seed_prompt:  # a user's seed prompt is where every strategy starts
             view = dataclasses.replace(view, seed_prompts=(seed_prompt, *[p for p in view.seed_prompts if p != seed_prompt]))
@@ -188,16 +195,14 @@ class Run:
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note, seed_demos=self.seed_demos)
-        self.objectives = self._measurer(objectives, objective_weights)  # None: the task metric only
+        self.objectives = self._measurer(resolved.objectives, resolved.objective_weights)  # None: the task metric only
         self._ctx.objectives = self.objectives if self.objectives is not None and self.objectives.weighted else None
         self._check_capabilities()
         n, window = self._tokens(self.seed_prompt)
         if n > window:  # every evaluation would fail: refuse before any model call
             raise ConfigError(f"the seed prompt with the longest example comes to {n} tokens, over the model's "
                               f"window of {window}; shorten the prompt")
-        check_task = getattr(strategy, "check_task", None)  # optional: refuse a task it cannot search
-        if callable(check_task):
-            check_task(self._ctx.task)
+        check_task(strategy, self._ctx.task)  # a strategy may refuse a task it cannot search
 
     # -- setup --
     @staticmethod
@@ -260,6 +265,8 @@ class Run:
         if spent:
             self.stop_reason = f"budget: {spent}"
             return []
+        if self.step == 0:
+            self._choose_streams()
         self.step += 1
         self._ctx.step = self.step
         try:
@@ -271,9 +278,8 @@ class Run:
             self.stop_reason = "strategy finished"
             return []
         reqs = [self._resolve(r if isinstance(r, ScoreRequest) else ScoreRequest(r)) for r in raw]
-        need = sum(len(r.example_ids or ()) for r in reqs)
-        left = self.tracker.examples_left()
-        if left is not None and need > left:
+        need, left = sum(len(r.example_ids or ()) for r in reqs), self.tracker.examples_left()
+        if self._legacy_log and left is not None and need > left:  # as that run did: a step that does not fit ends it
             self.stop_reason = f"budget: examples (step {self.step} needs {need}, {left} left)"
             return []
         for r in reqs:
@@ -283,8 +289,36 @@ class Run:
                 rec = self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
                 _check_recorded_candidate(rec, self.log.path)
                 self.callbacks.emit("on_candidate", self, r.candidate, accepted=True)
-        self._pending = reqs
-        return reqs
+        self._asked = reqs
+        self._pending = self._fitting(reqs)
+        return self._pending
+
+    def _fitting(self, reqs: list[ScoreRequest]) -> list[ScoreRequest]:
+        """The part of a step the example budget pays for. Requests are filled in order, each with a prefix
+        of its example ids, so one request may be scored in part (its Evaluation lists the ids that were
+        scored) and the ones after it not at all (tell() hands the strategy an "unscored" Evaluation for
+        each). Partial scoring uses the last examples of a budget rather than leaving them; the cut depends
+        only on the requests and the examples spent, so a resumed run replays the same one."""
+        sizes = [len(r.example_ids or ()) for r in reqs]
+        fit = self.tracker.fit(sizes)
+        self._kept = [k > 0 or n == 0 for k, n in zip(fit, sizes)]
+        if fit == sizes:
+            return reqs
+        cut = [{"candidate_id": r.candidate.id, "split": r.split, "objective": r.objective, "scored": k,
+                "unscored": list((r.example_ids or ())[k:])} for r, k, n in zip(reqs, fit, sizes) if k < n]
+        self._note("budget.unscored", requests=cut)  # what the budget left out, for `show` and resume
+        return [replace(r, example_ids=(r.example_ids or ())[:k]) for r, k, kept in zip(reqs, fit, self._kept) if kept]
+
+    def _choose_streams(self) -> None:
+        """Before the first step: logs written since the run seed's jobs got separate streams (and the loop
+        took in what fits) open with a "run.streams" note; a resumed log without one is replayed, and goes
+        on, as it was made: with the strategy stream Random(seed), and a step that does not fit ending it."""
+        rec = self.log.peek() if self.log else None
+        if rec is not None and not (rec["type"] == "note" and rec.get("kind") == "run.streams"):
+            self._rng.seed(self.seed)
+            self._legacy_log = True
+            return
+        self._note("run.streams", strategy=f"{self.seed}:strategy")
 
     def _check_prompt(self, cand: Candidate) -> None:
         """Demos come from train only, and a demo set that overflows the model's window is refused
@@ -349,8 +383,13 @@ class Run:
             raise PromptOptError(f"tell() got {len(evals)} evaluations for {len(self._pending)} requests")
         for ev in evals:
             self._record(ev, search=True)
-        self._pending = []
-        self.strategy.tell(self._ctx, list(evals))
+        # One Evaluation per request the strategy made: those the budget left out come back "unscored".
+        scored = iter(evals)
+        whole = [next(scored) if kept else
+                 Evaluation(r.candidate.id, r.split, (), state="unscored", objective=r.objective)
+                 for r, kept in zip(self._asked, self._kept)]
+        self._pending, self._asked, self._kept = [], [], []
+        self.strategy.tell(self._ctx, whole)
         if self.callbacks:
             ranked = self.history.ranked("dev")
             if ranked and ranked[0][1] > self._best_dev:
@@ -363,8 +402,7 @@ class Run:
         if self.objectives is not None:
             self.objectives.record(ev)
         if search:
-            self.tracker.examples += len(ev.results) if ev.state == "complete" else 0
-            self.tracker.target = self.tracker.target + ev.usage
+            self.tracker.record_evaluation(ev)
         if ev.state == "failed":
             self.failures += 1
             log.warning("evaluation of %s failed: %s", ev.candidate_id, ev.error)
@@ -392,7 +430,8 @@ class Run:
             evals = score_jobs(self.task, self.target, jobs)
         finally:
             self.timings.add("target_scoring", time.perf_counter() - t0, cache_seconds(self.target) - c0)
-        self._stop_if_failing([e for e in out if e is not None] + evals, phase)
+        done_reqs = [r for r, e in zip(reqs, out) if e is not None] + [reqs[i] for i in live]
+        self._stop_if_failing([e for e in out if e is not None] + evals, phase, done_reqs)
         for i, ev in zip(live, evals):
             out[i] = ev
             if self.log:
@@ -403,18 +442,37 @@ class Run:
             self.callbacks.emit("on_evaluation", self, ev, phase=phase)
         return done
 
-    def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str) -> None:
-        """Failed evaluations are data, but a run mostly made of them is no result: stop before logging
-        the batch that reaches max_failures, or a final/test evaluation in which every example failed (the
-        report would have no score), so a resume redoes it live."""
+    def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str, reqs: Sequence[ScoreRequest]) -> None:
+        """Failed evaluations are data during the search, but a run mostly made of them is no result: stop
+        before logging the batch that reaches max_failures. In the final dev or test report any failed example
+        stops the run (a report with missing scores is no result), so a resume redoes that batch live."""
         failed = [ev for ev in batch if ev.state == "failed"]
+        self._refuse_a_seed_too_long(batch, reqs)
+        if failed and phase != "search":
+            # A batch-wide error leaves no per-example results: all of that request's examples failed.
+            bad = sum(sum(1 for r in ev.results if r.error) if ev.results else len(req.example_ids or ())
+                      for ev, req in zip(batch, reqs) if ev.state == "failed")
+            total = sum(len(req.example_ids or ()) for req in reqs)
+            where = {"final": "final dev report", "test": "final test report"}.get(phase, f"{phase} report")
+            raise RunStopped(f"{bad} of {total} examples failed in the {where}, which needs a score for every "
+                             f"one; the last error: {failed[-1].error}")
         total = self.failures + len(failed)
-        dead = [ev for ev in failed if all(r.error for r in ev.results)]  # no results: a batch-wide error
-        if dead and phase != "search":
-            raise RunStopped(f"an evaluation for the {phase} report failed: {dead[-1].error}")
         if failed and total >= self.max_failures:
             raise RunStopped(f"{total} evaluations failed (max_failures={self.max_failures}); "
                              f"the last: {failed[-1].error}")
+
+    def _refuse_a_seed_too_long(self, batch: Sequence[Evaluation], reqs: Sequence[ScoreRequest]) -> None:
+        """The seed prompt over the model's window with a dev or test example (on an API model, which cannot
+        count tokens before the run, the server says so at its first evaluation) makes the final report
+        impossible, and no retry or resume can change that: bad input (exit 2), not a resumable stop."""
+        for ev, req in zip(batch, reqs):
+            if ev.state != "failed" or req.candidate.text != self.seed_prompt or req.split == "train":
+                continue
+            errors = [r.error for r in ev.results if r.error] or [ev.error or ""]
+            if all(TOO_LONG in e for e in errors):
+                raise ConfigError(f"the seed prompt does not fit the model's window with {len(errors)} of the "
+                                  f"{len(req.example_ids or ())} {req.split} examples it was scored on: "
+                                  f"{errors[0]}; no resume can fix that: shorten the prompt and start a new run")
 
     def _example(self, split: str, example_id: str) -> Example:
         if split == "test":

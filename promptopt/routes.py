@@ -56,7 +56,7 @@ def check_choose(task: Task, backend: Backend) -> str:
     clash = next(((task.options[i], task.options[j]) for i in range(len(keys)) for j in range(i + 1, len(keys))
                   if keys[i] == keys[j]), None)
     if clash or not all(keys):
-        shown = f"{clash[0]!r} and {clash[1]!r} read the same" if clash else "an option has no letters or digits"
+        shown = f"{clash[0]!r} and {clash[1]!r} read the same" if clash else "an option is empty"
         raise ConfigError(f"task {task.name}: the {route} route cannot tell its options apart ({shown}); "
                           "make the options distinct words")
     return route
@@ -138,7 +138,7 @@ def planned(task: Task, options: Any) -> str | None:
 
 
 def describe(task: Task, backend: Backend) -> dict[str, Any]:
-    """The route facts a run records and shows (config, --dry-run, the run header)."""
+    """The route facts a run records in config.json (`scoring`)."""
     route = choose_route(backend) if task.output == "choose" else "generate"
     out: dict[str, Any] = {"route": route}
     if task.output == "choose" and route == "chat_logprobs":

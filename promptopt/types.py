@@ -162,7 +162,8 @@ class Evaluation:
     candidate_id: str
     split: str
     results: tuple[ExampleResult, ...]
-    state: Literal["complete", "failed"] = "complete"
+    # "unscored": the budget ran out before this request (see Run.ask); no results, no information.
+    state: Literal["complete", "failed", "unscored"] = "complete"
     error: str | None = None
     usage: Usage = Usage()
     objective: Objective = "task"

@@ -3,6 +3,7 @@ and odd servers, against promptopt's own OpenAI-compatible server (real HTTP on 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from promptopt import routes
-from promptopt.backends.base import GenRequest
+from promptopt.backends.base import GenRequest, LLRequest
 from promptopt.backends.openai import onetoken
 from promptopt.backends.openai.backend import OpenAIBackend
 from promptopt.backends.openai.chat import ChatParams, first_top_logprobs
@@ -22,7 +23,6 @@ from promptopt.registry import get
 from promptopt.scorer import Job, PromptParts, score_jobs
 from promptopt.task import Task
 from promptopt.testing import make_run
-from promptopt.testing.contracts import toy_task
 from promptopt.testing.openai_server import FakeOpenAIServer, pick_logprobs
 from promptopt.types import Example
 
@@ -178,17 +178,12 @@ def test_generate_route_matches_replies_and_counts_format_failures(backend):
 
 @pytest.mark.parametrize("server", [dict(bad_utf8=True), dict(preamble="I think the answer is ")])
 def test_unreadable_or_cut_replies_are_format_failures_not_crashes(server, backend):
-    task = dataclasses_replace(sentiment_task(), max_tokens=3)
+    task = dataclasses.replace(sentiment_task(), max_tokens=3)
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60, **server) as srv:
         b = backend(srv.url, choose_route="generate")
         (ev,) = score_jobs(task, b, [Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))])
     assert ev.state == "complete"
     assert all(r.score == 0.0 and "format_failure" in r.flags for r in ev.results)
-
-
-def dataclasses_replace(task: Task, **kw) -> Task:
-    import dataclasses
-    return dataclasses.replace(task, **kw)
 
 
 def test_logprobs_that_vanish_mid_run_are_counted_never_rerouted(backend):
@@ -225,7 +220,7 @@ def test_match_option_rules():
 
 
 def test_options_the_route_cannot_tell_apart_are_refused_at_start(backend):
-    task = dataclasses_replace(sentiment_task(), options=(" Yes", " yes."))
+    task = dataclasses.replace(sentiment_task(), options=(" Yes", " yes."))
     hill_climb = get("strategies", "hill_climb")
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
         with pytest.raises(ConfigError) as e:
@@ -244,7 +239,7 @@ def test_messages_put_system_demos_and_query_in_their_places():
                      ("user", "Review: dull and long\nSentiment:"), ("assistant", "negative"),
                      ("user", "Review: loved every minute\nSentiment:"), ("assistant", "positive"),
                      ("user", "Rate it.\nAnswer with one of: x.\nReview: a fine film\nSentiment:"))
-    inline = dataclasses_replace(task, chat_demos="inline").messages("Rate it.", ex, (d1,))
+    inline = dataclasses.replace(task, chat_demos="inline").messages("Rate it.", ex, (d1,))
     assert inline == (("user", "Rate it.\n\nReview: dull and long\nSentiment: negative\n\nReview: a fine film\nSentiment:"),)
 
 
@@ -260,7 +255,7 @@ def test_the_run_sends_a_candidates_demos_as_turns(backend):
 
 
 def test_no_answer_line_when_the_template_names_the_options(backend):
-    task = dataclasses_replace(sentiment_task(), template="{prompt}\nReview: {input}\nNegative or positive?")
+    task = dataclasses.replace(sentiment_task(), template="{prompt}\nReview: {input}\nNegative or positive?")
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
         (ev,) = score_jobs(task, backend(srv.url), [Job("c", "Rate it.", "dev", (task.splits["dev"][0],))])
         sent = srv.bodies[-1]["messages"][-1]["content"]
@@ -296,7 +291,6 @@ def test_a_lying_one_token_route_is_caught_at_the_probe_and_echo_scores(lie, bac
     with FakeOpenAIServer("test-model", vllm=True, lie=lie, max_lifetime=60) as srv:
         b = backend(srv.url, model="test-model")
         assert b.choose_route == "loglikelihood"
-        from promptopt.backends.base import LLRequest
         r = b.loglikelihood([LLRequest("The quick brown fox", " jumps")])[0]
         assert r.error is None and math.isfinite(r.logprob)
         assert "one_token" not in b.stats  # scored by echo
@@ -353,3 +347,66 @@ def test_show_and_report_give_the_format_failure_rate(tmp_path, capsys):
     assert f"scoring route generate · format failures {failed}/{len(results(run))}" in capsys.readouterr().out
     assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
     assert f"format failures {failed}/" in (tmp_path / "report.html").read_text()
+
+
+def test_a_429_storm_on_the_chat_route_is_retried_and_the_route_kept(backend):
+    from promptopt.testing.faultproxy import FaultProxy
+    task = sentiment_task()
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv, \
+            FaultProxy(srv.url, retry_after=0.01, max_lifetime=60) as proxy:
+        b = backend(proxy.url, max_retries=6)
+        assert b.choose_route == "chat_logprobs"
+        proxy.queue(*["429"] * 8)  # every scoring request is refused at first
+        (ev,) = score_jobs(task, b, [Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))])
+    assert ev.state == "complete" and all(r.option_logprobs for r in ev.results)
+    assert proxy.injected["429"] == 8 and b.stats["retries_by_kind"]["http_429"] == 8
+    assert b.choose_route == "chat_logprobs"
+
+
+def test_apo_sees_unparseable_replies_as_errors(backend, tmp_path):
+    from promptopt.budget import Budget
+    from promptopt.loop import Run
+    from promptopt.resolved import ResolvedRun
+    from promptopt.runlog import RunLog, new_run_dir
+    from promptopt.testing.contracts import fake_optimizer
+    apo = get("strategies", "apo")
+    task = sentiment_task()
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        target = CachedBackend(backend(srv.url, choose_route="generate"), None)
+        resolved = ResolvedRun(task=task, strategy=apo(strategy_config(apo, {"rounds": 1})), budget=Budget(max_examples=40))
+        run = Run(resolved, target=target, optimizer=fake_optimizer(), log=RunLog(new_run_dir(tmp_path, {})))
+        run.run()
+    events = [json.loads(line) for line in (run.log.dir / "events.jsonl").read_text().splitlines()]
+    failed = {r["output"] for e in events if e["type"] == "eval" for r in e.get("results", ())
+              if "format_failure" in r.get("flags", ())}
+    asks = " ".join(json.dumps(e["requests"]) for e in events if e["type"] == "optimizer_call")
+    # a reply that named no option is shown to the optimizer as the model's (wrong) label
+    assert failed and any(f"Model's label: {out}\\n" in asks or asks.endswith(f"Model's label: {out}")
+                          for out in failed - {"negative", "positive"})
+
+
+def test_chat_logprobs_results_come_back_from_the_cache(backend, tmp_path):
+    from promptopt.cache import ResponseCache
+    task = sentiment_task()
+    job = Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        b = backend(srv.url)
+        first = score_jobs(task, CachedBackend(b, ResponseCache(tmp_path / "c.sqlite")), [job])[0]
+        sent = len(srv.bodies)
+        again = score_jobs(task, CachedBackend(b, ResponseCache(tmp_path / "c.sqlite")), [job])[0]
+        assert len(srv.bodies) == sent  # all four served from the cache
+    assert [r.option_logprobs for r in again.results] == [r.option_logprobs for r in first.results]
+    assert [r.flags for r in again.results] == [r.flags for r in first.results]
+
+
+def test_a_resume_on_a_server_that_lost_logprobs_is_refused_not_rerouted(tmp_path, capsys):
+    from promptopt.api import load_run_config, prepare
+    from promptopt.errors import ResumeError
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        assert optimize(tmp_path, srv.url) == 0
+        run = run_dir(tmp_path)
+        (run / "summary.json").unlink()  # as a run killed before its end leaves it
+        srv.logprobs_for = srv.chat_logprobs_served  # from now on the server answers without logprobs
+        with pytest.raises(ResumeError) as e:
+            prepare(load_run_config(run), resume_dir=run)
+    assert "route:chat_logprobs -> " in str(e.value) and "route:generate" in str(e.value)

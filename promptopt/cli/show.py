@@ -52,7 +52,8 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
         steps.add_row(str(s), fmt(b), str(n))
     console.print(steps)
     console.print(f"candidates {len(view.candidates)} · optimizer calls {view.optimizer_calls} · "
-                  f"rejected proposals {view.rejected}")
+                  f"rejected proposals {view.rejected}"
+                  + (f" · examples the budget left unscored {view.unscored}" if view.unscored else ""))
     route = route_line(view.events)
     if route:
         console.print(escape(route))

@@ -60,6 +60,13 @@ class _ServerInfo:
     chat_params: chatroute.ChatParams = chatroute.ChatParams()  # what its chat route accepts
 
 
+def _serves(info: _ServerInfo, route: str) -> bool:
+    """Whether the server can score choose tasks by `route` (promptopt/routes.py)."""
+    if route == "loglikelihood":
+        return info.ll_max_tokens is not None
+    return info.chat_error is None and (route == "generate" or info.chat_params.top_logprobs > 0)
+
+
 def _base_urls(base_url: str | Sequence[str] | None) -> list[str]:
     if base_url is None:
         base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
@@ -241,16 +248,11 @@ class OpenAIBackend:
         """How a choose task is scored here (promptopt/routes.py): the forced route, else the best that every
         server serves (loglikelihood, then chat_logprobs, then generate)."""
         info = self._checked().values()
-        can = {"loglikelihood": all(i.ll_max_tokens is not None for i in info),
-               "chat_logprobs": all(i.chat_error is None and i.chat_params.top_logprobs for i in info),
-               "generate": all(i.chat_error is None for i in info)}
         if self._forced_route is None:
-            return next((r for r in chatroute.ROUTES if can[r]), "loglikelihood")
-        if not can[self._forced_route]:
-            bad = next(i for i in info if not {"loglikelihood": i.ll_max_tokens is not None,
-                                                "chat_logprobs": bool(i.chat_params.top_logprobs),
-                                                "generate": i.chat_error is None}[self._forced_route])
-            why = {"loglikelihood": bad.ll_error, "chat_logprobs": bad.chat_params.logprobs_error or bad.chat_error,
+            return next((r for r in chatroute.ROUTES if all(_serves(i, r) for i in info)), "loglikelihood")
+        bad = next((i for i in info if not _serves(i, self._forced_route)), None)
+        if bad is not None:
+            why = {"loglikelihood": bad.ll_error, "chat_logprobs": bad.chat_error or bad.chat_params.logprobs_error,
                    "generate": bad.chat_error}[self._forced_route]
             raise CapabilityError(f"openai backend at {bad.url} (model {self.model!r}) cannot serve choose_route="
                                   f"{self._forced_route} ({why}); use backend.choose_route=auto")
@@ -714,6 +716,9 @@ class OpenAIBackend:
                     retry_connect=False, max_retries=min(_PROBE_LL_RETRIES, self._retry["max_retries"]))
             except OpenAIRequestError as e:
                 error = e.detail
+                if e.retryable:  # not a refusal: say so, as choose tasks then take the generate route
+                    log.warning("openai backend at %s: the chat logprobs probe failed (%s); choose tasks will be "
+                                "scored by generation unless backend.choose_route says otherwise", server.url, error)
                 if e.fatal or e.kind not in ("http_400", "http_422") or not chatroute.names(e.detail, "top_logprobs"):
                     break  # logprobs refused outright, or a server error: not worth a smaller k
                 continue
