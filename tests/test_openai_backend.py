@@ -745,3 +745,34 @@ def test_pause_holds_every_waiter_until_the_latest_hold():
         return list(await asyncio.gather(pause.wait(), pause.wait()))
     assert asyncio.run(run()) == [2.0, 2.0] and clock.time == 2.0
     assert asyncio.run(pause.wait()) == 0.0  # over: no wait
+
+
+def test_chat_prompts_put_the_shared_prefix_first_so_the_provider_cache_reads_it():
+    # A candidate's system prompt, demos and instruction come before the example in the chat messages, so
+    # every example after the first reads them from the provider's prompt cache, at the cached-input price.
+    from promptopt.scorer import Job, PromptParts, score_jobs
+    from promptopt.task import Task
+    from promptopt.types import Example
+
+    rows = [("a fine film", 1), ("dull and long", 0), ("loved every minute", 1), ("a mess", 0),
+            ("quietly moving", 1), ("too loud by half", 0), ("a small joy", 1), ("nothing works", 0)]
+    exs = tuple(Example(f"e{i}", t, ["negative", "positive"][y], label=y) for i, (t, y) in enumerate(rows))
+    task = Task(name="senti", splits={"train": exs, "dev": exs}, template="{prompt}\nReview: {input}\nSentiment:",
+                output="choose", options=(" negative", " positive"), seed_prompts=("Rate the review.",))
+    parts = PromptParts("Rate the sentiment of the review.", system="You are a careful annotator of film reviews.",
+                        demos=exs[:2])
+    queries = exs[2:]
+    with FakeOpenAIServer(MODEL, chat_only=True, prompt_cache=4, max_lifetime=60) as srv:
+        b = make(srv.url, concurrency=1, prices={MODEL: [1.0, 1.0, 0.25]})  # one at a time: the first fills the cache
+        ev, = score_jobs(task, b, [Job("c", parts.instruction, "dev", queries, parts=parts)])
+        assert b.choose_route == "chat_logprobs" and all(r.error is None for r in ev.results)
+        sent = [x["messages"] for x in srv.bodies if x.get("messages") and "Review:" in x["messages"][-1]["content"]]
+        stats = b.stats
+        b.close()
+    assert len(sent) == len(queries) and [m["role"] for m in sent[0][:-1]] == ["system", "user", "assistant",
+                                                                             "user", "assistant"]
+    before_query = sum(len(tokenize(m["content"])) for m in sent[0][:-1])  # system and demo turns
+    assert srv.cached_tokens >= (len(queries) - 1) * (before_query // 4 * 4) > 0
+    assert stats["cached_prompt_tokens"] == srv.cached_tokens
+    full = usd(ev.usage.prompt_tokens, ev.usage.completion_tokens, (1.0, 1.0))
+    assert ev.usage.usd == pytest.approx(full - srv.cached_tokens * 0.75 / 1e6)
