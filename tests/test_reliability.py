@@ -200,11 +200,11 @@ def test_startup_probe_has_its_own_deadline_and_says_what_it_waits_for():
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
     backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", probe_timeout=0.5)
-    started = time.monotonic()
     try:
+        # Only the probe's own deadline says this; without it the request would wait out timeout (60 s).
         with pytest.raises(BackendError, match=r"no answer within 0.5s to the start-up probe \(a 1-token chat") as e:
             backend.check()
-        assert e.value.fatal and time.monotonic() - started < 5
+        assert e.value.fatal
     finally:
         backend.close()
         listener.close()
