@@ -11,7 +11,7 @@ from rich.table import Table
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
 from promptopt.cli.render import PARTIAL, fmt, short, significance_line
-from promptopt.routes import route_line
+from promptopt.scoring.routes import route_line
 from promptopt.runlog import load_run
 
 
