@@ -750,7 +750,7 @@ def test_pause_holds_every_waiter_until_the_latest_hold():
 def test_chat_prompts_put_the_shared_prefix_first_so_the_provider_cache_reads_it():
     # A candidate's system prompt, demos and instruction come before the example in the chat messages, so
     # every example after the first reads them from the provider's prompt cache, at the cached-input price.
-    from promptopt.scorer import Job, PromptParts, score_jobs
+    from promptopt.scoring.scorer import Job, PromptParts, score_jobs
     from promptopt.task import Task
     from promptopt.types import Example
 
