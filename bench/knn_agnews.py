@@ -17,11 +17,11 @@ import time
 
 from promptopt.api import load_task
 from promptopt.backends.hf import HFBackend
-from promptopt.data import test_sample
-from promptopt.demos import sample_demo_ids
-from promptopt.retrieval import RetrievalPolicy, Retriever
-from promptopt.scorer import Job, score_jobs
-from promptopt.significance import compare_paired
+from promptopt.task.data import test_sample
+from promptopt.task.demos import sample_demo_ids
+from promptopt.task.retrieval import RetrievalPolicy, Retriever
+from promptopt.scoring.scorer import Job, score_jobs
+from promptopt.measure.significance import compare_paired
 
 
 def main(argv: list[str] | None = None) -> int:

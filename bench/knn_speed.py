@@ -17,10 +17,10 @@ import time
 from promptopt.api import load_task
 from promptopt.backends.hf import HFBackend
 from promptopt.budget import Budget
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
-from promptopt.retrieval import RetrievalPolicy
+from promptopt.task.retrieval import RetrievalPolicy
 from promptopt.strategies.fewshot import FewShot, FewShotConfig
 from promptopt.strategy import ScoreRequest
 from promptopt.types import Candidate

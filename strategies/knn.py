@@ -3,7 +3,7 @@
 KATE (Liu et al. 2022) showed that the train examples nearest to an input make better demos for it than
 a random fixed set, most of all where the right demos depend on the input (topic classification with
 many labels); DSPy's KNNFewShot and LangChain's similarity / MMR example selectors do the same. Each
-candidate here is an instruction plus a retrieval policy (promptopt.retrieval): k, the embedding, the MMR
+candidate here is an instruction plus a retrieval policy (promptopt.task.retrieval): k, the embedding, the MMR
 lambda (diversity), label balance and order. The search is MIPROv2's (strategies/mipro.py): instruction
 candidates from the optimizer LLM or phrase edits, then TPE trials on dev minibatches with a full dev
 evaluation of the best every `full_eval_every` trials, under the loop's budget. The first trial is the
@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
-from promptopt.retrieval import RetrievalPolicy, check_policy
+from promptopt.task.retrieval import RetrievalPolicy, check_policy
 from promptopt.strategies.mipro import Mipro
 from promptopt.strategy import Context, StrategyConfig
 from promptopt.task import Task

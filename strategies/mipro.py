@@ -11,7 +11,7 @@
    `full_eval_every` trials the best pair by minibatch mean is scored on the whole dev split.
    The default pair (seed instruction, zero-shot) is enqueued as the first trial, as MIPROv2 does.
    With `retrieval=true` one more demo-set choice retrieves the k train demos nearest each input by BM25
-   (promptopt.retrieval; the `knn` strategy searches the retrieval policy itself).
+   (promptopt.task.retrieval; the `knn` strategy searches the retrieval policy itself).
 Paper/code defaults: minibatch 35, full evaluation every 5 trials, 4 demos, `num_candidates` 6..18
 instructions and demo sets (auto light/medium/heavy). Scaled for CPU: the minibatch is capped at half
 the dev split (16-shot dev sets hold 32-96 examples) and the number of trials comes from the budget.
@@ -25,10 +25,10 @@ from typing import Any, Sequence
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
-from promptopt.retrieval import RetrievalPolicy, check_policy
+from promptopt.task.retrieval import RetrievalPolicy, check_policy
 from promptopt.strategies.blocks.edits import DELETE, SWAP, apply_edit, plan_edit, render, segment, tidy
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
@@ -50,7 +50,7 @@ class MiproConfig(StrategyConfig):
     trials: int | None = Field(None, ge=1, description="trials to run (default: until the budget is spent)")
     balanced: bool = Field(True, description="label-balanced demo sets on choose tasks")
     retrieval: bool = Field(False, description="one more demo-set choice: the k train demos nearest each input "
-                                               "by BM25 (promptopt.retrieval; the `retrieval` extra)")
+                                               "by BM25 (promptopt.task.retrieval; the `retrieval` extra)")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer temperature for proposals")
     max_tokens: int = Field(96, ge=8)
     proposal_examples: int = Field(3, ge=1, description="train examples shown to the proposer")
@@ -152,9 +152,8 @@ class Mipro:
                 return [ScoreRequest(best, "dev")]  # the rest of dev: "ask again means more"
         dev = ctx.task.split("dev")
         size = min(self.config.minibatch, max(1, len(dev) // 2))
-        left = ctx.budget.examples_left
-        if (self.config.trials is not None and self.trials >= self.config.trials) or (left is not None and left < size):
-            return []
+        if (self.config.trials is not None and self.trials >= self.config.trials) or not ctx.budget.room(size):
+            return []  # a trial on fewer examples than the minibatch would not be comparable
         trial = self.study.ask()
         cand = self._suggest(trial)
         self.proposed.add(cand.id)

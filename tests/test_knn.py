@@ -15,7 +15,7 @@ from promptopt.cli import main
 from promptopt.errors import ConfigError
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
-from promptopt.retrieval import RetrievalPolicy, Retriever, mmr_select
+from promptopt.task.retrieval import RetrievalPolicy, Retriever, mmr_select
 from promptopt.runlog import read_events
 from promptopt.strategies.knn import Knn, KnnConfig
 from promptopt.strategy import ScoreRequest

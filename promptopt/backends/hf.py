@@ -190,7 +190,7 @@ class HFBackend:
         return len(self.tokenizer(text)["input_ids"]) + 1
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """The last hidden state mean-pooled over each text's tokens (promptopt.retrieval's "hidden"
+        """The last hidden state mean-pooled over each text's tokens (promptopt.task.retrieval's "hidden"
         embedding: the target model itself, no extra model). Batches of `batch_size`, right-padded."""
         out: list[list[float]] = []
         with torch.inference_mode():

@@ -71,7 +71,7 @@ def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str,
 def _retrieved_for(task: Any, cand: Candidate, policy: Any, example: Any) -> dict[str, Any]:
     """The demos a retrieval policy gives `example` and the prompt with them; BM25 needs no model, a model
     embedding is not loaded here (the prompt is then the instruction alone, with a note)."""
-    from promptopt.retrieval import Retriever
+    from promptopt.task.retrieval import Retriever
     if policy.embedding != "bm25":
         return {"note": f"demos are retrieved for each input with the {policy.embedding} embedding, which export "
                         "does not load: the rendered example shows the instruction without them"}
