@@ -94,5 +94,5 @@ class Knn(Mipro):
                                  order=trial.suggest_categorical("order", c.order),
                                  balanced=trial.suggest_categorical("balanced", c.balanced))
         inst = self.instructions[i]
-        return Candidate(inst.text, parents=inst.parents, origin=inst.origin or "knn",
-                         meta={**inst.meta, "instruction": i}, retrieval=policy)
+        return Candidate(inst.text, parents=inst.parents, origin="knn",
+                         meta={**inst.meta, "instruction": i, "instruction_origin": inst.origin}, retrieval=policy)

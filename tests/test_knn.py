@@ -200,3 +200,6 @@ def test_export_shows_the_policy_and_the_demos_one_example_retrieves(tmp_path, c
     assert data["retrieval"] == summary["best_retrieval"] and len(data["demo_ids"]) == data["retrieval"]["k"]
     assert all(d["text"] in data["rendered"] for d in data["demos"])
     assert data["rendered"].endswith(f"Message: {data['example']['input']}\nAnswer:")
+    assert main(["show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert f"knn k={data['retrieval']['k']}" in shown and "demos retrieved per input" in shown

@@ -22,6 +22,12 @@ def meta_text(candidate: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {v}" for k, v in meta.items() if isinstance(v, str) and v.strip())
 
 
+def demos_cell(c: dict) -> str:
+    """How many fixed demos, or "knn k=K" for demos retrieved per input."""
+    r = c.get("retrieval")
+    return f"knn k={r['k']}" if r else str(len(c.get("demos", ())))
+
+
 def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> None:
     console = console or Console(width=120)
     view = load_run(run_dir)
@@ -32,7 +38,7 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     for cid in ranked[:top]:
         c = view.candidates[cid]
         t.add_row(cid[:8], c.get("origin", ""), fmt(view.score(cid)), str(view.n(cid)),
-                  fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", str(len(c.get("demos", ()))),
+                  fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", demos_cell(c),
                   short(c["text"], 60))
     console.print(t)
     best = view.best_id()
@@ -45,6 +51,10 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                 console.print(escape(f"      {short(line, 100)}"))
             if c.get("demos"):
                 console.print(escape(f"      demos (train ids, in order): {', '.join(c['demos'])}"))
+            if c.get("retrieval"):
+                r = c["retrieval"]
+                console.print(escape(f"      demos retrieved per input: k={r['k']} by {r['embedding']}, MMR λ {r['mmr']}, "
+                                     f"{r['order'].replace('_', ' ')}{', label-balanced' if r['balanced'] else ''}"))
     steps = Table(title="best dev score by step")
     for col in ("step", "best dev", "candidates"):
         steps.add_column(col, justify="right")
