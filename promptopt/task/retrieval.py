@@ -164,7 +164,11 @@ class Retriever:
             inner = getattr(self.target, "inner", self.target)
             return inner.embed, f"hidden:{inner.fingerprint()}"
         from sentence_transformers import SentenceTransformer
-        model = SentenceTransformer(name[3:])
+        try:
+            model = SentenceTransformer(name[3:])
+        except (OSError, ValueError) as e:  # not on disk and the hub unreachable, or not a model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"retrieval embedding {name!r}: cannot load the model ({first})") from e
         return (lambda texts: model.encode(list(texts), batch_size=32, show_progress_bar=False)), name
 
     def index(self, name: str) -> _Index:
