@@ -142,7 +142,11 @@ class Context:
 @runtime_checkable
 class Strategy(Protocol):
     """A search algorithm. `ask` returns what to score next (empty = done); `tell` gets the results
-    of exactly those requests, in order. Strategies never write files or see the test split."""
+    of exactly those requests, in order. Strategies never write files or see the test split.
+
+    Optional: a strategy that ends the search itself (returns [] before the budget is spent) may first set
+    an attribute `done_reason`, a short phrase such as "no new best for 2 steps (patience=2)"; the run's
+    stop reason is then "strategy finished: <done_reason>", so a user sees why the budget was not spent."""
 
     Config: ClassVar[type[StrategyConfig]]
     # Optional capability flags (a strategy sets the ones that are True; read them through `needs()`):

@@ -50,10 +50,11 @@ def plot_rl_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]], out: str | Path) -> Path:
-    """Save each candidate's dev score at the step it was proposed, and the best-so-far curve over them."""
+def dev_by_step_figure(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]]) -> Any:
+    """Each candidate's dev score at the step it was proposed, and the best-so-far curve over them; the
+    legend sits outside the axes, so it never hides a point."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     if scores:
         ax.scatter(*zip(*scores), s=14, alpha=0.5, color="tab:blue", label="candidate")
     if best:
@@ -62,8 +63,14 @@ def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[i
     ax.set_xlabel("step")
     ax.set_ylabel("dev score")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(loc="outside right upper")
+    return fig
+
+
+def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]], out: str | Path) -> Path:
+    """Save dev_by_step_figure to `out`."""
+    plt = _pyplot()
+    fig = dev_by_step_figure(scores, best)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return Path(out)

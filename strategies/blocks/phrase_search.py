@@ -58,10 +58,15 @@ class PhraseSearch(IterativeSearch):
     def __init__(self, config: PhraseSearchConfig):
         super().__init__(config)
         self.prompts = config.templates()
+        self.done_reason = ""  # why the search ended (Strategy's optional done_reason)
 
     def finished(self, ctx: Context) -> bool:
         patience = self.config.patience
-        return self.iteration >= self.config.steps or (patience is not None and self.stale >= patience)
+        if self.iteration >= self.config.steps:
+            self.done_reason = f"all {self.config.steps} steps made (steps={self.config.steps})"
+        elif patience is not None and self.stale >= patience:
+            self.done_reason = f"no new best for {self.stale} steps in a row (patience={patience})"
+        return bool(self.done_reason)
 
     def ops(self, ctx: Context) -> list[str]:
         return [op for op in self.config.edits if op != PARAPHRASE or ctx.optimizer is not None]
