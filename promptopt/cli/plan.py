@@ -73,6 +73,19 @@ def _check_run_dir(root: Path) -> None:
         raise ConfigError(f"cannot create run directory {root}: permission denied")
 
 
+# Settings by which a strategy ends its search itself, before the budget is spent (shown in the plan).
+_OWN_LIMITS = ("steps", "patience", "rounds", "generations", "iterations", "trials", "sets")
+
+
+def _own_limits(settings: dict[str, Any]) -> str:
+    """`steps=10, patience=2`: the strategy's settings that can end the search before its budget."""
+    found = [f"{k}={settings[k]}" for k in _OWN_LIMITS if settings.get(k) is not None]
+    selection = settings.get("selection")
+    if isinstance(selection, dict) and selection.get("budget") is not None:
+        found.append(f"selection.budget={selection['budget']}")
+    return ", ".join(found)
+
+
 def describe(p: dict[str, Any]) -> str:
     """The plan as a few lines for a terminal."""
     limits = {"max_examples": "examples", "max_optimizer_calls": "optimizer calls", "max_tokens": "tokens",
@@ -82,6 +95,11 @@ def describe(p: dict[str, Any]) -> str:
     s = p["splits"]
     test = f"{s['test']} of {s['test_of']}" if s["test"] != s["test_of"] else str(s["test"])
     settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items())
+    own = _own_limits(p["settings"])
+    if p["budget"].get("max_examples") is not None or own:  # a budget is a cap: say what else ends the search
+        budget += (" (at most: the strategy may finish first" + (f", by its own {own}" if own else "") + ")")
+    final = p["final_examples_at_most"]
+    cap = p["budget"].get("max_examples")
     return "\n".join([
         "dry run: no model loaded, no run directory made",
         f"task       {p['task']} ({p['output']}{': ' + ', '.join(map(repr, p['options'])) if p['options'] else ''}); "
@@ -91,8 +109,9 @@ def describe(p: dict[str, Any]) -> str:
         f"target     {p['target']}",
         f"optimizer  {p['optimizer'] or 'none'}",
         f"budget     search: {budget}",
-        f"final      at most {p['final_examples_at_most']} more scored examples "
+        f"final      at most {final} more scored examples, outside the budget "
         f"(finalists on dev, then the best and the seed on test)",
+        *([f"total      at most {cap + final} scored examples (search + final report)"] if cap is not None else []),
         f"run dir    {p['run_dir']}",
         f"cache      {p['cache'] or 'off'}",
     ])

@@ -132,7 +132,7 @@ def _overview(run_dir: Path, view: RunView, config: RunConfig | None) -> str:
             ("strategy", config.strategy if config else "?"), ("seed", config.seed if config else "?"),
             ("target model", f"{target.model} ({target.backend})" if target else "?"),
             ("optimizer model", f"{optimizer.model} ({optimizer.backend})" if optimizer else "none"),
-            ("status", f"finished; stop: {stop_text(s.get('stop_reason'))}" if s else "partial: no summary.json (running or stopped)"),
+            ("status", f"finished: {stop_text(s.get('stop_reason'))}" if s else "partial: no summary.json (running or stopped)"),
             ("steps", s["steps"] if s else max(view.first_step.values(), default=0)),
             ("candidates", len(view.candidates))]
     if s:
