@@ -33,7 +33,7 @@ def plot_rl_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rewards, dev = rl_curves(run_dir)
     if not rewards and not dev:
         raise ValueError(f"{run_dir} has no RL training notes (was it an rlprompt run?)")
-    fig, reward_ax = plt.subplots(figsize=(7, 4))
+    fig, reward_ax = plt.subplots(figsize=(7, 4), layout="constrained")
     if rewards:
         reward_ax.plot(*zip(*rewards), color="tab:blue", alpha=0.8, label="mean sampled reward")
     reward_ax.set_xlabel("training step")
@@ -42,8 +42,7 @@ def plot_rl_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if dev:
         dev_ax.plot(*zip(*dev), color="tab:red", marker="o", label="greedy prompt, dev")
     dev_ax.set_ylabel("dev score", color="tab:red")
-    fig.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(loc="outside right upper")  # beside the axes: it never hides a point
     out = Path(out) if out is not None else Path(run_dir) / RL_CURVES
     fig.savefig(out, dpi=120)
     plt.close(fig)
