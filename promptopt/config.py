@@ -232,6 +232,8 @@ def _one_line(e: ValidationError) -> str:
     for err in e.errors()[:3]:
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden" and err["loc"][:1] == ("budget",) and len(err["loc"]) == 2:
+            msg += f" (budget limits: {', '.join(Budget.model_fields)})"  # `examples=` is the CLI's short form
         parts.append(f"{loc}: {msg}")
     more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
     return "; ".join(parts) + more

@@ -246,3 +246,10 @@ def test_mipro_without_a_model_says_it_edits_words_or_keeps_the_instruction(tmp_
     from promptopt.runlog import load_run
     texts = {c["text"] for c in load_run(Path(rep.run_dir)).candidates.values()}
     assert texts == {rep.seed_prompt} and "words deleted" not in caplog.text
+
+
+def test_an_unknown_budget_setting_names_the_limits(capsys) -> None:
+    code, _, err = run_cli("optimize", "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
+                           "--set", "budget.examples=100", "--dry-run", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "budget.examples: unknown setting (budget limits: max_examples, max_optimizer_calls" in err
