@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from promptopt import __version__, registry
 from promptopt.backends.base import Backend, canonical_hash
+from promptopt.budget import SHORT_NAMES
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
 from promptopt.data import test_sample
@@ -336,11 +337,6 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     return _with_progress(progress, build_config(data), task_object=task_object, callbacks=callbacks)
 
 
-# The CLI's --budget names (examples=500,calls=40) and the Budget fields they set.
-BUDGET_NAMES = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
-                "seconds": "max_seconds", "usd": "max_usd"}
-
-
 def budget_settings(budget: Any) -> dict[str, Any]:
     """optimize()'s `budget` as Budget fields: an int is scored examples (as `--budget 500`), and a
     mapping may use the CLI's short names."""
@@ -351,12 +347,12 @@ def budget_settings(budget: Any) -> dict[str, Any]:
         return {"max_examples": budget}
     out = {}
     for key, value in budget.items():
-        name = BUDGET_NAMES.get(key, key)
+        name = SHORT_NAMES.get(key, key)
         if name in out:
             raise ConfigError(f"budget: {key!r} and {name!r} are the same limit; give one")
-        if name not in BUDGET_NAMES.values():
-            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(BUDGET_NAMES)}, or "
-                              f"{', '.join(BUDGET_NAMES.values())})")
+        if name not in SHORT_NAMES.values():
+            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(SHORT_NAMES)}, or "
+                              f"{', '.join(SHORT_NAMES.values())})")
         out[name] = value
     return out
 

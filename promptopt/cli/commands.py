@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from promptopt import registry
+from promptopt.budget import SHORT_NAMES
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
 from promptopt.cli import lmeval, tracking
 from promptopt.cli.templates import templates
 
-BUDGET_KEYS = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
-               "seconds": "max_seconds", "usd": "max_usd"}
+BUDGET_KEYS = SHORT_NAMES  # --budget examples=500,calls=40: the names optimize(budget={...}) takes too
 
 
 class _Parser(argparse.ArgumentParser):
