@@ -183,11 +183,12 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
     cfg = cfg.model_copy(update={"strategy": registry.canonical(cfg.strategy), "task": registry.canonical(cfg.task)})
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy_config(strategy_cls, cfg.strategy_options)
-    target_cls = registry.get("backends", cfg.target.backend)
+    target_cls = _options_owner(cfg.target)
     backend_options(target_cls, cfg.target, "target")
     if cfg.optimizer is not None:
-        optimizer_cls = registry.get("backends", cfg.optimizer.backend)
-        if cfg.optimizer.backend == cfg.target.backend:
+        inherits = cfg.optimizer.backend == cfg.target.backend and cfg.target.options
+        optimizer_cls = registry.get("backends", cfg.optimizer.backend) if inherits else _options_owner(cfg.optimizer)
+        if inherits:
             # The optimizer reaches the target's server the same way unless told otherwise (a key meant for
             # a local server must never go to a default host).
             inherited = getattr(getattr(optimizer_cls, "Options", None), "inherited", frozenset())
@@ -195,6 +196,15 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
             cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"options": options})})
         backend_options(optimizer_cls, cfg.optimizer, "optimizer")
     return cfg
+
+
+def _options_owner(model: ModelConfig) -> Any:
+    """The backend class that checks a model's options, or None when it has none to check and its name is
+    known: its module (torch and transformers for hf, 5-20 s to import) then loads when a run builds it, so
+    a dry run reports a task's missing data without waiting for it."""
+    if not model.options and not registry.is_location(model.backend) and model.backend in registry.names("backends"):
+        return None
+    return registry.get("backends", model.backend)
 
 
 def backend_options(backend_cls: Any, model: ModelConfig, role: str) -> Any:

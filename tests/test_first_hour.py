@@ -253,3 +253,20 @@ def test_an_unknown_budget_setting_names_the_limits(capsys) -> None:
                            "--set", "budget.examples=100", "--dry-run", capsys=capsys)
     assert code == 2 and err.count("\n") == 1
     assert "budget.examples: unknown setting (budget limits: max_examples, max_optimizer_calls" in err
+
+
+def test_a_config_without_backend_options_loads_no_backend_module() -> None:
+    """So a dry run without data gives its error line at once, not after importing torch (5-20 s)."""
+    import subprocess
+    import sys
+    code = ("import sys; from promptopt.config import build_config; "
+            "build_config({'task': 'demo', 'strategy': 'hill_climb', 'optimizer': None}); "
+            "build_config({'task': 'demo', 'strategy': 'paraphrase'}); "
+            "print(sorted(m for m in ('torch', 'transformers', 'promptopt.backends.hf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    from promptopt.config import build_config
+    with pytest.raises(ConfigError, match="target backend hf option batch_size: Input should be greater than 0"):
+        build_config({"task": "demo", "strategy": "hill_climb", "target": {"options": {"batch_size": -4}}})
+    with pytest.raises(ConfigError, match="unknown backend 'hff'"):  # a wrong name is still caught at once
+        build_config({"task": "demo", "strategy": "hill_climb", "target": {"backend": "hff"}})
