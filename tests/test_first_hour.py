@@ -183,17 +183,9 @@ def test_the_final_table_carries_the_answer_warnings(tmp_path: Path) -> None:
     rep = promptopt.optimize(task, "hill_climb", budget=40, run_dir=str(tmp_path), progress=False,
                              **{**FAKE, "backend": "first_hour_empty"})
     text = " ".join(printed(rep).split())
+    # friction 12: the one-answer warning, and friction 11: the empty-answer one, both in optimize's table
     assert "warning: the best prompt's answers: the model answered '' on 100% of examples" in text
     assert "100% of the answers" in text and "are empty ('')" in text
-
-
-def test_the_one_answer_warning_is_in_the_final_table(tmp_path: Path) -> None:
-    rep = promptopt.optimize("demo", "hill_climb", budget=40, run_dir=str(tmp_path), progress=False, **FAKE)
-    from promptopt.cli.predictions import best_results, prediction_lines
-    from promptopt.runlog import load_run
-    warning = prediction_lines(best_results(load_run(Path(rep.run_dir)))[1])[1]
-    text = " ".join(printed(rep).split())
-    assert (f"warning: the best prompt's answers: {warning}" in text) if warning else "warning:" not in text
 
 
 # -- friction 10 --
