@@ -80,6 +80,13 @@ def test_the_table_and_summary_keep_search_and_final_report_apart(tmp_path: Path
     assert "model calls" not in flat
 
 
+def test_fewshot_says_its_selection_ended_before_the_budget(tmp_path: Path) -> None:
+    rep = promptopt.optimize("demo", "fewshot", budget=200, run_dir=str(tmp_path), progress=False, **FAKE)
+    found = re.fullmatch(r"strategy finished: successive halving over (\d+) candidates ended after (\d+) of its "
+                         r"200 examples", rep.stop_reason)
+    assert found and int(found[2]) == rep.search["examples"] < 200, rep.stop_reason
+
+
 def test_a_stop_reason_is_printed_with_one_stop(tmp_path: Path) -> None:
     from promptopt.callbacks import NoImprovement
     rep = promptopt.optimize("demo", "hill_climb", budget=400, run_dir=str(tmp_path), progress=False,
