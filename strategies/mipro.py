@@ -76,6 +76,13 @@ class Mipro:
         self.full: Candidate | None = None  # being scored on the rest of dev
         self.last_full = 0  # trial count at the last full evaluation
 
+    @property
+    def done_reason(self) -> str:
+        """Why ask() returned [] (Strategy's optional done_reason): its trials, or a budget too small for a trial."""
+        if self.config.trials is not None and self.trials >= self.config.trials:
+            return f"all {self.config.trials} trials made (trials={self.config.trials})"
+        return f"the examples left do not pay for one more minibatch trial, after {self.trials} trials"
+
     def check_task(self, task: Task) -> None:
         train = task.split("train")
         if not train:

@@ -245,6 +245,7 @@ def test_mipro_without_a_model_says_it_edits_words_or_keeps_the_instruction(tmp_
     from promptopt.runlog import load_run
     texts = {c["text"] for c in load_run(Path(rep.run_dir)).candidates.values()}
     assert texts == {rep.seed_prompt} and "words deleted" not in caplog.text
+    assert rep.stop_reason.startswith("strategy finished: the examples left do not pay for one more minibatch")
 
 
 def test_an_unknown_budget_setting_names_the_limits(capsys) -> None:
