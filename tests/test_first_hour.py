@@ -240,7 +240,7 @@ def test_mipro_without_a_model_says_it_edits_words_or_keeps_the_instruction(tmp_
         promptopt.optimize("demo", "mipro", budget=60, run_dir=str(tmp_path / "a"), progress=False, **FAKE)
     assert "words deleted or swapped" in caplog.text and "mipro.instruction_edits=false" in caplog.text
     caplog.clear()
-    rep = promptopt.optimize("demo", "mipro", budget=60, run_dir=str(tmp_path / "b"), progress=False,
+    rep = promptopt.optimize("demo", "mipro", budget=65, run_dir=str(tmp_path / "b"), progress=False,
                              strategy_options={"instruction_edits": False}, **FAKE)
     from promptopt.runlog import load_run
     texts = {c["text"] for c in load_run(Path(rep.run_dir)).candidates.values()}
