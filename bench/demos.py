@@ -28,6 +28,7 @@ from promptopt.cache import ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, build_config
 from promptopt.demos import sample_demo_ids
 from promptopt.loop import test_sample
+from promptopt.resolved import BackendSpec
 from promptopt.scorer import Job, score_jobs
 from promptopt.significance import paired_bootstrap
 from promptopt.types import prompt_id
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    backend = Backends(ResponseCache(default_cache_path())).get(ModelConfig())
+    backend = Backends(ResponseCache(default_cache_path())).get(BackendSpec.of(ModelConfig(), "target"))
     recs = done_keys(out)
     seeds = [int(s) for s in args.seeds.split(",")]
     for method in args.methods.split(","):

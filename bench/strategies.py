@@ -4,9 +4,9 @@ file, and a PNG of the best-so-far dev score against scored examples (one line p
 
     PROMPTOPT_DATA_DIR=../shared/data python bench/strategies.py --task sst2 --seeds 0,1,2 --budget 256
 
-Each (strategy, seed) is one `promptopt optimize` process writing runs/bench-strategies/<task>/
-<strategy>-seed<N>. A finished run is read back instead of re-run, and a cut-off one is resumed from its
-log, so the bench can be stopped and started again. Strategies that can run without an optimizer LLM
+The runs are one `promptopt sweep` per group (runs/bench-strategies/<task>/{llm-free,llm}/cells/...):
+a finished cell is read back instead of re-run, and a cut-off one is resumed from its log, so the bench
+can be stopped and started again. Strategies that can run without an optimizer LLM
 (the Plum-style ones, rlprompt) run with `--optimizer-model none` unless --llm-edits is given, so the
 comparison of search quality does not hinge on the weak embedded optimizer.
 """
@@ -16,11 +16,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from optimize_cli import ROOT, finished, run_optimize
+from optimize_cli import ROOT, finished
 from promptopt import registry
 from promptopt.runlog import is_task_score, load_run
 from promptopt.strategy import needs
@@ -42,31 +43,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_one(args: argparse.Namespace, strategy: str, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Run (or resume, or read back) one optimize run and return its summary."""
-    name = f"{strategy}-seed{seed}"
-    root = run_dir / name  # holds this run's one run directory (the loop adds a random suffix)
-    found = sorted(root.glob("*/config.json"))
-    path = found[0].parent if found else None
-    if path and (path / "summary.json").exists():
-        return finished(path / "summary.json", name)
-    if path:
-        args_ = ["--resume", str(path), "-q"]
-    else:
-        args_ = ["--task", args.task, "--strategy", strategy, "--seed", str(seed),
-                 "--budget", str(args.budget), "--test-limit", str(args.test_limit),
-                 "--run-dir", str(root), "--set", f"run_name={name}", "-q"]
-        if args.prompt:
-            args_ += ["--prompt", args.prompt]
-        if not needs(registry.get("strategies", strategy)).optimizer and not args.llm_edits:
-            args_ += ["--optimizer-model", "none"]
-        for s in args.sets:
-            head = s.split(".", 1)[0]
-            if head not in registry.names("strategies") or head == strategy:  # e.g. apo.rounds=2: apo only
-                args_ += ["--set", s]
-    print(f"-- {name}: optimize {' '.join(args_)}", flush=True)
-    summary, _ = run_optimize(args_, root, name)
-    return summary
+def sweep(args: argparse.Namespace, strategies: list[str], llm_free: bool, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """One `promptopt sweep` over these strategies (it skips finished cells and resumes cut-off ones);
+    returns each strategy's run summaries in seed order."""
+    argv = [sys.executable, "-m", "promptopt.cli", "sweep", "--tasks", args.task, "--strategies", ",".join(strategies),
+            "--seeds", args.seeds, "--budget", str(args.budget), "--test-limit", str(args.test_limit),
+            "--out", str(out)]
+    if llm_free:
+        argv += ["--optimizer-model", "none"]
+    if args.prompt:
+        argv += ["--set", f"prompt={args.prompt}"]
+    for s in args.sets:  # a strategy's own setting (apo.rounds=2) reaches only that strategy's cells
+        argv += ["--set", s]
+    print(f"-- {' '.join(argv[3:])}", flush=True)
+    if subprocess.run(argv, cwd=ROOT, env=os.environ.copy()).returncode != 0:
+        raise SystemExit(f"bench: the sweep in {out} did not finish; run the bench again to resume it")
+    found: dict[str, list[dict[str, Any]]] = {}
+    for strategy in strategies:
+        for seed in args.seeds.split(","):
+            summary = next(out.glob(f"cells/*__{strategy}__seed{seed}/*/summary.json"))
+            found.setdefault(strategy, []).append(finished(summary, f"{strategy} seed {seed}"))
+    return found
+
 
 def best_so_far(run: Path) -> list[tuple[int, float]]:
     """(scored examples so far, best dev score of any candidate scored on the whole dev set so far),
@@ -153,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("PROMPTOPT_DATA_DIR"):
         raise SystemExit("bench: set PROMPTOPT_DATA_DIR (e.g. ../shared/data)")
     run_dir = (ROOT / args.run_dir / args.task).resolve()
+    llm_free = {st for st in strategies if not needs(registry.get("strategies", st)).optimizer and not args.llm_edits}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for group, free in ((sorted(llm_free), True), ([st for st in strategies if st not in llm_free], False)):
+        if group:
+            runs.update(sweep(args, group, free, run_dir / ("llm-free" if free else "llm")))
     rows, curves, raw = [], {}, {}
     for strategy in strategies:
-        summaries = [run_one(args, strategy, seed, run_dir) for seed in seeds]
+        summaries = runs[strategy]
         raw[strategy] = summaries
         curves[strategy] = [best_so_far(Path(s["run_dir"])) for s in summaries]
-        llm_free = not needs(registry.get("strategies", strategy)).optimizer and not args.llm_edits
-        row: dict[str, Any] = {"strategy": strategy, "optimizer": "none" if llm_free else "embedded"}
+        row: dict[str, Any] = {"strategy": strategy, "optimizer": "none" if strategy in llm_free else "embedded"}
         for key in ("seed_dev", "best_dev", "seed_test", "best_test"):
             row[key] = mean_std([s[key] for s in summaries])
         row["delta_test"] = mean_std([s["best_test"] - s["seed_test"] for s in summaries])

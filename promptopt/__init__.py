@@ -18,6 +18,7 @@ _LAZY = {
     "Context": "promptopt.strategy", "ScoreRequest": "promptopt.strategy", "Strategy": "promptopt.strategy",
     "StrategyConfig": "promptopt.strategy", "Objective": "promptopt.types",
     "Task": "promptopt.task", "Run": "promptopt.loop", "Report": "promptopt.loop",
+    "ResolvedRun": "promptopt.resolved",
     "register_strategy": "promptopt.registry", "register_task": "promptopt.registry",
     "register_backend": "promptopt.registry",
     "optimize": "promptopt.api", "evaluate": "promptopt.api",

@@ -12,39 +12,20 @@ from typing import Any, Callable, Mapping, Sequence
 
 from promptopt import __version__, registry
 from promptopt.backends.base import Backend, canonical_hash
-from promptopt.budget import SHORT_NAMES
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
-from promptopt.config import ModelConfig, RunConfig, build_config, strategy_config
+from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
 from promptopt.data import test_sample
-from promptopt.errors import (BackendError, CapabilityError, ConfigError, ResumeError, RunStopped, SkipReport,
-                              Terminated)
+from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
+from promptopt.resolved import BackendSpec, load_task, resolve, warn_reused_splits
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
 from promptopt.scorer import Job, score_jobs
-from promptopt.strategy import needs
 from promptopt.task import Task
 from promptopt.task_from_examples import IN_MEMORY, MetricError
 from promptopt.types import Evaluation
 
-TASK_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
+
 log = logging.getLogger("promptopt")
-
-
-def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options: Mapping[str, Any] | None = None) -> Task:
-    """A registered task by name, or a custom task from a spec file path."""
-    opts = dict(options or {})
-    if name.startswith(IN_MEMORY):
-        raise ConfigError(f"task {name!r} was built in Python (promptopt.make_task), so it cannot be loaded by "
-                          "name; pass the same Task object (optimize(task=task, resume=RUN), evaluate(prompt, task))")
-    if name.startswith("lmeval:"):  # an lm-evaluation-harness task config or name (the lmeval extra)
-        from promptopt.integrations.lmeval import task_factory
-        return task_factory(name[len("lmeval:"):], data_dir=data_dir, seed=seed, **opts)
-    if name.endswith(TASK_FILE_SUFFIXES) or Path(name).is_file():
-        factory = registry.get("tasks", "custom")
-        opts["spec"] = name
-    else:
-        factory = registry.get("tasks", name)
-    return factory(data_dir=data_dir, seed=seed, **opts)
 
 
 class Backends:
@@ -55,10 +36,10 @@ class Backends:
         self._made: dict[str, Backend] = {}
         self.cached: list[CachedBackend] = []
 
-    def get(self, mc: ModelConfig) -> Backend:
-        key = mc.model_dump_json()
+    def get(self, spec: BackendSpec) -> Backend:
+        key = spec.config.model_dump_json()
         if key not in self._made:
-            inner = registry.get("backends", mc.backend)(model=mc.model, **mc.options)
+            inner = spec.build()
             check = getattr(inner, "check", None)
             if callable(check):
                 check()  # capability probe at start, never mid-run
@@ -86,17 +67,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def optimizer_config(strategy_cls: Any, cfg: RunConfig) -> ModelConfig | None:
-    """The optimizer model a run of this strategy uses, or None; refuses a strategy that needs one
-    when none is configured."""
-    wants = needs(strategy_cls)
-    if wants.optimizer:
-        if cfg.optimizer is None:
-            raise CapabilityError(f"strategy {strategy_cls.__name__} needs an optimizer model; pass --optimizer-model")
-        return cfg.optimizer
-    return cfg.optimizer if wants.uses_optimizer else None
 
 
 def task_fingerprint(task: Task) -> str:
@@ -137,36 +107,22 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             on_step: Callable[[Run], None] | None = None,
             accept_changed_inputs: bool = False, task_object: Task | None = None,
             callbacks: Sequence[Any] = ()) -> tuple[Run, Backends]:
-    """Validate, create (or reopen) the run dir, load task and models, and return a ready Run.
-    `task_object`: a Task built in Python (cfg.task is then "python:<name>")."""
-    strategy_cls = registry.get("strategies", cfg.strategy)
-    strategy = strategy_cls(strategy_config(strategy_cls, cfg.strategy_options))
-    task = task_object if task_object is not None else \
-        load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
-    warn_reused_splits(task)
-    check_task = getattr(strategy, "check_task", None)  # settings the task cannot carry: refused before any model loads
-    if callable(check_task):
-        check_task(task.without_test())
-    cache = None
-    if cfg.cache:
-        cache = ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path())
-    backends = Backends(cache)
-    target = backends.get(cfg.target)  # first: a target that cannot load is the first thing to report
-    optimizer_cfg = optimizer_config(strategy_cls, cfg)
-    optimizer = backends.get(optimizer_cfg) if optimizer_cfg is not None else None
+    """Resolve `cfg` (what --dry-run prints), create (or reopen) the run dir, load the models, and return
+    a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>")."""
+    resolved = resolve(cfg, task=task_object)
+    backends = Backends(ResponseCache(resolved.cache_path) if resolved.cache_path else None)
+    assert resolved.target is not None  # for the type checker: resolve() always names the target
+    target = backends.get(resolved.target)  # first: a target that cannot load is the first thing to report
+    optimizer = backends.get(resolved.optimizer) if resolved.optimizer is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
-                             "task": task_fingerprint(task)},
+                             "task": task_fingerprint(resolved.task)},
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
-    run = Run(task=task, strategy=strategy, target=target, optimizer=optimizer, budget=cfg.budget,
-              seed=cfg.seed, log=None, seed_prompt=cfg.prompt, final_top_k=cfg.final_top_k,
-              max_failures=cfg.max_failures, test_limit=cfg.test_limit, on_step=on_step,
-              demos=cfg.demos, callbacks=callbacks, objectives=cfg.objectives,
-              objective_weights=cfg.objective_weights)
+    run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks)
     if resume_dir is None:
-        log = RunLog(new_run_dir(Path(cfg.run_dir), meta, cfg.run_name))
+        log = RunLog(new_run_dir(resolved.run_dir, meta, resolved.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
     else:
         log = RunLog(resume_dir, resume=True)
@@ -175,15 +131,6 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
         run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
-
-
-def warn_reused_splits(task: Task) -> list[str]:
-    """Warn (log) when one split's examples are mostly another's (train given as dev): scores are then not held out."""
-    from promptopt.metrics import reused_splits
-    found = reused_splits(task.splits)
-    for line in found:
-        log.warning("task %s: %s", task.name, line)
-    return found
 
 
 def backend_stats(backends: Backends) -> dict[str, Any]:
@@ -292,7 +239,7 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 
 
 def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
-             optimizer_model: str | None = "embedded", optimizer_backend: str | None = None,
+             optimizer_model: str | None = "", optimizer_backend: str | None = None,
              budget: int | Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
              callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, progress: bool | None = None,
              **settings: Any) -> Report:
@@ -300,6 +247,8 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
 
     `task`: a registered name, a spec file, or a Task built in Python (`promptopt.make_task`); config.json
     then records "python:<name>" and the task's fingerprint, and a resume needs the same Task passed again.
+    `optimizer_model`, `optimizer_backend`: the optimizer LLM; each is the target's unless given, and
+    `optimizer_model=None` (or "none") runs without one.
     `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
     `budget`: caps the search (the final report scores on top of it): an int is scored examples, as the
     CLI's `--budget 500`; a mapping takes the CLI's names (examples, calls, tokens, seconds, usd) or
@@ -308,9 +257,8 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     promptopt/integrations/mlflow_tracking.py), checked before the run starts.
     `progress`: the CLI's progress bar on stderr; by default shown when stderr is a terminal.
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
-    if mlflow is not None:
-        from promptopt.integrations.mlflow_tracking import MlflowTracker
-        callbacks = [*callbacks, MlflowTracker(mlflow)]
+    if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
+        callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
     task_object = task if isinstance(task, Task) else None
     if task_object is None and not isinstance(task, str):
         raise ConfigError(f"task must be a task name, a spec file or a Task (promptopt.make_task(examples, ...)), "
@@ -328,10 +276,10 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
         task = IN_MEMORY + task_object.name
     data: dict[str, Any] = {"task": task, "strategy": strategy, "seed": seed,
                             "target": {"backend": backend, "model": model}, **settings}
-    if optimizer_model in (None, "none"):
+    if optimizer_model is None or optimizer_model == NONE_MODEL:
         data["optimizer"] = None
-    else:
-        data["optimizer"] = {"backend": optimizer_backend or backend, "model": optimizer_model}
+    else:  # what is not named here is the target's (RunConfig's rule)
+        data["optimizer"] = {k: v for k, v in (("model", optimizer_model), ("backend", optimizer_backend)) if v}
     if budget is not None:
         data["budget"] = budget_settings(budget)
     return _with_progress(progress, build_config(data), task_object=task_object, callbacks=callbacks)
@@ -345,14 +293,14 @@ def budget_settings(budget: Any) -> dict[str, Any]:
                           f"{{'examples': 500, 'calls': 40}}, not {type(budget).__name__}")
     if isinstance(budget, int):
         return {"max_examples": budget}
+    fields = [field for field, _ in BUDGET_LIMITS.values()]
     out = {}
     for key, value in budget.items():
-        name = SHORT_NAMES.get(key, key)
+        name = BUDGET_LIMITS[key][0] if key in BUDGET_LIMITS else key
         if name in out:
             raise ConfigError(f"budget: {key!r} and {name!r} are the same limit; give one")
-        if name not in SHORT_NAMES.values():
-            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(SHORT_NAMES)}, or "
-                              f"{', '.join(SHORT_NAMES.values())})")
+        if name not in fields:
+            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(BUDGET_LIMITS)}, or {', '.join(fields)})")
         out[name] = value
     return out
 

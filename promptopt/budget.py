@@ -23,11 +23,6 @@ class Budget(BaseModel):
     max_usd: float | None = Field(None, gt=0)
 
 
-# The short names the CLI's --budget and optimize(budget={...}) take, and the Budget fields they set.
-SHORT_NAMES = {"examples": "max_examples", "calls": "max_optimizer_calls", "tokens": "max_tokens",
-               "seconds": "max_seconds", "usd": "max_usd"}
-
-
 @dataclass
 class BudgetTracker:
     """Counts what the search has used. Examples count cache hits too, so a run's path does not

@@ -16,8 +16,11 @@ from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
 from promptopt.objectives import check_objectives, check_weights
 
-NONE_MODEL = "none"
-
+NONE_MODEL = "none"  # --optimizer-model none / optimize(optimizer_model="none"): no optimizer LLM
+# The budget's limits by short name (--budget examples=500,calls=40), written once:
+# short name -> (Budget field, how the dry-run plan names it).
+BUDGET_LIMITS = {"examples": ("max_examples", "examples"), "calls": ("max_optimizer_calls", "optimizer calls"),
+                 "tokens": ("max_tokens", "tokens"), "seconds": ("max_seconds", "seconds"), "usd": ("max_usd", "USD")}
 
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.I)
 
@@ -74,6 +77,7 @@ class RunConfig(BaseModel):
     strategy: str = "paraphrase"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     target: ModelConfig = Field(default_factory=ModelConfig)
+    # The optimizer is the target model unless named: see _optimizer_defaults_to_the_target.
     optimizer: ModelConfig | None = Field(default_factory=ModelConfig)
     budget: Budget = Field(default_factory=Budget)
     seed: int = Field(0, strict=True)  # `--set seed=true` is not seed 1
@@ -91,6 +95,24 @@ class RunConfig(BaseModel):
     # Run objectives (promptopt/objectives.py): what the final report chooses by; ["task"] = as always.
     objectives: list[str] = Field(default_factory=lambda: ["task"])
     objective_weights: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_defaults_to_the_target(cls, data: Any) -> Any:
+        """The one place the rule is written: the optimizer's backend and model, each unless named, are
+        the target's (`optimizer = None` or --optimizer-model none: no optimizer LLM)."""
+        if not isinstance(data, dict):
+            return data
+        optimizer = data.get("optimizer", {})
+        if optimizer is None or isinstance(optimizer, ModelConfig) or not isinstance(optimizer, dict):
+            return data  # none, already whole, or not a section (validation says so)
+        target = data.get("target") or {}
+        if isinstance(target, ModelConfig):
+            target = target.model_dump()
+        if not isinstance(target, dict):
+            return data
+        named = {k: target[k] for k in ("backend", "model") if k in target}
+        return {**data, "optimizer": {**named, **optimizer}}
 
     @field_validator("objectives")
     @classmethod

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
-from promptopt.budget import Budget, BudgetTracker
+from promptopt.budget import BudgetTracker
 from promptopt.callbacks import Dispatcher
 from promptopt.data import test_sample
 from promptopt.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
                               RunStopped)
 from promptopt.objectives import Measurer
+from promptopt.resolved import ResolvedRun
 from promptopt.runlog import RunLog
 from promptopt.scorer import Job, score_jobs
 from promptopt.significance import compare_paired
-from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, Strategy, needs
+from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, needs
 from promptopt.task import Task
 from promptopt.timing import Timings, cache_seconds
 from promptopt.types import Candidate, Evaluation, Example, Usage
@@ -146,12 +147,14 @@ class Run:
     """One optimization run. Use `run()` for the whole loop, or `step()` / `ask()` + `tell()` to drive it
     from an evaluation harness that scores prompts itself."""
 
-    def __init__(self, *, task: Task, strategy: Strategy, target: Backend | None, optimizer: Backend | None,
-                 budget: Budget | None = None, seed: int = 0, log: RunLog | None = None,
-                 seed_prompt: str | None = None, final_top_k: int = 3, max_failures: int = 20,
-                 test_limit: int | None = None, on_step: Callable[["Run"], None] | None = None,
-                 demos: int = 0, callbacks: Sequence[Any] = (), objectives: Sequence[str] = ("task",),
-                 objective_weights: Any = None):
+    def __init__(self, resolved: ResolvedRun, *, target: Backend | None, optimizer: Backend | None,
+                 log: RunLog | None = None, on_step: Callable[["Run"], None] | None = None,
+                 callbacks: Sequence[Any] = ()):
+        """`resolved`: what to run (promptopt.resolved: from a RunConfig, or built in Python); `target` and
+        `optimizer`: the backends built from its specs (or the caller's own)."""
+        task, strategy, seed, seed_prompt, demos = (resolved.task, resolved.strategy, resolved.seed,
+                                                    resolved.prompt, resolved.demos)
+        self.resolved = resolved
         self.task = task
         self.strategy = strategy
         self.target = target
@@ -159,13 +162,13 @@ class Run:
         self.seed = seed
         self.log = log
         # Wall time is not replayable: the recorded run passed its time checks, so replay skips them.
-        self.tracker = BudgetTracker(budget or Budget(), replaying=lambda: self.log is not None and self.log.replaying)
+        self.tracker = BudgetTracker(resolved.budget, replaying=lambda: self.log is not None and self.log.replaying)
         self.history = History()
         self.step = 0
-        self.seed_prompt = seed_prompt or task.seed_prompts[0]
-        self.final_top_k = final_top_k
-        self.max_failures = max_failures
-        self.test_limit = test_limit
+        self.seed_prompt = resolved.seed_prompt
+        self.final_top_k = resolved.final_top_k
+        self.max_failures = resolved.max_failures
+        self.test_limit = resolved.test_limit
         self.on_step = on_step
         self.callbacks = Dispatcher(callbacks)  # promptopt/callbacks.py: events and stop conditions
         self._best_dev = -math.inf
@@ -190,7 +193,7 @@ class Run:
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note, seed_demos=self.seed_demos)
-        self.objectives = self._measurer(objectives, objective_weights)  # None: the task metric only
+        self.objectives = self._measurer(resolved.objectives, resolved.objective_weights)  # None: the task metric only
         self._ctx.objectives = self.objectives if self.objectives is not None and self.objectives.weighted else None
         self._check_capabilities()
         n, window = self._tokens(self.seed_prompt)

@@ -19,8 +19,9 @@ from typing import Any, Callable, TypeVar
 
 from promptopt.errors import RegistryError
 
-KINDS = ("strategies", "tasks", "backends")
-_SINGULAR = {"strategies": "strategy", "tasks": "task", "backends": "backend"}
+# "callbacks": run callbacks the core offers by name (optimize(mlflow=URI) finds "mlflow" so).
+KINDS = ("strategies", "tasks", "backends", "callbacks")
+_SINGULAR = {"strategies": "strategy", "tasks": "task", "backends": "backend", "callbacks": "callback"}
 _registered: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 _file_modules: dict[Path, ModuleType] = {}  # plugin files loaded by path, each once
 F = TypeVar("F", bound=Callable[..., Any])

@@ -243,13 +243,15 @@ def test_settings_from_the_command_line():
 def test_apo_with_the_embedded_model(hf_embedded, tmp_path):
     from promptopt.api import load_task
     from promptopt.loop import Run
+    from promptopt.resolved import ResolvedRun
     from promptopt.runlog import RunLog
 
     config = APOConfig(rounds=1, beam_width=1, minibatch_size=8, n_gradients=1, edits_per_gradient=1,
                        paraphrases=0, max_tokens=48, selection=SelectionConfig(samples_per_eval=8, budget=16))
     # A small final report too: the best candidate and the seed on dev, 8 test examples.
-    run = Run(task=load_task("demo"), strategy=APO(config), target=hf_embedded, optimizer=hf_embedded,
-              budget=Budget(max_examples=100), log=RunLog(tmp_path), final_top_k=1, test_limit=8)
+    resolved = ResolvedRun(task=load_task("demo"), strategy=APO(config), budget=Budget(max_examples=100),
+                           final_top_k=1, test_limit=8)
+    run = Run(resolved, target=hf_embedded, optimizer=hf_embedded, log=RunLog(tmp_path))
     report = run.run()
     run.log.close()
     events = events_of(tmp_path)

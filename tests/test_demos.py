@@ -14,6 +14,7 @@ from promptopt.cli import main
 from promptopt.demos import sample_demo_ids
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.loop import Run
+from promptopt.resolved import ResolvedRun
 from promptopt.significance import compare_paired, mcnemar_exact, paired_bootstrap
 from promptopt.strategies.bootstrap import Bootstrap, BootstrapConfig
 from promptopt.strategies.fewshot import FewShot, FewShotConfig
@@ -186,8 +187,9 @@ def test_fewshot_finds_demos_when_they_help():
 
 def test_demos_k_seeds_instruction_strategies_and_edits_keep_them():
     task = toy_task()
-    run = Run(task=task, strategy=Paraphrase(ParaphraseConfig(rounds=1, proposals=2)), target=DemoAwareBackend(),
-              optimizer=FakeBackend("opt"), budget=Budget(max_examples=200), demos=2)
+    resolved = ResolvedRun(task=task, strategy=Paraphrase(ParaphraseConfig(rounds=1, proposals=2)),
+                           budget=Budget(max_examples=200), demos=2)
+    run = Run(resolved, target=DemoAwareBackend(), optimizer=FakeBackend("opt"))
     report = run.run()
     searched = [c for c in run.history.candidates() if c.origin != "seed" or c.demos]
     assert searched and all(c.demos == run.seed_demos for c in searched)
@@ -225,7 +227,8 @@ def test_a_task_without_train_split_is_refused_before_any_model_call(make):
     with pytest.raises(ConfigError, match="no train split"):
         make_run(make(), task=task, target=target)
     with pytest.raises(ConfigError, match="no train split"):
-        Run(task=task, strategy=Paraphrase(ParaphraseConfig()), target=target, optimizer=FakeBackend("o"), demos=2)
+        Run(ResolvedRun(task=task, strategy=Paraphrase(ParaphraseConfig()), demos=2), target=target,
+            optimizer=FakeBackend("o"))
     assert target.calls == 0
 
 

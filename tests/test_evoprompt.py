@@ -8,6 +8,7 @@ from promptopt.budget import Budget
 from promptopt.errors import CapabilityError
 from promptopt.strategies.blocks.evoprompt import EvolutionConfig, extract_prompt
 from promptopt.loop import Run
+from promptopt.resolved import ResolvedRun
 from promptopt.strategies.evoprompt_de import EvoPromptDE
 from promptopt.strategies.evoprompt_ga import EvoPromptGA
 from promptopt.testing import StrategyContract, make_run, toy_task
@@ -42,7 +43,7 @@ def test_extract_prompt_reads_tags_defensively():
 
 def test_needs_an_optimizer():
     with pytest.raises(CapabilityError):
-        Run(task=toy_task(), strategy=EvoPromptGA(EvolutionConfig()), target=FakeBackend(), optimizer=None)
+        Run(ResolvedRun(task=toy_task(), strategy=EvoPromptGA(EvolutionConfig())), target=FakeBackend(), optimizer=None)
 
 
 REPLIES = [

@@ -225,7 +225,9 @@ def test_the_plan_says_the_budget_is_a_cap_and_the_final_report_is_outside_it(ca
     code, out, _ = run_cli("optimize", "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
                            "--budget", "100", "--dry-run", capsys=capsys)
     assert code == 0
-    assert "search: examples 100 (at most: the strategy may finish first, by its own steps=10, patience=2)" in out
+    assert "budget     search: examples 100\n" in out
+    assert "ends       at the first budget limit spent, or sooner when the strategy finishes (its own steps=10, " \
+           "patience=2)" in out
     final = int(re.search(r"final      at most (\d+) more scored examples, outside the budget", out)[1])
     assert f"total      at most {100 + final} scored examples" in out
     with pytest.raises(SystemExit):

@@ -1,6 +1,6 @@
-"""The rooms of the house and the arrows between them: the core (promptopt/ outside cli/ and testing/)
-imports no UI, no test kit or server, no strategy and no task; only tests, benches and the testing kit
-import a test server; and the core loads without torch. Plugins are found by name."""
+"""The rooms of the house and the arrows between them: the core (promptopt/ outside cli/, testing/ and
+integrations/) imports no UI, no test kit or server, no strategy, no task and no integration; only tests,
+benches and the testing kit import a test server; and the core loads without torch. Plugins are found by name."""
 import ast
 import subprocess
 import sys
@@ -16,7 +16,7 @@ PACKAGE = Path(promptopt.__file__).parent
 REPO = PACKAGE.parent
 SERVERS = ("promptopt.testing.openai_server", "promptopt.testing.faultproxy", "promptopt.testing._http",
            "promptopt.testing.vllm_server")
-CORE_MODULES = ("loop", "api", "strategy", "scorer", "types", "task", "config", "runlog", "cache")
+CORE_MODULES = ("loop", "api", "resolved", "strategy", "scorer", "types", "task", "config", "runlog", "cache")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -30,19 +30,36 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+WINGS = ("cli", "testing", "integrations")  # the rooms above the core: they may import it, never the reverse
+
+
 def core_files() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ("cli", "testing")]
+    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in WINGS]
 
 
 def _under(name: str, packages: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in packages)
 
 
-def test_core_imports_no_ui_test_kit_strategy_or_task():
-    banned = ("promptopt.cli", "promptopt.testing", "promptopt.strategies", "promptopt.tasks")
-    bad = {str(p.relative_to(REPO)): sorted(n for n in imported_modules(p) if _under(n, banned))
-           for p in core_files()}
+def test_core_imports_no_ui_test_kit_strategy_task_or_integration():
+    banned = ("promptopt.cli", "promptopt.testing", "promptopt.strategies", "promptopt.tasks",
+              "promptopt.integrations")
+    files = core_files()
+    assert PACKAGE / "api.py" in files and not any(p.relative_to(PACKAGE).parts[0] == "integrations" for p in files)
+    bad = {str(p.relative_to(REPO)): sorted(n for n in imported_modules(p) if _under(n, banned)) for p in files}
     assert not {k: v for k, v in bad.items() if v}
+
+
+def test_the_core_names_no_integration_module_in_a_string():
+    """An integration is a plugin found by its registered name (task "lmeval", callback "mlflow"), not by a
+    module path the core spells out (importlib.import_module("promptopt.integrations...") would dodge the test above)."""
+    bad = [str(p.relative_to(REPO)) for p in core_files() if "promptopt.integrations" in p.read_text(encoding="utf-8")]
+    assert not bad
+
+
+def test_integrations_are_found_by_name():
+    assert registry.get("tasks", "lmeval").__module__ == "promptopt.integrations.lmeval"
+    assert registry.get("callbacks", "mlflow").__module__ == "promptopt.integrations.mlflow_tracking"
 
 
 def test_only_tests_benches_and_the_testing_kit_import_a_test_server():

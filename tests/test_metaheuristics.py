@@ -6,6 +6,7 @@ import pytest
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.loop import Run
+from promptopt.resolved import ResolvedRun
 from promptopt.strategies.harmony import Harmony, HarmonyConfig
 from promptopt.strategies.hill_climb import HillClimb
 from promptopt.strategies.plum_ga import PlumGA, PlumGAConfig
@@ -25,8 +26,8 @@ def long_seed_task(**kw) -> Task:
 
 
 def run_without_optimizer(strategy, task=None, budget=300, seed=0) -> Run:
-    run = Run(task=task or long_seed_task(), strategy=strategy, target=FakeBackend(), optimizer=None,
-              budget=Budget(max_examples=budget), seed=seed)
+    resolved = ResolvedRun(task=task or long_seed_task(), strategy=strategy, budget=Budget(max_examples=budget), seed=seed)
+    run = Run(resolved, target=FakeBackend(), optimizer=None)
     run.report = run.run()
     return run
 
@@ -187,8 +188,8 @@ def test_hill_climb_with_the_embedded_target_and_no_optimizer(hf_embedded):
     task = Task(**{**demo.__dict__, "seed_prompts": (
         "Read the customer message and decide whether it is a complaint about our company.",)})
     hc = HillClimb(PhraseSearchConfig(candidates=3, steps=2, patience=None, eval_examples=12, objective="task"))
-    run = Run(task=task, strategy=hc, target=hf_embedded, optimizer=None, budget=Budget(max_examples=7 * 12),
-              final_top_k=1, test_limit=10)
+    resolved = ResolvedRun(task=task, strategy=hc, budget=Budget(max_examples=7 * 12), final_top_k=1, test_limit=10)
+    run = Run(resolved, target=hf_embedded, optimizer=None)
     report = run.run()
     assert run.tracker.optimizer_calls == 0
     cands = run.history.candidates()

