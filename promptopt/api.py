@@ -80,6 +80,15 @@ def task_fingerprint(task: Task) -> str:
     return "sha256:" + canonical_hash(data)
 
 
+def templates_fingerprint(settings: Any) -> dict[str, str]:
+    """{"templates": hash} of the meta-prompts a strategy's settings put in use (the defaults, or the user's
+    prompt_files), {} for a strategy without any: a template file edited between a stop and --resume, or a
+    default changed by an upgrade, is caught like changed task data."""
+    templates = getattr(settings, "templates", None)
+    texts = templates() if callable(templates) else {}
+    return {"templates": "sha256:" + canonical_hash(texts)} if texts else {}
+
+
 def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
     """What changed since the run started (its config.json against the checksummed run.start event, and
     the task data and models against their recorded fingerprints). Refused unless `accept`."""
@@ -95,7 +104,8 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)
         if old != new:
-            changed.append(f"{what} {'data' if what == 'task' else 'model'} changed ({old} -> {new})")
+            thing = {"task": "task data", "templates": "meta-prompt templates"}.get(what, f"{what} model")
+            changed.append(f"{thing} changed ({old} -> {new})")
     if changed and not accept:
         log.close()
         raise ResumeError(f"{log.dir}: its inputs changed since it started: {'; '.join(changed)}; a resume would "
@@ -117,7 +127,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
-                             "task": task_fingerprint(resolved.task)},
+                             "task": task_fingerprint(resolved.task), **templates_fingerprint(resolved.strategy_config)},
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks)

@@ -14,7 +14,7 @@ from promptopt.types import Usage
 class Budget(BaseModel):
     """Limits for the search phase (the final dev/test report is not counted). None = no limit."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # --max-usd inf is no limit
 
     max_examples: int | None = Field(2000, gt=0, description="scored (prompt, example) pairs")
     max_optimizer_calls: int | None = Field(None, gt=0)

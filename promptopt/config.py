@@ -6,7 +6,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -15,6 +14,7 @@ from promptopt.budget import Budget
 from promptopt.data import lone_surrogate
 from promptopt.errors import ConfigError
 from promptopt.objectives import check_objectives, check_weights
+from promptopt.paths import has_password, read_text, redact
 
 NONE_MODEL = "none"  # --optimizer-model none / optimize(optimizer_model="none"): no optimizer LLM
 # The budget's limits by short name (--budget examples=500,calls=40), written once:
@@ -41,24 +41,11 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{key!r} looks like a secret; put it in an environment variable and "
                                  f"name that variable instead (e.g. api_key_env=MY_KEY_VAR)")
             for text in value if isinstance(value, list) else [value]:
-                if isinstance(text, str) and _url_password(text):
-                    raise ValueError(f"{key!r} has a password in its URL ({_redacted(text)}); URLs are saved "
+                if isinstance(text, str) and has_password(text):
+                    raise ValueError(f"{key!r} has a password in its URL ({redact(text)}); URLs are saved "
                                      "with the run and printed: put the key in an environment variable and "
                                      "name it with api_key_env")
         return options
-
-
-def _url_password(text: str) -> bool:
-    try:
-        return bool(urlsplit(text).password)
-    except ValueError:
-        return False
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                          + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 class RunConfig(BaseModel):
@@ -177,12 +164,10 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    text = read_text(p, "config file")  # a device or FIFO is refused, not read forever
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 

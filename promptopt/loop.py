@@ -29,6 +29,7 @@ from promptopt.timing import Timings, cache_seconds
 from promptopt.types import Candidate, Evaluation, Example, Usage
 
 log = logging.getLogger("promptopt")
+TOO_LONG = "shorten the prompt"  # what every backend's error for a request over the model's window says
 
 
 @dataclass
@@ -393,7 +394,8 @@ class Run:
             evals = score_jobs(self.task, self.target, jobs)
         finally:
             self.timings.add("target_scoring", time.perf_counter() - t0, cache_seconds(self.target) - c0)
-        self._stop_if_failing([e for e in out if e is not None] + evals, phase)
+        done_reqs = [r for r, e in zip(reqs, out) if e is not None] + [reqs[i] for i in live]
+        self._stop_if_failing([e for e in out if e is not None] + evals, phase, done_reqs)
         for i, ev in zip(live, evals):
             out[i] = ev
             if self.log:
@@ -404,18 +406,37 @@ class Run:
             self.callbacks.emit("on_evaluation", self, ev, phase=phase)
         return done
 
-    def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str) -> None:
-        """Failed evaluations are data, but a run mostly made of them is no result: stop before logging
-        the batch that reaches max_failures, or a final/test evaluation in which every example failed (the
-        report would have no score), so a resume redoes it live."""
+    def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str, reqs: Sequence[ScoreRequest]) -> None:
+        """Failed evaluations are data during the search, but a run mostly made of them is no result: stop
+        before logging the batch that reaches max_failures. In the final dev or test report any failed example
+        stops the run (a report with missing scores is no result), so a resume redoes that batch live."""
         failed = [ev for ev in batch if ev.state == "failed"]
+        self._refuse_a_seed_too_long(batch, reqs)
+        if failed and phase != "search":
+            # A batch-wide error leaves no per-example results: all of that request's examples failed.
+            bad = sum(sum(1 for r in ev.results if r.error) if ev.results else len(req.example_ids or ())
+                      for ev, req in zip(batch, reqs) if ev.state == "failed")
+            total = sum(len(req.example_ids or ()) for req in reqs)
+            where = {"final": "final dev report", "test": "final test report"}.get(phase, f"{phase} report")
+            raise RunStopped(f"{bad} of {total} examples failed in the {where}, which needs a score for every "
+                             f"one; the last error: {failed[-1].error}")
         total = self.failures + len(failed)
-        dead = [ev for ev in failed if all(r.error for r in ev.results)]  # no results: a batch-wide error
-        if dead and phase != "search":
-            raise RunStopped(f"an evaluation for the {phase} report failed: {dead[-1].error}")
         if failed and total >= self.max_failures:
             raise RunStopped(f"{total} evaluations failed (max_failures={self.max_failures}); "
                              f"the last: {failed[-1].error}")
+
+    def _refuse_a_seed_too_long(self, batch: Sequence[Evaluation], reqs: Sequence[ScoreRequest]) -> None:
+        """The seed prompt over the model's window with a dev or test example (on an API model, which cannot
+        count tokens before the run, the server says so at its first evaluation) makes the final report
+        impossible, and no retry or resume can change that: bad input (exit 2), not a resumable stop."""
+        for ev, req in zip(batch, reqs):
+            if ev.state != "failed" or req.candidate.text != self.seed_prompt or req.split == "train":
+                continue
+            errors = [r.error for r in ev.results if r.error] or [ev.error or ""]
+            if all(TOO_LONG in e for e in errors):
+                raise ConfigError(f"the seed prompt does not fit the model's window with {len(errors)} of the "
+                                  f"{len(req.example_ids or ())} {req.split} examples it was scored on: "
+                                  f"{errors[0]}; no resume can fix that: shorten the prompt and start a new run")
 
     def _example(self, split: str, example_id: str) -> Example:
         if split == "test":

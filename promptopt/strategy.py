@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, get_args, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.budget import BudgetView
@@ -14,13 +15,38 @@ from promptopt.task import Task
 from promptopt.types import OBJECTIVES, Candidate, Evaluation, ExampleResult, Objective
 
 __all__ = ["OBJECTIVES", "Context", "History", "Needs", "Objective", "OptimizerLM", "ScoreRequest", "Strategy",
-           "StrategyConfig", "needs"]
+           "StrategyConfig", "StrictSettings", "needs"]
 
 
-class StrategyConfig(BaseModel):
-    """Base of every strategy's settings: unknown keys are an error, values are validated."""
+MAX_SETTING = 10**6  # no count a strategy takes (rounds, population, steps) is meant to be larger
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class StrictSettings(BaseModel):
+    """Settings a user types (a strategy's, and the blocks they embed, such as racing and selection): unknown
+    keys are an error, and numbers are strict: true/false is not a number, a count is a whole number up to
+    MAX_SETTING (not 1e20), and inf or nan is no float setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        kinds = set(get_args(field.annotation)) | {field.annotation} if field is not None else set()
+        reason = None
+        if isinstance(value, bool) and bool not in kinds and (int in kinds or float in kinds):
+            reason = f"a number, not {str(value).lower()}"
+        elif int in kinds and float not in kinds and isinstance(value, float):
+            reason = f"a whole number, not {value!r}"
+        elif int in kinds and isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SETTING:
+            reason = f"at most {MAX_SETTING:,}, not {value:,}"
+        if reason:  # the reason alone, without pydantic's "Value error," prefix
+            raise PydanticCustomError("strict_number", "{reason}", {"reason": reason})
+        return value
+
+
+class StrategyConfig(StrictSettings):
+    """Base of every strategy's settings (see StrictSettings)."""
 
 
 @dataclass(frozen=True)

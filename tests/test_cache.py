@@ -316,8 +316,17 @@ def test_a_file_promptopt_did_not_create_is_refused_and_left_alone(tmp_path: Pat
     before = path.read_bytes()
     with pytest.raises(CacheError, match="promptopt did not create it, so it is left alone"):
         ResponseCache(path)
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
-        "responses.sqlite", "responses.sqlite.lock"]
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["responses.sqlite"]  # no stray responses.sqlite.lock
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir])
+def test_a_cache_path_that_is_no_regular_file_is_refused_before_anything_is_made(tmp_path: Path, make) -> None:
+    path = tmp_path / "responses.sqlite"
+    make(path)
+    with pytest.raises(CacheError, match=r"cache_path .* is a (FIFO|directory); name a regular file"):
+        ResponseCache(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["responses.sqlite"]
 
 
 def _rows(path: Path) -> list[tuple[str, str]]:

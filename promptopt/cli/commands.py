@@ -290,10 +290,11 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _dry_run(cfg: RunConfig, tracker: Any) -> int:
     """Print the resolved run (the one `optimize` would run) and stop."""
     from promptopt.cli.plan import check_run_dir, describe, plan_lines
+    from promptopt.paths import redact
     from promptopt.resolved import resolve
     resolved = resolve(cfg)
     check_run_dir(resolved.run_dir)
-    print(describe(plan_lines(resolved)) + (f"\nmlflow: {tracker.tracking_uri}" if tracker else ""))
+    print(describe(plan_lines(resolved)) + (f"\nmlflow: {redact(tracker.tracking_uri)}" if tracker else ""))
     return 0
 
 

@@ -23,6 +23,7 @@ from promptopt.backends.base import LOGLIKELIHOOD, Backend
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.data import sample
 from promptopt.errors import CapabilityError, ConfigError, PromptOptError
+from promptopt.paths import regular_or_absent
 from promptopt.runlog import write_json_atomic
 from promptopt.scorer import Job, score_jobs
 from promptopt.task import Task
@@ -126,6 +127,7 @@ def default_json_path(expl: Explanation, root: Path = Path("runs")) -> Path:
 
 
 def write_explanation(expl: Explanation, path: Path) -> None:
+    regular_or_absent(path, "explain: --out")  # a device or FIFO there is refused, not replaced
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, expl.to_json())

@@ -19,6 +19,7 @@ from promptopt.cli.render import cache_batches, fmt, significance_line, stop_tex
 from promptopt.cli.show import meta_text
 from promptopt.config import RunConfig
 from promptopt.errors import PromptOptError
+from promptopt.paths import regular_or_absent, write_text
 from promptopt.runlog import RunView, load_run
 from promptopt.timing import PARTS
 from promptopt.types import Usage
@@ -49,10 +50,11 @@ def write_report(run_dir: Path, out: str | Path | None = None, top: int = 10) ->
         path = Path(out) / REPORT_FILE
     else:
         path = Path(out)
+    regular_or_absent(path, "--out")  # a device or FIFO is refused before anything is written
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         plots = _plots(run_dir, view, path)
-        path.write_text(render_html(run_dir, view, plots, top), encoding="utf-8")
+        write_text(path, render_html(run_dir, view, plots, top), "--out")
     except OSError as e:
         raise PromptOptError(f"cannot write the report to {path}: {e.strerror or e}") from None
     return path

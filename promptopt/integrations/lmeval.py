@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from promptopt.errors import ConfigError, TaskError
+from promptopt.paths import write_text
 from promptopt.task import Task
 from promptopt.types import Example
 
@@ -315,9 +316,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, task_name: str | Non
     text = yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{new_name}.yaml"
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    write_text(target, text, "--out")  # atomic; a device or FIFO there is refused
     for hook in sorted(path.parent.glob("*.py")):  # !function hooks resolve beside the YAML
         if not (out / hook.name).exists():
             (out / hook.name).write_text(hook.read_text(encoding="utf-8"), encoding="utf-8")

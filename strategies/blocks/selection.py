@@ -52,20 +52,18 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Iterator, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from promptopt.errors import ConfigError
-from promptopt.strategy import Context, History, ScoreRequest
+from promptopt.strategy import Context, History, ScoreRequest, StrictSettings
 from promptopt.types import Candidate, Evaluation
 
 Method = Literal["ucb", "ucb-e", "sr", "sh", "bf"]
 
 
-class RacingConfig(BaseModel):
+class RacingConfig(StrictSettings):
     """The one racing option of every population strategy (`--set <strategy>.racing=true` or
     `racing.enabled=true`, `racing.block=...`); see the module docstring."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="score new candidates in blocks and drop the clearly worse early")
     block: int = Field(30, ge=2, description="dev examples per block (CAPO: 30)")
@@ -102,10 +100,8 @@ METHOD_NAMES = {"bf": "brute force", "ucb": "UCB", "ucb-e": "UCB-E", "sr": "succ
                 "sh": "successive halving", "race": "racing"}
 
 
-class SelectionConfig(BaseModel):
+class SelectionConfig(StrictSettings):
     """Settings of one selection step; strategies embed it (e.g. `--set apo.selection.method=sr`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Method = Field("ucb", description="bf, ucb, ucb-e, sr (successive rejects), sh (successive halving)")
     split: Literal["dev", "train"] = Field("dev", description="split the arms are scored on")
