@@ -74,6 +74,9 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     if view.summary:
         console.print(f"stop: {stop_text(view.summary.get('stop_reason'))} · seed dev {fmt(view.summary.get('seed_dev'))} "
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
+        if "final" in view.summary:  # runs made before it was recorded have only the search's count
+            console.print(f"scored examples: search {view.summary.get('search', {}).get('examples', '-')} "
+                          f"(what --budget caps) + final report {view.summary['final'].get('examples', '-')}")
         if view.summary.get("significance"):
             console.print(significance_line(view.summary["significance"]))
         print_front(console, view.summary)
