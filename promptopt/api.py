@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from promptopt import __version__, registry
+from promptopt import __version__, registry, routes
 from promptopt.backends.base import Backend, canonical_hash
 from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
@@ -128,6 +128,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
                              "task": task_fingerprint(resolved.task), **templates_fingerprint(resolved.strategy_config)},
+            "scoring": routes.describe(resolved.task, target),  # the route a choose task takes on this target
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks)

@@ -340,6 +340,11 @@ class RunView:
         """Proposals a strategy logged as rejected (never scored)."""
         return sum(1 for n in self.notes if n.get("kind", "").endswith("rejected"))
 
+    @property
+    def unscored(self) -> int:
+        """Examples the search asked for that the budget left unscored (its last step, cut to fit)."""
+        return sum(len(r["unscored"]) for n in self.notes if n.get("kind") == "budget.unscored" for r in n["requests"])
+
     def lineage(self, cid: str) -> list[dict[str, Any]]:
         chain, seen = [], set()
         while cid in self.candidates and cid not in seen:

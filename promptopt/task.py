@@ -69,6 +69,8 @@ class Task:
     # choose: "balanced_accuracy" or "macro_f1" is what a score over examples reports (promptopt.metrics);
     # None keeps mean accuracy. Per-example scores stay correctness.
     corpus_metric: str | None = None
+    # On the chat routes (promptopt/routes.py): demos as user/assistant turns, or inline in the user message.
+    chat_demos: Literal["turns", "inline"] = "turns"
 
     def __post_init__(self) -> None:
         check_template(self.template)
@@ -86,6 +88,8 @@ class Task:
         for split in ("dev",):
             if not self.splits.get(split):
                 raise TaskError(f"task {self.name}: the {split} split is empty")
+        if self.chat_demos not in ("turns", "inline"):
+            raise TaskError(f"task {self.name}: demo_format for chat must be 'turns' or 'inline', not {self.chat_demos!r}")
         if self.demo_format is not None:
             check_template(self.demo_format, required=("input",))
         extra = template_fields(self.template) - {"prompt", "input"}
@@ -114,6 +118,27 @@ class Task:
             return query + (self.options[example.label] if answer is None and example.label is not None else answer or "")
         # A generated answer follows the query on its own line: a worked solution when the task has one.
         return query + "\n" + (example.fields.get("reference", example.target) if answer is None else answer).strip()
+
+    def messages(self, instruction: str, example: Example, demos: Sequence[Example] = (),
+                 answers: Sequence[str | None] = (), system: str = "", answer_line: str = "") -> tuple[tuple[str, str], ...]:
+        """The prompt as chat messages: the system prompt as the system message, the demos as user/assistant
+        turns (or inline, per `chat_demos`), then the instruction (and `answer_line`) with the query as the
+        user message."""
+        out = [("system", system.strip())] if system.strip() else []
+        prompt = instruction
+        if demos and self.chat_demos == "inline":
+            prompt = self.prompt_text(instruction, demos, answers)
+        elif demos:
+            fmt = self.demo_format if self.demo_format is not None else split_at_prompt(self.template)[1]
+            for ex, answer in zip(demos, list(answers) or [None] * len(demos)):
+                out.append(("user", render(fmt, {**ex.fields, "input": ex.input}).strip()))
+                gold = self.options[ex.label] if self.output == "choose" and ex.label is not None else \
+                    ex.fields.get("reference", ex.target)
+                out.append(("assistant", (gold if answer is None else answer).strip()))
+        if answer_line:
+            prompt = f"{prompt}\n{answer_line}" if prompt.strip() else answer_line
+        out.append(("user", self.render(prompt, example).strip()))
+        return tuple(out)
 
     def prompt_text(self, instruction: str, demos: Sequence[Example] = (), answers: Sequence[str | None] = (),
                     system: str = "") -> str:

@@ -70,8 +70,8 @@ class FewShot:
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if not self.started:
             self.started = True
-            left = ctx.budget.examples_left
-            budget = self.config.selection.budget if left is None else min(left, self.config.selection.budget)
+            # The halving is planned for what the run can pay, so its last round is not the one cut short.
+            budget = min(self.config.selection.budget, ctx.budget.room())
             self.selector.start(ctx, self.arms(ctx), budget=budget, keep=1)
         return self.selector.requests()
 

@@ -157,10 +157,7 @@ class PMPO:
     def _affordable(self, ctx: Context, wanted: int) -> int:
         """How many of `wanted` loss evaluations fit the example budget. Enough is kept back to
         score one new incumbent on dev, so the best prompt found always reaches the final report."""
-        left = ctx.budget.examples_left
-        if left is None:
-            return wanted
-        return max(0, min(wanted, (left - len(ctx.task.split("dev"))) // len(self.examples)))
+        return min(wanted, ctx.budget.room(len(self.examples), reserve=len(ctx.task.split("dev"))))
 
     # ---- 1-2: segment and mask ----------------------------------------------------------------
 
@@ -176,8 +173,7 @@ class PMPO:
         reqs = self._unscored(ctx, [self.incumbent, *(c for _, c in self.masked)])
         dev = self._dev_request(ctx)
         cost = sum(len(r.example_ids or ()) for r in reqs) + len(ctx.task.split("dev")) * len(dev)
-        left = ctx.budget.examples_left
-        if left is not None and cost > left:
+        if not ctx.budget.room(cost):
             return None
         return reqs + dev
 

@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from promptopt.timing import breakdown_line
-from promptopt.runlog import CONTINUABLE
+from promptopt.routes import route_line
+from promptopt.runlog import CONTINUABLE, RunView, load_run
 
 if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop
     from promptopt.loop import Report
@@ -53,13 +54,10 @@ def cache_batches(cache: dict) -> Any:
     return cache.get("model_batches", cache.get("model_calls", "-"))
 
 
-def answers_warning(run_dir: str | None) -> str | None:
+def answers_warning(view: RunView) -> str | None:
     """The best prompt's answer warnings (one answer dominates, many are empty), read from the run log."""
-    if not run_dir:
-        return None
     from promptopt.cli.predictions import best_results, prediction_lines
-    from promptopt.runlog import load_run
-    scored = best_results(load_run(Path(run_dir)))
+    scored = best_results(view)
     return prediction_lines(scored[1])[1] if scored else None
 
 
@@ -79,7 +77,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
         console.print(f"best prompt's demos (train ids, in order): {', '.join(report.best_demos)}")
     if report.significance:
         console.print(significance_line(report.significance))
-    warning = answers_warning(report.run_dir)
+    view = load_run(Path(report.run_dir)) if report.run_dir else None
+    warning = answers_warning(view) if view else None
     if warning:
         console.print(escape(f"warning: the best prompt's answers: {warning}"), style="bold yellow")
     tu, ou = report.target_usage, report.optimizer_usage
@@ -92,6 +91,9 @@ def print_report(report: Report, console: Console | None = None) -> None:
         f"target tokens {tu.tokens:,} · optimizer tokens {ou.tokens:,} · usd {tu.usd + ou.usd:.4f}"
         f" · model requests {tu.calls + ou.calls:,} · model batches {cache_batches(cache)} (this session)"
         f" · cache hits {cache.get('hits', '-')} · failures {report.failures} · {report.seconds:.1f}s")
+    route = route_line(view.events) if view else None
+    if route:
+        console.print(route)
     if report.timings:
         console.print(breakdown_line(report.timings))
     if report.run_dir:
