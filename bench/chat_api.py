@@ -46,9 +46,9 @@ _DSPY_FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]")
 
 
 def sst2_sample(n: int) -> tuple[Any, tuple[Any, ...]]:
-    """The sst2 task and promptopt.data.test_sample(its test split, n)."""
+    """The sst2 task and promptopt.task.data.test_sample(its test split, n)."""
     from promptopt.api import load_task
-    from promptopt.data import test_sample
+    from promptopt.task.data import test_sample
     task = load_task("sst2", seed=0)
     return task, tuple(test_sample(task.split("test"), n))
 
@@ -79,7 +79,7 @@ def make_reply(examples: list[dict[str, str]]):
 
 def client_promptopt(args: argparse.Namespace, examples: list[dict[str, str]]) -> dict[str, Any]:
     from promptopt.backends.openai.backend import OpenAIBackend
-    from promptopt.scorer import Job, score_jobs
+    from promptopt.scoring.scorer import Job, score_jobs
 
     task, exs = sst2_sample(len(examples))
     assert [ex.id for ex in exs] == [e["id"] for e in examples]

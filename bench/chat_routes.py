@@ -22,8 +22,8 @@ from pathlib import Path
 
 from promptopt.api import load_task
 from promptopt.backends.openai.backend import OpenAIBackend
-from promptopt.routes import ROUTES, flag_counts
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.routes import ROUTES, flag_counts
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.testing.vllm_server import SERVED_NAME, VLLMServer
 
 
@@ -111,7 +111,7 @@ def chat_loglikelihood(task, examples, preds, backend, tokenizer) -> dict:
     """Each bare option's log-likelihood after the chat-templated prompt (the messages the chat routes send,
     through the model's own chat template): the loglikelihood route on the chat prompt."""
     from promptopt.backends.base import LLRequest
-    from promptopt.scorer import _answer_line
+    from promptopt.scoring.scorer import _answer_line
 
     line = _answer_line(task)
     contexts = [tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in

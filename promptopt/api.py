@@ -10,18 +10,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from promptopt import __version__, registry, routes
+from promptopt import __version__, registry
+from promptopt.scoring import routes
 from promptopt.backends.base import Backend, canonical_hash
-from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
+from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
-from promptopt.data import test_sample
+from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
 from promptopt.resolved import BackendSpec, load_task, resolve, warn_reused_splits
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
-from promptopt.task_from_examples import IN_MEMORY, MetricError
+from promptopt.task.from_examples import IN_MEMORY, MetricError
 from promptopt.types import Evaluation
 
 

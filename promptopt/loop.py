@@ -14,16 +14,16 @@ from typing import Any, Callable, Sequence
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
 from promptopt.budget import BudgetTracker
 from promptopt.callbacks import Dispatcher
-from promptopt.data import test_sample
-from promptopt.demos import check_demo_ids, sample_demo_ids
+from promptopt.task.data import test_sample
+from promptopt.task.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
                               RunStopped)
-from promptopt.objectives import Measurer
+from promptopt.measure.objectives import Measurer
 from promptopt.resolved import ResolvedRun
 from promptopt.runlog import RunLog
-from promptopt.routes import check_choose
-from promptopt.scorer import Job, PromptParts, score_jobs
-from promptopt.significance import compare_paired
+from promptopt.scoring.routes import check_choose
+from promptopt.scoring.scorer import Job, PromptParts, score_jobs
+from promptopt.measure.significance import compare_paired
 from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, check_task, needs
 from promptopt.task import Task
 from promptopt.timing import Timings, cache_seconds

@@ -14,13 +14,13 @@ from typing import Any, Mapping
 from promptopt import registry
 from promptopt.backends.base import Backend
 from promptopt.budget import Budget
-from promptopt.cache import default_cache_path
+from promptopt.scoring.cache import default_cache_path
 from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
-from promptopt.data import test_sample
+from promptopt.task.data import test_sample
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.strategy import Strategy, StrategyConfig, check_task, needs
 from promptopt.task import Task
-from promptopt.task_from_examples import IN_MEMORY
+from promptopt.task.from_examples import IN_MEMORY
 
 TASK_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
 LMEVAL = "lmeval:"  # `--task lmeval:PATH_OR_NAME`: the task plugin named "lmeval" (the lmeval extra)
@@ -50,7 +50,7 @@ def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options:
 
 def warn_reused_splits(task: Task) -> list[str]:
     """Warn (log) when one split's examples are mostly another's (train given as dev): scores are then not held out."""
-    from promptopt.metrics import reused_splits
+    from promptopt.measure.metrics import reused_splits
     found = reused_splits(task.splits)
     for line in found:
         log.warning("task %s: %s", task.name, line)

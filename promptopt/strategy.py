@@ -15,7 +15,7 @@ from promptopt.task import Task
 from promptopt.types import OBJECTIVES, Candidate, Evaluation, ExampleResult, Objective
 
 if TYPE_CHECKING:  # objectives.py is the loop's; a strategy only calls `scalarize` on it
-    from promptopt.objectives import Measurer
+    from promptopt.measure.objectives import Measurer
 
 __all__ = ["OBJECTIVES", "Context", "History", "Needs", "Objective", "OptimizerLM", "ScoreRequest", "Strategy",
            "StrategyConfig", "StrictSettings", "check_task", "needs"]
@@ -58,7 +58,7 @@ class ScoreRequest:
     or exactly on `example_ids` when given. Asking again for a scored candidate means "more".
 
     objective "task" scores with the task metric; "loss" scores each example by the gold answer's
-    log-likelihood (higher is better; see promptopt.scorer) for loss-driven strategies such as PMPO."""
+    log-likelihood (higher is better; see promptopt.scoring.scorer) for loss-driven strategies such as PMPO."""
 
     candidate: Candidate
     split: str = "dev"
@@ -90,7 +90,7 @@ class History:
             self._failures[ev.candidate_id] = self._failures.get(ev.candidate_id, 0) + 1
             return
         bucket = self._results.setdefault((ev.candidate_id, ev.split, ev.objective), {})
-        if ev.metric is not None:  # a corpus metric (promptopt.metrics): score() computes it over the results
+        if ev.metric is not None:  # a corpus metric (promptopt.measure.metrics): score() computes it over the results
             self._metrics[(ev.candidate_id, ev.split, ev.objective)] = ev.metric
         for r in ev.results:
             bucket[r.example_id] = r
@@ -123,7 +123,7 @@ class History:
             return math.nan
         metric = self._metrics.get((candidate_id, split, objective))
         if metric is not None:
-            from promptopt.metrics import corpus_score
+            from promptopt.measure.metrics import corpus_score
             return corpus_score(metric, res.values())
         return sum(r.score for r in res.values()) / len(res)
 

@@ -123,7 +123,7 @@ class ExampleResult:
     option_logprobs: tuple[float, ...] | None = None  # classification: one per option
     error: str | None = None
     feedback: str | None = None  # textual feedback from the task's metric, when it gives any
-    # How a chat route scored it (promptopt/routes.py): "format_failure", "floored", "fallback", "format_line"
+    # How a chat route scored it (promptopt/scoring/routes.py): "format_failure", "floored", "fallback", "format_line"
     flags: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class ExampleResult:
 
 Split = Literal["train", "dev", "test"]
 # What an evaluation measures: "task" scores with the task metric; "loss" scores each example by the
-# gold answer's log-likelihood (higher is better; see promptopt.scorer), for loss-driven strategies.
+# gold answer's log-likelihood (higher is better; see promptopt.scoring.scorer), for loss-driven strategies.
 Objective = Literal["task", "loss"]
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 
@@ -167,7 +167,7 @@ class Evaluation:
     error: str | None = None
     usage: Usage = Usage()
     objective: Objective = "task"
-    metric: str | None = None  # a corpus metric of a choose task (promptopt.metrics); None: the mean score
+    metric: str | None = None  # a corpus metric of a choose task (promptopt.measure.metrics); None: the mean score
 
     @property
     def score(self) -> float:
@@ -175,7 +175,7 @@ class Evaluation:
         if self.state != "complete" or not self.results:
             return math.nan
         if self.metric is not None:
-            from promptopt.metrics import corpus_score
+            from promptopt.measure.metrics import corpus_score
             return corpus_score(self.metric, self.results)
         return sum(r.score for r in self.results) / len(self.results)
 

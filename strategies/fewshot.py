@@ -15,7 +15,7 @@ from typing import Sequence
 
 from pydantic import Field
 
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.selection import SelectionConfig

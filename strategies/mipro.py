@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.edits import DELETE, SWAP, apply_edit, plan_edit, render, segment, tidy

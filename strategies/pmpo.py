@@ -12,7 +12,7 @@ Each iteration
 Step 1-2 are skipped while the incumbent is unchanged: its mask analysis would be identical.
 
 Loss: classification uses the paper's preference form (gold option against each wrong option,
-`beta`), generation the cross-entropy of the reference output (promptopt.attribution).
+`beta`), generation the cross-entropy of the reference output (promptopt.measure.attribution).
 Each new incumbent is also scored on the dev split with the task metric, which is what the
 loop's final report ranks by.
 """
@@ -23,12 +23,12 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from promptopt.attribution import (LossKind, LossSummary, Segment, SegmentImpact, default_loss, impacts,
+from promptopt.measure.attribution import (LossKind, LossSummary, Segment, SegmentImpact, default_loss, impacts,
                                    marked_segments, mask, merge_segments, split_prompt, summarize, worst_first)
 from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
-from promptopt.scorer import reference_text
+from promptopt.scoring.scorer import reference_text
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context, ScoreRequest
 from promptopt.types import Candidate, Evaluation, Example

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig

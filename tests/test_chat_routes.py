@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from promptopt import routes
+from promptopt.scoring import routes
 from promptopt.backends.base import GenRequest, LLRequest
 from promptopt.backends.openai import onetoken
 from promptopt.backends.openai.backend import OpenAIBackend
 from promptopt.backends.openai.chat import ChatParams, first_top_logprobs
-from promptopt.cache import CachedBackend
+from promptopt.scoring.cache import CachedBackend
 from promptopt.cli import main
 from promptopt.config import strategy_config
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.registry import get
-from promptopt.scorer import Job, PromptParts, score_jobs
+from promptopt.scoring.scorer import Job, PromptParts, score_jobs
 from promptopt.task import Task
 from promptopt.testing import make_run
 from promptopt.testing.openai_server import FakeOpenAIServer, pick_logprobs
@@ -386,7 +386,7 @@ def test_apo_sees_unparseable_replies_as_errors(backend, tmp_path):
 
 
 def test_chat_logprobs_results_come_back_from_the_cache(backend, tmp_path):
-    from promptopt.cache import ResponseCache
+    from promptopt.scoring.cache import ResponseCache
     task = sentiment_task()
     job = Job("c", "Rate the review.", "dev", tuple(task.splits["dev"]))
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:

@@ -186,7 +186,7 @@ class EmptyReplies(FakeBackend):
 
 
 def test_the_final_table_carries_the_answer_warnings(tmp_path: Path) -> None:
-    from promptopt.task_from_examples import make_task
+    from promptopt.task.from_examples import make_task
     rows = [{"q": f"what is {i} plus 1?", "a": str(i + 1)} for i in range(30)]
     task = make_task(rows, template="{prompt}\n\nQ: {q}\nA:", input_key="q", target_key="a", stop=["\n"],
                      prompt="Answer with a number.")
@@ -210,7 +210,7 @@ def test_list_strategies_prints_whole_first_sentences(capsys) -> None:
 def test_the_hub_probe_gives_up_after_its_timeout_even_in_a_name_lookup(monkeypatch) -> None:
     import socket
 
-    from promptopt import data
+    from promptopt.task import data
     release = threading.Event()
 
     def hung_lookup(*args, **kwargs):  # a resolver that does not answer: socket timeouts do not bound it

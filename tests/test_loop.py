@@ -5,7 +5,7 @@ import pytest
 
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
-from promptopt.cache import CachedBackend
+from promptopt.scoring.cache import CachedBackend
 from promptopt.errors import CapabilityError, PromptOptError, ResumeError, RunStopped
 from promptopt.runlog import RunLog, read_events
 from promptopt.strategy import ScoreRequest, StrategyConfig

@@ -18,7 +18,7 @@ from promptopt.backends.openai.limits import RateLimiter
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob
 from promptopt.backends.openai.prices import Price, estimate_usd, price_for, usd
 from promptopt.backends.openai.transport import httpx, parse_retry_after, server_message
-from promptopt.cache import CachedBackend
+from promptopt.scoring.cache import CachedBackend
 from promptopt.config import strategy_config
 from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptOptError
 from promptopt.testing.faultproxy import FaultProxy

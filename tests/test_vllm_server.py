@@ -151,7 +151,7 @@ def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: st
     assert queried > 0 and hit / queried > 0.5  # the shared instruction is read from the cache
 
 
-# --- chat routes for choose tasks (promptopt/routes.py) on vLLM's /v1/chat/completions -----------------
+# --- chat routes for choose tasks (promptopt/scoring/routes.py) on vLLM's /v1/chat/completions -----------------
 
 def _reviews_task():
     from promptopt.task import Task
@@ -171,7 +171,7 @@ def test_forced_chat_routes_score_through_the_chat_endpoint(vllm_server: str, ro
     import math
 
     from promptopt.backends.openai.backend import OpenAIBackend
-    from promptopt.scorer import Job, score_jobs
+    from promptopt.scoring.scorer import Job, score_jobs
 
     task = _reviews_task()
     with OpenAIBackend(SERVED_NAME, base_url=vllm_server, concurrency=4, timeout=300, choose_route=route) as b:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptopt.config import BUDGET_LIMITS
 from promptopt.errors import ConfigError
-from promptopt.routes import planned
+from promptopt.scoring.routes import planned
 
 if TYPE_CHECKING:
     from promptopt.resolved import ResolvedRun
@@ -80,7 +80,7 @@ def _budget(run: ResolvedRun) -> str:
 
 
 def _route(run: ResolvedRun) -> str | None:
-    """How a choose task is scored on this target (promptopt/routes.py), when that is known before the run."""
+    """How a choose task is scored on this target (promptopt/scoring/routes.py), when that is known before the run."""
     return planned(run.task, run.target.options) if run.target else None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from promptopt.metrics import distribution_line, dominance_warning, prediction_counts
+from promptopt.measure.metrics import distribution_line, dominance_warning, prediction_counts
 
 
 EMPTY_SHARE = 0.2  # warn when at least this share of generated answers is empty

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from promptopt.timing import breakdown_line
-from promptopt.routes import route_line
+from promptopt.scoring.routes import route_line
 from promptopt.runlog import CONTINUABLE, RunView, load_run
 
 if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop

@@ -20,7 +20,7 @@ from promptopt.cli.show import meta_text
 from promptopt.config import RunConfig
 from promptopt.errors import PromptOptError
 from promptopt.paths import regular_or_absent, write_text
-from promptopt.routes import route_line
+from promptopt.scoring.routes import route_line
 from promptopt.runlog import RunView, load_run
 from promptopt.timing import PARTS
 from promptopt.types import Usage

@@ -12,7 +12,7 @@ from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
 from promptopt.cli.render import PARTIAL, fmt, short, significance_line, stop_text
 from promptopt.errors import ConfigError
-from promptopt.routes import route_line
+from promptopt.scoring.routes import route_line
 from promptopt.runlog import CONFIG, EVENTS, load_run
 
 

@@ -61,7 +61,7 @@ class _ServerInfo:
 
 
 def _serves(info: _ServerInfo, route: str) -> bool:
-    """Whether the server can score choose tasks by `route` (promptopt/routes.py)."""
+    """Whether the server can score choose tasks by `route` (promptopt/scoring/routes.py)."""
     if route == "loglikelihood":
         return info.ll_max_tokens is not None
     return info.chat_error is None and (route == "generate" or info.chat_params.top_logprobs > 0)
@@ -245,7 +245,7 @@ class OpenAIBackend:
 
     @property
     def choose_route(self) -> str:
-        """How a choose task is scored here (promptopt/routes.py): the forced route, else the best that every
+        """How a choose task is scored here (promptopt/scoring/routes.py): the forced route, else the best that every
         server serves (loglikelihood, then chat_logprobs, then generate)."""
         info = self._checked().values()
         if self._forced_route is None:

@@ -5,16 +5,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
-from promptopt import answers as _answers
+from promptopt.measure import answers as _answers
 from promptopt.errors import TaskError
-from promptopt.template import check_template, render, split_at_prompt, template_fields
+from promptopt.task.template import check_template, render, split_at_prompt, template_fields
 from promptopt.types import Example
 
 SPLITS = ("train", "dev", "test")
 
 
 def exact_match(prediction: str, example: Example) -> float:
-    """Case-, whitespace- and surrounding-punctuation-insensitive (promptopt.answers); the strict rule
+    """Case-, whitespace- and surrounding-punctuation-insensitive (promptopt.measure.answers); the strict rule
     of earlier versions is `exact_match_strict`."""
     return _answers.exact_match(prediction, example)
 
@@ -66,10 +66,10 @@ class Task:
     description: str = ""
     meta: Mapping[str, object] = field(default_factory=dict)
     metric_on_choice: bool = False  # choose: score the chosen option's text with `metric` (else: label match)
-    # choose: "balanced_accuracy" or "macro_f1" is what a score over examples reports (promptopt.metrics);
+    # choose: "balanced_accuracy" or "macro_f1" is what a score over examples reports (promptopt.measure.metrics);
     # None keeps mean accuracy. Per-example scores stay correctness.
     corpus_metric: str | None = None
-    # On the chat routes (promptopt/routes.py): demos as user/assistant turns, or inline in the user message.
+    # On the chat routes (promptopt/scoring/routes.py): demos as user/assistant turns, or inline in the user message.
     chat_demos: Literal["turns", "inline"] = "turns"
 
     def __post_init__(self) -> None:
@@ -81,7 +81,7 @@ class Task:
         if not self.seed_prompts:
             raise TaskError(f"task {self.name}: no seed prompt")
         if self.corpus_metric is not None:
-            from promptopt.metrics import CORPUS_METRICS
+            from promptopt.measure.metrics import CORPUS_METRICS
             if self.corpus_metric not in CORPUS_METRICS or self.output != "choose" or self.metric_on_choice:
                 raise TaskError(f"task {self.name}: corpus_metric {self.corpus_metric!r} needs a choose task scored "
                                 f"by label match, and one of {', '.join(CORPUS_METRICS)}")

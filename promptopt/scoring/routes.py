@@ -20,7 +20,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from promptopt.answers import normalize_answer
+from promptopt.measure.answers import normalize_answer
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, missing_reason
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.task import Task

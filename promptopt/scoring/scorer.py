@@ -1,6 +1,6 @@
 """Turn (prompt, examples) jobs into Evaluations with one backend call per batch.
 
-"choose" tasks take the target's route (promptopt/routes.py): each option scored as a continuation by
+"choose" tasks take the target's route (promptopt/scoring/routes.py): each option scored as a continuation by
 log-likelihood, or, on chat models, the first token's top_logprobs or a generated answer matched to an
 option; "generate" tasks let the model write, then extract and compare. A batch-wide BackendError makes every job in it a failed
 Evaluation (data, not a crash); a per-request error fails that job only.
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from promptopt import routes
+from promptopt.scoring import routes
 from promptopt.backends.base import Backend, GenRequest, GenResult, LLRequest
 from promptopt.errors import BackendError
 from promptopt.task import Task
