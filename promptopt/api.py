@@ -14,7 +14,7 @@ from promptopt import __version__, registry
 from promptopt.scoring import routes
 from promptopt.backends.base import Backend, canonical_hash
 from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
-from promptopt.config import NONE_MODEL, RunConfig, build_config
+from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
 from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
@@ -173,7 +173,7 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
-                        "model_calls": sum(b.inner_calls for b in backends.cached)}
+                        "model_batches": sum(b.inner_calls for b in backends.cached)}  # runs before: model_calls
     # Backends that count retries and failures by kind (e.g. openai) report them here.
     summary["backend_stats"] = backend_stats(backends)
     if run.log:
@@ -252,8 +252,9 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 
 def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
              optimizer_model: str | None = "", optimizer_backend: str | None = None,
-             budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
-             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, **settings: Any) -> Report:
+             budget: int | Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
+             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, progress: bool | None = None,
+             **settings: Any) -> Report:
     """Run an optimization end to end and return its Report.
 
     `task`: a registered name, a spec file, or a Task built in Python (`promptopt.make_task`); config.json
@@ -261,8 +262,12 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     `optimizer_model`, `optimizer_backend`: the optimizer LLM; each is the target's unless given, and
     `optimizer_model=None` (or "none") runs without one.
     `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
+    `budget`: caps the search (the final report scores on top of it): an int is scored examples, as the
+    CLI's `--budget 500`; a mapping takes the CLI's names (examples, calls, tokens, seconds, usd) or
+    Budget's fields (max_examples, ...).
     `mlflow`: a tracking URI (e.g. "./mlruns") to log the run to MLflow (the mlflow extra; see
     promptopt/integrations/mlflow_tracking.py), checked before the run starts.
+    `progress`: the CLI's progress bar on stderr; by default shown when stderr is a terminal.
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
     if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
         callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
@@ -273,9 +278,9 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     if resume is not None:
         cfg = resume_config(resume)
         _check_task_object(cfg, task_object, resume)
-        return run_config(cfg, resume_dir=Path(resume),
-                          accept_changed_inputs=settings.pop("accept_changed_inputs", False),
-                          task_object=task_object, callbacks=callbacks)
+        return _with_progress(progress, cfg, resume_dir=Path(resume),
+                              accept_changed_inputs=settings.pop("accept_changed_inputs", False),
+                              task_object=task_object, callbacks=callbacks)
     if task_object is not None:
         if "task_options" in settings:
             raise ConfigError("task_options are for a task loaded by name; a Task object carries its own settings")
@@ -288,8 +293,42 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     else:  # what is not named here is the target's (RunConfig's rule)
         data["optimizer"] = {k: v for k, v in (("model", optimizer_model), ("backend", optimizer_backend)) if v}
     if budget is not None:
-        data["budget"] = dict(budget)
-    return run_config(build_config(data), task_object=task_object, callbacks=callbacks)
+        data["budget"] = budget_settings(budget)
+    return _with_progress(progress, build_config(data), task_object=task_object, callbacks=callbacks)
+
+
+def budget_settings(budget: Any) -> dict[str, Any]:
+    """optimize()'s `budget` as Budget fields: an int is scored examples (as `--budget 500`), and a
+    mapping may use the CLI's short names."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, Mapping)):
+        raise ConfigError(f"budget must be a number of scored examples (budget=500) or a mapping such as "
+                          f"{{'examples': 500, 'calls': 40}}, not {type(budget).__name__}")
+    if isinstance(budget, int):
+        return {"max_examples": budget}
+    fields = [field for field, _ in BUDGET_LIMITS.values()]
+    out = {}
+    for key, value in budget.items():
+        name = BUDGET_LIMITS[key][0] if key in BUDGET_LIMITS else key
+        if name in out:
+            raise ConfigError(f"budget: {key!r} and {name!r} are the same limit; give one")
+        if name not in fields:
+            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(BUDGET_LIMITS)}, or {', '.join(fields)})")
+        out[name] = value
+    return out
+
+
+def _with_progress(progress: bool | None, cfg: RunConfig, *, callbacks: Sequence[Any] = (), **kwargs: Any) -> Report:
+    """run_config with the progress bar among the callbacks when asked (None: when stderr is a terminal)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return run_config(cfg, callbacks=callbacks, **kwargs)
+    from promptopt.progress import ProgressBar
+    bar = ProgressBar(cfg.budget.max_examples)
+    try:
+        return run_config(cfg, callbacks=[*callbacks, bar], **kwargs)
+    finally:
+        bar.close()
 
 
 def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -> None:
