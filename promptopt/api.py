@@ -1,6 +1,7 @@
 """Python API: build a run from a RunConfig, run it to the end (or resume it), evaluate prompts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -18,7 +19,7 @@ from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
 from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
-from promptopt.resolved import BackendSpec, load_task, resolve, warn_reused_splits
+from promptopt.resolved import BackendSpec, ResolvedRun, load_task, resolve, warn_reused_splits
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
 from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
@@ -123,6 +124,8 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     resolved = resolve(cfg, task=task_object)
     backends = Backends(ResponseCache(resolved.cache_path) if resolved.cache_path else None)
     assert resolved.target is not None  # for the type checker: resolve() always names the target
+    if resume_dir is not None:
+        resolved = _keep_recorded_route(resolved, resume_dir)
     target = backends.get(resolved.target)  # first: a target that cannot load is the first thing to report
     optimizer = backends.get(resolved.optimizer) if resolved.optimizer is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
@@ -143,6 +146,28 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
         run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
+
+
+def _keep_recorded_route(resolved: ResolvedRun, run_dir: Path) -> ResolvedRun:
+    """A resumed run scores by the route each model started with (the `|route:X` its recorded fingerprint
+    ends in; none means loglikelihood): the start-up probe is not trusted again, since an echo probe that
+    failed once under faults must not move the run to another route halfway. A server that can no longer
+    serve that route is then refused in one line, never silently re-routed."""
+    try:
+        recorded = json.loads((run_dir / CONFIG).read_text(encoding="utf-8")).get("fingerprints") or {}
+    except (OSError, ValueError):
+        return resolved  # the resume's own checks report an unreadable config.json
+    specs = {}
+    for role in ("target", "optimizer"):
+        spec, fingerprint = getattr(resolved, role), recorded.get(role)
+        fields = getattr(type(spec.options), "model_fields", {}) if spec is not None else {}
+        if (spec is None or not isinstance(fingerprint, str) or "choose_route" not in fields
+                or spec.config.options.get("choose_route", "auto") != "auto"):
+            continue
+        route = fingerprint.rpartition("|route:")[2] if "|route:" in fingerprint else "loglikelihood"
+        config = spec.config.model_copy(update={"options": {**spec.config.options, "choose_route": route}})
+        specs[role] = BackendSpec(config, spec.cls, spec.options)
+    return dataclasses.replace(resolved, **specs) if specs else resolved
 
 
 def backend_stats(backends: Backends) -> dict[str, Any]:

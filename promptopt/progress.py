@@ -26,8 +26,15 @@ class ProgressBar(Callback):
     def __init__(self, budget_examples: int | None = None, file: IO[str] | None = None):
         self.budget = budget_examples
         self._file = file  # None: stderr
-        self._bar = self._new(None, "optimizing")
+        # Made at the first progress, so a run refused before its first step prints only its error line.
+        self._open: tqdm | None = None
         self._planned = False
+
+    @property
+    def _bar(self) -> tqdm:
+        if self._open is None:
+            self._open = self._new(None, "optimizing")
+        return self._open
 
     def _new(self, total: int | None, desc: str) -> tqdm:
         return tqdm(total=total, unit="ex", desc=desc, dynamic_ncols=True, leave=True, file=self._file)
@@ -54,12 +61,13 @@ class ProgressBar(Callback):
         self.update(run)
 
     def on_phase(self, run: "Run", phase: str, examples: int) -> None:
-        self._bar.close()
-        self._bar = self._new(examples, PHASES.get(phase, phase))
+        self.close()
+        self._open = self._new(examples, PHASES.get(phase, phase))
 
     def on_evaluation(self, run: "Run", evaluation: "Evaluation", phase: str = "search") -> None:
         if phase in PHASES:
             self._bar.update(len(evaluation.results))
 
     def close(self) -> None:
-        self._bar.close()
+        if self._open is not None:
+            self._open.close()
