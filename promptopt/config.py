@@ -190,11 +190,12 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
     cfg = cfg.model_copy(update={"strategy": registry.canonical(cfg.strategy), "task": registry.canonical(cfg.task)})
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy_config(strategy_cls, cfg.strategy_options)
-    target_cls = registry.get("backends", cfg.target.backend)
+    target_cls = _options_owner(cfg.target)
     backend_options(target_cls, cfg.target, "target")
     if cfg.optimizer is not None:
-        optimizer_cls = registry.get("backends", cfg.optimizer.backend)
-        if cfg.optimizer.backend == cfg.target.backend:
+        inherits = cfg.optimizer.backend == cfg.target.backend and cfg.target.options
+        optimizer_cls = registry.get("backends", cfg.optimizer.backend) if inherits else _options_owner(cfg.optimizer)
+        if inherits:
             # The optimizer reaches the target's server the same way unless told otherwise (a key meant for
             # a local server must never go to a default host).
             inherited = getattr(getattr(optimizer_cls, "Options", None), "inherited", frozenset())
@@ -202,6 +203,15 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
             cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"options": options})})
         backend_options(optimizer_cls, cfg.optimizer, "optimizer")
     return cfg
+
+
+def _options_owner(model: ModelConfig) -> Any:
+    """The backend class that checks a model's options, or None when it has none to check and its name is
+    known: its module (torch and transformers for hf, 5-20 s to import) then loads when a run builds it, so
+    a dry run reports a task's missing data without waiting for it."""
+    if not model.options and not registry.is_location(model.backend) and model.backend in registry.names("backends"):
+        return None
+    return registry.get("backends", model.backend)
 
 
 def backend_options(backend_cls: Any, model: ModelConfig, role: str) -> Any:
@@ -239,6 +249,8 @@ def _one_line(e: ValidationError) -> str:
     for err in e.errors()[:3]:
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden" and err["loc"][:1] == ("budget",) and len(err["loc"]) == 2:
+            msg += f" (budget limits: {', '.join(Budget.model_fields)})"  # `examples=` is the CLI's short form
         parts.append(f"{loc}: {msg}")
     more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
     return "; ".join(parts) + more

@@ -50,6 +50,7 @@ class Report:
     candidates: int
     stop_reason: str
     search: dict[str, Any] = field(default_factory=dict)  # budget use during the search
+    final: dict[str, Any] = field(default_factory=dict)  # what the final report scored (not in the budget)
     target_usage: Usage = field(default_factory=Usage)
     optimizer_usage: Usage = field(default_factory=Usage)
     failures: int = 0
@@ -70,6 +71,7 @@ class Report:
             "best_id": self.best_id, "seed_dev": num(self.seed_dev), "best_dev": num(self.best_dev),
             "seed_test": num(self.seed_test), "best_test": num(self.best_test), "steps": self.steps,
             "candidates": self.candidates, "stop_reason": self.stop_reason, "search": self.search,
+            "final": self.final,
             "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
             "failures": self.failures, "seconds": round(self.seconds, 2),
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
@@ -175,6 +177,7 @@ class Run:
         self._best_dev = -math.inf
         self.failures = 0
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
+        self.final_examples = 0  # (prompt, example) pairs the final report scored: outside the budget
         self.timings = Timings()  # wall time by part, this session only; never logged as events
         self.stop_reason = ""
         # The strategy's own stream, apart from the seed's other jobs (docs/architecture.md, "The run seed's
@@ -283,7 +286,8 @@ class Run:
             self.stop_reason = f"budget: {e}"
             return []
         if not raw:
-            self.stop_reason = "strategy finished"
+            why = getattr(self.strategy, "done_reason", "")  # optional: see Strategy
+            self.stop_reason = f"strategy finished: {why}" if isinstance(why, str) and why else "strategy finished"
             return []
         reqs = [self._resolve(r if isinstance(r, ScoreRequest) else ScoreRequest(r)) for r in raw]
         need, left = sum(len(r.example_ids or ()) for r in reqs), self.tracker.examples_left()
@@ -424,6 +428,8 @@ class Run:
             self.objectives.record(ev)
         if search:
             self.tracker.record_evaluation(ev)
+        else:
+            self.final_examples += len(ev.results)
         if ev.state == "failed":
             self.failures += 1
             log.warning("evaluation of %s failed: %s", ev.candidate_id, ev.error)
@@ -607,6 +613,7 @@ class Run:
             best_dev=self.history.score(best.id, "dev"), seed_test=seed_test, best_test=best_test,
             steps=self.step, candidates=len(self.history), stop_reason=self.stop_reason or "done",
             search={"examples": self.tracker.examples, "optimizer_calls": self.tracker.optimizer_calls},
+            final={"examples": self.final_examples},
             target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
             failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
             best_retrieval=best.retrieval.to_json() if best.retrieval else None,

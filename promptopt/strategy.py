@@ -176,7 +176,11 @@ class Strategy(Protocol):
     per request, in order. A step larger than the example budget left is scored as far as it goes: the
     requests it could not pay for come back with state "unscored" (no results: treat as no information),
     and one request may come back with fewer results than it asked for. Strategies never write files or
-    see the test split."""
+    see the test split.
+
+    Optional: a strategy that ends the search itself (returns [] before the budget is spent) may first set
+    an attribute `done_reason`, a short phrase such as "no new best for 2 steps (patience=2)"; the run's
+    stop reason is then "strategy finished: <done_reason>", so a user sees why the budget was not spent."""
 
     Config: ClassVar[type[StrategyConfig]]
     # Optional capability flags (a strategy sets the ones that are True; read them through `needs()`):

@@ -42,6 +42,8 @@ class KnnConfig(StrategyConfig):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer temperature for proposals")
     max_tokens: int = Field(96, ge=8)
     proposal_examples: int = Field(3, ge=1, description="train examples shown to the proposer")
+    instruction_edits: bool = Field(True, description="without an optimizer model: fill the instruction pool with "
+                                                      "the seed's words deleted or swapped (false: the seed only)")
 
     @field_validator("k", "embedding", "mmr", "order", "balanced", mode="after")
     @classmethod
@@ -61,6 +63,7 @@ class Knn(Mipro):
     """MIPROv2's search over (instruction, retrieval policy) instead of (instruction, fixed demo set)."""
 
     Config = KnnConfig
+    name = "knn"
 
     def __init__(self, config: KnnConfig):
         super().__init__(config)  # type: ignore[arg-type]  # the Mipro settings the search reads are all here
