@@ -106,21 +106,27 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
 def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             on_step: Callable[[Run], None] | None = None,
             accept_changed_inputs: bool = False, task_object: Task | None = None,
-            callbacks: Sequence[Any] = ()) -> tuple[Run, Backends]:
+            callbacks: Sequence[Any] = (), program: Any = None) -> tuple[Run, Backends]:
     """Resolve `cfg` (what --dry-run prints), create (or reopen) the run dir, load the models, and return
-    a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>")."""
+    a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>"). `program`: a
+    promptopt.program.Program, whose evaluator scores instead of the target model (none is loaded)."""
+    from promptopt.program import ProgramScorer
+    if program is not None:
+        task_object = program.task
     resolved = resolve(cfg, task=task_object)
     backends = Backends(ResponseCache(resolved.cache_path) if resolved.cache_path else None)
     assert resolved.target is not None  # for the type checker: resolve() always names the target
-    target = backends.get(resolved.target)  # first: a target that cannot load is the first thing to report
+    # first: a target that cannot load is the first thing to report
+    target = backends.get(resolved.target) if program is None else None
     optimizer = backends.get(resolved.optimizer) if resolved.optimizer is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
-            "fingerprints": {"target": target.fingerprint(),
+            "fingerprints": {"target": target.fingerprint() if target is not None else f"program:{program.version}",
                              "optimizer": optimizer.fingerprint() if optimizer else None,
                              "task": task_fingerprint(resolved.task)},
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
-    run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks)
+    run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks,
+              program=ProgramScorer(program, backends.cache) if program is not None else None)
     if resume_dir is None:
         log = RunLog(new_run_dir(resolved.run_dir, meta, resolved.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
@@ -176,10 +182,10 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
 
 def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
                on_step: Callable[[Run], None] | None = None, accept_changed_inputs: bool = False,
-               task_object: Task | None = None, callbacks: Sequence[Any] = ()) -> Report:
+               task_object: Task | None = None, callbacks: Sequence[Any] = (), program: Any = None) -> Report:
     started = time.monotonic()
     run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step, accept_changed_inputs=accept_changed_inputs,
-                            task_object=task_object, callbacks=callbacks)
+                            task_object=task_object, callbacks=callbacks, program=program)
     try:
         try:
             while run.step_once():
@@ -209,7 +215,8 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
         run.callbacks.emit("on_run_end", run, None)
     except RunStopped as e:
         log.warning("%s", e)
-    how = (f"optimize(task=<the same task>, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
+    what = "program=<the same program>" if run.program is not None else "task=<the same task>"
+    how = (f"optimize({what}, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
            else f"promptopt optimize --resume {run.log.dir}")
     return RunStopped(f"{why}; the run is resumable: {how}")
 
@@ -241,7 +248,8 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
              optimizer_model: str | None = "", optimizer_backend: str | None = None,
              budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
-             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, **settings: Any) -> Report:
+             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, program: Any = None,
+             **settings: Any) -> Report:
     """Run an optimization end to end and return its Report.
 
     `task`: a registered name, a spec file, or a Task built in Python (`promptopt.make_task`); config.json
@@ -251,7 +259,13 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
     `mlflow`: a tracking URI (e.g. "./mlruns") to log the run to MLflow (the mlflow extra; see
     promptopt/integrations/mlflow_tracking.py), checked before the run starts.
+    `program`: a `promptopt.Program` (components, examples, your evaluator) to optimize instead of a task;
+    its evaluator scores every candidate (no target model is loaded; the optimizer model is still used).
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
+    if program is not None:
+        return _optimize_program(program, strategy, model=model, backend=backend, optimizer_model=optimizer_model,
+                                 optimizer_backend=optimizer_backend, budget=budget, seed=seed, resume=resume,
+                                 callbacks=callbacks, settings=settings)
     if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
         callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
     task_object = task if isinstance(task, Task) else None
@@ -278,6 +292,47 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     if budget is not None:
         data["budget"] = dict(budget)
     return run_config(build_config(data), task_object=task_object, callbacks=callbacks)
+
+
+def program_config(program: Any, strategy: str, *, model: str = "embedded", backend: str = "hf",
+                   optimizer_model: str | None = "", optimizer_backend: str | None = None,
+                   budget: Mapping[str, Any] | None = None, seed: int = 0,
+                   settings: Mapping[str, Any] | None = None) -> RunConfig:
+    """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint;
+    the target named is not loaded (the evaluator scores), it is the optimizer's default."""
+    settings = dict(settings or {})
+    if "task_options" in settings:
+        raise ConfigError("task_options are for a task loaded by name; a program carries its own settings")
+    data: dict[str, Any] = {"task": IN_MEMORY + program.name, "strategy": strategy, "seed": seed,
+                            "target": {"backend": backend, "model": model},
+                            "task_options": {"fingerprint": program.fingerprint, "program": True}, **settings}
+    if optimizer_model is None or optimizer_model == NONE_MODEL:
+        data["optimizer"] = None
+    else:
+        data["optimizer"] = {k: v for k, v in (("model", optimizer_model), ("backend", optimizer_backend)) if v}
+    if budget is not None:
+        data["budget"] = dict(budget)
+    return build_config(data)
+
+
+def check_program(cfg: RunConfig, program: Any, run_dir: str | Path) -> None:
+    """A program run resumes only with the same program (examples, seed components, roles, version)."""
+    if not cfg.task_options.get("program"):
+        raise ResumeError(f"{run_dir} was not made with a program; resume it as it was made")
+    if program.fingerprint != cfg.task_options.get("fingerprint"):
+        raise ResumeError(f"{run_dir}: the program passed is not the one the run was made with (its examples, "
+                          "components, roles or evaluator version differ); pass the same program")
+
+
+def _optimize_program(program: Any, strategy: str, *, resume: str | Path | None, callbacks: Sequence[Any],
+                      settings: dict[str, Any], **how: Any) -> Report:
+    if resume is not None:
+        cfg = resume_config(resume)
+        check_program(cfg, program, resume)
+        return run_config(cfg, resume_dir=Path(resume), accept_changed_inputs=settings.pop("accept_changed_inputs", False),
+                          callbacks=callbacks, program=program)
+    return run_config(program_config(program, strategy, settings=settings, **how), callbacks=callbacks,
+                      program=program)
 
 
 def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -> None:
