@@ -186,6 +186,11 @@ def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
     started = time.monotonic()
     run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step, accept_changed_inputs=accept_changed_inputs,
                             task_object=task_object, callbacks=callbacks, program=program)
+    return drive(run, backends, started)
+
+
+def drive(run: Run, backends: Backends, started: float) -> Report:
+    """A prepared run to its end: the search, then the final report (or, stopped, a resumable log)."""
     try:
         try:
             while run.step_once():
