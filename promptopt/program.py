@@ -143,7 +143,7 @@ class Program:
     def fingerprint(self) -> str:
         """What a resume must find unchanged: the examples, the seed components with their roles, the version."""
         from promptopt.api import task_fingerprint
-        return "sha256:" + canonical_hash({"task": task_fingerprint(self.task), "roles": self.roles,
+        return "sha256:" + canonical_hash({"task": task_fingerprint(self.task), "components": self.components, "roles": self.roles,
                                            "version": self.version})
 
     def user_example(self, split: str, example_id: str) -> Any:

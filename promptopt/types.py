@@ -47,7 +47,8 @@ class Candidate:
     system: str = ""
     demo_answers: tuple[str, ...] = ()  # bootstrapped outputs, one per demo; empty = the gold answers
     # A program's named text components, in order (promptopt.program); empty for a single prompt, whose
-    # one component is `text`. A program candidate's `text` is its components rendered for reading.
+    # one component is `text`. A program candidate's `text` is its first component's, so a strategy that
+    # knows nothing of components edits that one (strategies/blocks/components.py picks among them).
     components: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -79,8 +80,9 @@ class Candidate:
         """A program candidate from its named components (in the program's order)."""
         items = tuple((str(n), str(t)) for n, t in (components.items() if isinstance(components, Mapping)
                                                     else components))
-        text = "\n\n".join(f"[{n}]\n{t}" for n, t in items)
-        return cls(text, parents, origin, dict(meta or {}), demos, components=items)
+        if not items:
+            raise ValueError("a program candidate needs at least one component")
+        return cls(items[0][1], parents, origin, dict(meta or {}), demos, components=items)
 
     def component(self, name: str) -> str:
         """The text of one component; a single prompt's one component is its text, whatever the name."""

@@ -182,3 +182,28 @@ def test_sigkill_mid_run_then_resume_repeats_no_logged_evaluation_and_matches(tm
     assert not (set(again) & logged)  # goal: 0 evaluator calls repeated for a logged result
     for k in ("best_id", "best_dev", "best_test", "seed_test", "steps", "candidates"):
         assert report.to_json()[k] == expected[k], k
+
+
+def _children(run_dir: str) -> list[dict]:
+    events = _events(run_dir)
+    by_id = {e["candidate_id"]: e for e in events if e["type"] == "candidate"}
+    return [(by_id[e["parents"][0]], e) for e in by_id.values() if e["parents"] and e["parents"][0] in by_id]
+
+
+@pytest.mark.parametrize("strategy, optimizer", [("hill_climb", None), ("paraphrase", "fake")])
+def test_each_proposal_edits_one_component_taking_turns(tmp_path, strategy, optimizer):
+    how = {"optimizer_model": optimizer, "optimizer_backend": optimizer} if optimizer else {"optimizer_model": None}
+    report = _opt(_program(), tmp_path, strategy=strategy, **how)
+    pairs = _children(report.run_dir)
+    assert pairs
+    for parent, child in pairs:
+        changed = [n for (n, a), (_, b) in zip(parent["components"], child["components"]) if a != b]
+        assert changed == [child["meta"]["component"]]  # one component, the one the proposal names
+    assert {child["meta"]["component"] for _, child in pairs} == {"extract", "answer"}  # round-robin reaches both
+
+
+@pytest.mark.parametrize("strategy", ["pmpo", "rlprompt"])
+def test_strategies_without_components_refuse_a_program_in_one_line(tmp_path, strategy):
+    with pytest.raises(ConfigError, match=f"strategy {strategy} cannot optimize a program: "):
+        _opt(_program(), tmp_path, strategy=strategy, optimizer_model="fake", optimizer_backend="fake")
+    assert not (tmp_path / "runs").exists()
