@@ -303,18 +303,20 @@ def program_config(program: Any, strategy: str, *, model: str = "embedded", back
                    optimizer_model: str | None = "", optimizer_backend: str | None = None,
                    budget: Mapping[str, Any] | None = None, seed: int = 0,
                    settings: Mapping[str, Any] | None = None) -> RunConfig:
-    """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint;
-    the target named is not loaded (the evaluator scores), it is the optimizer's default."""
+    """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint,
+    and the program's evaluator as the target (promptopt.program.EvaluatorTarget: nothing to load). `model`
+    and `backend` name the optimizer model unless `optimizer_model` / `optimizer_backend` do."""
+    from promptopt.program import TARGET
     settings = dict(settings or {})
     if "task_options" in settings:
         raise ConfigError("task_options are for a task loaded by name; a program carries its own settings")
     data: dict[str, Any] = {"task": IN_MEMORY + program.name, "strategy": strategy, "seed": seed,
-                            "target": {"backend": backend, "model": model},
+                            "target": {"backend": TARGET, "model": program.name},
                             "task_options": {"fingerprint": program.fingerprint, "program": True}, **settings}
     if optimizer_model is None or optimizer_model == NONE_MODEL:
         data["optimizer"] = None
     else:
-        data["optimizer"] = {k: v for k, v in (("model", optimizer_model), ("backend", optimizer_backend)) if v}
+        data["optimizer"] = {"model": optimizer_model or model, "backend": optimizer_backend or backend}
     if budget is not None:
         data["budget"] = dict(budget)
     return build_config(data)

@@ -26,6 +26,7 @@ from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, ExampleResult, Usage
 
 SOURCE = "python"  # task.meta["source"]: a resume needs the same object passed again
+TARGET = "promptopt.program:EvaluatorTarget"  # what a program run's config.json names as its target
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,15 @@ class Program:
         if names != list(self.components):
             raise PromptOptError(f"candidate {cand.id} has components {names or '(a single prompt)'}, but the "
                                  f"program's are {list(self.components)}")
+
+
+class EvaluatorTarget:
+    """The target a program run's config names: the program's evaluator, which the run is handed in Python.
+    There is no model to load, so building it is refused (it is never built by a program run)."""
+
+    def __init__(self, model: str = "", **options: Any):
+        raise ConfigError(f"the target of program {model!r} is its evaluator: pass the program "
+                          "(optimize(program=...), promptopt.Study(program)); it cannot be loaded by name")
 
 
 def result_key(version: str, cand: Candidate, example_id: str) -> str:
