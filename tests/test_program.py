@@ -207,3 +207,28 @@ def test_strategies_without_components_refuse_a_program_in_one_line(tmp_path, st
     with pytest.raises(ConfigError, match=f"strategy {strategy} cannot optimize a program: "):
         _opt(_program(), tmp_path, strategy=strategy, optimizer_model="fake", optimizer_backend="fake")
     assert not (tmp_path / "runs").exists()
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy_run"  # made by the code before components existed
+
+
+def test_a_run_made_before_components_resumes_with_the_same_events_and_result(tmp_path):
+    """tests/data/legacy_run: `promptopt optimize --task demo --strategy paraphrase --backend fake --model m
+    --budget 200 --seed 3 --demos 2 --no-cache` by the code before this change (04fb257), cut as a SIGKILL would
+    cut it (after step 2's evaluations) and resumed by today's code."""
+    from promptopt.api import resume_config, run_config
+    from promptopt.runlog import read_events
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_bytes((LEGACY / "config.json").read_bytes())
+    lines = (LEGACY / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_bytes(b"".join(lines[:13]))
+    report = run_config(resume_config(run_dir), resume_dir=run_dir).to_json()
+    recorded = json.loads((LEGACY / "summary.json").read_text())
+    for k in ("best_id", "best_prompt", "best_dev", "best_test", "seed_test", "steps", "candidates", "best_demos"):
+        assert report[k] == recorded[k], k
+
+    def stream(path: Path) -> list:
+        return [{k: v for k, v in e.items() if k not in ("time", "usage")}
+                for e in read_events(path / "events.jsonl")[0] if "seq" in e]
+    assert stream(run_dir) == stream(LEGACY)
