@@ -1,6 +1,7 @@
 """Python API: build a run from a RunConfig, run it to the end (or resume it), evaluate prompts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -11,17 +12,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from promptopt import __version__, registry
+from promptopt.scoring import routes
 from promptopt.backends.base import Backend, canonical_hash
-from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
-from promptopt.config import NONE_MODEL, RunConfig, build_config
-from promptopt.data import test_sample
+from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
+from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
+from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
-from promptopt.resolved import BackendSpec, load_task, resolve, warn_reused_splits
+from promptopt.resolved import BackendSpec, ResolvedRun, load_task, resolve, warn_reused_splits
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
-from promptopt.task_from_examples import IN_MEMORY, MetricError
+from promptopt.task.from_examples import IN_MEMORY, MetricError
 from promptopt.types import Evaluation
 
 
@@ -80,6 +82,15 @@ def task_fingerprint(task: Task) -> str:
     return "sha256:" + canonical_hash(data)
 
 
+def templates_fingerprint(settings: Any) -> dict[str, str]:
+    """{"templates": hash} of the meta-prompts a strategy's settings put in use (the defaults, or the user's
+    prompt_files), {} for a strategy without any: a template file edited between a stop and --resume, or a
+    default changed by an upgrade, is caught like changed task data."""
+    templates = getattr(settings, "templates", None)
+    texts = templates() if callable(templates) else {}
+    return {"templates": "sha256:" + canonical_hash(texts)} if texts else {}
+
+
 def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
     """What changed since the run started (its config.json against the checksummed run.start event, and
     the task data and models against their recorded fingerprints). Refused unless `accept`."""
@@ -95,7 +106,8 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)
         if old != new:
-            changed.append(f"{what} {'data' if what == 'task' else 'model'} changed ({old} -> {new})")
+            thing = {"task": "task data", "templates": "meta-prompt templates"}.get(what, f"{what} model")
+            changed.append(f"{thing} changed ({old} -> {new})")
     if changed and not accept:
         log.close()
         raise ResumeError(f"{log.dir}: its inputs changed since it started: {'; '.join(changed)}; a resume would "
@@ -116,13 +128,16 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     resolved = resolve(cfg, task=task_object)
     backends = Backends(ResponseCache(resolved.cache_path) if resolved.cache_path else None)
     assert resolved.target is not None  # for the type checker: resolve() always names the target
+    if resume_dir is not None:
+        resolved = _keep_recorded_route(resolved, resume_dir)
     # first: a target that cannot load is the first thing to report
     target = backends.get(resolved.target) if program is None else None
     optimizer = backends.get(resolved.optimizer) if resolved.optimizer is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint() if target is not None else f"program:{program.version}",
                              "optimizer": optimizer.fingerprint() if optimizer else None,
-                             "task": task_fingerprint(resolved.task)},
+                             "task": task_fingerprint(resolved.task), **templates_fingerprint(resolved.strategy_config)},
+            "scoring": routes.describe(resolved.task, target),  # the route a choose task takes on this target
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks,
@@ -137,6 +152,28 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
         run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
+
+
+def _keep_recorded_route(resolved: ResolvedRun, run_dir: Path) -> ResolvedRun:
+    """A resumed run scores by the route each model started with (the `|route:X` its recorded fingerprint
+    ends in; none means loglikelihood): the start-up probe is not trusted again, since an echo probe that
+    failed once under faults must not move the run to another route halfway. A server that can no longer
+    serve that route is then refused in one line, never silently re-routed."""
+    try:
+        recorded = json.loads((run_dir / CONFIG).read_text(encoding="utf-8")).get("fingerprints") or {}
+    except (OSError, ValueError):
+        return resolved  # the resume's own checks report an unreadable config.json
+    specs = {}
+    for role in ("target", "optimizer"):
+        spec, fingerprint = getattr(resolved, role), recorded.get(role)
+        fields = getattr(type(spec.options), "model_fields", {}) if spec is not None else {}
+        if (spec is None or not isinstance(fingerprint, str) or "choose_route" not in fields
+                or spec.config.options.get("choose_route", "auto") != "auto"):
+            continue
+        route = fingerprint.rpartition("|route:")[2] if "|route:" in fingerprint else "loglikelihood"
+        config = spec.config.model_copy(update={"options": {**spec.config.options, "choose_route": route}})
+        specs[role] = BackendSpec(config, spec.cls, spec.options)
+    return dataclasses.replace(resolved, **specs) if specs else resolved
 
 
 def backend_stats(backends: Backends) -> dict[str, Any]:
@@ -167,7 +204,7 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
-                        "model_calls": sum(b.inner_calls for b in backends.cached)}
+                        "model_batches": sum(b.inner_calls for b in backends.cached)}  # runs before: model_calls
     # Backends that count retries and failures by kind (e.g. openai) report them here.
     summary["backend_stats"] = backend_stats(backends)
     if run.log:
@@ -252,8 +289,9 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 
 def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
              optimizer_model: str | None = "", optimizer_backend: str | None = None,
-             budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
-             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, program: Any = None,
+             budget: int | Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
+             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, progress: bool | None = None,
+             program: Any = None,
              **settings: Any) -> Report:
     """Run an optimization end to end and return its Report.
 
@@ -262,17 +300,21 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     `optimizer_model`, `optimizer_backend`: the optimizer LLM; each is the target's unless given, and
     `optimizer_model=None` (or "none") runs without one.
     `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
+    `budget`: caps the search (the final report scores on top of it): an int is scored examples, as the
+    CLI's `--budget 500`; a mapping takes the CLI's names (examples, calls, tokens, seconds, usd) or
+    Budget's fields (max_examples, ...).
     `mlflow`: a tracking URI (e.g. "./mlruns") to log the run to MLflow (the mlflow extra; see
     promptopt/integrations/mlflow_tracking.py), checked before the run starts.
+    `progress`: the CLI's progress bar on stderr; by default shown when stderr is a terminal.
     `program`: a `promptopt.Program` (components, examples, your evaluator) to optimize instead of a task;
     its evaluator scores every candidate (no target model is loaded; the optimizer model is still used).
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
+    if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
+        callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
     if program is not None:
         return _optimize_program(program, strategy, model=model, backend=backend, optimizer_model=optimizer_model,
                                  optimizer_backend=optimizer_backend, budget=budget, seed=seed, resume=resume,
-                                 callbacks=callbacks, settings=settings)
-    if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
-        callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
+                                 callbacks=callbacks, progress=progress, settings=settings)
     task_object = task if isinstance(task, Task) else None
     if task_object is None and not isinstance(task, str):
         raise ConfigError(f"task must be a task name, a spec file or a Task (promptopt.make_task(examples, ...)), "
@@ -280,9 +322,9 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     if resume is not None:
         cfg = resume_config(resume)
         _check_task_object(cfg, task_object, resume)
-        return run_config(cfg, resume_dir=Path(resume),
-                          accept_changed_inputs=settings.pop("accept_changed_inputs", False),
-                          task_object=task_object, callbacks=callbacks)
+        return _with_progress(progress, cfg, resume_dir=Path(resume),
+                              accept_changed_inputs=settings.pop("accept_changed_inputs", False),
+                              task_object=task_object, callbacks=callbacks)
     if task_object is not None:
         if "task_options" in settings:
             raise ConfigError("task_options are for a task loaded by name; a Task object carries its own settings")
@@ -295,13 +337,47 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     else:  # what is not named here is the target's (RunConfig's rule)
         data["optimizer"] = {k: v for k, v in (("model", optimizer_model), ("backend", optimizer_backend)) if v}
     if budget is not None:
-        data["budget"] = dict(budget)
-    return run_config(build_config(data), task_object=task_object, callbacks=callbacks)
+        data["budget"] = budget_settings(budget)
+    return _with_progress(progress, build_config(data), task_object=task_object, callbacks=callbacks)
+
+
+def budget_settings(budget: Any) -> dict[str, Any]:
+    """optimize()'s `budget` as Budget fields: an int is scored examples (as `--budget 500`), and a
+    mapping may use the CLI's short names."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, Mapping)):
+        raise ConfigError(f"budget must be a number of scored examples (budget=500) or a mapping such as "
+                          f"{{'examples': 500, 'calls': 40}}, not {type(budget).__name__}")
+    if isinstance(budget, int):
+        return {"max_examples": budget}
+    fields = [field for field, _ in BUDGET_LIMITS.values()]
+    out = {}
+    for key, value in budget.items():
+        name = BUDGET_LIMITS[key][0] if key in BUDGET_LIMITS else key
+        if name in out:
+            raise ConfigError(f"budget: {key!r} and {name!r} are the same limit; give one")
+        if name not in fields:
+            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(BUDGET_LIMITS)}, or {', '.join(fields)})")
+        out[name] = value
+    return out
+
+
+def _with_progress(progress: bool | None, cfg: RunConfig, *, callbacks: Sequence[Any] = (), **kwargs: Any) -> Report:
+    """run_config with the progress bar among the callbacks when asked (None: when stderr is a terminal)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return run_config(cfg, callbacks=callbacks, **kwargs)
+    from promptopt.progress import ProgressBar
+    bar = ProgressBar(cfg.budget.max_examples)
+    try:
+        return run_config(cfg, callbacks=[*callbacks, bar], **kwargs)
+    finally:
+        bar.close()
 
 
 def program_config(program: Any, strategy: str, *, model: str = "embedded", backend: str = "hf",
                    optimizer_model: str | None = "", optimizer_backend: str | None = None,
-                   budget: Mapping[str, Any] | None = None, seed: int = 0,
+                   budget: int | Mapping[str, Any] | None = None, seed: int = 0,
                    settings: Mapping[str, Any] | None = None) -> RunConfig:
     """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint,
     and the program's evaluator as the target (promptopt.program.EvaluatorTarget: nothing to load). `model`
@@ -318,7 +394,7 @@ def program_config(program: Any, strategy: str, *, model: str = "embedded", back
     else:
         data["optimizer"] = {"model": optimizer_model or model, "backend": optimizer_backend or backend}
     if budget is not None:
-        data["budget"] = dict(budget)
+        data["budget"] = budget_settings(budget)
     return build_config(data)
 
 
@@ -332,14 +408,14 @@ def check_program(cfg: RunConfig, program: Any, run_dir: str | Path) -> None:
 
 
 def _optimize_program(program: Any, strategy: str, *, resume: str | Path | None, callbacks: Sequence[Any],
-                      settings: dict[str, Any], **how: Any) -> Report:
+                      progress: bool | None, settings: dict[str, Any], **how: Any) -> Report:
     if resume is not None:
         cfg = resume_config(resume)
         check_program(cfg, program, resume)
-        return run_config(cfg, resume_dir=Path(resume), accept_changed_inputs=settings.pop("accept_changed_inputs", False),
-                          callbacks=callbacks, program=program)
-    return run_config(program_config(program, strategy, settings=settings, **how), callbacks=callbacks,
-                      program=program)
+        return _with_progress(progress, cfg, resume_dir=Path(resume), callbacks=callbacks, program=program,
+                              accept_changed_inputs=settings.pop("accept_changed_inputs", False))
+    return _with_progress(progress, program_config(program, strategy, settings=settings, **how), callbacks=callbacks,
+                          program=program)
 
 
 def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -> None:

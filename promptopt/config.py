@@ -6,15 +6,15 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from promptopt import registry
 from promptopt.budget import Budget
-from promptopt.data import lone_surrogate
+from promptopt.task.data import lone_surrogate
 from promptopt.errors import ConfigError
-from promptopt.objectives import check_objectives, check_weights
+from promptopt.measure.objectives import check_objectives, check_weights
+from promptopt.paths import has_password, read_text, redact
 
 NONE_MODEL = "none"  # --optimizer-model none / optimize(optimizer_model="none"): no optimizer LLM
 # The budget's limits by short name (--budget examples=500,calls=40), written once:
@@ -41,24 +41,11 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{key!r} looks like a secret; put it in an environment variable and "
                                  f"name that variable instead (e.g. api_key_env=MY_KEY_VAR)")
             for text in value if isinstance(value, list) else [value]:
-                if isinstance(text, str) and _url_password(text):
-                    raise ValueError(f"{key!r} has a password in its URL ({_redacted(text)}); URLs are saved "
+                if isinstance(text, str) and has_password(text):
+                    raise ValueError(f"{key!r} has a password in its URL ({redact(text)}); URLs are saved "
                                      "with the run and printed: put the key in an environment variable and "
                                      "name it with api_key_env")
         return options
-
-
-def _url_password(text: str) -> bool:
-    try:
-        return bool(urlsplit(text).password)
-    except ValueError:
-        return False
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                          + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 class RunConfig(BaseModel):
@@ -92,7 +79,7 @@ class RunConfig(BaseModel):
     test_limit: int | None = Field(None, ge=1)
     demos: int = Field(0, ge=0, description="train demos every seed candidate carries (label-balanced draw)")
     plugins: list[str] = Field(default_factory=list)
-    # Run objectives (promptopt/objectives.py): what the final report chooses by; ["task"] = as always.
+    # Run objectives (promptopt/measure/objectives.py): what the final report chooses by; ["task"] = as always.
     objectives: list[str] = Field(default_factory=lambda: ["task"])
     objective_weights: dict[str, float] = Field(default_factory=dict)
 
@@ -177,12 +164,10 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    text = read_text(p, "config file")  # a device or FIFO is refused, not read forever
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 
@@ -205,11 +190,12 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
     cfg = cfg.model_copy(update={"strategy": registry.canonical(cfg.strategy), "task": registry.canonical(cfg.task)})
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy_config(strategy_cls, cfg.strategy_options)
-    target_cls = registry.get("backends", cfg.target.backend)
+    target_cls = _options_owner(cfg.target)
     backend_options(target_cls, cfg.target, "target")
     if cfg.optimizer is not None:
-        optimizer_cls = registry.get("backends", cfg.optimizer.backend)
-        if cfg.optimizer.backend == cfg.target.backend:
+        inherits = cfg.optimizer.backend == cfg.target.backend and cfg.target.options
+        optimizer_cls = registry.get("backends", cfg.optimizer.backend) if inherits else _options_owner(cfg.optimizer)
+        if inherits:
             # The optimizer reaches the target's server the same way unless told otherwise (a key meant for
             # a local server must never go to a default host).
             inherited = getattr(getattr(optimizer_cls, "Options", None), "inherited", frozenset())
@@ -217,6 +203,15 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
             cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"options": options})})
         backend_options(optimizer_cls, cfg.optimizer, "optimizer")
     return cfg
+
+
+def _options_owner(model: ModelConfig) -> Any:
+    """The backend class that checks a model's options, or None when it has none to check and its name is
+    known: its module (torch and transformers for hf, 5-20 s to import) then loads when a run builds it, so
+    a dry run reports a task's missing data without waiting for it."""
+    if not model.options and not registry.is_location(model.backend) and model.backend in registry.names("backends"):
+        return None
+    return registry.get("backends", model.backend)
 
 
 def backend_options(backend_cls: Any, model: ModelConfig, role: str) -> Any:
@@ -254,6 +249,8 @@ def _one_line(e: ValidationError) -> str:
     for err in e.errors()[:3]:
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden" and err["loc"][:1] == ("budget",) and len(err["loc"]) == 2:
+            msg += f" (budget limits: {', '.join(Budget.model_fields)})"  # `examples=` is the CLI's short form
         parts.append(f"{loc}: {msg}")
     more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
     return "; ".join(parts) + more

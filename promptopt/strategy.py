@@ -4,23 +4,52 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence, get_args, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.budget import BudgetView
 from promptopt.task import Task
 from promptopt.types import OBJECTIVES, Candidate, Evaluation, ExampleResult, Objective
 
+if TYPE_CHECKING:  # objectives.py is the loop's; a strategy only calls `scalarize` on it
+    from promptopt.measure.objectives import Measurer
+
 __all__ = ["OBJECTIVES", "Context", "History", "Needs", "Objective", "OptimizerLM", "ScoreRequest", "Strategy",
-           "StrategyConfig", "needs"]
+           "StrategyConfig", "StrictSettings", "check_task", "needs"]
 
 
-class StrategyConfig(BaseModel):
-    """Base of every strategy's settings: unknown keys are an error, values are validated."""
+MAX_SETTING = 10**6  # no count a strategy takes (rounds, population, steps) is meant to be larger
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class StrictSettings(BaseModel):
+    """Settings a user types (a strategy's, and the blocks they embed, such as racing and selection): unknown
+    keys are an error, and numbers are strict: true/false is not a number, a count is a whole number up to
+    MAX_SETTING (not 1e20), and inf or nan is no float setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        kinds = set(get_args(field.annotation)) | {field.annotation} if field is not None else set()
+        reason = None
+        if isinstance(value, bool) and bool not in kinds and (int in kinds or float in kinds):
+            reason = f"a number, not {str(value).lower()}"
+        elif int in kinds and float not in kinds and isinstance(value, float):
+            reason = f"a whole number, not {value!r}"
+        elif int in kinds and isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SETTING:
+            reason = f"at most {MAX_SETTING:,}, not {value:,}"
+        if reason:  # the reason alone, without pydantic's "Value error," prefix
+            raise PydanticCustomError("strict_number", "{reason}", {"reason": reason})
+        return value
+
+
+class StrategyConfig(StrictSettings):
+    """Base of every strategy's settings (see StrictSettings)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +58,7 @@ class ScoreRequest:
     or exactly on `example_ids` when given. Asking again for a scored candidate means "more".
 
     objective "task" scores with the task metric; "loss" scores each example by the gold answer's
-    log-likelihood (higher is better; see promptopt.scorer) for loss-driven strategies such as PMPO."""
+    log-likelihood (higher is better; see promptopt.scoring.scorer) for loss-driven strategies such as PMPO."""
 
     candidate: Candidate
     split: str = "dev"
@@ -55,11 +84,13 @@ class History:
         return True
 
     def _add_evaluation(self, ev: Evaluation) -> None:
+        if ev.state == "unscored":  # the budget left it out: nothing was learnt
+            return
         if ev.state == "failed":
             self._failures[ev.candidate_id] = self._failures.get(ev.candidate_id, 0) + 1
             return
         bucket = self._results.setdefault((ev.candidate_id, ev.split, ev.objective), {})
-        if ev.metric is not None:  # a corpus metric (promptopt.metrics): score() computes it over the results
+        if ev.metric is not None:  # a corpus metric (promptopt.measure.metrics): score() computes it over the results
             self._metrics[(ev.candidate_id, ev.split, ev.objective)] = ev.metric
         for r in ev.results:
             bucket[r.example_id] = r
@@ -92,7 +123,7 @@ class History:
             return math.nan
         metric = self._metrics.get((candidate_id, split, objective))
         if metric is not None:
-            from promptopt.metrics import corpus_score
+            from promptopt.measure.metrics import corpus_score
             return corpus_score(metric, res.values())
         return sum(r.score for r in res.values()) / len(res)
 
@@ -123,7 +154,7 @@ class Context:
     seed_demos: tuple[str, ...] = ()  # train demo ids every seed candidate carries (`--demos K`)
     # With `objective_weights` set: the run's objectives.Measurer, whose `scalarize` shared ranking helpers
     # use; None otherwise (rank by the strategy's own fitness).
-    objectives: Any = None
+    objectives: Measurer | None = None
     # A program run (promptopt.program): its seed candidate and each component's one-line role.
     seed_program: Candidate | None = None
     component_roles: Mapping[str, str] = field(default_factory=dict)
@@ -146,8 +177,15 @@ class Context:
 
 @runtime_checkable
 class Strategy(Protocol):
-    """A search algorithm. `ask` returns what to score next (empty = done); `tell` gets the results
-    of exactly those requests, in order. Strategies never write files or see the test split."""
+    """A search algorithm. `ask` returns what to score next (empty = done); `tell` gets one Evaluation
+    per request, in order. A step larger than the example budget left is scored as far as it goes: the
+    requests it could not pay for come back with state "unscored" (no results: treat as no information),
+    and one request may come back with fewer results than it asked for. Strategies never write files or
+    see the test split.
+
+    Optional: a strategy that ends the search itself (returns [] before the budget is spent) may first set
+    an attribute `done_reason`, a short phrase such as "no new best for 2 steps (patience=2)"; the run's
+    stop reason is then "strategy finished: <done_reason>", so a user sees why the budget was not spent."""
 
     Config: ClassVar[type[StrategyConfig]]
     # Optional capability flags (a strategy sets the ones that are True; read them through `needs()`):
@@ -159,6 +197,10 @@ class Strategy(Protocol):
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None: ...
 
+    # Optional (read through `check_task()`): refuse, with a ConfigError, a task it cannot search (e.g. a
+    # dev split too small for its racing), when the run is built and before any model call.
+    def check_task(self, task: Task) -> None: ...
+
 
 @dataclass(frozen=True)
 class Needs:
@@ -167,6 +209,13 @@ class Needs:
     optimizer: bool = False
     uses_optimizer: bool = False
     loglikelihood: bool = False
+
+
+def check_task(strategy: Any, task: Task) -> None:
+    """The one caller of a strategy's optional `check_task`."""
+    check = getattr(strategy, "check_task", None)
+    if callable(check):
+        check(task)
 
 
 def needs(strategy: Any) -> Needs:

@@ -1,11 +1,14 @@
-"""Joint instruction x demo-set search with optuna's TPE sampler, after MIPROv2 (Opsahl-Ong et al. 2024).
+"""Joint instruction x demo-set search with optuna's TPE sampler, after MIPROv2 (Opsahl-Ong et al. 2024);
+with no optimizer model the extra instructions are the seed with words deleted or swapped.
 
 1. Demo-set candidates: the zero-shot set, then random label-balanced sets of `k` train demos
    (MIPROv2 also bootstraps demos from the program's own correct traces; for a "choose" task the gold
    label is the only output, so labeled sets are what it would bootstrap).
 2. Instruction candidates: the optimizer LLM proposes instructions from a few train examples and the
    seed (MIPROv2's grounded proposer, without its program summary); with `--optimizer-model none` they
-   are the seed prompts plus random phrase edits of them (deletes and swaps, as Plum/GrIPS do).
+   are the seed prompts plus random phrase edits of them (deletes and swaps, as Plum/GrIPS do), which
+   read as shuffled words; the run says so on stderr, and `instruction_edits=false` keeps the seed
+   instruction and searches demo sets only.
 3. Search: each trial asks optuna's TPESampler (multivariate, seeded from the run's RNG) for an
    (instruction, demo set) pair and scores it on a random dev minibatch; every
    `full_eval_every` trials the best pair by minibatch mean is scored on the whole dev split.
@@ -17,13 +20,14 @@ Resume replays the same tells into a fresh study, so the sampler's path is rebui
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.edits import DELETE, SWAP, apply_edit, plan_edit, render, segment, tidy
@@ -49,6 +53,8 @@ class MiproConfig(StrategyConfig):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer temperature for proposals")
     max_tokens: int = Field(96, ge=8)
     proposal_examples: int = Field(3, ge=1, description="train examples shown to the proposer")
+    instruction_edits: bool = Field(True, description="without an optimizer model: fill the instruction pool with "
+                                                      "the seed's words deleted or swapped (false: the seed only)")
 
 
 @register_strategy("mipro")
@@ -69,6 +75,13 @@ class Mipro:
         self.pending: list[tuple[Any, Candidate]] = []  # (optuna trial, candidate) scored on a minibatch
         self.full: Candidate | None = None  # being scored on the rest of dev
         self.last_full = 0  # trial count at the last full evaluation
+
+    @property
+    def done_reason(self) -> str:
+        """Why ask() returned [] (Strategy's optional done_reason): its trials, or a budget too small for a trial."""
+        if self.config.trials is not None and self.trials >= self.config.trials:
+            return f"all {self.config.trials} trials made (trials={self.config.trials})"
+        return f"the examples left do not pay for one more minibatch trial, after {self.trials} trials"
 
     def check_task(self, task: Task) -> None:
         train = task.split("train")
@@ -104,6 +117,14 @@ class Mipro:
                     ctx.note("proposal.rejected", reason=problem, raw=res.text)
                     continue
                 out.setdefault(Candidate(text).id, Candidate(text, parents=(seed.id,), origin="mipro.propose"))
+        if ctx.optimizer is None and len(out) < want:
+            if not self.config.instruction_edits:
+                return list(out.values())  # the instruction stays fixed: only demo sets are searched
+            logging.getLogger("promptopt").warning(
+                "mipro: no optimizer model, so its other %d instructions are the seed with words deleted or "
+                "swapped, which reads as shuffled text; pass --optimizer-model for written ones, or --set "
+                "mipro.instruction_edits=false to keep the seed instruction and search demo sets only",
+                want - len(out))
         bases = list(out.values())
         for attempt in range(8 * want):  # phrase edits fill what the proposer did not
             if len(out) >= want:
@@ -135,9 +156,8 @@ class Mipro:
                 return [ScoreRequest(best, "dev")]  # the rest of dev: "ask again means more"
         dev = ctx.task.split("dev")
         size = min(self.config.minibatch, max(1, len(dev) // 2))
-        left = ctx.budget.examples_left
-        if (self.config.trials is not None and self.trials >= self.config.trials) or (left is not None and left < size):
-            return []
+        if (self.config.trials is not None and self.trials >= self.config.trials) or not ctx.budget.room(size):
+            return []  # a trial on fewer examples than the minibatch would not be comparable
         trial = self.study.ask()
         i = trial.suggest_categorical("instruction", list(range(len(self.instructions))))
         j = trial.suggest_categorical("demos", list(range(len(self.demo_sets))))

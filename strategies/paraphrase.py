@@ -58,6 +58,7 @@ class Paraphrase:
             proposals = self._propose(ctx)
             if proposals:
                 return proposals
+        self.done_reason = f"all {self.config.rounds} rounds made (rounds={self.config.rounds})"
         return []
 
     def _propose(self, ctx: Context) -> list[Candidate]:

@@ -94,10 +94,9 @@ def test_multiple_choice_task_optimized_and_exported_config_loads_in_lm_eval(in_
 
 def test_generate_until_task_is_a_generate_task_with_lm_eval_exact_match(in_tmp):
     from promptopt.api import load_task
-    from promptopt.types import Example
     task = load_task(f"lmeval:{_write_task(in_tmp, 'generate_until', 'tiny_gen')}")
     assert task.output == "generate" and task.stop == ("\n",) and task.max_tokens == 8
-    ex = Example("x", "q", "yes")
+    ex = next(e for e in task.split("dev") if e.target == "yes")
     assert task.metric("Yes.", ex) == 1.0 and task.metric("yes it is", ex) == 0.0
     runs = in_tmp / "runs"
     assert main(["optimize", "--task", f"lmeval:{in_tmp / 'tiny_gen.yaml'}", *FAKE, "--budget", "60",
@@ -137,3 +136,76 @@ def test_importing_promptopt_does_not_import_lm_eval():
     code = ("import sys, promptopt, promptopt.api, promptopt.cli, promptopt.cli.commands; "
             "sys.exit(1 if 'lm_eval' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- issue 29, class 8: each bad input is one line, exit 2, and nothing is written where it should not be --
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("promptopt: error: "), err
+    return err[0]
+
+
+def test_another_config_with_the_same_task_name_is_refused_not_swapped_in(in_tmp, capsys):
+    path = _write_task(in_tmp)
+    # sorts before tiny_parity.yaml, so lm-eval's index keeps it under the name the user's file declares
+    (in_tmp / "a_copy.yaml").write_text(path.read_text().replace("Question:", "Q:"), encoding="utf-8")
+    assert main(["lmeval", "import", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert "a_copy.yaml" in line and "also names task 'tiny_parity'" in line
+
+
+def test_a_config_without_output_type_or_doc_to_text_is_one_clear_line(in_tmp, capsys):
+    path = _write_task(in_tmp)
+    text = path.read_text()
+    yml = path.rename(in_tmp / "tiny_parity.yml")
+    assert main(["lmeval", "import", str(yml)]) == 2
+    assert "lm-eval reads task configs named *.yaml only" in _one_error_line(capsys)
+    yml.rename(path)
+    path.write_text(text.replace("output_type: multiple_choice\n", ""), encoding="utf-8")
+    assert main(["lmeval", "import", str(path)]) == 2
+    assert "output_type is None; the bridge needs output_type: multiple_choice or generate_until" in \
+        _one_error_line(capsys)
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith("doc_to_text")) + "\n",
+                    encoding="utf-8")
+    assert main(["lmeval", "import", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert not line.endswith(": ") and "TypeError with no message in lm-eval's doc_to_text()" in line
+
+
+def test_export_writes_only_inside_out_and_only_its_own_files(in_tmp, capsys):
+    yaml_path = _write_task(in_tmp)
+    runs = in_tmp / "runs"
+    assert main(["optimize", "--task", f"lmeval:{yaml_path}", *FAKE, "--budget", "60", "--run-dir", str(runs)]) == 0
+    [run_dir] = [p for p in runs.iterdir() if p.is_dir()]
+    out = in_tmp / "exported"
+    out.mkdir()
+    capsys.readouterr()
+    for name in ("../../escaped", "a/b", ".hidden", ""):
+        assert main(["lmeval", "export", str(run_dir), "--out", str(out), "--task-name", name]) == 2
+        assert "--task-name" in _one_error_line(capsys)
+    assert list(out.iterdir()) == [] and not (in_tmp.parent / "escaped.yaml").exists()
+
+    missing = in_tmp / "no" / "such" / "dir"
+    assert main(["lmeval", "export", str(run_dir), "--out", str(missing)]) == 2
+    assert "its parent folder" in _one_error_line(capsys) and not (in_tmp / "no").exists()
+
+    users = out / "tiny_parity_promptopt.yaml"
+    users.write_text("task: tiny_parity_promptopt\n# the user's own file\n", encoding="utf-8")
+    assert main(["lmeval", "export", str(run_dir), "--out", str(out)]) == 2
+    assert "was not written by promptopt" in _one_error_line(capsys)
+    assert users.read_text() == "task: tiny_parity_promptopt\n# the user's own file\n"
+
+    (in_tmp / "hook.py").write_text("def f(doc):\n    return doc\n", encoding="utf-8")  # a !function file
+    (out / "hook.py").symlink_to(in_tmp / "elsewhere.py")  # dangling: export must not write through it
+    assert main(["lmeval", "export", str(run_dir), "--out", str(out), "--task-name", "mine"]) == 0
+    assert main(["lmeval", "export", str(run_dir), "--out", str(out), "--task-name", "mine"]) == 0  # its own: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["hook.py", "mine.yaml", "tiny_parity_promptopt.yaml"]
+    assert not (in_tmp / "elsewhere.py").exists()
+    assert (out / "mine.yaml").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

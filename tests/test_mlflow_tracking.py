@@ -4,7 +4,6 @@ except in CI, which installs it (Makefile EXTRAS) and must run these."""
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import os
@@ -110,6 +109,48 @@ def test_unwritable_uri_is_one_line_exit_2_before_the_run(tmp_path, capsys, make
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, no run dir
 
 
+def _user_sqlite(path: Path) -> Path:
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+    return path
+
+
+@pytest.mark.parametrize("uri,message", [
+    (lambda t: f"sqlite:///{_user_sqlite(t / 'mine.db')}", "is not an MLflow database, so it is left alone"),
+    (lambda t: f"sqlite:///{t / 'notes.txt'}", "is not an MLflow database, so it is left alone"),
+    (lambda t: "sqlite:///:memory:", "an in-memory database would lose the run"),
+    (lambda t: "sqlite://mlflow.db", "name a database file, as in sqlite:///mlflow.db (three slashes"),
+    (lambda t: "gopher://x", "unsupported scheme 'gopher'"),
+    (lambda t: "", "the URI is empty"),
+    (lambda t: "databricks", "--mlflow databricks: the tracking store does not answer"),  # not a ./databricks folder
+    (lambda t: "http://bob:s3cret@127.0.0.1:9/", "http://bob:***@127.0.0.1:9/: the tracking store does not answer"),
+])
+def test_every_uri_is_checked_before_the_run_and_no_password_is_shown(tmp_path, capsys, monkeypatch, uri, message):
+    """Issue 29 class 6: a user's own SQLite file or a text file, an unknown scheme, an empty URI and an
+    unreachable server are each one line, exit 2, before any run dir (and nothing is written to the
+    user's file, nor to ./mlruns); a password in the URI is never printed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    text = uri(tmp_path)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main([*FAKE, "--budget", "50", "--run-dir", str(tmp_path / "runs"), "--mlflow", text]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "s3cret" not in err[0], err
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before and not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_an_existing_mlflow_sqlite_store_is_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
+    db = tmp_path / "mlflow.db"
+    assert main([*FAKE, "--budget", "50", "--run-dir", str(tmp_path / "runs"), "--mlflow", f"sqlite:///{db}"]) == 0
+    assert main([*FAKE, "--budget", "50", "--run-dir", str(tmp_path / "runs"), "--mlflow", f"sqlite:///{db}"]) == 0
+    client = MlflowClient(f"sqlite:///{db}")
+    assert len(client.search_runs([client.get_experiment_by_name("promptopt").experiment_id])) == 2
+
+
 def test_dry_run_names_the_store_and_writes_nothing(tmp_path, capsys):
     store = tmp_path / "mlruns"
     assert main([*FAKE, "--run-dir", str(tmp_path / "runs"), "--dry-run", "--mlflow", str(store)]) == 0
@@ -128,8 +169,6 @@ def test_bad_task_leaves_no_mlflow_run(tmp_path, capsys):
 def test_callback_object_from_python(tmp_path):
     from promptopt import optimize
     from promptopt.integrations.mlflow_tracking import MlflowTracker
-    if "callbacks" not in inspect.signature(optimize).parameters:
-        pytest.skip("optimize(callbacks=...) is not wired in this tree")
     store = tmp_path / "store"
     report = optimize(task="demo", strategy="hill_climb", backend="fake", model="m", optimizer_model=None,
                       budget={"max_examples": 120}, run_dir=str(tmp_path / "runs"), cache=False,

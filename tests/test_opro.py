@@ -130,7 +130,7 @@ def test_meta_prompt_file_override_and_its_errors(tmp_path):
     cases = [({"meta": str(missing)}, "missing placeholder(s) {exemplars}, {rejected}"),
              ({"meta": str(unknown)}, "unknown placeholder(s) {colour}"),
              ({"metta": str(good)}, "unknown template name 'metta' (this strategy has: opro.meta, opro.pair"),
-             ({"meta": str(tmp_path / "nope.txt")}, "cannot read"),
+             ({"meta": str(tmp_path / "nope.txt")}, "nope.txt does not exist"),
              ({"pair": str(good)}, "template opro.pair from")]
     for files, message in cases:
         with pytest.raises(ConfigError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,11 +200,11 @@ def test_startup_probe_has_its_own_deadline_and_says_what_it_waits_for():
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
     backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", probe_timeout=0.5)
-    started = time.monotonic()
     try:
+        # Only the probe's own deadline says this; without it the request would wait out timeout (60 s).
         with pytest.raises(BackendError, match=r"no answer within 0.5s to the start-up probe \(a 1-token chat") as e:
             backend.check()
-        assert e.value.fatal and time.monotonic() - started < 5
+        assert e.value.fatal
     finally:
         backend.close()
         listener.close()
@@ -320,7 +321,7 @@ def test_a_failed_run_dir_creation_leaves_no_staging_dir(tmp_path, monkeypatch):
 # -- hostile data (class 9) ---------------------------------------------------------------------
 
 def test_duplicate_csv_header_names_are_refused(tmp_path):
-    from promptopt.data import read_table
+    from promptopt.task.data import read_table
     from promptopt.errors import TaskError
     (tmp_path / "x.csv").write_text("text,label,label\na,1,0\n", encoding="utf-8")
     with pytest.raises(TaskError, match=r"x.csv:1: the header names 'label' more than once"):
@@ -328,13 +329,13 @@ def test_duplicate_csv_header_names_are_refused(tmp_path):
 
 
 def test_a_utf8_bom_csv_reads_its_first_column(tmp_path):
-    from promptopt.data import read_table
+    from promptopt.task.data import read_table
     (tmp_path / "x.csv").write_bytes("\ufeffquestion,answer\nq,a\n".encode("utf-8"))
     assert read_table(tmp_path / "x.csv", ",") == [{"question": "q", "answer": "a"}]
 
 
 def test_a_lone_surrogate_in_jsonl_is_refused_with_its_line(tmp_path):
-    from promptopt.data import read_jsonl
+    from promptopt.task.data import read_jsonl
     from promptopt.errors import TaskError
     (tmp_path / "x.jsonl").write_text('{"q": "ok"}\n{"q": "bad \\ud800"}\n', encoding="utf-8")
     with pytest.raises(TaskError, match=r"x.jsonl:2: text with a lone surrogate"):
@@ -409,7 +410,7 @@ def test_a_seed_prompt_longer_than_the_window_is_refused_before_any_model_call()
 
 def test_two_backends_with_one_fingerprint_keep_separate_stats():
     from promptopt.api import Backends, backend_stats
-    from promptopt.cache import CachedBackend
+    from promptopt.scoring.cache import CachedBackend
 
     class Counting(FakeBackend):
         def __init__(self, n: int):
@@ -519,13 +520,44 @@ def test_a_long_503_outage_stops_resumably_instead_of_finishing(tmp_path, capsys
     assert json.loads((d / SUMMARY).read_text())["best_test"] is not None
 
 
-def test_some_failing_examples_in_the_final_report_are_data_not_a_stop(tmp_path):
-    """Requests that always fail (chosen by content, as a too-long example would) must not make a run
-    unfinishable: only a final evaluation with no result at all stops it."""
+def test_some_failing_examples_in_the_final_report_stop_the_run_resumably(tmp_path):
+    """Issue 29 class 3: a final report in which some examples failed is no result (its scores would be
+    None): the run stops before logging that batch, and a resume once the model answers finishes it."""
     run = make_run(_paraphrase(), target=FakeBackend(fail_rate=0.1), run_dir=tmp_path, budget=Budget(max_examples=200))
-    run.max_failures = 10**6
-    report = run.run()
-    assert report.failures > 0 and report.stop_reason
+    run.max_failures = 10**6  # the search's failures are data; only the report's stop the run
+    with pytest.raises(RunStopped, match=r"^\d+ of \d+ examples failed in the final (dev|test) report") as e:
+        run.run()
+    bad, total = (int(x) for x in str(e.value).split(" examples")[0].split(" of "))
+    assert 0 < bad < total  # a partial failure, not a batch-wide one
+    run.log.close()
+    assert not (tmp_path / SUMMARY).exists()
+    resumed = make_run(_paraphrase(), run_dir=tmp_path, resume=True, budget=Budget(max_examples=200))
+    report = resumed.run()
+    assert report.best_test is not None and report.seed_test is not None and report.best_dev == report.best_dev
+
+
+def test_half_the_api_calls_failing_ends_in_exit_3_not_null_scores(tmp_path, capsys, quick_thread_switches):
+    """Issue 29 class 3 through the CLI and the fault proxy: 50% HTTP 500s, retries off. Before, the run
+    ended with exit 0 and `best_test: None`; now it stops (exit 3, one line, resumable) and a resume after
+    the faults end writes every score."""
+    from promptopt.testing.faultproxy import FaultProxy
+    from promptopt.testing.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer("test-model", max_lifetime=120) as server, \
+            FaultProxy(server.url, {"500": 0.5}, max_lifetime=120) as proxy:
+        code = main(["optimize", "--task", "demo", "--strategy", "hill_climb", "--backend", "openai", "--model",
+                     "test-model", "--set", f"backend.base_url={proxy.url}", "--set", "backend.max_retries=0",
+                     "--set", "max_failures=100000", "--run-dir", str(tmp_path / "runs"), "--budget", "60",
+                     "--no-cache", "-q"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 3 and len(err) == 1, err
+        assert re.search(r": \d+ of \d+ examples failed in the final (dev|test) report", err[0]) and "the run is resumable" in err[0]
+        (d,) = (tmp_path / "runs").iterdir()
+        assert not (d / SUMMARY).exists()
+        proxy.rates = {}  # the faults end
+        assert main(["optimize", "--resume", str(d), "-q"]) == 0
+    summary = json.loads((d / SUMMARY).read_text())
+    assert None not in (summary["best_test"], summary["seed_test"], summary["best_dev"], summary["seed_dev"])
 
 
 @pytest.mark.parametrize("text", ["{}", "[1]", '"x"'])

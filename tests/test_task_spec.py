@@ -77,9 +77,9 @@ def test_every_spec_error_at_once_in_dry_run(tmp_path, capsys):
 
 
 def test_the_docs_page_names_every_spec_key():
-    from promptopt.tasks.custom import Columns, DataFiles, TaskSpec
+    from promptopt.tasks.custom import Columns, DataFiles, SpecFile
     page = (REPO / "docs" / "task-spec.md").read_text(encoding="utf-8")
-    for model in (TaskSpec, Columns, DataFiles):
+    for model in (SpecFile, Columns, DataFiles):
         for key in model.model_fields:
             assert f"`{key}`" in page, key
     for name in ("balanced_accuracy", "macro_f1", "first_line", "regex:"):

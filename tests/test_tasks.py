@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from promptopt import registry
-from promptopt.data import DATA_DIR_ENV
+from promptopt.task.data import DATA_DIR_ENV
 from promptopt.errors import ConfigError, TaskError
 from promptopt.task import Task, last_number
-from promptopt.template import split_at_prompt
+from promptopt.task.template import split_at_prompt
 from promptopt.types import Example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,7 +346,7 @@ def test_custom_label_column(files):
     (lambda s: s.replace("{prompt}", ""), ConfigError, r"the template lacks \{prompt\}"),
     (lambda s: s.replace('options = [" no", " yes"]', 'options = [" no", " maybe"]'), TaskError,
      "target 'yes' is not one of the options"),
-    (lambda s: 'metric = "f1"\n' + s, ConfigError, "metric: Input should be 'exact_match'"),
+    (lambda s: 'metric = "f1"\n' + s, ConfigError, "metric: 'f1' is not a metric: use accuracy, exact_match"),
     (lambda s: 'metric = "numeric"\n' + s, ConfigError, "scored by accuracy"),
     (lambda s: 'temperature = 0.5\n' + s, ConfigError, "temperature: unknown setting"),
     (lambda s: s.replace('seed_prompts = ["Answer yes or no."]', ""), ConfigError, "seed_prompts: Field required"),
@@ -367,8 +367,11 @@ def test_custom_malformed_jsonl_names_file_and_line(files):
 
 
 def test_custom_empty_split(files):
+    # One rule for every builder (promptopt/task/spec.py): dev needs a row; train and test may be empty.
     (files / "test.jsonl").write_text("", encoding="utf-8")
-    with pytest.raises(TaskError, match="the test split is empty"):
+    assert build("custom", spec=_spec(files, BASE)).meta["sizes"] == {"train": 4, "dev": 4, "test": 0}
+    (files / "dev.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(TaskError, match="the dev split is empty"):
         build("custom", spec=_spec(files, BASE))
 
 
@@ -382,10 +385,14 @@ def test_custom_label_index_out_of_range(files):
 def test_custom_split_sizes_are_checked(tmp_path):
     shutil.copy(REPO / "examples/custom_task/intents.csv", tmp_path / "intents.csv")
     text = EXAMPLE_SPEC.read_text()
-    with pytest.raises(ConfigError, match="asks for 46 rows but the file has 26"):
+    with pytest.raises(TaskError, match=r"the splits ask for 46 rows \(test 10, dev 8, train 28\) but there are 26"):
         build("custom", spec=_spec(tmp_path, text.replace("train = 8", "train = 28")))
+    # a positive fraction is at least one row, as in make_task
+    assert build("custom", spec=_spec(tmp_path, text.replace("dev = 8", "dev = 0.01"))).meta["sizes"]["dev"] == 1
     with pytest.raises(TaskError, match="the dev split would be empty"):
-        build("custom", spec=_spec(tmp_path, text.replace("dev = 8", "dev = 0.01")))
+        build("custom", spec=_spec(tmp_path, text.replace("dev = 8", "dev = 0")))
+    with pytest.raises(ConfigError, match=r"data.split: dev = 1.5 must be a row count or a fraction in \[0, 1\)"):
+        build("custom", spec=_spec(tmp_path, text.replace("dev = 8", "dev = 1.5")))
 
 
 def test_custom_missing_spec_and_missing_option(tmp_path):

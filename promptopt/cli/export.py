@@ -3,12 +3,11 @@ and the full text the model reads for one example (the task's template rendered)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from promptopt.errors import ConfigError, PromptOptError
+from promptopt.paths import write_text
 from promptopt.types import Candidate
 
 FORMATS = ("json", "yaml", "text")
@@ -84,20 +83,9 @@ def format_export(data: dict[str, Any], fmt: str) -> str:
 
 
 def write_export(text: str, out: str | Path) -> Path:
-    """Atomically: a failed write leaves no half-written file."""
-    path = Path(out)
-    if path.is_dir():
-        raise ConfigError(f"--out {path} is a directory; name a file")
-    if not path.parent.is_dir():
-        raise ConfigError(f"--out {path}: folder {path.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ConfigError(f"--out {path}: cannot write ({e.strerror or e})") from None
-    return path
+    """Atomically (promptopt.paths.write_text): a failed write leaves no half-written file, and a device,
+    FIFO or directory at `out` is refused rather than replaced."""
+    return write_text(out, text, "--out")
 
 
 def export_command(args: Any) -> int:

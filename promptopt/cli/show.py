@@ -10,8 +10,10 @@ from rich.table import Table
 
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
-from promptopt.cli.render import PARTIAL, fmt, short, significance_line
-from promptopt.runlog import load_run
+from promptopt.cli.render import PARTIAL, fmt, short, significance_line, stop_text
+from promptopt.errors import ConfigError
+from promptopt.scoring.routes import route_line
+from promptopt.runlog import CONFIG, EVENTS, load_run
 
 
 def meta_text(candidate: dict[str, Any]) -> str:
@@ -19,6 +21,16 @@ def meta_text(candidate: dict[str, Any]) -> str:
     values of its meta, one `key: value` line each, or "". Generic: no strategy's keys are known here."""
     meta = candidate.get("meta") or {}
     return "\n".join(f"{k}: {v}" for k, v in meta.items() if isinstance(v, str) and v.strip())
+
+
+def latest_run(root: Path = Path("runs")) -> Path:
+    """The run most recently started under `root` (by its config.json's time): what `show` and `report`
+    read when no run is named."""
+    runs = [p for p in root.iterdir() if (p / EVENTS).is_file() and (p / CONFIG).is_file()] if root.is_dir() else []
+    if not runs:
+        raise ConfigError(f"no run under {root}/ to show; name one (promptopt show runs/<id>) or run "
+                          "promptopt optimize first")
+    return max(runs, key=lambda p: ((p / CONFIG).stat().st_mtime, p.name))
 
 
 def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> None:
@@ -51,7 +63,11 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
         steps.add_row(str(s), fmt(b), str(n))
     console.print(steps)
     console.print(f"candidates {len(view.candidates)} · optimizer calls {view.optimizer_calls} · "
-                  f"rejected proposals {view.rejected}")
+                  f"rejected proposals {view.rejected}"
+                  + (f" · examples the budget left unscored {view.unscored}" if view.unscored else ""))
+    route = route_line(view.events)
+    if route:
+        console.print(escape(route))
     scored = best_results(view)
     if scored:
         dist, warning = prediction_lines(scored[1], f"answers of the best prompt on {scored[0]}")
@@ -61,8 +77,11 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     if view.summary and view.summary.get("partial"):
         console.print(PARTIAL, style="bold yellow")
     if view.summary:
-        console.print(f"stop: {view.summary.get('stop_reason')} · seed dev {fmt(view.summary.get('seed_dev'))} "
+        console.print(f"stop: {stop_text(view.summary.get('stop_reason'))} · seed dev {fmt(view.summary.get('seed_dev'))} "
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
+        if "final" in view.summary:  # runs made before it was recorded have only the search's count
+            console.print(f"scored examples: search {view.summary.get('search', {}).get('examples', '-')} "
+                          f"(what --budget caps) + final report {view.summary['final'].get('examples', '-')}")
         if view.summary.get("significance"):
             console.print(significance_line(view.summary["significance"]))
         print_front(console, view.summary)

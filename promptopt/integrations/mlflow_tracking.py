@@ -16,8 +16,11 @@ One MLflow run per promptopt run, in the experiment "promptopt" (or `experiment=
 - tags: `promptopt.run_dir` (so `--resume RUN --mlflow` continues the same MLflow run), strategy, task,
   best candidate id, stop reason; status FINISHED, or KILLED when the run stopped resumably.
 
-The tracking URI is checked before the run starts (a path that cannot be written is a ConfigError) and
-the MLflow run is created only at the first step, so a run refused for bad input leaves nothing behind.
+The tracking URI is checked before the run starts, each problem one ConfigError line with any password in
+the URI shown as ***: an empty URI or an unknown scheme; a file store that cannot be written; a SQLite file
+that is not new, empty or MLflow's own (a user's database is never touched); a server or database that does
+not answer. The MLflow run is created only at the first step, so a run refused for bad input leaves
+nothing behind.
 mlflow is imported only here, when a tracker is made. MLflow 3 refuses plain file stores unless
 MLFLOW_ALLOW_FILE_STORE is set; a tracker pointed at a file store sets it for this process.
 """
@@ -29,6 +32,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -36,6 +40,8 @@ from urllib.parse import unquote, urlparse
 
 from promptopt.callbacks import Callback, CallbackError
 from promptopt.errors import ConfigError, RunStopped
+from promptopt.paths import check_uri as check_uri_parts
+from promptopt.paths import redact, regular_or_absent
 from promptopt.runlog import CONFIG, SUMMARY, load_run
 
 if TYPE_CHECKING:
@@ -93,45 +99,97 @@ def _writable_dir(path: Path, what: str) -> None:
         raise ConfigError(f"--mlflow {what}: cannot create {path}: {parent} is not writable")
 
 
+# Stores MLflow can track to ("" = a plain path, a file store); postgresql+psycopg2 and such count as postgresql.
+SCHEMES = ("", "file", "sqlite", "http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql")
+_MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # what MLflow's SQL store has from its first migration
+
+
+def _mlflow_db(db: Path, shown: str) -> None:
+    """An existing SQLite file is used only when it is empty or already MLflow's: MLflow would otherwise
+    add its tables to a user's own database (or fail on a file that is no database, after the run began)."""
+    regular_or_absent(db, f"--mlflow {shown}:")
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise ConfigError(f"--mlflow {shown}: {db} is not a writable file")
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        tables = set()
+    if not _MLFLOW_TABLES <= tables:
+        raise ConfigError(f"--mlflow {shown}: {db} is not an MLflow database, so it is left alone; "
+                          "name a new file (e.g. sqlite:///mlflow.db)")
+
+
+def _probe(text: str, shown: str, password: str | None) -> None:
+    """A tracking server or database must answer one read before the run starts."""
+    from mlflow.tracking import MlflowClient
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.CRITICAL)  # its warnings would come before our one line; the error says it all
+    try:
+        MlflowClient(text).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure to reach the store is one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(_scrub(f"--mlflow {shown}: the tracking store does not answer: "
+                                 f"{type(e).__name__}: {first}", text, shown, password)) from None
+    finally:
+        mlflow_log.setLevel(level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _scrub(message: str, text: str, shown: str, password: str | None) -> str:
+    """`message` with the URI's password nowhere in it (MLflow's errors quote the URL they called)."""
+    message = message.replace(text, shown)
+    if password:
+        for secret in {password, unquote(password)}:
+            message = message.replace(secret, "***")
+    return message
+
+
 def check_uri(uri: str | os.PathLike[str] | None) -> str:
-    """The tracking URI to use, checked without writing anything: a file store or SQLite file must be
-    creatable and writable; a server must answer. Raises ConfigError with one line otherwise."""
-    text = str(uri) if uri not in (None, "") else DEFAULT_URI
+    """The tracking URI to use (None: ./mlruns), checked before the run starts, one ConfigError line
+    otherwise: a supported scheme; a file store that can be created and written; a SQLite file that is
+    new, empty or MLflow's own; a server or database that answers. A password in it is never shown."""
+    text = DEFAULT_URI if uri is None else os.fspath(uri)
+    if not str(text).strip():  # not silently ./mlruns: an empty variable in a script is a mistake
+        raise ConfigError(f"--mlflow: the URI is empty; give --mlflow alone for {DEFAULT_URI}, or a URI")
+    shown = redact(text)
+    parts = check_uri_parts(text, "--mlflow", SCHEMES)
     _mlflow()
+    if text in ("databricks", "databricks-uc", "uc"):  # MLflow's names for Databricks, not folders
+        _probe(text, shown, None)
+        return text
     path = _file_path(text)
     if path is not None:
         path = path.expanduser().resolve()
-        _writable_dir(path, text)
+        _writable_dir(path, shown)
         if path.is_dir() and any(path.iterdir()) and not (path / "0").exists() and not any(
                 (p / "meta.yaml").exists() for p in path.iterdir() if p.is_dir()):
-            raise ConfigError(f"--mlflow {text}: {path} is a non-empty directory that is not an MLflow file store")
+            raise ConfigError(f"--mlflow {shown}: {path} is a non-empty directory that is not an MLflow file store")
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses file stores without it
         return path.as_uri()
     db = _sqlite_path(text)
     if db is not None:
         db = db.expanduser().resolve()
-        if db.exists() and (db.is_dir() or not os.access(db, os.W_OK)):
-            raise ConfigError(f"--mlflow {text}: {db} is not a writable file")
-        _writable_dir(db.parent, text)
+        _mlflow_db(db, shown)
+        _writable_dir(db.parent, shown)
         return f"sqlite:///{db}"
-    scheme = urlparse(text).scheme
-    if scheme in ("http", "https"):
-        from mlflow.tracking import MlflowClient
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
-        try:
-            MlflowClient(text).search_experiments(max_results=1)
-        except Exception as e:  # noqa: BLE001 - any failure to reach the server is one line
-            raise ConfigError(f"--mlflow {text}: the tracking server does not answer: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        return text
-    return text  # databricks, postgresql://... : MLflow itself says what is wrong when the run starts
+    if parts.scheme == "sqlite":
+        raise ConfigError(f"--mlflow {shown}: name a database file, as in sqlite:///mlflow.db (three slashes; "
+                          "an in-memory database would lose the run)")
+    _probe(text, shown, parts.password)
+    return text
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -207,7 +265,9 @@ class MlflowTracker(Callback):
             raise
         except Exception as e:  # noqa: BLE001 - MLflow raises many kinds (OSError, MlflowException, ...)
             first = str(e).splitlines()[0] if str(e) else ""
-            raise CallbackError(f"mlflow ({self.tracking_uri}): {what} failed: {type(e).__name__}: {first}") from e
+            uri, shown = self.tracking_uri, redact(self.tracking_uri)
+            raise CallbackError(_scrub(f"mlflow ({shown}): {what} failed: {type(e).__name__}: {first}", uri, shown,
+                                       urlparse(uri).password)) from e
 
     def _start(self, run: "Run") -> None:
         if self.run_id is not None or run.log is None:

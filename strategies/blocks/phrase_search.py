@@ -60,10 +60,19 @@ class PhraseSearch(IterativeSearch):
         super().__init__(config)
         self.prompts = config.templates()
         self.choice = ComponentChoice()  # a program: which component each mutant edits
+        self.done_reason = ""  # why the search ended (Strategy's optional done_reason)
+        self.unscored: tuple[int, int] | None = None  # the last mutants(): (edits not scored before, asked for)
 
     def finished(self, ctx: Context) -> bool:
         patience = self.config.patience
-        return self.iteration >= self.config.steps or (patience is not None and self.stale >= patience)
+        if self.iteration >= self.config.steps:
+            self.done_reason = f"all {self.config.steps} steps made (steps={self.config.steps})"
+        elif patience is not None and self.stale >= patience:
+            self.done_reason = f"no new best for {self.stale} steps in a row (patience={patience})"
+        if self.done_reason and self.unscored and self.unscored[0] < self.unscored[1]:
+            self.done_reason += (f"; the edits ran out: the last step found {self.unscored[0]} unscored edit(s) of "
+                                 f"the {self.unscored[1]} it asked for (a short prompt has few phrases to edit)")
+        return bool(self.done_reason)
 
     def ops(self, ctx: Context) -> list[str]:
         return [op for op in self.config.edits if op != PARAPHRASE or ctx.optimizer is not None]
@@ -85,6 +94,7 @@ class PhraseSearch(IterativeSearch):
                 if child is not None and child.id != parents[i].id and child.id not in exclude \
                         and child.id not in taken and is_sane(child.text):
                     found[i] = child
+        self.unscored = (sum(1 for m in found.values() if m.id not in ctx.history), len(parents))
         return [found[i] for i in sorted(found)]
 
     def _edit_all(self, ctx: Context, parents: Sequence[Member]) -> list[Member | None]:

@@ -52,20 +52,18 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Iterator, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from promptopt.errors import ConfigError
-from promptopt.strategy import Context, History, ScoreRequest
+from promptopt.strategy import Context, History, ScoreRequest, StrictSettings
 from promptopt.types import Candidate, Evaluation
 
 Method = Literal["ucb", "ucb-e", "sr", "sh", "bf"]
 
 
-class RacingConfig(BaseModel):
+class RacingConfig(StrictSettings):
     """The one racing option of every population strategy (`--set <strategy>.racing=true` or
     `racing.enabled=true`, `racing.block=...`); see the module docstring."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="score new candidates in blocks and drop the clearly worse early")
     block: int = Field(30, ge=2, description="dev examples per block (CAPO: 30)")
@@ -98,10 +96,12 @@ def check_racing(racing: RacingConfig, dev_size: int) -> None:
                           "racing needs at least one full block; lower racing.block")
 
 
-class SelectionConfig(BaseModel):
-    """Settings of one selection step; strategies embed it (e.g. `--set apo.selection.method=sr`)."""
+METHOD_NAMES = {"bf": "brute force", "ucb": "UCB", "ucb-e": "UCB-E", "sr": "successive rejects",
+                "sh": "successive halving", "race": "racing"}
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class SelectionConfig(StrictSettings):
+    """Settings of one selection step; strategies embed it (e.g. `--set apo.selection.method=sr`)."""
 
     method: Method = Field("ucb", description="bf, ucb, ucb-e, sr (successive rejects), sh (successive halving)")
     split: Literal["dev", "train"] = Field("dev", description="split the arms are scored on")
@@ -167,6 +167,14 @@ class Selector:
                 return batch
         self.done = True
         return []
+
+    @property
+    def done_reason(self) -> str:
+        """Why the selection ended, for a strategy's done_reason (the budget is a cap the plan may not reach)."""
+        if not self.done:
+            return ""
+        return (f"{METHOD_NAMES.get(self.method, self.method)} over {len(self._arms)} candidates ended after "
+                f"{self.spent} of its {self.budget} examples")
 
     def update(self, evals: Sequence[Evaluation]) -> None:
         """Take note of the last batch's results (the means themselves are read from the history)."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from promptopt.errors import ConfigError
+from promptopt.paths import read_text
 from promptopt.strategy import StrategyConfig
 
 
@@ -99,9 +100,9 @@ class TemplateSettings(StrategyConfig):
                 names = ", ".join(t.name for t in self.TEMPLATES) or "none"
                 raise ValueError(f"unknown template name {short!r} (this strategy has: {names})")
             try:
-                text = Path(path).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"template {template.name}: cannot read {path}: {e}") from None
+                text = read_text(path, f"template {template.name}: file")  # a device or FIFO is refused
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
             try:
                 texts[short] = template.check(text)
             except ValueError as e:

@@ -17,14 +17,15 @@ import sqlite3
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from promptopt.backends.base import Backend, GenRequest, GenResult, LLRequest, LLResult
-from promptopt.errors import BackendError, PromptOptError
+from promptopt.errors import BackendError, ConfigError, PromptOptError
+from promptopt.paths import regular_or_absent
 from promptopt.types import Usage
 
 SCHEMA_VERSION = 2  # 2: values carry a checksum
@@ -124,10 +125,20 @@ class ResponseCache:
         self.retry_for = retry_for
         self._lock = threading.Lock()  # one connection, possibly shared by a caller's threads
         try:
+            regular_or_absent(self.path, "cache_path")  # a directory, device or FIFO is no cache file
+        except ConfigError as e:
+            raise CacheError(str(e)) from None
+        lock_was_there = self._lock_path().exists()
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with _exclusive(self._lock_path()):
                 self._conn = self._retrying(self._open)
-        except OSError as e:  # e.g. a read-only or non-directory location
+        except (OSError, CacheError) as e:  # e.g. a read-only or non-directory location, a user's own file
+            if not lock_was_there:  # a refused file keeps no <file>.lock beside it
+                with suppress(OSError):
+                    self._lock_path().unlink()
+            if isinstance(e, CacheError):
+                raise
             raise CacheError(f"cannot open the response cache {self.path}: {e}") from e
 
     def _connect(self) -> sqlite3.Connection:
@@ -265,7 +276,10 @@ class ResponseCache:
 
 # Explicit encoders rather than dataclasses.asdict, which was most of the cost of a 1000-miss batch.
 def _gen_to_json(r: GenResult) -> dict[str, Any]:
-    return {"text": r.text, "finish_reason": r.finish_reason, "usage": r.usage.to_json()}
+    d: dict[str, Any] = {"text": r.text, "finish_reason": r.finish_reason, "usage": r.usage.to_json()}
+    if r.top_logprobs:
+        d["top_logprobs"] = [list(t) for t in r.top_logprobs]
+    return d
 
 
 def _ll_to_json(r: LLResult) -> dict[str, Any]:
@@ -276,7 +290,8 @@ def _ll_to_json(r: LLResult) -> dict[str, Any]:
 def _gen_from_json(d: Mapping[str, Any]) -> GenResult:
     if not isinstance(d["text"], str) or not isinstance(d["finish_reason"], str):
         raise TypeError("not a generation")
-    return GenResult(d["text"], d["finish_reason"], usage=_HIT)
+    tops = tuple((str(t), _number(lp)) for t, lp in d.get("top_logprobs") or ())
+    return GenResult(d["text"], d["finish_reason"], usage=_HIT, top_logprobs=tops)
 
 
 def _number(x: Any) -> float:

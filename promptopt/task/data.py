@@ -72,6 +72,16 @@ def lone_surrogate(value: Any) -> str | None:
     return next((why for why in map(lone_surrogate, items) if why), None)
 
 
+def _json_row(row: Any, where: str, what: str) -> dict[str, Any]:
+    """A parsed JSON row that must be an object of valid Unicode text; else one TaskError at `where`."""
+    if not isinstance(row, dict):
+        raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    bad = lone_surrogate(row)
+    if bad:
+        raise TaskError(f"{where}: {bad}; {what}")
+    return row
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """One JSON object a line; blank lines are skipped. A bad line is named by file and number."""
     rows = []
@@ -83,13 +93,46 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        bad = lone_surrogate(row)
-        if bad:
-            raise TaskError(f"{path}:{lineno}: {bad}; fix or remove that line")
-        rows.append(row)
+        rows.append(_json_row(row, f"{path}:{lineno}", "fix or remove that line"))
     return rows
+
+
+def read_json_array(path: Path, text: str) -> list[dict[str, Any]]:
+    """A JSON array of objects; a bad item is named by its number."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise TaskError(f"{path}: expected a JSON array of objects")
+    return [_json_row(row, f"{path}: item {i} of the array", "fix or remove that item")
+            for i, row in enumerate(data, 1)]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a data file, by its content: a JSON array of objects, JSON lines (whatever the file is called:
+    `.json`, `.jsonl`, `.ndjson`, `.txt`), else CSV or TSV (by the extension, or by the header line:
+    tabs make it TSV)."""
+    text = read_text(path)
+    head = text.lstrip()[:1]
+    if head == "[":
+        return read_json_array(path, text)
+    if head == "{":
+        first = next(line for line in text.split("\n") if line.strip())
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:  # one object over several lines: a JSON document, not JSON lines
+            raise TaskError(f"{path}: holds one JSON object; give JSON lines (one object a line) or a JSON "
+                            "array of objects") from None
+        return read_jsonl(path)
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        if not text.strip():
+            return []  # no rows: an empty split
+        raise TaskError(f"{path}: expected JSON lines or a JSON array of objects, but it starts with "
+                        f"{text.lstrip()[:20]!r}")
+    header = text.split("\n", 1)[0]
+    tsv = path.suffix == ".tsv" or (path.suffix != ".csv" and "\t" in header)
+    return read_table(path, "\t" if tsv else ",")
 
 
 def read_table(path: Path, delimiter: str = "\t") -> list[dict[str, str]]:
@@ -138,18 +181,28 @@ _hub_up: bool | None = None  # the probe's answer, once per process
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers a TCP connect within `timeout` (asked once per process)."""
+    """Whether the hub's host answers a TCP connect within `timeout` (asked once per process). The name
+    lookup counts too: a socket's timeout does not bound it, and a slow resolver took 20 s, so the probe
+    runs in a daemon thread that is given up on after `timeout`."""
     global _hub_up
     if _hub_up is None:
         import socket
+        import threading
         from urllib.parse import urlparse
         url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-        try:
-            socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
-                                     timeout=timeout).close()
-            _hub_up = True
-        except OSError:
-            _hub_up = False
+        answer: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                         timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                answer.append(False)
+        thread = threading.Thread(target=probe, name="promptopt-hub-probe", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        _hub_up = bool(answer and answer[0])
     return _hub_up
 
 

@@ -1,0 +1,1 @@
+"""Measuring prompts: metrics, answer extraction, significance tests, objectives, attribution."""
