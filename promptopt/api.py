@@ -409,6 +409,9 @@ def check_program(cfg: RunConfig, program: Any, run_dir: str | Path) -> None:
 
 def _optimize_program(program: Any, strategy: str, *, resume: str | Path | None, callbacks: Sequence[Any],
                       progress: bool | None, settings: dict[str, Any], **how: Any) -> Report:
+    if program.evaluate is None:
+        raise ConfigError("this program has no evaluator: pass evaluate=..., or score its trials yourself "
+                          "with promptopt.Study(program)")
     if resume is not None:
         cfg = resume_config(resume)
         check_program(cfg, program, resume)

@@ -62,3 +62,9 @@ def test_bad_results_are_refused_naming_the_example_and_the_trial_stays_open(tmp
     study.tell(trial, [overlap(i.components, i.examples) for i in trial.items])
     assert study.ask().number == 2
     study.close()
+
+
+def test_optimize_refuses_a_program_without_an_evaluator_before_any_run_dir(tmp_path):
+    with pytest.raises(promptopt.PromptOptError, match="no evaluator: pass evaluate=.*promptopt.Study"):
+        _opt(_program(None), tmp_path)
+    assert not (tmp_path / "runs").exists()
