@@ -26,6 +26,7 @@ from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, ExampleResult, Usage
 
 SOURCE = "python"  # task.meta["source"]: a resume needs the same object passed again
+FLUSH_SECONDS = 1.0  # how often results reach the cache while a step runs
 TARGET = "promptopt.program:EvaluatorTarget"  # what a program run's config.json names as its target
 
 
@@ -201,6 +202,25 @@ class ProgramScorer:
         self.program = program
         self.cache = cache  # a promptopt.cache.ResponseCache, or None
         self.calls = 0  # evaluator calls made (each on one batch)
+        self._fresh: dict[str, Any] = {}  # results not yet written to the cache
+        self._flushed_at = time.monotonic()
+
+    def _keep(self, cand: Candidate, got: Mapping[str, ExampleResult], *, flush: bool = True) -> None:
+        """Cache a batch's results (not its failures), written at most every FLUSH_SECONDS while a step runs,
+        so a process killed mid-step loses at most that much evaluator work."""
+        if self.cache is None:
+            return
+        for eid, r in got.items():
+            if r.error is None:
+                self._fresh[result_key(self.program.version, cand, eid)] = r.to_json()
+        if flush and time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.cache is not None and self._fresh:
+            self.cache.put_many(self._fresh)
+            self._fresh = {}
+        self._flushed_at = time.monotonic()
 
     def cached(self, cand: Candidate, example_ids: Sequence[str]) -> dict[str, ExampleResult]:
         if self.cache is None or not example_ids:
@@ -221,16 +241,12 @@ class ProgramScorer:
             todo = [i for i in ids if i not in have]
             size = self.program.batch_size
             batches += [(j, cand, job.split, todo[k:k + size]) for k in range(0, len(todo), size)]
-        fresh: dict[str, Any] = {}
         try:
             for j, cand, got in self._run(batches):
                 results[j].update(got)
-                for eid, r in got.items():
-                    if r.error is None:
-                        fresh[result_key(self.program.version, cand, eid)] = r.to_json()
+                self._keep(cand, got, flush=False)
         finally:
-            if self.cache is not None and fresh:
-                self.cache.put_many(fresh)
+            self._flush()
         seconds = time.monotonic() - started
         total = sum(len(j.examples) for j in jobs) or 1
         out = []
@@ -255,14 +271,20 @@ class ProgramScorer:
         if self.program.evaluate is None:
             raise PromptOptError("this program has no evaluator: score its trials yourself (promptopt.Study)")
         if not self.program.is_async:
-            return [(j, cand, self._sync(cand, split, ids)) for j, cand, split, ids in batches]
+            done = []
+            for j, cand, split, ids in batches:
+                done.append((j, cand, self._sync(cand, split, ids)))
+                self._keep(cand, done[-1][2])
+            return done
 
         async def all_batches() -> list[tuple[int, Candidate, dict[str, ExampleResult]]]:
             gate = asyncio.Semaphore(self.program.concurrency)
 
             async def one(j: int, cand: Candidate, split: str, ids: list[str]) -> tuple[int, Candidate, dict[str, ExampleResult]]:
                 async with gate:
-                    return j, cand, await self._async(cand, split, ids)
+                    got = await self._async(cand, split, ids)
+                self._keep(cand, got)
+                return j, cand, got
             return list(await asyncio.gather(*(one(*b) for b in batches)))
         try:
             asyncio.get_running_loop()

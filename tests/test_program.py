@@ -232,3 +232,34 @@ def test_a_run_made_before_components_resumes_with_the_same_events_and_result(tm
         return [{k: v for k, v in e.items() if k not in ("time", "usage")}
                 for e in read_events(path / "events.jsonl")[0] if "seq" in e]
     assert stream(run_dir) == stream(LEGACY)
+
+
+def test_results_reach_the_cache_during_a_step_so_a_killed_step_is_not_redone(tmp_path, monkeypatch):
+    """With the cache on, results are written while a step runs (here after every batch): what a process
+    killed mid-step had evaluated is served from the cache when that step runs again (here in a new run of
+    the same program, so that only the cache, not a log's replay, can spare it)."""
+    monkeypatch.setattr("promptopt.program.FLUSH_SECONDS", 0.0)
+    seen: list = []
+
+    def stops(components, examples):
+        seen.extend(ex["id"] for ex in examples)
+        if len(seen) > 20:
+            raise KeyboardInterrupt  # stands in for the kill, mid-step
+        return overlap(components, examples)
+    cache = str(tmp_path / "cache.sqlite")
+    from promptopt.api import prepare, program_config
+    with pytest.raises(KeyboardInterrupt):
+        run, _ = prepare(program_config(_program(stops, batch_size=2), "hill_climb", optimizer_model=None,
+                                        budget=120, settings={"run_dir": str(tmp_path / "runs"), "cache_path": cache}),
+                         program=_program(stops, batch_size=2))
+        while run.step_once():
+            pass
+    again: list = []
+
+    def counting(components, examples):
+        again.extend(ex["id"] for ex in examples)
+        return overlap(components, examples)
+    report = _opt(_program(counting, batch_size=2), tmp_path / "b", cache=True, cache_path=cache)
+    scored = sum(len(e["results"]) for e in _events(report.run_dir) if e["type"] == "eval")
+    assert len(seen) == 22 and report.target_usage.cache_hits >= 20  # the 20 done before the kill
+    assert len(again) + report.target_usage.cache_hits == scored
