@@ -20,7 +20,7 @@ liar = load_task("liar", options={"dev_size": 24})
 program = promptopt.Program({"instruction": ("Is the statement below a lie? Answer Yes or No.",
                                              "asks the model to judge a LIAR record")},
                             evaluate=None, dev=list(liar.split("dev")), test=list(liar.split("test"))[:24],
-                            name="liar-study")
+                            version="ll-yes-no-1", name="liar-study")  # version: keys the result cache
 
 
 def my_scores(components, examples):

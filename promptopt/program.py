@@ -119,8 +119,10 @@ class Program:
                 raise ConfigError(f"component(s) {unknown} are not known to the evaluator, which reads "
                                   f"{list(declared)}; rename them")
         given = version if version is not None else getattr(evaluate, "version", None)
-        self.version = str(given) if given is not None else (
-            _source_version(evaluate) if evaluate is not None else "user-scored")
+        if given is None and evaluate is None:
+            raise ConfigError("a program you score in your own loop (evaluate=None) needs version='...': it keys "
+                              "the result cache; change it whenever your scoring changes")
+        self.version = str(given) if given is not None else _source_version(evaluate)
         self.concurrency, self.batch_size, self.name = concurrency, batch_size, name
         self.is_async = evaluate is not None and (inspect.iscoroutinefunction(evaluate) or
                                                   inspect.iscoroutinefunction(getattr(evaluate, "__call__", None)))

@@ -115,6 +115,8 @@ def test_unknown_component_and_unfingerprintable_evaluator_are_refused_before_an
     with pytest.raises(ConfigError, match="cannot fingerprint the evaluator.*pass version="):
         _program(eval("lambda c, exs: []"), version=None)
     assert _program(overlap, version=None).version.startswith("src:")  # a function's source is its version
+    with pytest.raises(ConfigError, match=r"evaluate=None\) needs version="):
+        _program(None, version=None)
 
 
 def test_async_evaluator_runs_with_bounded_concurrency(tmp_path):
