@@ -128,13 +128,15 @@ class Program:
                                                   inspect.iscoroutinefunction(getattr(evaluate, "__call__", None)))
         self._user: dict[str, dict[str, Any]] = {}
         splits: dict[str, list[Example]] = {}
+        seen: dict[str, str] = {}  # id -> its split: an id names one example (it keys the result cache)
         for split, items in (("train", train), ("dev", dev), ("test", test)):
-            exs, seen = [], set()
+            exs = []
             for i, ex in enumerate(items):
                 eid = _example_id(ex, split, i)
                 if eid in seen:
-                    raise ConfigError(f"{split} example id {eid!r} appears twice")
-                seen.add(eid)
+                    raise ConfigError(f"example id {eid!r} appears twice ({seen[eid]} and {split}); "
+                                      "each example needs its own id")
+                seen[eid] = split
                 self._user.setdefault(split, {})[eid] = ex
                 exs.append(Example(eid, _describe(ex), ""))
             splits[split] = exs
@@ -147,8 +149,8 @@ class Program:
     def fingerprint(self) -> str:
         """What a resume must find unchanged: the examples, the seed components with their roles, the version."""
         from promptopt.api import task_fingerprint
-        return "sha256:" + canonical_hash({"task": task_fingerprint(self.task), "components": self.components, "roles": self.roles,
-                                           "version": self.version})
+        return "sha256:" + canonical_hash({"task": task_fingerprint(self.task), "components": self.components,
+                                           "roles": self.roles, "version": self.version})
 
     def user_example(self, split: str, example_id: str) -> Any:
         return self._user[split][example_id]

@@ -117,6 +117,8 @@ def test_unknown_component_and_unfingerprintable_evaluator_are_refused_before_an
     assert _program(overlap, version=None).version.startswith("src:")  # a function's source is its version
     with pytest.raises(ConfigError, match=r"evaluate=None\) needs version="):
         _program(None, version=None)
+    with pytest.raises(ConfigError, match=r"example id 'r0' appears twice \(dev and test\)"):
+        _program(test=ROWS[:2])
 
 
 def test_async_evaluator_runs_with_bounded_concurrency(tmp_path):
