@@ -62,6 +62,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)  # this session's wall time by part (timing.py)
     partial: bool = False  # a second Ctrl-C skipped the final report: dev scores as they were, no test
     best_retrieval: dict[str, Any] | None = None  # the best candidate's retrieval policy (demos per input)
+    best_components: dict[str, str] = field(default_factory=dict)  # a program's best candidate (promptopt.program)
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -78,6 +79,7 @@ class Report:
             "significance": self.significance, **({"objectives": self.objectives} if self.objectives else {}),
             "timings": self.timings, **({"partial": True} if self.partial else {}),
             **({"best_retrieval": self.best_retrieval} if self.best_retrieval else {}),
+            **({"best_components": self.best_components} if self.best_components else {}),
         }
 
 
@@ -152,15 +154,17 @@ class Run:
 
     def __init__(self, resolved: ResolvedRun, *, target: Backend | None, optimizer: Backend | None,
                  log: RunLog | None = None, on_step: Callable[["Run"], None] | None = None,
-                 callbacks: Sequence[Any] = ()):
+                 callbacks: Sequence[Any] = (), program: Any = None):
         """`resolved`: what to run (promptopt.resolved: from a RunConfig, or built in Python); `target` and
-        `optimizer`: the backends built from its specs (or the caller's own)."""
+        `optimizer`: the backends built from its specs (or the caller's own). `program`: a
+        promptopt.program.ProgramScorer that scores candidates instead of a target backend."""
         task, strategy, seed, seed_prompt, demos = (resolved.task, resolved.strategy, resolved.seed,
                                                     resolved.prompt, resolved.demos)
         self.resolved = resolved
         self.task = task
         self.strategy = strategy
         self.target = target
+        self.program = program
         self.optimizer = optimizer
         self.seed = seed
         self.log = log
@@ -204,6 +208,9 @@ class Run:
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note, seed_demos=self.seed_demos)
+        if program is not None:  # strategies start from the program's seed components
+            self._ctx.seed_program = program.program.seed
+            self._ctx.component_roles = dict(program.program.roles)
         self.objectives = self._measurer(resolved.objectives, resolved.objective_weights)  # None: the task metric only
         self._ctx.objectives = self.objectives if self.objectives is not None and self.objectives.weighted else None
         self._check_capabilities()
@@ -335,6 +342,8 @@ class Run:
     def _check_prompt(self, cand: Candidate) -> None:
         """Demos come from train only, and a demo set that overflows the model's window is refused
         before any model call (with its token count)."""
+        if self.program is not None and cand.id not in self._window_checked:
+            self.program.program.check(cand)
         if cand.id in self._window_checked or not (cand.demos or cand.system or cand.retrieval):
             return
         if cand.retrieval is not None:
@@ -437,7 +446,7 @@ class Run:
     # -- scoring through the log (replay) and the backend --
     def score(self, reqs: Sequence[ScoreRequest], phase: str = "search") -> list[Evaluation]:
         """Score requests with one backend call, serving recorded evaluations while replaying."""
-        if self.target is None:
+        if self.target is None and self.program is None:
             raise PromptOptError("this run has no target backend: score prompts yourself and call tell()")
         out: list[Evaluation | None] = [None] * len(reqs)
         live = []
@@ -451,7 +460,9 @@ class Run:
         t0, c0 = time.perf_counter(), cache_seconds(self.target)
         try:
             jobs, owner, by_live = self._jobs([reqs[i] for i in live])
-            evals = _merge(score_jobs(self.task, self.target, jobs), owner, [reqs[i] for i in live])
+            scored = (self.program.score([reqs[i].candidate for i in live], jobs) if self.program is not None
+                      else score_jobs(self.task, self.target, jobs))  # a program's candidates retrieve no demos
+            evals = _merge(scored, owner, [reqs[i] for i in live])
             retrieved = {live[n]: ids for n, ids in by_live.items()}
         finally:
             self.timings.add("target_scoring", time.perf_counter() - t0, cache_seconds(self.target) - c0)
@@ -560,7 +571,8 @@ class Run:
         """Final report: top candidates and the seed prompt on the full dev split, then the chosen
         prompt (and the seed, as the baseline) once on the test split. `partial` (a second Ctrl-C):
         no more scoring; the best so far by its dev score, however many dev examples it had."""
-        seed = Candidate(self.seed_prompt, origin="seed")
+        seed = self.program.program.seed if self.program is not None else Candidate(self.seed_prompt, origin="seed")
+        scoring = self.target is not None or self.program is not None
         if partial:
             ranked_so_far = self.history.ranked("dev")
             best = ranked_so_far[0][0] if ranked_so_far else seed
@@ -572,7 +584,7 @@ class Run:
         finalists = [c for c, _ in self.history.ranked("dev")[: self.final_top_k]]
         if seed.id not in {c.id for c in finalists}:
             finalists.append(seed)
-        if self.target is not None:
+        if scoring:
             reqs = [self._resolve(ScoreRequest(c, "dev")) for c in finalists]
             todo = [r for r in reqs if r.example_ids]
             if todo:
@@ -587,7 +599,7 @@ class Run:
         if self.objectives is not None and not math.isnan(ranked[0][1]):  # several objectives: by the stated rule
             best, front = self.objectives.choose([c for c, _ in ranked], self.history, best)
         seed_test = best_test = significance = None
-        if self.target is not None and self.task.split("test"):
+        if scoring and self.task.split("test"):
             test = list(self.task.split("test"))
             test = test_sample(test, self.test_limit)
             self._test_by_id = {ex.id: ex for ex in test}
@@ -617,7 +629,7 @@ class Run:
             target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
             failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
             best_retrieval=best.retrieval.to_json() if best.retrieval else None,
-            significance=significance, objectives=front,
+            significance=significance, objectives=front, best_components=dict(best.components),
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         # This session's wall time (not earlier sessions'), split by part.
         report.timings = self.timings.to_json(time.monotonic() - (started if started is not None

@@ -112,7 +112,7 @@ def test_show_without_a_run_shows_the_latest(tmp_path: Path, capsys, monkeypatch
     new = promptopt.optimize("demo", "hill_climb", budget=50, run_dir="runs", progress=False, **FAKE)
     os.utime(Path(old.run_dir) / "config.json", (1, 1))  # started long ago
     code, out, err = run_cli("show", capsys=capsys)
-    assert code == 0 and f"(the latest run" in err and Path(new.run_dir).name in err and "top candidates" in out
+    assert code == 0 and "(the latest run" in err and Path(new.run_dir).name in err and "top candidates" in out
     flat = " ".join(out.split())
     assert f"scored examples: search {new.search['examples']} (what --budget caps) + final report " \
            f"{new.final['examples']}" in flat and f"stop: {new.stop_reason}" in flat

@@ -13,8 +13,6 @@ from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.cli import main
 from promptopt.errors import ConfigError
-from promptopt.loop import Run
-from promptopt.resolved import ResolvedRun
 from promptopt.task.retrieval import RetrievalPolicy, Retriever, mmr_select
 from promptopt.runlog import read_events
 from promptopt.strategies.knn import Knn, KnnConfig

@@ -15,6 +15,7 @@ from pydantic import Field
 from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.edits import (PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, plan_edit, render, segment,
                     tidy)
+from promptopt.strategies.blocks.components import ComponentChoice, edited, text_of
 from promptopt.strategies.blocks.parsing import strip_wrapping
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, best
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
@@ -58,6 +59,7 @@ class PhraseSearch(IterativeSearch):
     def __init__(self, config: PhraseSearchConfig):
         super().__init__(config)
         self.prompts = config.templates()
+        self.choice = ComponentChoice()  # a program: which component each mutant edits
         self.done_reason = ""  # why the search ended (Strategy's optional done_reason)
         self.unscored: tuple[int, int] | None = None  # the last mutants(): (edits not scored before, asked for)
 
@@ -97,8 +99,9 @@ class PhraseSearch(IterativeSearch):
 
     def _edit_all(self, ctx: Context, parents: Sequence[Member]) -> list[Member | None]:
         ops = self.ops(ctx)
+        names = [self.choice.pick(p.candidate) for p in parents]
         states: list[tuple[Pieces, tuple[str, ...], list[Edit]] | None] = [
-            (self.segment(p.text), p.deleted, []) for p in parents]
+            (self.segment(text_of(p.candidate, n)), p.deleted, []) for p, n in zip(parents, names)]
         for _ in range(self.config.compose):
             plans = [plan_edit(s[0], ctx.rng, ops, s[1]) if s else None for s in states]
             plans = self.fill_paraphrases(ctx, plans)
@@ -109,16 +112,16 @@ class PhraseSearch(IterativeSearch):
                 pieces, deleted, done = state
                 text = tidy(render(apply_edit(pieces, plan)))
                 states[k] = (self.segment(text), deleted_after(deleted, plan), done + [plan])
-        return [self._child(p, s) if s else None for p, s in zip(parents, states)]
+        return [self._child(p, s, n) if s else None for p, s, n in zip(parents, states, names)]
 
     @staticmethod
-    def _child(parent: Member, state: tuple[Pieces, tuple[str, ...], list[Edit]]) -> Member:
+    def _child(parent: Member, state: tuple[Pieces, tuple[str, ...], list[Edit]], name: str | None) -> Member:
         pieces, deleted, edits = state
         if len(edits) == 1:
             origin, record = f"plum.{edits[0].op}", edits[0].to_json()
         else:
             origin, record = "plum.compose", {"op": "compose", "steps": [e.to_json() for e in edits]}
-        cand = parent.candidate.revise(render(pieces), origin=origin, meta={"edit": record})
+        cand = edited(parent.candidate, name, render(pieces), origin=origin, meta={"edit": record})
         return Member(cand, deleted=deleted)
 
     def fill_paraphrases(self, ctx: Context, plans: Sequence[Edit | None]) -> list[Edit | None]:
