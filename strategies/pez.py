@@ -123,29 +123,38 @@ class _Model:
 
     def _logprobs(self, task: Any, prompt: Any, rows: Sequence[tuple[Any, str]]) -> list[Any]:
         """Log-probabilities of each row's continuation after [template before {prompt}, the prompt
-        vectors, template after {prompt} with the example]; right-padded, one batch."""
+        vectors, template after {prompt} with the example]. Rows with the same model input (the
+        single-token options of one example) share a forward row; rows are left-padded so the LM head
+        runs only on the last columns, where the scored tokens are."""
         torch, embed = self.torch, self.model.get_input_embeddings()
-        seqs, spans = [], []
+        inputs: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        scored = []
         for ex, continuation in rows:
             before, _, after = task.render(MARK, ex).partition(MARK)
             head = self.tokenizer(before)["input_ids"]  # with the start token the scorer's tokenization has
             whole = self.tokenizer(after + continuation, add_special_tokens=False)["input_ids"]
             # A token straddling the boundary belongs to the continuation, as in the scorer.
             n = common_prefix(whole, self.tokenizer(after, add_special_tokens=False)["input_ids"])
-            tail, target = whole[:n], whole[n:]
-            body = embed(torch.tensor(head + tail + target[:-1], dtype=torch.long, device=prompt.device))
-            seqs.append(torch.cat([body[:len(head)], prompt, body[len(head):]]))
-            spans.append((len(seqs[-1]) - len(target), target))  # first input position predicting `target`
-        width = max(len(s) for s in seqs)
-        inputs = torch.zeros((len(seqs), width, prompt.shape[1]), dtype=prompt.dtype, device=prompt.device)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=prompt.device)
-        for b, s in enumerate(seqs):
-            inputs[b, :len(s)], mask[b, :len(s)] = s, 1
-        logits = self.model(inputs_embeds=inputs, attention_mask=mask).logits
+            key = (tuple(head), tuple(whole[:-1]))
+            scored.append((inputs.setdefault(key, len(inputs)), whole[n:]))
+        n_prompt = prompt.shape[0]
+        width = max(len(h) + n_prompt + len(t) for h, t in inputs)
+        keep = max(len(target) for _, target in scored)
+        device = prompt.device
+        batch = torch.zeros((len(inputs), width, prompt.shape[1]), dtype=prompt.dtype, device=device)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long, device=device)
+        for (head, tail), b in inputs.items():
+            body = embed(torch.tensor(head + tail, dtype=torch.long, device=device))
+            seq = torch.cat([body[:len(head)], prompt, body[len(head):]])
+            batch[b, width - len(seq):], mask[b, width - len(seq):] = seq, 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(inputs_embeds=batch, attention_mask=mask, position_ids=positions,
+                            logits_to_keep=keep).logits
         out = []
-        for b, (first, target) in enumerate(spans):
-            lp = torch.log_softmax(logits[b, first:first + len(target)].float(), dim=-1)
-            out.append(lp.gather(-1, torch.tensor(target, device=lp.device)[:, None])[:, 0])
+        for b, target in scored:
+            # The last input predicts the last target token; column keep - 1 holds the last input.
+            lp = torch.log_softmax(logits[b, keep - len(target):].float(), dim=-1)
+            out.append(lp.gather(-1, torch.tensor(target, device=device)[:, None])[:, 0])
         return out
 
 
