@@ -206,8 +206,9 @@ class HFBackend:
     # ---- loading -------------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of `text` plus the start token the scorer adds (for up-front window checks)."""
-        return len(self.tokenizer(text)["input_ids"]) + 1
+        """Tokens of `text` plus the start token the scorer adds and the soft prompt's virtual tokens
+        (for up-front window checks)."""
+        return len(self.tokenizer(text)["input_ids"]) + 1 + self.soft_tokens
 
     def _model_window(self) -> int:
         config = self.model.config.get_text_config()
