@@ -15,6 +15,7 @@ from promptopt.config import strategy_config  # noqa: E402
 from promptopt.errors import CapabilityError  # noqa: E402
 from promptopt.registry import get  # noqa: E402
 from promptopt.testing import StrategyContract, events_of, make_run, toy_task  # noqa: E402
+from promptopt.testing.contracts import TINY_LM_WORDS  # noqa: E402
 
 from promptopt.strategies.pez import PEZ, PAPER, _Model  # noqa: E402
 
@@ -56,8 +57,7 @@ def test_candidates_are_projected_text_scored_on_dev_and_logged(tiny_lm_dir: Pat
     assert report.stop_reason == "strategy finished"
     pez = [c for c in run.history.candidates() if c.origin == "pez.projected"]
     assert pez and all(run.history.n_scored(c.id, "dev") == 12 for c in pez)
-    vocab = set(__import__("promptopt.testing", fromlist=["TINY_LM_WORDS"]).TINY_LM_WORDS)
-    assert all(len(c.text.split()) == 3 and set(c.text.split()) <= vocab for c in pez)  # real tokens, as text
+    assert all(len(c.text.split()) == 3 and set(c.text.split()) <= set(TINY_LM_WORDS) for c in pez)  # real tokens, as text
     events = events_of(tmp_path)
     steps = [e for e in events if e.get("kind") == "pez.step"]
     assert [e["pez_step"] for e in steps] == list(range(1, 7)) and all(e["loss"] > 0 for e in steps)
