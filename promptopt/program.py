@@ -204,7 +204,7 @@ class ProgramScorer:
 
     def __init__(self, program: Program, cache: Any = None):
         self.program = program
-        self.cache = cache  # a promptopt.cache.ResponseCache, or None
+        self.cache = cache  # a promptopt.scoring.cache.ResponseCache, or None
         self.calls = 0  # evaluator calls made (each on one batch)
         self._fresh: dict[str, Any] = {}  # results not yet written to the cache
         self._flushed_at = time.monotonic()
@@ -234,7 +234,7 @@ class ProgramScorer:
         return {keys[k]: ExampleResult.from_json(v) for k, v in got.items()}
 
     def score(self, cands: Sequence[Candidate], jobs: Sequence[Any]) -> list[Evaluation]:
-        """Evaluations for `jobs` (promptopt.scorer.Job, one per candidate, same order)."""
+        """Evaluations for `jobs` (promptopt.scoring.scorer.Job, one per candidate, same order)."""
         started = time.monotonic()
         results: list[dict[str, ExampleResult]] = []
         batches: list[tuple[int, Candidate, str, list[str]]] = []

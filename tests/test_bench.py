@@ -1,5 +1,6 @@
 """bench/strategies.py end to end on the embedded model: the table, JSON and plot it writes, a second
-pass that reads finished runs back, a cut-off run resumed in place, and bad arguments refused."""
+pass (a rerun of its `promptopt sweep`) that reads finished runs back and resumes a cut-off one in place,
+and bad arguments refused."""
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ def bench(run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def run_dirs(out: Path) -> list[Path]:
-    return sorted(p.parent for p in out.glob("*-seed*/*/config.json"))
+    return sorted(p.parent for p in out.glob("*/cells/*/*/config.json"))  # <group>/cells/<cell>/<run>
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,13 @@ def test_second_pass_reads_runs_back_and_resumes_a_cut_off_one(first_pass):
     out = run_dir / "demo"
     before = run_dirs(out)
     rows = json.loads((out / "strategies.json").read_text())["rows"]
-    cut = out / "tabu-seed1"
-    (summary_path,) = cut.glob("*/summary.json")
+    (summary_path,) = out.glob("*/cells/demo__tabu__seed1/*/summary.json")
     finished = json.loads(summary_path.read_text())
     summary_path.unlink()  # as if the process died before its final report
     again = bench(run_dir)
     assert again.returncode == 0, again.stderr[-2000:]
-    launched = [l for l in again.stdout.splitlines() if l.startswith("-- ")]
-    assert launched == [f"-- tabu-seed1: optimize --resume {summary_path.parent} -q"]
+    assert "sweep: 1 of 4 cells to run" in again.stderr and "demo__tabu__seed1: started" in again.stderr
+    assert f"optimize --resume {summary_path.parent} -q" in (summary_path.parent.parent / "cell.log").read_text()
     assert run_dirs(out) == before  # resumed in place, nothing run twice
     resumed = json.loads(summary_path.read_text())
     assert resumed["best_prompt"] == finished["best_prompt"] and resumed["best_test"] == finished["best_test"]

@@ -10,7 +10,9 @@ so the requests of one call share long token prefixes. `loglikelihood` therefore
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import logging
 import math
 import time
@@ -50,6 +52,7 @@ MAX_BATCH_TOKENS = 32768
 # bigger batches mostly add padding (SST-2 scoring: 16 rows ran as fast as 32 or 64, and padded
 # 6% instead of 14% or 29%).
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+SOFT_PROMPT_META = "soft_prompt.json"  # written beside PEFT's adapter files by promptopt.soft_prompt
 
 
 @dataclass
@@ -117,6 +120,32 @@ def _hub_commit(repo_id: str, revision: str | None) -> str:
     return Path(cached).parent.name if isinstance(cached, str) else revision or "unknown"
 
 
+def load_causal_lm(name: str, dtype: "torch.dtype", device: str = "cpu",
+                   **model_kwargs: Any) -> tuple[Any, Any, str]:
+    """A causal LM in eval mode on `device`, its tokenizer and the path it came from.
+
+    `name` is "embedded", a hub id, a directory or a .gguf; other keys go to from_pretrained."""
+    start = time.perf_counter()
+    if name == EMBEDDED:
+        # The converted safetensors dir loads in ~1 s; de-quantizing the GGUF takes ~25 s.
+        path, gguf_file = str(embedded_hf_dir()), None
+    else:
+        source = resolve_model(name)
+        path, gguf_file = source.path, source.gguf_file
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **model_kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(f"cannot load model {name!r} ({first}); give a local directory, a .gguf "
+                                 f"file, or a hub id that is reachable or cached") from e
+    model.to(device).eval()
+    log.info("loaded %s on %s (%s) in %.1f s", name, device, dtype, time.perf_counter() - start)
+    return model, tokenizer, path
+
+
 class HFOptions(BackendOptions):
     model_config = ConfigDict(extra="allow", strict=True)  # other keys go to from_pretrained (e.g. revision)
     inherited = frozenset({"device", "dtype"})
@@ -125,6 +154,7 @@ class HFOptions(BackendOptions):
     dtype: str = "auto"
     batch_size: PositiveInt | None = None
     max_length: PositiveInt | None = None
+    soft_prompt: str | None = None  # a saved PEFT prompt-learning adapter (promptopt.soft_prompt) before every input
 
 
 @register_backend("hf")
@@ -139,7 +169,8 @@ class HFBackend:
     """
 
     def __init__(self, model: str = EMBEDDED, device: str = "auto", dtype: Any = "auto",
-                 batch_size: int | None = None, max_length: int | None = None, **model_kwargs: Any):
+                 batch_size: int | None = None, max_length: int | None = None, soft_prompt: str | None = None,
+                 **model_kwargs: Any):
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"hf backend: batch_size must be >= 1, got {batch_size}")
         self.model_name = model
@@ -147,7 +178,10 @@ class HFBackend:
         self.dtype = _resolve_dtype(dtype, self.device)
         self.batch_size = batch_size or DEFAULT_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
         self._revision = model_kwargs.get("revision")
-        self.model, self.tokenizer, self._source = self._load(model, model_kwargs)
+        try:
+            self.model, self.tokenizer, self._source = load_causal_lm(model, self.dtype, self.device, **model_kwargs)
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(f"hf backend: {e}") from e
         self.max_length = max_length or self._model_window()
         self._eos_ids = self._eos_token_ids()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
@@ -157,37 +191,24 @@ class HFBackend:
             caps.add(CHAT)
         self.capabilities = frozenset(caps)
         self._fingerprint: str | None = None
+        self.soft_prompt = soft_prompt
+        # The soft prompt as the KV of its virtual tokens: every forward continues from it, like from a
+        # shared token prefix, so scoring and generation keep their batched prefix-sharing paths.
+        self._soft_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None = None
+        self._soft_id = ""
+        self.soft_embeddings: "torch.Tensor | None" = None  # input-embedding methods only (not prefix tuning)
+        if soft_prompt is not None:
+            self._set_soft_prompt(Path(soft_prompt))
         # Generation runs a chunk's shared prompt prefix once and expands its KV over the chunk; False
         # forces the plain left-padded path (same greedy outputs; kept as the fallback and for benches).
         self.share_generation_prefix = True
 
     # ---- loading -------------------------------------------------------------------------------
 
-    def _load(self, name: str, model_kwargs: dict[str, Any]) -> tuple[Any, Any, str]:
-        start = time.perf_counter()
-        if name == EMBEDDED:
-            # The converted safetensors dir loads in ~1 s; de-quantizing the GGUF takes ~25 s.
-            path, gguf_file = str(embedded_hf_dir()), None
-        else:
-            source = resolve_model(name)
-            path, gguf_file = source.path, source.gguf_file
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
-        try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **extra, **model_kwargs)
-        except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelNotFoundError(f"hf backend: cannot load model {name!r} ({first}); give a local "
-                                     f"directory, a .gguf file, or a hub id that is reachable or cached") from e
-        model.to(self.device).eval()
-        log.info("hf backend: loaded %s on %s (%s) in %.1f s", name, self.device, self.dtype,
-                 time.perf_counter() - start)
-        return model, tokenizer, path
-
     def count_tokens(self, text: str) -> int:
-        """Tokens of `text` plus the start token the scorer adds (for up-front window checks)."""
-        return len(self.tokenizer(text)["input_ids"]) + 1
+        """Tokens of `text` plus the start token the scorer adds and the soft prompt's virtual tokens
+        (for up-front window checks)."""
+        return len(self.tokenizer(text)["input_ids"]) + 1 + self.soft_tokens
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """The last hidden state mean-pooled over each text's tokens (promptopt.task.retrieval's "hidden"
@@ -223,7 +244,57 @@ class HFBackend:
                 ids.update(int(t) for t in eos)
         return ids
 
+    def with_soft_prompt(self, path: str | Path) -> "HFBackend":
+        """This backend's model (shared, not reloaded) with the soft prompt saved at `path`."""
+        other = copy.copy(self)
+        other._set_soft_prompt(Path(path))
+        return other
+
+    def _set_soft_prompt(self, path: Path) -> None:
+        """Load a saved PEFT prompt-learning adapter: PEFT builds its prompt (prompt tuning, P-tuning
+        and CPT: input embeddings; prefix tuning: a KV cache), kept here as the KV of its virtual
+        tokens. Refuses an adapter trained for another base model (its soft_prompt.json)."""
+        try:
+            from peft import PeftModel
+        except ImportError as e:
+            raise ConfigError(f"hf backend: soft_prompt needs peft: pip install 'promptopt[soft]' ({e})") from None
+        try:
+            meta = json.loads((path / SOFT_PROMPT_META).read_text(encoding="utf-8"))
+            weights = (path / "adapter_model.safetensors").read_bytes()
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"hf backend: {path} is not a saved soft prompt ({e})") from None
+        if meta.get("base_fingerprint") != self.base_fingerprint():
+            raise ConfigError(f"hf backend: soft prompt {path} was trained on {meta.get('base_fingerprint')}, not "
+                              f"{self.base_fingerprint()}: a soft prompt works only on the model it was trained for")
+        with torch.inference_mode(), quiet_transformers():
+            try:
+                peft_model = PeftModel.from_pretrained(self.model, str(path))
+            except (OSError, ValueError, RuntimeError) as e:
+                raise ConfigError(f"hf backend: cannot load soft prompt {path} ({str(e).splitlines()[0]})") from None
+            prompt = peft_model.get_prompt(batch_size=1)
+            embeddings = None
+            if torch.is_tensor(prompt):
+                embeddings = prompt[0].detach().float().cpu()
+                n = prompt.shape[1]
+                prompt = self.model(inputs_embeds=prompt.to(self.device, self.dtype),
+                                    position_ids=torch.arange(n, device=self.device)[None],
+                                    use_cache=True, logits_to_keep=1).past_key_values
+            kv = [(layer.keys.to(self.device, self.dtype), layer.values.to(self.device, self.dtype))
+                  for layer in prompt.layers]
+        self._soft_kv, self._soft_id = kv, hashlib.sha256(weights).hexdigest()[:16]
+        self.soft_embeddings, self.soft_prompt = embeddings, str(path)
+
+    @property
+    def soft_tokens(self) -> int:
+        """Virtual tokens before every input (0 without a soft prompt)."""
+        return self._soft_kv[0][0].shape[2] if self._soft_kv else 0
+
     def fingerprint(self) -> str:
+        base = self.base_fingerprint()
+        return f"{base}:soft={self.soft_tokens}:{self._soft_id}" if self._soft_kv else base
+
+    def base_fingerprint(self) -> str:
+        """The model's identity without its soft prompt."""
         if self._fingerprint is None:
             if self.model_name == EMBEDDED:
                 ident = f"embedded:{embedded_gguf().name}:sha256={file_sha256(embedded_gguf())[:16]}"
@@ -237,7 +308,11 @@ class HFBackend:
 
     # ---- tokenization --------------------------------------------------------------------------
 
-    def _split(self, reqs: Sequence[LLRequest]) -> list[tuple[tuple[int, ...], int]]:
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def token_pairs(self, reqs: Sequence[LLRequest]) -> list[tuple[tuple[int, ...], int]]:
         """Token ids of each context+continuation and how many are context (see _local.split_pairs)."""
         return split_pairs(self.tokenizer, [(r.context, r.continuation) for r in reqs],
                            start_token(self.tokenizer, self._eos_ids))
@@ -248,10 +323,10 @@ class HFBackend:
         start = time.perf_counter()
         results: list[LLResult | None] = [None] * len(reqs)
         scored: list[_Scored] = []
-        for i, (tokens, n_ctx) in enumerate(self._split(reqs)):
-            if len(tokens) > self.max_length:
+        for i, (tokens, n_ctx) in enumerate(self.token_pairs(reqs)):
+            if len(tokens) + self.soft_tokens > self.max_length:
                 results[i] = LLResult(-math.inf, error=(
-                    f"hf backend: request is {len(tokens)} tokens but {self.model_name} reads at most "
+                    f"hf backend: request is {len(tokens) + self.soft_tokens} tokens but {self.model_name} reads at most "
                     f"{self.max_length}; shorten the prompt or the input"))
             elif n_ctx == len(tokens):  # empty continuation: probability 1
                 results[i] = LLResult(0.0, is_greedy=True)
@@ -270,7 +345,7 @@ class HFBackend:
         out: dict[int, tuple[list[float], bool]] = {}
         with torch.inference_mode():
             for prefix_len, rows in self._plan(self._rows(scored)):
-                prefix_kv = self._prefix_cache(rows[0].inputs[:prefix_len]) if prefix_len else None
+                prefix_kv = self._prefix_cache(rows[0].inputs[:prefix_len]) if prefix_len or self._soft_kv else None
                 # Longest suffix first, so the biggest batch runs (and fails, if memory is short) first.
                 rows.sort(key=lambda r: len(r.inputs), reverse=True)
                 for chunk in self._chunks(rows):
@@ -359,32 +434,44 @@ class HFBackend:
         return chunks
 
     def _prefix_cache(self, prefix: tuple[int, ...]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
-        ids = torch.tensor([prefix], device=self.device)
-        cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        """The KV of the soft prompt (if any) followed by `prefix`."""
+        if not prefix:
+            return cast("list[tuple[torch.Tensor, torch.Tensor]]", self._soft_kv)
+        ids, mask, positions = self._padded([prefix], self.soft_tokens)
+        cache = DynamicCache(self._soft_kv, config=self.model.config) if self._soft_kv else None
+        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True, logits_to_keep=1).past_key_values
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _padded(self, suffixes: Sequence[Sequence[int]], past: int
+                ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """Left-padded ids of `suffixes` after `past` cached positions, the attention mask over cache and
+        suffixes, and explicit position ids (a padded row's first token sits at position `past`)."""
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(suffixes), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(suffixes), past + width), dtype=torch.long)
+        mask[:, :past] = 1
+        for b, suffix in enumerate(suffixes):
+            ids[b, width - len(suffix):] = torch.tensor(suffix)
+            mask[b, past + width - len(suffix):] = 1
+        positions = (past + mask[:, past:].cumsum(-1) - 1).clamp(min=past)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    @staticmethod
+    def _expanded(kv: list[tuple["torch.Tensor", "torch.Tensor"]], batch: int, config: Any) -> Any:
+        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv],
+                            config=config)
 
     def _score_chunk(self, rows: list[_Row], prefix_len: int,
                      prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None
                      ) -> dict[int, tuple[list[float], bool]]:
-        batch = len(rows)
-        suffixes = [r.inputs[prefix_len:] for r in rows]
-        width = max(len(s) for s in suffixes)
         # Left padding puts every row's last input at the same column, so the LM head can run
         # on the last `keep` columns only (logits_to_keep) for all rows at once.
         keep = max(len(r.inputs) - r.first_scored for r in rows)
-        ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, prefix_len + width), dtype=torch.long)
-        mask[:, :prefix_len] = 1
-        for b, suffix in enumerate(suffixes):
-            ids[b, width - len(suffix):] = torch.tensor(suffix)
-            mask[b, prefix_len + width - len(suffix):] = 1
-        positions = (prefix_len + mask[:, prefix_len:].cumsum(-1) - 1).clamp(min=prefix_len)
-        cache = None
-        if prefix_kv is not None:
-            cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                  for k, v in prefix_kv], config=self.model.config)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device), past_key_values=cache,
+        past = prefix_kv[0][0].shape[2] if prefix_kv is not None else 0  # soft prompt + shared tokens
+        ids, mask, positions = self._padded([r.inputs[prefix_len:] for r in rows], past)
+        cache = self._expanded(prefix_kv, len(rows), self.model.config) if prefix_kv is not None else None
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=cache is not None, logits_to_keep=keep).logits
         # Gather the scored (row, column) pairs and their targets in one go: one transfer back.
         batch_rows, columns, targets, owners = [], [], [], []
@@ -415,11 +502,11 @@ class HFBackend:
         todo: list[tuple[int, list[int], int]] = []  # (index, prompt ids, token budget)
         for i, req in enumerate(reqs):
             ids = generation_prompt(req, self.tokenizer, backend="hf", model=self.model_name,
-                                    chat=CHAT in self.capabilities, window=self.max_length)
+                                    chat=CHAT in self.capabilities, window=self.max_length - self.soft_tokens)
             if isinstance(ids, GenResult):
                 results[i] = ids
             else:
-                todo.append((i, ids, min(req.max_tokens, self.max_length - len(ids))))
+                todo.append((i, ids, min(req.max_tokens, self.max_length - self.soft_tokens - len(ids))))
         todo.sort(key=lambda t: len(t[1]))
         prefixes: dict[tuple[int, ...], list[tuple["torch.Tensor", "torch.Tensor"]]] = {}
         with torch.inference_mode():
@@ -428,12 +515,13 @@ class HFBackend:
                 start = time.perf_counter()
                 prompts = [p for _, p, _ in chunk]
                 prefix = self._generation_prefix(prompts) if self.share_generation_prefix else ()
-                if prefix and prefix not in prefixes:  # chunks of one call mostly share one prompt
+                shared = bool(prefix) or self._soft_kv is not None
+                if shared and prefix not in prefixes:  # chunks of one call mostly share one prompt
                     prefixes.clear()
                     prefixes[prefix] = self._prefix_cache(prefix)
                 texts = self._generate_chunk([reqs[i] for i, _, _ in chunk], prompts,
                                              [b for _, _, b in chunk], len(prefix),
-                                             prefixes[prefix] if prefix else None)
+                                             prefixes[prefix] if shared else None)
                 share = (time.perf_counter() - start) / len(chunk)
                 for (i, ids, _), (text, reason, n_new) in zip(chunk, texts):
                     results[i] = GenResult(text, reason, Usage(1, len(ids), n_new, share))
@@ -453,29 +541,19 @@ class HFBackend:
                         prefix_len: int = 0,
                         prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None = None
                         ) -> list[tuple[str, str, int]]:
-        """Decode a batch of left-padded prompts. With `prefix_kv` (the KV of the first `prefix_len`
-        tokens, which every prompt shares) only the suffixes run, as in scoring: the prefix's KV is
-        expanded over the batch and the suffixes are left-padded after it, with explicit positions."""
+        """Decode a batch of left-padded prompts. With `prefix_kv` (the KV of the soft prompt, if any, and
+        the first `prefix_len` tokens, which every prompt shares) only the suffixes run, as in scoring:
+        the prefix's KV is expanded over the batch and the suffixes are left-padded after it, with
+        explicit positions."""
         batch = len(prompts)
-        suffixes = [p[prefix_len:] for p in prompts]
-        width = max(len(p) for p in suffixes)
-        ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, prefix_len + width), dtype=torch.long)
-        mask[:, :prefix_len] = 1
-        for b, p in enumerate(suffixes):
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, prefix_len + width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (prefix_len + mask[:, prefix_len:].cumsum(-1) - 1).clamp(min=prefix_len)
+        past = prefix_kv[0][0].shape[2] if prefix_kv is not None else 0
+        ids, mask, positions = self._padded([p[prefix_len:] for p in prompts], past)
         rngs = [self._rng(r) for r in reqs]
         generated: list[list[int]] = [[] for _ in reqs]
         finished: list[tuple[str, str] | None] = [None] * batch
         active = list(range(batch))  # original row of each live cache row
-        if prefix_kv is not None and prefix_len:
-            cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                  for k, v in prefix_kv], config=self.model.config)
-        else:
-            cache = DynamicCache(config=self.model.config)
+        cache = self._expanded(prefix_kv, batch, self.model.config) if prefix_kv is not None \
+            else DynamicCache(config=self.model.config)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         next_pos = positions[:, -1:] + 1

@@ -194,14 +194,17 @@ def _run_view_parsers(sub: Any) -> None:
 def _compare_parser(sub: Any) -> None:
     c = sub.add_parser("compare", help="seed vs best discrete prompt vs soft prompt tuning, table + plot")
     c.add_argument("--run", required=True, help="a finished run: its seed and best prompts are compared")
-    c.add_argument("--soft", action="store_true", help="also tune soft prompts (PEFT prompt tuning)")
+    c.add_argument("--soft", action="store_true", help="also tune soft prompts (PEFT prompt learning)")
+    c.add_argument("--soft-method", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   default=["prompt_tuning"], metavar="LIST",
+                   help="PEFT methods, comma-separated: prompt_tuning, p_tuning, prefix_tuning, cpt")
     c.add_argument("--virtual-tokens", type=int, default=8, help="soft prompt length")
     c.add_argument("--seeds", type=_int_list, default=[0], help="one soft prompt per seed, e.g. 0,1,2")
     c.add_argument("--init", choices=["text", "labels", "vocab", "random"], default="text",
                    help="text: the run's best prompt (or --init-text); labels: the task's options")
     c.add_argument("--init-text", help="text to initialize the soft prompt from")
-    c.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor")
-    c.add_argument("--lr", type=float, default=0.3)
+    c.add_argument("--optimizer", choices=["adafactor", "adamw"], help="default: each method's paper's")
+    c.add_argument("--lr", type=float, help="default: each method's paper's")
     c.add_argument("--steps", type=int, default=30)
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--eval-every", type=int, default=10, help="dev checks for checkpoint choice (0: last step)")
@@ -431,7 +434,8 @@ def _compare(args: argparse.Namespace) -> int:
         options["init_text"] = args.init_text
     result = compare(args.run, soft=args.soft, virtual_tokens=args.virtual_tokens, seeds=args.seeds,
                      soft_options=options, second_model=args.second_model, test_limit=args.test_limit,
-                     device=args.device, data_dir=args.data_dir, projection=args.projection)
+                     device=args.device, data_dir=args.data_dir, projection=args.projection,
+                     methods=args.soft_method)
     print(format_table(result))
     print(f"table: {Path(args.run) / TABLE_FILE}\nplot: {Path(args.run) / PLOT_FILE}")
     return 0

@@ -2,7 +2,12 @@
 
 One table (dev/test score, trainable parameters, prompt length, wall time, model requests, transfer to a
 second model) and one PNG of dev score against compute, both written into the run dir. Every score
-here is measured now on the same examples with the same scorer; search cost comes from the run's log.
+here is measured now on the same examples with the same scorer, through the hf backend (a soft
+prompt is that backend's `soft_prompt` option); search cost comes from the run's log.
+
+Each soft prompt that lives in input embeddings is also projected to its nearest vocabulary tokens and
+scored as text; `projection_keeps` is the share of the soft prompt's test gain over the empty prompt
+that the projected text keeps.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class Row:
     model_calls: int | None
     transfer: str
     second_model_test: float | None = None
+    projection_keeps: float | None = None  # soft rows: (projected - empty) / (soft - empty) on test
 
 
 @dataclass
@@ -100,8 +106,8 @@ def search_curve(run_dir: Path, dev_size: int) -> list[dict[str, float]]:
 def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, seeds: Sequence[int] = (0,),
             soft_options: dict[str, Any] | None = None, second_model: str | None = None,
             test_limit: int | None = None, device: str = "auto", data_dir: str | None = None,
-            projection: str = "cosine") -> Comparison:
-    """Score the run's seed and best prompts and (with `soft`) tune one soft prompt per seed."""
+            projection: str = "cosine", methods: Sequence[str] = ("prompt_tuning",)) -> Comparison:
+    """Score the run's seed and best prompts and (with `soft`) tune one soft prompt per method and seed."""
     from promptopt.api import load_task
     from promptopt.backends.hf import HFBackend
     from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
@@ -110,6 +116,12 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
     config, summary = _read_run(run)
     if soft and config.target.backend != "hf":
         raise ConfigError(f"soft prompts need the hf backend; {run} used {config.target.backend!r}")
+    if soft:
+        from promptopt.soft_prompt import METHODS
+
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ConfigError(f"unknown soft method {', '.join(unknown) or '(none given)'}; use {', '.join(METHODS)}")
     task = load_task(config.task, data_dir=data_dir or config.data_dir, seed=config.seed,
                      options=config.task_options)
     model_name = config.target.model
@@ -130,45 +142,61 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
     out.rows.append(discrete_row("best discrete", summary["best_prompt"], summary["seconds"], search_calls))
     out.curves["discrete search"] = search_curve(run, len(task.split("dev")))
     if soft:
-        _add_soft_rows(out, task, hf, summary, virtual_tokens, seeds, dict(soft_options or {}), test_limit,
-                       projection, run, scorer, second)
+        out.rows.append(discrete_row("empty prompt", "", None, None))  # what a soft prompt's gain is over
+        for method in methods:
+            _add_soft_rows(out, task, hf, summary, method, virtual_tokens, seeds, dict(soft_options or {}),
+                           test_limit, projection, run, scorer, second)
     write_json_atomic(run / TABLE_FILE, asdict(out))
     plot(out, run / PLOT_FILE)
     return out
 
 
-def _add_soft_rows(out: Comparison, task: Task, hf: Any, summary: dict[str, Any], virtual_tokens: int,
-                   seeds: Sequence[int], options: dict[str, Any], test_limit: int | None, projection: str,
-                   run: Path, scorer: Any, second: Any) -> None:
-    from promptopt.soft_prompt import (SoftPromptBackend, SoftPromptConfig, project_to_text, save_soft_prompt,
-                              train_soft_prompt)
+def _add_soft_rows(out: Comparison, task: Task, hf: Any, summary: dict[str, Any], method: str,
+                   virtual_tokens: int, seeds: Sequence[int], options: dict[str, Any], test_limit: int | None,
+                   projection: str, run: Path, scorer: Any, second: Any) -> None:
+    from promptopt.scoring.cache import CachedBackend
+    from promptopt.soft_prompt import SoftPromptConfig, project_to_text, train_soft_prompt
 
-    options.setdefault("init", "text")
-    if options["init"] == "text" and not options.get("init_text"):
-        options["init_text"] = summary["best_prompt"]  # by default start from the run's best prompt
+    if method == "prompt_tuning":
+        options.setdefault("init", "text")
+        if options["init"] == "text" and not options.get("init_text"):
+            options["init_text"] = summary["best_prompt"]  # by default start from the run's best prompt
     width = hf.model.get_input_embeddings().weight.shape[1]
+    empty_test = next(r.test for r in out.rows if r.method == "empty prompt")
     soft_rows = []
     for seed in seeds:
-        cfg = SoftPromptConfig(num_virtual_tokens=virtual_tokens, seed=seed, **options)
-        trained = train_soft_prompt(task, hf, cfg,
-                                    on_progress=lambda point: log.info("soft prompt seed %d: %s", seed, point))
-        save_soft_prompt(trained, hf, run / SOFT_DIR / f"seed-{seed}")
-        backend = SoftPromptBackend(hf.model, hf.tokenizer, trained.embeddings, hf.fingerprint())
-        row = Row(f"soft prompt (seed {seed})", f"{SOFT_DIR}/seed-{seed}", _score(task, backend, "", "dev", None),
-                  _score(task, backend, "", "test", test_limit), trained.trainable_parameters, virtual_tokens,
-                  round(trained.train_seconds, 2), trained.model_calls,
-                  f"no: same architecture only (embedding width {width})")
+        cfg = SoftPromptConfig(method=method, num_virtual_tokens=virtual_tokens, seed=seed, **options)
+        name = f"{method} (seed {seed})"
+        trained = train_soft_prompt(task, hf, cfg, run / SOFT_DIR / f"{method}-seed-{seed}",
+                                    on_progress=lambda point: log.info("%s: %s", name, point))
+        soft = hf.with_soft_prompt(trained.path)
+        backend = CachedBackend(soft, scorer.cache)
+        row = Row(name, f"{SOFT_DIR}/{trained.path.name}", _score(task, backend, "", "dev", None),
+                  _score(task, backend, "", "test", test_limit), trained.trainable_parameters,
+                  trained.prompt_tokens, round(trained.train_seconds, 2), trained.model_calls,
+                  f"no: same model only (embedding width {width})")
         soft_rows.append(row)
         out.rows.append(row)
-        out.curves[f"soft prompt (seed {seed})"] = trained.history
-        text = project_to_text(trained.embeddings, hf, projection)
-        projected = Row(f"soft -> nearest tokens ({projection}, seed {seed})", text,
+        out.curves[name] = trained.history
+        text = project_to_text(soft, projection)
+        if text is None:  # prefix tuning: keys and values, no input embeddings to project
+            continue
+        projected = Row(f"{name} -> nearest tokens ({projection})", text,
                         _score(task, scorer, text, "dev", None), _score(task, scorer, text, "test", test_limit), 0,
                         len(hf.tokenizer(text)["input_ids"]), None, None, "yes: plain text",
                         _score(task, second, text, "test", test_limit) if second else None)
+        row.projection_keeps = _kept_share(empty_test, row.test, projected.test)
         out.rows.append(projected)
     if len(soft_rows) > 1:
         out.rows.append(_mean_row(soft_rows))
+
+
+def _kept_share(empty: float | None, soft: float | None, projected: float | None) -> float | None:
+    """The share of the soft prompt's gain over the empty prompt that its projection keeps (None
+    when there is no gain to share)."""
+    if empty is None or soft is None or projected is None or soft <= empty:
+        return None
+    return (projected - empty) / (soft - empty)
 
 
 def _mean_row(rows: list[Row]) -> Row:
@@ -177,9 +205,9 @@ def _mean_row(rows: list[Row]) -> Row:
         return statistics.fmean(vals) if vals else None
 
     spread = statistics.stdev([r.test for r in rows if r.test is not None] or [0.0, 0.0])
-    return replace(rows[0], method=f"soft prompt (mean of {len(rows)} seeds, test sd {spread:.3f})", prompt="",
+    return replace(rows[0], method=f"{rows[0].method.split(' (')[0]} (mean of {len(rows)} seeds, test sd {spread:.3f})", prompt="",
                    dev=mean([r.dev for r in rows]), test=mean([r.test for r in rows]),
-                   seconds=mean([r.seconds for r in rows]),
+                   seconds=mean([r.seconds for r in rows]), projection_keeps=mean([r.projection_keeps for r in rows]),
                    model_calls=round(mean([r.model_calls for r in rows]) or 0))
 
 
@@ -187,7 +215,8 @@ def format_table(comp: Comparison) -> str:
     def num(x: float | None, fmt: str = "{:.3f}") -> str:
         return "-" if x is None else fmt.format(x)
 
-    header = ["method", "dev", "test", "trainable params", "prompt tokens", "seconds", "model requests", "transfers"]
+    header = ["method", "dev", "test", "trainable params", "prompt tokens", "seconds", "model requests", "transfers",
+              "projection keeps"]
     has_second = any(r.second_model_test is not None for r in comp.rows)
     if has_second:
         header.append("2nd-model test")
@@ -195,7 +224,8 @@ def format_table(comp: Comparison) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in comp.rows:
         cells = [r.method, num(r.dev), num(r.test), str(r.trainable_parameters), str(r.prompt_tokens),
-                 num(r.seconds, "{:.1f}"), "-" if r.model_calls is None else str(r.model_calls), r.transfer]
+                 num(r.seconds, "{:.1f}"), "-" if r.model_calls is None else str(r.model_calls), r.transfer,
+                 num(r.projection_keeps, "{:.0%}")]
         if has_second:
             cells.append(num(r.second_model_test))
         lines.append("| " + " | ".join(cells) + " |")
@@ -215,7 +245,7 @@ def plot(comp: Comparison, path: Path) -> None:
         for name, points in comp.curves.items():
             if points:
                 ax.step([p[x] for p in points], [p["dev"] for p in points], where="post", marker="o",
-                        label=name, linestyle="--" if name.startswith("soft") else "-")
+                        label=name, linestyle="-" if name == "discrete search" else "--")
         seed_dev = next((r.dev for r in comp.rows if r.method == "seed prompt"), None)
         if seed_dev is not None:
             ax.axhline(seed_dev, color="grey", linewidth=0.8, label="seed prompt")

@@ -21,7 +21,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from promptopt.errors import ConfigError
-from promptopt.backends.models import EMBEDDED, embedded_hf_dir, quiet_transformers, resolve_model
 
 INIT_GAIN = 1e-4  # RLPrompt's adapter init: xavier-uniform with a tiny gain, biases -1e-4
 INIT_BIAS = -1e-4
@@ -29,18 +28,9 @@ INIT_BIAS = -1e-4
 
 def load_backbone(name: str, device: str = "cpu") -> tuple[Any, Any]:
     """A frozen causal LM and its tokenizer: "embedded", a local HF directory, a .gguf path or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from promptopt.backends.hf import load_causal_lm
 
-    if name == EMBEDDED:
-        path, gguf = str(embedded_hf_dir()), None
-    else:
-        source = resolve_model(name)
-        path, gguf = source.path, source.gguf_file
-    extra = {"gguf_file": gguf} if gguf else {}
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
-    model.to(device).eval()
+    model, tokenizer, _ = load_causal_lm(name, torch.float32, device)
     model.requires_grad_(False)
     return model, tokenizer
 
