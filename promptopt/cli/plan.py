@@ -27,7 +27,7 @@ def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
             ("optimizer", run.optimizer.describe() if run.optimizer else "none"),
             ("budget", f"search: {_budget(run)}"),
             ("final", f"at most {run.final.examples_at_most} more scored examples "
-                      "(finalists on dev, then the best and the seed on test)"),
+                      f"(finalists on dev, then the best and the seed on test); {run.final.describe()}"),
             ("run dir", str(run.run_dir / f"{run.run_name or '<time>'}-…")),
             ("cache", str(run.cache_path) if run.cache_path else "off")]
 
