@@ -98,7 +98,9 @@ def choose(rule: FinalConfig, finalists: Sequence[Candidate], seed: Candidate, d
         best = max(finalists, key=lambda c: (round(stats[c.id][0], 12), c.id == seed.id))
         info.update(folds=rule.folds, repeats=rule.repeats,
                     finalists={cid: {"mean": round(m, 6), "sd": round(sd, 6)} for cid, (m, sd) in stats.items()})
-    if rule.keep_seed_alpha is not None and best.id != seed.id:
+    if rule.keep_seed_alpha is not None and best.id == seed.id:
+        info["keep_seed"] = {"alpha": rule.keep_seed_alpha, "candidate": seed.id, "kept": True}
+    elif rule.keep_seed_alpha is not None:
         ids = list(pool)
         sig = compare_paired([scores[seed.id][i] for i in ids], [scores[best.id][i] for i in ids])
         kept = not (sig["diff"] > 0 and sig["p"] < rule.keep_seed_alpha)

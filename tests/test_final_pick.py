@@ -162,3 +162,37 @@ def test_the_dry_run_states_the_rule_and_its_cost(capsys, tmp_path):
     assert "60 of its scored examples, at most, come out of the example budget" in plan["final"]
     code = main(["optimize", *FAKE, "--budget", "50", "--set", "final.pick=kfold", "--dry-run"])
     assert code == 2 and "leaves none for the search" in capsys.readouterr().err
+
+
+def test_a_resumed_run_replays_the_final_pick_and_the_selector_without_a_model_call(tmp_path):
+    from promptopt.runlog import RunLog
+    rule = FinalConfig(pick="kfold", folds=3, repeats=2, train_examples=8, keep_seed_alpha=0.5, selector="logistic")
+
+    def run_with(target, resume):
+        strategy = Scripted([[ScoreRequest(c) for c in _with_demos(("train-2",))]])
+        resolved = ResolvedRun(task=toy_task(n_train=40), strategy=strategy, budget=Budget(max_examples=200),
+                               final_top_k=2, final_rule=rule)
+        run = Run(resolved, target=target, optimizer=fake_optimizer(), log=RunLog(tmp_path, resume=resume))
+        report = run.run()
+        run.log.close()
+        return report
+
+    first = run_with(FakeBackend(), False)
+    again_target = FakeBackend()
+    again = run_with(again_target, True)
+    assert again_target.calls == 0
+    assert {k: v for k, v in again.to_json().items() if k not in ("seconds", "timings", "target_usage")} == \
+           {k: v for k, v in first.to_json().items() if k not in ("seconds", "timings", "target_usage")}
+    assert first.final_pick["keep_seed"]["alpha"] == 0.5 and first.selector["method"] == "logistic"
+
+
+def test_the_cli_prints_the_pick_and_the_selector(tmp_path, capsys):
+    code = main(["optimize", *FAKE, "--strategy", "paraphrase", "--budget", "200", "--test-limit", "10",
+                 "--run-dir", str(tmp_path), "--set", f"cache_path={tmp_path / 'c.sqlite'}",
+                 "--set", "final.pick=kfold", "--set", "final.train_examples=12", "--set", "final.keep_seed_alpha=0.05",
+                 "--set", "final.selector=centroid"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0
+    assert "final pick: 3x 5-fold over 36 dev + train examples" in out
+    assert "keep-seed rule" in out and "alpha 0.05" in out
+    assert "selector (centroid, learned on 36 examples): test" in out and "on 10 examples" in out
