@@ -5,8 +5,8 @@ import random
 
 from promptopt.api import load_task
 from promptopt.backends.base import LLRequest
-from promptopt.data import test_sample
-from promptopt.demos import sample_demo_ids
+from promptopt.task.data import test_sample
+from promptopt.task.demos import sample_demo_ids
 
 
 def sst2_requests(n: int, k: int) -> tuple[list[LLRequest], str]:

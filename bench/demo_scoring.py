@@ -14,8 +14,8 @@ import time
 
 from promptopt.api import load_task
 from promptopt.backends.hf import HFBackend
-from promptopt.demos import sample_demo_ids
-from promptopt.scorer import Job, score_jobs
+from promptopt.task.demos import sample_demo_ids
+from promptopt.scoring.scorer import Job, score_jobs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from promptopt.api import Backends, load_task, run_config
-from promptopt.cache import ResponseCache, default_cache_path
+from promptopt.scoring.cache import ResponseCache, default_cache_path
 from promptopt.config import ModelConfig, build_config
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.loop import test_sample
 from promptopt.resolved import BackendSpec
-from promptopt.scorer import Job, score_jobs
-from promptopt.significance import paired_bootstrap
+from promptopt.scoring.scorer import Job, score_jobs
+from promptopt.measure.significance import paired_bootstrap
 from promptopt.types import prompt_id
 
 METHODS: dict[str, dict[str, Any]] = {

@@ -21,7 +21,7 @@ import time
 from promptopt.api import load_task
 from promptopt.backends.base import GenRequest
 from promptopt.backends.hf import HFBackend
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from promptopt.data import resolve_data_dir
+from promptopt.task.data import resolve_data_dir
 
 SEED = "Is this movie review positive or negative?"
 CONFIG = """task: {name}

@@ -66,7 +66,7 @@ from typing import Any
 from optimize_cli import ROOT, optimize_command, run_optimize
 from promptopt import registry
 from promptopt.api import evaluate, load_task
-from promptopt.cache import CachedBackend
+from promptopt.scoring.cache import CachedBackend
 from promptopt.runlog import load_run
 from promptopt.testing.vllm_server import VLLMServer
 

@@ -19,8 +19,8 @@ Setup:
   call is one (prompt, example) generation, one of our scored examples is one log-likelihood choice.
 - scoring: DSPy's chosen demos are read from the compiled predictor (`predictors()[0].demos`), mapped
   back to our train examples by their review text, and "seed instruction + those demos" is rendered
-  with task.prompt_text and scored by promptopt.scorer.score_jobs through our openai backend (echo +
-  logprobs) on the same server: all 32 dev examples and promptopt.data.test_sample(test, 500). Our
+  with task.prompt_text and scored by promptopt.scoring.scorer.score_jobs through our openai backend (echo +
+  logprobs) on the same server: all 32 dev examples and promptopt.task.data.test_sample(test, 500). Our
   runs report the same two numbers from their own final report (same scorer, same backend, same test
   sample). DSPy's own dev figures (its generate-and-parse metric) are recorded as it reported them,
   and --dspy-test N runs DSPy's compiled programs on the first N of the same test sample.
@@ -46,8 +46,8 @@ from typing import Any
 from optimize_cli import ROOT, optimize_command, run_optimize
 from promptopt import registry
 from promptopt.api import load_task
-from promptopt.data import test_sample
-from promptopt.scorer import Job, score_jobs
+from promptopt.task.data import test_sample
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.testing.vllm_server import VLLMServer
 from promptopt.types import prompt_id
 

@@ -29,7 +29,7 @@ import torch
 
 from promptopt.backends.base import LLRequest
 from promptopt.backends.hf import HFBackend
-from promptopt.cache import CachedBackend, ResponseCache
+from promptopt.scoring.cache import CachedBackend, ResponseCache
 
 SST2_TEST = Path("rlprompt_fsc") / "16-shot" / "sst-2" / "test.tsv"
 LABELS = (" negative", " positive")  # SST-2 label 0, 1

@@ -139,10 +139,8 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise SystemExit(f"bench: --seeds takes comma-separated integers, not {args.seeds!r}") from None
+    if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        raise SystemExit(f"bench: --seeds takes comma-separated integers, not {args.seeds!r}")
     strategies = args.strategies.split(",") if args.strategies else sorted(registry.names("strategies"))
     unknown = sorted(set(strategies) - set(registry.names("strategies")))
     if unknown:

@@ -22,7 +22,7 @@ _LAZY = {
     "register_strategy": "promptopt.registry", "register_task": "promptopt.registry",
     "register_backend": "promptopt.registry",
     "optimize": "promptopt.api", "evaluate": "promptopt.api",
-    "make_task": "promptopt.task_from_examples", "Callback": "promptopt.callbacks",
+    "make_task": "promptopt.task.from_examples", "Callback": "promptopt.callbacks",
     "StopSearch": "promptopt.callbacks",
 }
 

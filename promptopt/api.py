@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from promptopt import __version__, registry
+from promptopt.scoring import routes
 from promptopt.backends.base import Backend, canonical_hash
-from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
+from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
 from promptopt.config import NONE_MODEL, RunConfig, build_config
-from promptopt.data import test_sample
+from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
 from promptopt.resolved import BackendSpec, load_task, resolve, warn_reused_splits
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
-from promptopt.task_from_examples import IN_MEMORY, MetricError
+from promptopt.task.from_examples import IN_MEMORY, MetricError
 from promptopt.types import Evaluation
 
 
@@ -128,6 +129,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             "fingerprints": {"target": target.fingerprint(),
                              "optimizer": optimizer.fingerprint() if optimizer else None,
                              "task": task_fingerprint(resolved.task), **templates_fingerprint(resolved.strategy_config)},
+            "scoring": routes.describe(resolved.task, target),  # the route a choose task takes on this target
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
     run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks)

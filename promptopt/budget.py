@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptopt.errors import BudgetExhausted
-from promptopt.types import Usage
+from promptopt.types import Evaluation, Usage
+
+# What BudgetView.room says when examples are unlimited: more than any strategy asks for.
+UNLIMITED = 1 << 60
 
 
 class Budget(BaseModel):
@@ -68,6 +71,29 @@ class BudgetTracker:
                 return name
         return None
 
+    def fit(self, sizes: Sequence[int]) -> list[int]:
+        """How many examples of each request (sizes in order) the example budget pays for: requests are
+        filled in order, so at most one is cut short and the ones after it get none."""
+        left = self.examples_left()
+        if left is None:
+            return list(sizes)
+        out = []
+        for n in sizes:
+            take = max(0, min(n, left))
+            out.append(take)
+            left -= take
+        return out
+
+    def record_evaluation(self, ev: Evaluation) -> None:
+        """Count a search evaluation: its examples when complete (a failed one scored nothing), its usage."""
+        self.examples += len(ev.results) if ev.state == "complete" else 0
+        self.target = self.target + ev.usage
+
+    def record_optimizer_call(self, n: int, usage: Usage) -> None:
+        """Count `n` optimizer requests and their usage."""
+        self.optimizer_calls += n
+        self.optimizer = self.optimizer + usage
+
     def check_optimizer_call(self, n: int) -> None:
         """Raise BudgetExhausted before an optimizer call that would go over a limit."""
         b = self.budget
@@ -82,7 +108,9 @@ class BudgetTracker:
 
 
 class BudgetView:
-    """Read-only budget facts for strategies (e.g. to size a bandit's pulls)."""
+    """Read-only budget facts for strategies. The loop scores as much of a step as the budget pays for
+    (the rest comes back unscored), so a strategy sizes its requests only where it must choose what to
+    spend on (e.g. fewer children, each scored properly, rather than all on an example each): `room`."""
 
     def __init__(self, tracker: BudgetTracker):
         self._t = tracker
@@ -91,9 +119,13 @@ class BudgetView:
     def examples_used(self) -> int:
         return self._t.examples
 
-    @property
-    def examples_left(self) -> int | None:
-        return self._t.examples_left()
+    def room(self, per: int = 1, reserve: int = 0) -> int:
+        """How many requests of `per` examples the example budget still pays for after keeping `reserve`
+        examples back (0 when none; UNLIMITED without an example limit)."""
+        left = self._t.examples_left()
+        if left is None:
+            return UNLIMITED
+        return max(0, left - reserve) // max(1, per)
 
     @property
     def optimizer_calls_used(self) -> int:

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from promptopt import registry
 from promptopt.budget import Budget
-from promptopt.data import lone_surrogate
+from promptopt.task.data import lone_surrogate
 from promptopt.errors import ConfigError
-from promptopt.objectives import check_objectives, check_weights
+from promptopt.measure.objectives import check_objectives, check_weights
 from promptopt.paths import has_password, read_text, redact
 
 NONE_MODEL = "none"  # --optimizer-model none / optimize(optimizer_model="none"): no optimizer LLM
@@ -99,7 +99,7 @@ class RunConfig(BaseModel):
     test_limit: int | None = Field(None, ge=1)
     demos: int = Field(0, ge=0, description="train demos every seed candidate carries (label-balanced draw)")
     plugins: list[str] = Field(default_factory=list)
-    # Run objectives (promptopt/objectives.py): what the final report chooses by; ["task"] = as always.
+    # Run objectives (promptopt/measure/objectives.py): what the final report chooses by; ["task"] = as always.
     objectives: list[str] = Field(default_factory=lambda: ["task"])
     objective_weights: dict[str, float] = Field(default_factory=dict)
 

@@ -12,20 +12,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, Backend, GenRequest, GenResult, missing_reason
-from promptopt import final_pick
 from promptopt.budget import BudgetTracker
 from promptopt.callbacks import Dispatcher
-from promptopt.data import test_sample
-from promptopt.demos import check_demo_ids, sample_demo_ids
+from promptopt.task.data import test_sample
+from promptopt.task.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
                               RunStopped)
-from promptopt.objectives import Measurer
+from promptopt.measure import final_pick
+from promptopt.measure.objectives import Measurer
+from promptopt.measure.selector import Selector
 from promptopt.resolved import ResolvedRun
 from promptopt.runlog import RunLog
-from promptopt.scorer import Job, score_jobs
-from promptopt.selector import Selector
-from promptopt.significance import compare_paired
-from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, needs
+from promptopt.scoring.routes import check_choose
+from promptopt.scoring.scorer import Job, PromptParts, score_jobs
+from promptopt.measure.significance import compare_paired
+from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, check_task, needs
 from promptopt.task import Task
 from promptopt.timing import Timings, cache_seconds
 from promptopt.types import Candidate, Evaluation, Example, Usage
@@ -111,9 +112,7 @@ class _OptimizerChannel:
                 results = [GenResult("", "error", Usage(), str(e)) for _ in reqs]
             finally:
                 run.timings.add("optimizer_generation", time.perf_counter() - t0, cache_seconds(self._backend) - c0)
-        usage = sum((r.usage for r in results), Usage())
-        run.tracker.optimizer_calls += len(reqs)
-        run.tracker.optimizer = run.tracker.optimizer + usage
+        run.tracker.record_optimizer_call(len(reqs), sum((r.usage for r in results), Usage()))
         if run.log:
             run.log.emit("optimizer_call", step=run.step, purpose=purpose,
                          requests=[_gen_req_json(r) for r in reqs],
@@ -183,7 +182,9 @@ class Run:
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
         self.timings = Timings()  # wall time by part, this session only; never logged as events
         self.stop_reason = ""
-        self._rng = random.Random(seed)
+        # The strategy's own stream, apart from the seed's other jobs (docs/architecture.md, "The run seed's
+        # jobs"); a log from before the split replays with the old one (see _choose_streams).
+        self._rng = random.Random(f"{seed}:strategy")
         # A fixed per-run order of each split: "n more unseen examples" walks it.
         self._order = {s: _shuffled(task.split(s), random.Random(f"{seed}:{s}")) for s in ("train", "dev")}
         self._by_id = {ex.id: ex for s in ("train", "dev") for ex in task.split(s)}
@@ -191,7 +192,10 @@ class Run:
         # `demos=K`: every strategy starts from the seed prompt with K train demos (drawn once, label-balanced).
         self.seed_demos = self._seed_demos(task, demos, seed)
         self._window_checked: set[str] = set()
-        self._pending: list[ScoreRequest] = []
+        self._pending: list[ScoreRequest] = []  # what the last ask() returned: the part of the step that fits
+        self._asked: list[ScoreRequest] = []  # the strategy's requests of that step, whole
+        self._kept: list[bool] = []  # per asked request: whether any of it is in _pending
+        self._legacy_log = False  # resuming a log made before the loop took in what fits (see _choose_streams)
         view = task.without_test()
         if seed_prompt:  # a user's seed prompt is where every strategy starts
             view = dataclasses.replace(view, seed_prompts=(seed_prompt, *[p for p in view.seed_prompts if p != seed_prompt]))
@@ -206,9 +210,7 @@ class Run:
         if n > window:  # every evaluation would fail: refuse before any model call
             raise ConfigError(f"the seed prompt with the longest example comes to {n} tokens, over the model's "
                               f"window of {window}; shorten the prompt")
-        check_task = getattr(strategy, "check_task", None)  # optional: refuse a task it cannot search
-        if callable(check_task):
-            check_task(self._ctx.task)
+        check_task(strategy, self._ctx.task)  # a strategy may refuse a task it cannot search
 
     # -- setup --
     @staticmethod
@@ -221,8 +223,10 @@ class Run:
         return sample_demo_ids(train, k, random.Random(f"{seed}:demos"))
 
     def _check_capabilities(self) -> None:
-        if self.target is not None:
-            need = LOGLIKELIHOOD if self.task.output == "choose" else GENERATE
+        if self.target is not None and self.task.output == "choose":
+            check_choose(self.task, self.target)  # a route for it (loglikelihood or a chat route), or one line
+        elif self.target is not None:
+            need = GENERATE
             if need not in self.target.capabilities:
                 raise CapabilityError(f"task {self.task.name} needs {need} but the target model "
                                       f"({self.target.fingerprint()}) cannot provide it"
@@ -269,6 +273,8 @@ class Run:
         if spent:
             self.stop_reason = f"budget: {spent}"
             return []
+        if self.step == 0:
+            self._choose_streams()
         self.step += 1
         self._ctx.step = self.step
         try:
@@ -280,9 +286,8 @@ class Run:
             self.stop_reason = "strategy finished"
             return []
         reqs = [self._resolve(r if isinstance(r, ScoreRequest) else ScoreRequest(r)) for r in raw]
-        need = sum(len(r.example_ids or ()) for r in reqs)
-        left = self.tracker.examples_left()
-        if left is not None and need > left:
+        need, left = sum(len(r.example_ids or ()) for r in reqs), self.tracker.examples_left()
+        if self._legacy_log and left is not None and need > left:  # as that run did: a step that does not fit ends it
             self.stop_reason = f"budget: examples (step {self.step} needs {need}, {left} left)"
             return []
         for r in reqs:
@@ -292,8 +297,36 @@ class Run:
                 rec = self.log.emit("candidate", step=self.step, candidate_id=r.candidate.id, **r.candidate.to_json())
                 _check_recorded_candidate(rec, self.log.path)
                 self.callbacks.emit("on_candidate", self, r.candidate, accepted=True)
-        self._pending = reqs
-        return reqs
+        self._asked = reqs
+        self._pending = self._fitting(reqs)
+        return self._pending
+
+    def _fitting(self, reqs: list[ScoreRequest]) -> list[ScoreRequest]:
+        """The part of a step the example budget pays for. Requests are filled in order, each with a prefix
+        of its example ids, so one request may be scored in part (its Evaluation lists the ids that were
+        scored) and the ones after it not at all (tell() hands the strategy an "unscored" Evaluation for
+        each). Partial scoring uses the last examples of a budget rather than leaving them; the cut depends
+        only on the requests and the examples spent, so a resumed run replays the same one."""
+        sizes = [len(r.example_ids or ()) for r in reqs]
+        fit = self.tracker.fit(sizes)
+        self._kept = [k > 0 or n == 0 for k, n in zip(fit, sizes)]
+        if fit == sizes:
+            return reqs
+        cut = [{"candidate_id": r.candidate.id, "split": r.split, "objective": r.objective, "scored": k,
+                "unscored": list((r.example_ids or ())[k:])} for r, k, n in zip(reqs, fit, sizes) if k < n]
+        self._note("budget.unscored", requests=cut)  # what the budget left out, for `show` and resume
+        return [replace(r, example_ids=(r.example_ids or ())[:k]) for r, k, kept in zip(reqs, fit, self._kept) if kept]
+
+    def _choose_streams(self) -> None:
+        """Before the first step: logs written since the run seed's jobs got separate streams (and the loop
+        took in what fits) open with a "run.streams" note; a resumed log without one is replayed, and goes
+        on, as it was made: with the strategy stream Random(seed), and a step that does not fit ending it."""
+        rec = self.log.peek() if self.log else None
+        if rec is not None and not (rec["type"] == "note" and rec.get("kind") == "run.streams"):
+            self._rng.seed(self.seed)
+            self._legacy_log = True
+            return
+        self._note("run.streams", strategy=f"{self.seed}:strategy")
 
     def _check_prompt(self, cand: Candidate) -> None:
         """Demos come from train only, and a demo set that overflows the model's window is refused
@@ -319,6 +352,10 @@ class Run:
         if not (callable(count) and window and self._longest is not None):
             return 0, 0
         return count(self.task.render(prompt, self._longest)), window
+
+    def _parts(self, cand: Candidate) -> PromptParts:
+        """The candidate's pieces, for targets that take the prompt as chat messages."""
+        return PromptParts(cand.text, cand.system, tuple(self._by_id[d] for d in cand.demos), tuple(cand.demo_answers))
 
     def prompt_of(self, cand: Candidate) -> str:
         """The text that stands where the template has `{prompt}`: system prompt, instruction, demos."""
@@ -354,8 +391,13 @@ class Run:
             raise PromptOptError(f"tell() got {len(evals)} evaluations for {len(self._pending)} requests")
         for ev in evals:
             self._record(ev, search=True)
-        self._pending = []
-        self.strategy.tell(self._ctx, list(evals))
+        # One Evaluation per request the strategy made: those the budget left out come back "unscored".
+        scored = iter(evals)
+        whole = [next(scored) if kept else
+                 Evaluation(r.candidate.id, r.split, (), state="unscored", objective=r.objective)
+                 for r, kept in zip(self._asked, self._kept)]
+        self._pending, self._asked, self._kept = [], [], []
+        self.strategy.tell(self._ctx, whole)
         if self.callbacks:
             ranked = self.history.ranked("dev")
             if ranked and ranked[0][1] > self._best_dev:
@@ -368,8 +410,7 @@ class Run:
         if self.objectives is not None:
             self.objectives.record(ev)
         if search:
-            self.tracker.examples += len(ev.results) if ev.state == "complete" else 0
-            self.tracker.target = self.tracker.target + ev.usage
+            self.tracker.record_evaluation(ev)
         if ev.state == "failed":
             self.failures += 1
             log.warning("evaluation of %s failed: %s", ev.candidate_id, ev.error)
@@ -389,7 +430,8 @@ class Run:
             else:
                 live.append(i)
         jobs = [Job(reqs[i].candidate.id, self.prompt_of(reqs[i].candidate), reqs[i].split,
-                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective)
+                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective,
+                    self._parts(reqs[i].candidate))
                 for i in live]
         t0, c0 = time.perf_counter(), cache_seconds(self.target)
         try:

@@ -5,6 +5,7 @@ the final report's plan. `optimize` builds the backends and runs it (api.prepare
 Resolving reads the task's data but loads no model."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +14,14 @@ from typing import Any, Mapping
 from promptopt import registry
 from promptopt.backends.base import Backend
 from promptopt.budget import Budget
-from promptopt.cache import default_cache_path
-from promptopt import final_pick
+from promptopt.scoring.cache import default_cache_path
 from promptopt.config import FinalConfig, ModelConfig, RunConfig, backend_options, strategy_config
-from promptopt.data import test_sample
+from promptopt.measure import final_pick
+from promptopt.task.data import test_sample
 from promptopt.errors import CapabilityError, ConfigError
-from promptopt.strategy import Strategy, StrategyConfig, needs
+from promptopt.strategy import Strategy, StrategyConfig, check_task, needs
 from promptopt.task import Task
-from promptopt.task_from_examples import IN_MEMORY
+from promptopt.task.from_examples import IN_MEMORY
 
 TASK_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
 LMEVAL = "lmeval:"  # `--task lmeval:PATH_OR_NAME`: the task plugin named "lmeval" (the lmeval extra)
@@ -30,6 +31,10 @@ log = logging.getLogger("promptopt")
 def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options: Mapping[str, Any] | None = None) -> Task:
     """A registered task by name, or a custom task from a spec file path."""
     opts = dict(options or {})
+    # demo_format=turns|inline: how demos reach a chat model (Task.chat_demos), an option of every task
+    chat_demos = opts.pop("demo_format") if opts.get("demo_format") in ("turns", "inline") else None
+    if chat_demos is not None:
+        return dataclasses.replace(load_task(name, data_dir=data_dir, seed=seed, options=opts), chat_demos=chat_demos)
     if name.startswith(IN_MEMORY):
         raise ConfigError(f"task {name!r} was built in Python (promptopt.make_task), so it cannot be loaded by "
                           "name; pass the same Task object (optimize(task=task, resume=RUN), evaluate(prompt, task))")
@@ -46,7 +51,7 @@ def load_task(name: str, *, data_dir: str | None = None, seed: int = 0, options:
 
 def warn_reused_splits(task: Task) -> list[str]:
     """Warn (log) when one split's examples are mostly another's (train given as dev): scores are then not held out."""
-    from promptopt.metrics import reused_splits
+    from promptopt.measure.metrics import reused_splits
     found = reused_splits(task.splits)
     for line in found:
         log.warning("task %s: %s", task.name, line)
@@ -167,9 +172,7 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
     if task is None:
         task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     warn_reused_splits(task)
-    check_task = getattr(strategy, "check_task", None)  # settings the task cannot carry: refused before any model loads
-    if callable(check_task):
-        check_task(task.without_test())
+    check_task(strategy, task.without_test())  # settings the task cannot carry: refused before any model loads
     optimizer = optimizer_config(strategy_cls, cfg)
     run = ResolvedRun(
         task=task, strategy=strategy, strategy_config=settings, strategy_name=cfg.strategy,

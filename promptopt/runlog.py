@@ -291,7 +291,7 @@ class RunView:
     wall_seconds: float = 0.0  # summed over sessions, so pauses between a crash and a resume do not count
     summary: dict[str, Any] | None = None
     # Per (candidate, split): each example's logged result (for corpus metrics and the answer distribution),
-    # and the corpus metric its evaluations name (promptopt.metrics), when they name one.
+    # and the corpus metric its evaluations name (promptopt.measure.metrics), when they name one.
     results: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
     metrics: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -308,7 +308,7 @@ class RunView:
     def score(self, cid: str, split: str = "dev") -> float:
         s = self.scores.get((cid, split))
         if s and (cid, split) in self.metrics:
-            from promptopt.metrics import corpus_score
+            from promptopt.measure.metrics import corpus_score
             return corpus_score(self.metrics[(cid, split)], self.results[(cid, split)].values())
         return sum(s.values()) / len(s) if s else float("nan")
 
@@ -339,6 +339,11 @@ class RunView:
     def rejected(self) -> int:
         """Proposals a strategy logged as rejected (never scored)."""
         return sum(1 for n in self.notes if n.get("kind", "").endswith("rejected"))
+
+    @property
+    def unscored(self) -> int:
+        """Examples the search asked for that the budget left unscored (its last step, cut to fit)."""
+        return sum(len(r["unscored"]) for n in self.notes if n.get("kind") == "budget.unscored" for r in n["requests"])
 
     def lineage(self, cid: str) -> list[dict[str, Any]]:
         chain, seen = [], set()

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from promptopt.backends._local import split_pairs
 from promptopt.backends.base import CHAT, GENERATE, LOGLIKELIHOOD, PROMPT_EMBEDS, GenRequest, GenResult, LLRequest, LLResult
 from promptopt.errors import ConfigError, PromptOptError
-from promptopt.scorer import Job, reference_text, score_jobs
+from promptopt.scoring.scorer import Job, reference_text, score_jobs
 from promptopt.task import Task
 from promptopt.types import Evaluation, Usage, prompt_id
 

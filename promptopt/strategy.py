@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence, get_args, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -14,8 +14,11 @@ from promptopt.budget import BudgetView
 from promptopt.task import Task
 from promptopt.types import OBJECTIVES, Candidate, Evaluation, ExampleResult, Objective
 
+if TYPE_CHECKING:  # objectives.py is the loop's; a strategy only calls `scalarize` on it
+    from promptopt.measure.objectives import Measurer
+
 __all__ = ["OBJECTIVES", "Context", "History", "Needs", "Objective", "OptimizerLM", "ScoreRequest", "Strategy",
-           "StrategyConfig", "StrictSettings", "needs"]
+           "StrategyConfig", "StrictSettings", "check_task", "needs"]
 
 
 MAX_SETTING = 10**6  # no count a strategy takes (rounds, population, steps) is meant to be larger
@@ -55,7 +58,7 @@ class ScoreRequest:
     or exactly on `example_ids` when given. Asking again for a scored candidate means "more".
 
     objective "task" scores with the task metric; "loss" scores each example by the gold answer's
-    log-likelihood (higher is better; see promptopt.scorer) for loss-driven strategies such as PMPO."""
+    log-likelihood (higher is better; see promptopt.scoring.scorer) for loss-driven strategies such as PMPO."""
 
     candidate: Candidate
     split: str = "dev"
@@ -81,11 +84,13 @@ class History:
         return True
 
     def _add_evaluation(self, ev: Evaluation) -> None:
+        if ev.state == "unscored":  # the budget left it out: nothing was learnt
+            return
         if ev.state == "failed":
             self._failures[ev.candidate_id] = self._failures.get(ev.candidate_id, 0) + 1
             return
         bucket = self._results.setdefault((ev.candidate_id, ev.split, ev.objective), {})
-        if ev.metric is not None:  # a corpus metric (promptopt.metrics): score() computes it over the results
+        if ev.metric is not None:  # a corpus metric (promptopt.measure.metrics): score() computes it over the results
             self._metrics[(ev.candidate_id, ev.split, ev.objective)] = ev.metric
         for r in ev.results:
             bucket[r.example_id] = r
@@ -118,7 +123,7 @@ class History:
             return math.nan
         metric = self._metrics.get((candidate_id, split, objective))
         if metric is not None:
-            from promptopt.metrics import corpus_score
+            from promptopt.measure.metrics import corpus_score
             return corpus_score(metric, res.values())
         return sum(r.score for r in res.values()) / len(res)
 
@@ -149,7 +154,7 @@ class Context:
     seed_demos: tuple[str, ...] = ()  # train demo ids every seed candidate carries (`--demos K`)
     # With `objective_weights` set: the run's objectives.Measurer, whose `scalarize` shared ranking helpers
     # use; None otherwise (rank by the strategy's own fitness).
-    objectives: Any = None
+    objectives: Measurer | None = None
 
     def seed_candidates(self) -> list[Candidate]:
         """The task's seed prompts as candidates, with the run's seed demos."""
@@ -167,8 +172,11 @@ class Context:
 
 @runtime_checkable
 class Strategy(Protocol):
-    """A search algorithm. `ask` returns what to score next (empty = done); `tell` gets the results
-    of exactly those requests, in order. Strategies never write files or see the test split."""
+    """A search algorithm. `ask` returns what to score next (empty = done); `tell` gets one Evaluation
+    per request, in order. A step larger than the example budget left is scored as far as it goes: the
+    requests it could not pay for come back with state "unscored" (no results: treat as no information),
+    and one request may come back with fewer results than it asked for. Strategies never write files or
+    see the test split."""
 
     Config: ClassVar[type[StrategyConfig]]
     # Optional capability flags (a strategy sets the ones that are True; read them through `needs()`):
@@ -180,6 +188,10 @@ class Strategy(Protocol):
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None: ...
 
+    # Optional (read through `check_task()`): refuse, with a ConfigError, a task it cannot search (e.g. a
+    # dev split too small for its racing), when the run is built and before any model call.
+    def check_task(self, task: Task) -> None: ...
+
 
 @dataclass(frozen=True)
 class Needs:
@@ -188,6 +200,13 @@ class Needs:
     optimizer: bool = False
     uses_optimizer: bool = False
     loglikelihood: bool = False
+
+
+def check_task(strategy: Any, task: Task) -> None:
+    """The one caller of a strategy's optional `check_task`."""
+    check = getattr(strategy, "check_task", None)
+    if callable(check):
+        check(task)
 
 
 def needs(strategy: Any) -> Needs:

@@ -123,6 +123,8 @@ class ExampleResult:
     option_logprobs: tuple[float, ...] | None = None  # classification: one per option
     error: str | None = None
     feedback: str | None = None  # textual feedback from the task's metric, when it gives any
+    # How a chat route scored it (promptopt/scoring/routes.py): "format_failure", "floored", "fallback", "format_line"
+    flags: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"example_id": self.example_id, "output": self.output, "score": self.score}
@@ -134,18 +136,21 @@ class ExampleResult:
             d["option_logprobs"] = list(self.option_logprobs)
         if self.error is not None:
             d["error"] = self.error
+        if self.flags:
+            d["flags"] = list(self.flags)
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ExampleResult":
         opts = d.get("option_logprobs")
         return cls(d["example_id"], d["output"], d["score"], d.get("logprob"),
-                   tuple(opts) if opts is not None else None, d.get("error"), d.get("feedback"))
+                   tuple(opts) if opts is not None else None, d.get("error"), d.get("feedback"),
+                   tuple(d.get("flags") or ()))
 
 
 Split = Literal["train", "dev", "test"]
 # What an evaluation measures: "task" scores with the task metric; "loss" scores each example by the
-# gold answer's log-likelihood (higher is better; see promptopt.scorer), for loss-driven strategies.
+# gold answer's log-likelihood (higher is better; see promptopt.scoring.scorer), for loss-driven strategies.
 Objective = Literal["task", "loss"]
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 
@@ -157,11 +162,12 @@ class Evaluation:
     candidate_id: str
     split: str
     results: tuple[ExampleResult, ...]
-    state: Literal["complete", "failed"] = "complete"
+    # "unscored": the budget ran out before this request (see Run.ask); no results, no information.
+    state: Literal["complete", "failed", "unscored"] = "complete"
     error: str | None = None
     usage: Usage = Usage()
     objective: Objective = "task"
-    metric: str | None = None  # a corpus metric of a choose task (promptopt.metrics); None: the mean score
+    metric: str | None = None  # a corpus metric of a choose task (promptopt.measure.metrics); None: the mean score
 
     @property
     def score(self) -> float:
@@ -169,7 +175,7 @@ class Evaluation:
         if self.state != "complete" or not self.results:
             return math.nan
         if self.metric is not None:
-            from promptopt.metrics import corpus_score
+            from promptopt.measure.metrics import corpus_score
             return corpus_score(self.metric, self.results)
         return sum(r.score for r in self.results) / len(self.results)
 

@@ -147,9 +147,7 @@ class APO:
     # -- selection --
     def _selection_room(self, ctx: Context) -> int:
         """Examples the next selection step may use: its own budget, cut to what the run has left."""
-        left = ctx.budget.examples_left
-        budget = self.config.selection.budget
-        return budget if left is None else min(budget, left)
+        return min(self.config.selection.budget, ctx.budget.room())
 
     def _min_pull(self, ctx: Context) -> int:
         """The fewest examples worth scoring a new prompt on."""

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from pydantic import Field
 
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.selection import SelectionConfig
@@ -65,8 +65,8 @@ class FewShot:
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if not self.started:
             self.started = True
-            left = ctx.budget.examples_left
-            budget = self.config.selection.budget if left is None else min(left, self.config.selection.budget)
+            # The halving is planned for what the run can pay, so its last round is not the one cut short.
+            budget = min(self.config.selection.budget, ctx.budget.room())
             self.selector.start(ctx, self.arms(ctx), budget=budget, keep=1)
         return self.selector.requests()
 

@@ -177,8 +177,7 @@ class GEPA:
         return "train" if self.ctx.task.split("train") else "dev"
 
     def _fits(self, n: int) -> bool:
-        left = self.ctx.budget.examples_left
-        return left is None or left >= n
+        return self.ctx.budget.room(n) > 0
 
     def _reflect(self) -> Plan:
         """One reflective mutation; True when a child joined the pool."""

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.edits import DELETE, SWAP, apply_edit, plan_edit, render, segment, tidy
@@ -135,9 +135,8 @@ class Mipro:
                 return [ScoreRequest(best, "dev")]  # the rest of dev: "ask again means more"
         dev = ctx.task.split("dev")
         size = min(self.config.minibatch, max(1, len(dev) // 2))
-        left = ctx.budget.examples_left
-        if (self.config.trials is not None and self.trials >= self.config.trials) or (left is not None and left < size):
-            return []
+        if (self.config.trials is not None and self.trials >= self.config.trials) or not ctx.budget.room(size):
+            return []  # a trial on fewer examples than the minibatch would not be comparable
         trial = self.study.ask()
         i = trial.suggest_categorical("instruction", list(range(len(self.instructions))))
         j = trial.suggest_categorical("demos", list(range(len(self.demo_sets))))

@@ -145,11 +145,8 @@ class OPRO:
 
     def _room(self, ctx: Context) -> int:
         """How many more instructions the example budget can score (a large number if unlimited)."""
-        left = ctx.budget.examples_left
-        if left is None:
-            return 1 << 30
         dev = len(ctx.task.split("dev"))
-        return left // max(1, min(self.config.eval_examples or dev, dev))
+        return ctx.budget.room(min(self.config.eval_examples or dev, dev))
 
     # -- the meta-prompt --
     def trajectory(self, ctx: Context) -> list[tuple[Candidate, float]]:

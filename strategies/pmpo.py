@@ -12,7 +12,7 @@ Each iteration
 Step 1-2 are skipped while the incumbent is unchanged: its mask analysis would be identical.
 
 Loss: classification uses the paper's preference form (gold option against each wrong option,
-`beta`), generation the cross-entropy of the reference output (promptopt.attribution).
+`beta`), generation the cross-entropy of the reference output (promptopt.measure.attribution).
 Each new incumbent is also scored on the dev split with the task metric, which is what the
 loop's final report ranks by.
 """
@@ -23,12 +23,12 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from promptopt.attribution import (LossKind, LossSummary, Segment, SegmentImpact, default_loss, impacts,
+from promptopt.measure.attribution import (LossKind, LossSummary, Segment, SegmentImpact, default_loss, impacts,
                                    marked_segments, mask, merge_segments, split_prompt, summarize, worst_first)
 from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
-from promptopt.scorer import reference_text
+from promptopt.scoring.scorer import reference_text
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context, ScoreRequest
 from promptopt.types import Candidate, Evaluation, Example
@@ -157,10 +157,7 @@ class PMPO:
     def _affordable(self, ctx: Context, wanted: int) -> int:
         """How many of `wanted` loss evaluations fit the example budget. Enough is kept back to
         score one new incumbent on dev, so the best prompt found always reaches the final report."""
-        left = ctx.budget.examples_left
-        if left is None:
-            return wanted
-        return max(0, min(wanted, (left - len(ctx.task.split("dev"))) // len(self.examples)))
+        return min(wanted, ctx.budget.room(len(self.examples), reserve=len(ctx.task.split("dev"))))
 
     # ---- 1-2: segment and mask ----------------------------------------------------------------
 
@@ -176,8 +173,7 @@ class PMPO:
         reqs = self._unscored(ctx, [self.incumbent, *(c for _, c in self.masked)])
         dev = self._dev_request(ctx)
         cost = sum(len(r.example_ids or ()) for r in reqs) + len(ctx.task.split("dev")) * len(dev)
-        left = ctx.budget.examples_left
-        if left is not None and cost > left:
+        if not ctx.budget.room(cost):
             return None
         return reqs + dev
 

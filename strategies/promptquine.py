@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError
 from promptopt.registry import register_strategy
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
@@ -147,10 +147,8 @@ class PromptQuine:
         return self._requests(ctx)
 
     def _requests(self, ctx: Context) -> list[ScoreRequest]:
-        dev = len(ctx.task.split("dev"))
-        left = ctx.budget.examples_left
-        if left is not None:
-            self.pending = self.pending[: left // dev]
+        # Only the prompts the budget scores on all of dev: a fitness over part of it is not comparable.
+        self.pending = self.pending[: ctx.budget.room(len(ctx.task.split("dev")))]
         return [ScoreRequest(c, "dev") for _, c in self.pending]
 
     def _tournament(self, ctx: Context) -> tuple[frozenset[int], Candidate]:

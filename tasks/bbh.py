@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from pydantic import PositiveInt
 
-from promptopt.data import (TaskOptions, carve, local_file, no_local_copy, parse_options, read_text,
+from promptopt.task.data import (TaskOptions, carve, local_file, no_local_copy, parse_options, read_text,
                             resolve_data_dir, test_sample)
 from promptopt.errors import TaskError
 from promptopt.registry import register_task

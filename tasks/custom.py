@@ -19,13 +19,13 @@
     #     limit = { train = 500, test = 1000 }   # optional: at most this many rows of a file
     # or: hub = "org/name", config = "...", train = "train", dev = "validation", test = "test"
 
-Every key, with examples: docs/task-spec.md. The file is read into a `promptopt.task_spec.TaskSpec` and
+Every key, with examples: docs/task-spec.md. The file is read into a `promptopt.task.spec.TaskSpec` and
 built by `build_task`, as `make_task` and the lm-eval bridge are: the three follow one set of rules.
 
 Other `{name}` fields in the template are filled from the column of the same name. A seeded split
 draws test with a fixed seed, so every run reports on the same rows, then dev and train with the
 run seed. Generation settings: extract (strip | first_line | first_number | last_number | option_letter |
-regex:PATTERN, see promptopt/answers.py), strict (exact match compares after stripping outer whitespace
+regex:PATTERN, see promptopt/measure/answers.py), strict (exact match compares after stripping outer whitespace
 only; by default it ignores case, extra whitespace and surrounding punctuation), chat, max_tokens, stop.
 """
 from __future__ import annotations
@@ -35,12 +35,12 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import PositiveInt, ValidationError, field_validator, model_validator
 
-from promptopt.data import (HubUnavailable, TaskOptions, hub_rows, parse_options, read_rows, read_saved_dataset,
+from promptopt.task.data import (HubUnavailable, TaskOptions, hub_rows, parse_options, read_rows, read_saved_dataset,
                             read_text)
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task
 from promptopt.task import SPLITS, Task
-from promptopt.task_spec import (Columns, TaskSettings, TaskSpec, _Model, build_task, check_size, one_line, problems,
+from promptopt.task.spec import (Columns, TaskSettings, TaskSpec, _Model, build_task, check_size, one_line, problems,
                                 validate_spec)
 
 __all__ = ["Columns", "DataFiles", "SpecFile", "custom", "load_spec", "spec_of"]
@@ -86,7 +86,7 @@ class DataFiles(_Model):
 
 
 class SpecFile(TaskSettings):
-    """A spec file: the task's settings (promptopt.task_spec.TaskSettings), its name and where its rows are."""
+    """A spec file: the task's settings (promptopt.task.spec.TaskSettings), its name and where its rows are."""
     name: str | None = None
     data: DataFiles
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from promptopt.data import TaskOptions, parse_options, read_jsonl
+from promptopt.task.data import TaskOptions, parse_options, read_jsonl
 from promptopt.registry import register_task
 from promptopt.task import Task
 from promptopt.types import Example

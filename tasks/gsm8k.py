@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from pydantic import PositiveInt
 
-from promptopt.data import (TaskOptions, carve, load_hub, local_file, parse_options, read_jsonl,
+from promptopt.task.data import (TaskOptions, carve, load_hub, local_file, parse_options, read_jsonl,
                             require_columns, resolve_data_dir, sample, test_sample)
 from promptopt.errors import TaskError
 from promptopt.registry import register_task

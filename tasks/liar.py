@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from pydantic import PositiveInt
 
-from promptopt.data import (TaskOptions, carve, local_file, no_local_copy, parse_options, read_jsonl,
+from promptopt.task.data import (TaskOptions, carve, local_file, no_local_copy, parse_options, read_jsonl,
                             require_columns, resolve_data_dir, test_sample)
 from promptopt.errors import TaskError
 from promptopt.registry import register_task

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import PositiveInt
 
-from promptopt.data import (TaskOptions, load_hub, local_file, no_local_copy, parse_options, read_table,
+from promptopt.task.data import (TaskOptions, load_hub, local_file, no_local_copy, parse_options, read_table,
                             resolve_data_dir, sample, test_sample)
 from promptopt.errors import ConfigError, TaskError
 from promptopt.registry import register_task

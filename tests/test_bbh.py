@@ -14,7 +14,7 @@ from promptopt.errors import ConfigError, DataNotFoundError, TaskError
 from promptopt.task import Task
 from promptopt.tasks.bbh import (SPECS, first_line, listed_options, number_match, symbols_match,
                                  words_match)
-from promptopt.template import split_at_prompt
+from promptopt.task.template import split_at_prompt
 from promptopt.types import Example
 
 GENERATE = {"dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting"}

@@ -15,7 +15,7 @@ import pytest
 
 from promptopt.backends.base import Backend, GenRequest, LLRequest, LLResult
 from promptopt.backends.fake import FakeBackend
-from promptopt.cache import (SCHEMA_VERSION, CacheError, CachedBackend, CacheWarning, ResponseCache,
+from promptopt.scoring.cache import (SCHEMA_VERSION, CacheError, CachedBackend, CacheWarning, ResponseCache,
                              cache_key, default_cache_path)
 from promptopt.errors import BackendError
 from promptopt.types import Usage

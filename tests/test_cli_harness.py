@@ -1,7 +1,6 @@
 """CLI side of the harness issue on the fake backend: --stop conditions, --json, export, and the progress
 line of the final report."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""promptopt.data: data dir resolution, file readers, hub fallback errors, seeded splits, options."""
+"""promptopt.task.data: data dir resolution, file readers, hub fallback errors, seeded splits, options."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptopt.data import (DATA_DIR_ENV, TaskOptions, carve, load_hub, local_file, parse_options, read_jsonl,
+from promptopt.task.data import (DATA_DIR_ENV, TaskOptions, carve, load_hub, local_file, parse_options, read_jsonl,
                             read_table, require_columns, resolve_data_dir, sample)
 from promptopt.errors import ConfigError, DataNotFoundError, TaskError
 
@@ -148,7 +148,7 @@ def test_missing_datasets_package_is_data_not_found(monkeypatch):
 
 def test_real_hub_offline_fails_fast():
     pytest.importorskip("datasets")
-    code = ("from promptopt.data import load_hub\n"
+    code = ("from promptopt.task.data import load_hub\n"
             "load_hub('openai/gsm8k', 'train', config='main', task='gsm8k', looked_in=None, layout='gsm8k/')\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     started = time.monotonic()
@@ -166,7 +166,7 @@ def test_unreachable_hub_without_offline_flags_fails_at_once_pointing_at_the_doc
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("from promptopt.data import load_hub\n"
+    code = ("from promptopt.task.data import load_hub\n"
             "load_hub('openai/gsm8k', 'train', config='main', task='gsm8k', looked_in=None, layout='gsm8k/')\n")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.cli import main
-from promptopt.demos import sample_demo_ids
+from promptopt.task.demos import sample_demo_ids
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
-from promptopt.significance import compare_paired, mcnemar_exact, paired_bootstrap
+from promptopt.measure.significance import compare_paired, mcnemar_exact, paired_bootstrap
 from promptopt.strategies.bootstrap import Bootstrap, BootstrapConfig
 from promptopt.strategies.fewshot import FewShot, FewShotConfig
 from promptopt.strategies.mipro import Mipro, MiproConfig

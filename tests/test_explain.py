@@ -1,4 +1,4 @@
-"""Segment attribution (promptopt.attribution) and the `explain` command.
+"""Segment attribution (promptopt.measure.attribution) and the `explain` command.
 
 Fast tier: a fake target in which one sentence is harmful by construction. Real-model tier:
 the embedded SmolLM2 must rank an added "always answer X" sentence as the worst segment."""
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from promptopt.attribution import (Segment, example_loss, margin_loss, marked_segments, mask, merge_segments,
+from promptopt.measure.attribution import (Segment, example_loss, margin_loss, marked_segments, mask, merge_segments,
                                    preference_loss, split_prompt)
 from promptopt.backends.base import CHAT, GENERATE
 from promptopt.backends.fake import FakeBackend

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from promptopt import final_pick
+from promptopt.measure import final_pick
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.cli import main
@@ -12,7 +12,7 @@ from promptopt.config import FinalConfig, apply_set, build_config
 from promptopt.errors import ConfigError
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
-from promptopt.selector import Selector, TfIdf
+from promptopt.measure.selector import Selector, TfIdf
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import fake_optimizer
 from promptopt.testing.contracts import toy_task

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from promptopt.cli.commands import main, parse_budget
 from promptopt.config import apply_set, build_config
 from promptopt.errors import ConfigError, PromptOptError
-from promptopt.template import render, template_fields
+from promptopt.task.template import render, template_fields
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,8 +9,8 @@ import pytest
 
 import promptopt
 from promptopt.callbacks import Callback, NoImprovement, ScoreReached, StopFile, parse_stop
-from promptopt.errors import ConfigError, PromptOptError, ResumeError, RunStopped, TaskError
-from promptopt.task_from_examples import MetricError, make_task
+from promptopt.errors import ConfigError, ResumeError, RunStopped, TaskError
+from promptopt.task.from_examples import MetricError, make_task
 
 ROWS = [{"text": f"item {i} is {'good' if i % 2 else 'bad'}", "label": "good" if i % 2 else "bad"}
         for i in range(30)]
@@ -229,7 +229,7 @@ def test_a_run_stopped_twice_and_killed_while_going_on_still_resumes(tmp_path: P
 # -- answer extraction and matching --
 
 def test_exact_match_normalizes_by_default_and_strict_keeps_the_old_rule():
-    from promptopt.answers import exact_match, exact_match_strict, normalize_answer
+    from promptopt.measure.answers import exact_match, exact_match_strict, normalize_answer
     from promptopt.types import Example
     gold = Example("x", "q", "s")
     assert exact_match(" S.", gold) == 1.0 and exact_match_strict(" S.", gold) == 0.0
@@ -237,12 +237,12 @@ def test_exact_match_normalizes_by_default_and_strict_keeps_the_old_rule():
     assert normalize_answer("(-5)") == "-5" and exact_match("5", Example("n", "q", "-5")) == 0.0
     assert normalize_answer(") ] >") == ") ] >"  # an answer made of punctuation is kept
     # the case: the model keeps talking; first_line + normalized match gets it
-    from promptopt.answers import first_line
+    from promptopt.measure.answers import first_line
     assert exact_match(first_line(" S\n\nThe answer is: S"), gold) == 1.0
 
 
 def test_extractors_by_name():
-    from promptopt.answers import get_extractor
+    from promptopt.measure.answers import get_extractor
     assert get_extractor("first_line")("\n A \nB") == "A"
     assert get_extractor("first_number")("1,200.0 then 3") == "1200"
     assert get_extractor("last_number")("1,200.0 then 3") == "3"

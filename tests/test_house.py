@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from promptopt import api, data, registry
+from promptopt import api, registry
+from promptopt.task import data
 from promptopt.cli import main
 from promptopt.config import build_config
 from promptopt.errors import PromptOptError, RegistryError

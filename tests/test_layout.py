@@ -16,7 +16,7 @@ PACKAGE = Path(promptopt.__file__).parent
 REPO = PACKAGE.parent
 SERVERS = ("promptopt.testing.openai_server", "promptopt.testing.faultproxy", "promptopt.testing._http",
            "promptopt.testing.vllm_server")
-CORE_MODULES = ("loop", "api", "resolved", "strategy", "scorer", "types", "task", "config", "runlog", "cache")
+CORE_MODULES = ("loop", "api", "resolved", "strategy", "scoring.scorer", "types", "task", "config", "runlog", "scoring.cache")
 
 
 def imported_modules(path: Path) -> set[str]:

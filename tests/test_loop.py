@@ -5,11 +5,13 @@ import pytest
 
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
-from promptopt.cache import CachedBackend
+from promptopt.scoring.cache import CachedBackend
 from promptopt.errors import CapabilityError, PromptOptError, ResumeError, RunStopped
 from promptopt.runlog import RunLog, read_events
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import events_of, make_run
+from promptopt.task import Task
+from promptopt.testing import toy_task
 from promptopt.types import Candidate
 
 
@@ -48,9 +50,55 @@ def test_budget_in_examples_stops_cleanly(tmp_path):
     s = Scripted([[c] for c in cands])
     run = make_run(s, budget=Budget(max_examples=30), run_dir=tmp_path)
     report = run.run()
-    assert run.tracker.examples == 24  # two full dev passes; the third would exceed 30
-    assert report.stop_reason.startswith("budget: examples")
+    assert run.tracker.examples == 30  # two full dev passes, then the third candidate on the 6 that are left
+    assert [len(ev.results) for (ev,) in s.told] == [12, 12, 6]
+    assert report.stop_reason == "budget: examples"
     assert not math.isnan(report.best_test)
+
+
+def test_a_step_larger_than_the_budget_is_scored_as_far_as_it_goes(tmp_path, capsys):
+    """Requests are filled in order: one is cut short (its Evaluation lists the ids scored), the ones
+    after it come back "unscored", so tell() still gets one Evaluation per request; the log says what
+    was left out, and a resume replays the same cut."""
+    a, b, c = (Candidate(f"prompt {x}") for x in "abc")
+    batches = lambda: [[ScoreRequest(a, n=8)], [ScoreRequest(b, n=8), ScoreRequest(c, n=8), ScoreRequest(a, n=2)]]
+    s = Scripted(batches())
+    run = make_run(s, budget=Budget(max_examples=11), run_dir=tmp_path)
+    report = run.run()
+    run.log.close()
+    told = s.told[1]
+    assert [ev.state for ev in told] == ["complete", "unscored", "unscored"]
+    assert len(told[0].results) == 3
+    assert [ev.candidate_id for ev in told] == [b.id, c.id, a.id]
+    assert run.tracker.examples == 11 and report.stop_reason == "budget: examples"
+    assert c.id in run.history and run.history.n_scored(c.id) == 0  # proposed, never scored
+    (note,) = [e for e in events_of(tmp_path) if e["type"] == "note" and e["kind"] == "budget.unscored"]
+    assert [(r["candidate_id"], r["scored"], len(r["unscored"])) for r in note["requests"]] == \
+        [(b.id, 3, 5), (c.id, 0, 8), (a.id, 0, 2)]
+    # Resume from the log cut after the partial step's first eval: the replay takes the same cut.
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if b'"budget.unscored"' in line) + 2
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines[:cut]))
+    again = Scripted(batches())
+    resumed = make_run(again, budget=Budget(max_examples=11), run_dir=tmp_path, resume=True)
+    assert resumed.run().best_prompt == report.best_prompt
+    assert [[(ev.state, ev.example_ids) for ev in evs] for evs in again.told] == \
+        [[(ev.state, ev.example_ids) for ev in evs] for evs in s.told]
+    resumed.log.close()
+    from promptopt.cli import main
+    assert main(["show", str(tmp_path)]) == 0
+    assert "examples the budget left unscored 15" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_harness_gets_only_the_part_of_a_step_that_fits():
+    a, b = Candidate("prompt a"), Candidate("prompt b")
+    s = Scripted([[ScoreRequest(a, n=4), ScoreRequest(b, n=4)]])
+    run = make_run(s, budget=Budget(max_examples=2))
+    reqs = run.ask()
+    assert [(r.candidate.id, len(r.example_ids)) for r in reqs] == [(a.id, 2)]
+    run.tell(run.score(reqs))
+    assert [ev.state for ev in s.told[0]] == ["complete", "unscored"]
+    assert run.ask() == [] and run.stop_reason == "budget: examples"
 
 
 def test_budget_in_optimizer_calls(tmp_path):
@@ -162,3 +210,37 @@ def test_resume_with_other_config_is_refused(tmp_path):
     other = make_run(Scripted([[Candidate("a different prompt")]]), run_dir=tmp_path, resume=True)
     with pytest.raises(ResumeError, match="original configuration"):
         other.run()
+
+
+def test_the_strategy_rng_is_its_own_stream_and_old_logs_replay_with_theirs(tmp_path):
+    """ctx.rng is Random(f"{seed}:strategy"). A log written before that (ctx.rng was Random(seed), a step
+    that did not fit ended the search, and no "run.streams" note opens the log) resumes as it was made,
+    here from a cut in its final report."""
+    import random
+    from promptopt.strategies.hill_climb import HillClimb
+    from promptopt.strategies.blocks.phrase_search import PhraseSearchConfig
+    task = toy_task()
+    task = Task(**{**task.__dict__, "seed_prompts": ("Read the text carefully, then decide whether it is good "
+                                                     "or bad and answer with one word.",)})
+    make = lambda d, resume=False: make_run(HillClimb(PhraseSearchConfig(candidates=5, steps=50, patience=None)),
+                                            task=task, budget=Budget(max_examples=100), seed=7, run_dir=d,
+                                            resume=resume)
+    assert make(None)._ctx.rng.random() == random.Random("7:strategy").random()
+    old = make(tmp_path)
+
+    def as_before() -> None:  # what the loop did before the streams were split
+        old._rng.seed(7)
+        old._legacy_log = True
+    old._choose_streams = as_before
+    full = old.run()
+    old.log.close()
+    assert full.stop_reason.startswith("budget: examples (step") and old.tracker.examples == 96
+    events = events_of(tmp_path)
+    assert not any(e.get("kind") == "run.streams" for e in events)
+    final = next(i for i, e in enumerate(events) if e.get("phase") in ("final", "test"))
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "events.jsonl").write_bytes(b"".join(lines[:final + 1]))
+    again = make(tmp_path, resume=True)
+    resumed = again.run()
+    assert (resumed.best_prompt, resumed.best_dev, resumed.stop_reason) == (full.best_prompt, full.best_dev, full.stop_reason)
+    assert again.tracker.examples == 96

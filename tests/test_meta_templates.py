@@ -5,7 +5,6 @@ import hashlib
 
 import pytest
 
-from promptopt.backends.base import GenRequest
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.cli import main

@@ -1,4 +1,4 @@
-"""Several objectives (promptopt/objectives.py): the non-dominated sort, config validation, the front in
+"""Several objectives (promptopt/measure/objectives.py): the non-dominated sort, config validation, the front in
 summary.json, `show` and `report`, and the scalarization, on the fake backend."""
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 from promptopt.cli import main
 from promptopt.config import build_config
 from promptopt.errors import ConfigError
-from promptopt.objectives import dominates, non_dominated_sort, pareto_front
+from promptopt.measure.objectives import dominates, non_dominated_sort, pareto_front
 
 
 def test_non_dominated_sort_fronts_and_directions():
@@ -124,7 +124,7 @@ def test_population_strategy_ranks_by_the_scalarization(tmp_path, capsys):
 
 
 def test_selector_ranking_scalarizes():
-    from promptopt.objectives import Measurer
+    from promptopt.measure.objectives import Measurer
     from promptopt.strategies.blocks.selection import BruteForce
     from promptopt.strategy import History
     from promptopt.types import Candidate, Evaluation, Example, ExampleResult

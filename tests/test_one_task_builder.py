@@ -1,4 +1,4 @@
-"""One task builder (promptopt/task_spec.py): spec files, make_task and the lm-eval bridge build the same Task
+"""One task builder (promptopt/task/spec.py): spec files, make_task and the lm-eval bridge build the same Task
 from the same rows and refuse the same bad input with one line (fast tier; the lm-eval leg needs the lmeval
 extra, which CI installs)."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from promptopt.api import load_task
 from promptopt.cli import main
 from promptopt.errors import ConfigError, PromptOptError, RunStopped, TaskError
 from promptopt.task import Task
-from promptopt.task_from_examples import MetricError, make_task
+from promptopt.task.from_examples import MetricError, make_task
 
 ROWS = {split: [{"question": f"Is {i} even?", "answer": ["yes", "no"][i % 2], "idx": i % 2}
                 for i in range(start, start + n)] for split, start, n in (("train", 0, 8), ("dev", 8, 6),

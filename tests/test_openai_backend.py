@@ -9,7 +9,6 @@ import json
 import math
 import socket
 import threading
-import time
 
 import pytest
 
@@ -17,14 +16,15 @@ from promptopt.backends.base import GENERATE, LOGLIKELIHOOD, GenRequest, LLReque
 from promptopt.backends.openai.backend import OpenAIBackend
 from promptopt.backends.openai.limits import RateLimiter
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob
-from promptopt.backends.openai.prices import price_for, usd
-from promptopt.backends.openai.transport import parse_retry_after, server_message
-from promptopt.cache import CachedBackend
+from promptopt.backends.openai.prices import Price, estimate_usd, price_for, usd
+from promptopt.backends.openai.transport import httpx, parse_retry_after, server_message
+from promptopt.scoring.cache import CachedBackend
 from promptopt.config import strategy_config
 from promptopt.errors import BackendError, CapabilityError, ConfigError, PromptOptError
 from promptopt.testing.faultproxy import FaultProxy
 from promptopt.registry import get
 from promptopt.testing import BackendContract, make_run
+from promptopt.testing.clock import FakeClock
 from promptopt.testing.openai_server import GREEDY_ABOVE, FakeOpenAIServer, token_logprob, tokenize
 
 KEY_ENV = "PROMPTOPT_TEST_OPENAI_KEY"
@@ -138,12 +138,28 @@ def test_usd_from_price_table_and_overrides(openai_server, backend_factory):
 
 
 def test_price_lookup():
-    table = {"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6)}
-    assert price_for("gpt-4o-mini-2024-07-18", table) == (0.15, 0.6)
-    assert price_for("gpt-4o-2024-08-06", table) == (2.5, 10.0)
-    assert price_for("gpt-4omni", table) == (0.0, 0.0)
-    assert price_for("my-local-llama", table) == (0.0, 0.0)
+    table = {"gpt-4o": (2.5, 10.0, 1.25), "gpt-4o-mini": (0.15, 0.6)}
+    assert price_for("gpt-4o-mini-2024-07-18", table) == Price(0.15, 0.6)
+    assert price_for("gpt-4o-2024-08-06", table) == Price(2.5, 10.0, 1.25)
+    assert price_for("gpt-4omni", table) == Price(0.0, 0.0)
+    assert price_for("my-local-llama", table) == Price(0.0, 0.0)
     assert usd(1_000_000, 500_000, (2.5, 10.0)) == pytest.approx(7.5)
+    # 400k of the 1M prompt tokens read from the provider's cache, at half the input price
+    assert usd(1_000_000, 500_000, (2.5, 10.0, 1.25), cached_tokens=400_000) == pytest.approx(7.5 - 0.5)
+    assert usd(1_000, 0, (2.5, 10.0), cached_tokens=1_000) == pytest.approx(0.0025)  # no cached price: full
+    with pytest.raises(ValueError, match="per 1M"):
+        Price.of([1.0])
+
+
+def test_usd_estimate_for_a_plan():
+    est = estimate_usd("gpt-4o-mini-2024-07-18", None, calls=1000, prompt_tokens_per_call=200.4,
+                       completion_tokens_per_call=8)
+    assert est["prompt_tokens"] == 200_400 and est["completion_tokens"] == 8_000
+    assert est["usd"] == pytest.approx((200_400 * 0.15 + 8_000 * 0.6) / 1e6)
+    mine = estimate_usd("my-model", {"my-model": [1.0, 2.0]}, calls=10, prompt_tokens_per_call=100,
+                        completion_tokens_per_call=10)
+    assert mine["usd"] == pytest.approx((1000 * 1.0 + 100 * 2.0) / 1e6)
+    assert estimate_usd("local-llama", None, calls=10, prompt_tokens_per_call=1, completion_tokens_per_call=1)["usd"] == 0
 
 
 # --- log-likelihood ---------------------------------------------------------------------------
@@ -269,10 +285,14 @@ def test_server_without_echo_lacks_loglikelihood(backend_factory):
 def test_run_start_names_the_servers_reason_for_no_loglikelihood(backend_factory):
     hill_climb = get("strategies", "hill_climb")
     with FakeOpenAIServer(MODEL, echo=False, max_lifetime=60) as srv:
+        # Without echo a choose task takes a chat route (tests/test_chat_routes.py); forced to log-likelihood
+        # it is refused at start, with the server's reason.
         target = CachedBackend(backend_factory(srv.url), None)  # as api.prepare wraps it
+        make_run(hill_climb(strategy_config(hill_climb, {})), target=target)  # toy task: a choose task
+        assert target.inner.choose_route == "chat_logprobs"
         with pytest.raises(CapabilityError) as e:
-            make_run(hill_climb(strategy_config(hill_climb, {})), target=target)  # toy task: scored by log-likelihood
-        assert_one_clear_line(e.value, "task toy needs loglikelihood", srv.url, "Only no echo is supported")
+            backend_factory(srv.url, choose_route="loglikelihood").check()
+        assert_one_clear_line(e.value, "choose_route=loglikelihood", srv.url, "Only no echo is supported")
 
 
 def test_server_without_chat_template_still_scores(backend_factory):
@@ -330,25 +350,25 @@ def test_slow_response_is_not_a_fault_for_the_client(proxy, backend_factory):
     b = backend_factory(proxy.url)
     b.check()
     proxy.queue("slow")
-    started = time.monotonic()
     assert b.generate([GenRequest("slowly")])[0].text == "echo: slowly"
-    assert time.monotonic() - started >= 0.2
+    assert proxy.injected["slow"] == 1
     assert b.stats["retries"] == 0
 
 
 def test_retry_after_is_honored(proxy, backend_factory):
-    b = backend_factory(proxy.url)
+    clock = FakeClock()
+    b = backend_factory(proxy.url, clock=clock)
     b.check()
     proxy.retry_after = 1.0
     proxy.queue("429")
-    started = time.monotonic()
     assert b.generate([GenRequest("wait for it")])[0].error is None
-    waited = time.monotonic() - started
-    assert 1.0 <= waited < 2.5  # the proxy says Retry-After: 1; our own backoff would be ~0.01 s
+    # the proxy says Retry-After: 1 (waited with up to 10% jitter); our own backoff would be ~0.01 s
+    assert len(clock.slept) == 1 and 1.0 <= clock.slept[0] <= 1.1
+    assert b.stats["rate_limit_waits"] == 1 and b.stats["failures"] == 0
     proxy.queue("429_no_retry_after")
-    started = time.monotonic()
     assert b.generate([GenRequest("no header")])[0].error is None
-    assert time.monotonic() - started < 0.8
+    assert len(clock.slept) == 2 and clock.slept[1] <= 0.01 * 2  # backoff, multiplier 0.01, first retry
+    assert b.stats["rate_limit_waits"] == 1  # a 429 without Retry-After is an ordinary retry
 
 
 def test_retry_after_parsing():
@@ -356,8 +376,8 @@ def test_retry_after_parsing():
     assert parse_retry_after({"retry-after": "0.5"}) == 0.5
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
-    assert 50 < parse_retry_after({"retry-after": time.strftime(
-        "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))}) <= 61
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"},
+                             now=1445412420.0) == 60.0  # a minute before that date
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
 
@@ -393,11 +413,11 @@ def test_retry_moves_to_another_server(backend_factory):
 def test_bad_api_key_fails_fast(monkeypatch, backend_factory):
     monkeypatch.setenv(KEY_ENV, SECRET)
     with FakeOpenAIServer(MODEL, api_key="sk-the-right-one", leak_key_in_errors=True, max_lifetime=60) as srv:
-        b = backend_factory(srv.url)
-        started = time.monotonic()
+        clock = FakeClock()
+        b = backend_factory(srv.url, clock=clock)
         with pytest.raises(BackendError) as e:
             b.check()
-        assert time.monotonic() - started < 2.0
+        assert clock.slept == []  # failed at once: no retry, no wait
         assert_one_clear_line(e.value, srv.url, MODEL, "HTTP 401", f"${KEY_ENV}", "***")
         assert srv.requests["/v1/chat/completions"] == 1  # not retried
 
@@ -430,11 +450,11 @@ def test_wrong_base_url_path(openai_server, backend_factory):
 
 def test_refused_connection_fails_fast(backend_factory):
     url = f"http://127.0.0.1:{free_port()}/v1"
-    b = backend_factory(url, max_retries=6, backoff=0.5)  # retrying would take seconds
-    started = time.monotonic()
+    clock = FakeClock()
+    b = backend_factory(url, max_retries=6, backoff=0.5, clock=clock)  # retrying would wait seconds
     with pytest.raises(BackendError) as e:
         b.check()
-    assert time.monotonic() - started < 2.0 and b.stats["retries"] == 0
+    assert clock.slept == [] and b.stats["retries"] == 0
     assert_one_clear_line(e.value, url, MODEL, "cannot connect", "start the server or fix base_url")
 
 
@@ -542,23 +562,26 @@ def test_load_spreads_over_base_urls_and_fingerprint_ignores_order(backend_facto
 
 
 def test_requests_per_minute_limit(openai_server, backend_factory):
-    b = backend_factory(openai_server.url, rpm=1200)  # 20 a second, at most a second's worth at once
-    started = time.monotonic()
-    b.generate([GenRequest(f"q{i}") for i in range(40)])  # + 2 probe requests
-    assert time.monotonic() - started >= 0.9
+    clock = FakeClock()
+    b = backend_factory(openai_server.url, rpm=1200, clock=clock)  # 20 a second, a second's worth at once
+    b.generate([GenRequest(f"q{i}") for i in range(40)])  # and the start-up probe's requests
+    sent = openai_server.requests["/v1/chat/completions"] + openai_server.requests["/v1/completions"]
+    assert sent > 40
+    # the first 20 from the full bucket, then one every 0.05 s
+    assert clock.time - 1000.0 == pytest.approx((sent - 20) / 20)
 
 
 def test_tokens_per_minute_limiter():
-    async def run() -> float:
-        limiter = RateLimiter(1_200_000)  # 20,000 tokens a second, at most that many at once
-        started = time.monotonic()
+    clock = FakeClock(start=0.0)
+
+    async def run() -> None:
+        limiter = RateLimiter(1_200_000, clock)  # 20,000 tokens a second, at most that many at once
         await limiter.acquire(25_000)  # over capacity: passes on a full bucket, leaves a 5,000 debt
         await limiter.acquire(1_000)  # waits out the debt and its own share: 0.3 s
         limiter.correct(2_000)  # the call used 2,000 more tokens than estimated
         await limiter.acquire(2_000)  # 0.2 s
-        return time.monotonic() - started
-    waited = asyncio.run(run())
-    assert 0.45 <= waited < 1.5
+    asyncio.run(run())
+    assert clock.slept == pytest.approx([0.3, 0.2])
 
 
 def test_callable_from_a_running_loop_and_from_threads(openai_server, backend_factory):
@@ -586,3 +609,170 @@ def test_close_stops_the_loop_thread_and_the_backend_can_start_again(openai_serv
     assert loop is not None and not loop.running
     assert [r.text for r in b.generate([GenRequest("again")] * 4)] == ["echo: again"] * 4
     b.close()
+
+
+# --- what a hosted account does: 429s with Retry-After, prompt caching, reasoning models ------------
+
+def test_server_answers_429_with_retry_after_once_its_rpm_is_passed():
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, rpm=120, clock=clock.now, max_lifetime=60) as srv:  # 2 a second, 2 at once
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        codes = [httpx.post(srv.url + "/chat/completions", json=body).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        refused = httpx.post(srv.url + "/chat/completions", json=body)
+        assert refused.headers["retry-after-ms"] == "500" and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert parse_retry_after(refused.headers) == 0.5
+        clock.time += 0.5  # half a second later one more request is allowed
+        assert httpx.post(srv.url + "/chat/completions", json=body).status_code == 200
+        assert srv.rate_limited == {"requests": 2} and len(srv.served_at) == 3
+
+
+def test_429s_with_retry_after_are_waited_out_not_failures():
+    # The client's clock is the server's: waiting out a Retry-After really refills the server's allowance.
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, rpm=60, clock=clock.now, max_lifetime=60) as srv:
+        b = make(srv.url, max_retries=0, max_wait=5, clock=clock)  # no retry allowed for other errors
+        out = b.generate([GenRequest(f"q{i}") for i in range(8)])
+        assert [r.text for r in out] == [f"echo: q{i}" for i in range(8)]
+        stats = b.stats
+        assert stats["failures"] == 0 and srv.rate_limited["requests"] > 0
+        assert stats["rate_limit_waits"] == srv.rate_limited["requests"] == stats["retries_by_kind"]["http_429"]
+        # 8 requests and the probe's at 1 a second from one in the allowance: no faster than the limit
+        assert clock.time - 1000.0 >= len(srv.served_at) - 1 >= 8
+        b.close()
+
+
+def test_client_rpm_at_the_accounts_limit_loses_nothing():
+    # Not "no 429s": fake time jumps while real requests are in flight, so arrivals bunch up at the
+    # server as network jitter bunches them on a real account. Whatever 429s that draws are waited out.
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, rpm=600, clock=clock.now, max_lifetime=60) as srv:
+        b = make(srv.url, rpm=600, max_retries=0, clock=clock)
+        out = b.generate([GenRequest(f"q{i}") for i in range(40)])
+        assert [r.text for r in out] == [f"echo: q{i}" for i in range(40)]
+        assert b.stats["failures"] == 0 and b.stats["rate_limit_waits"] == sum(srv.rate_limited.values())
+        assert clock.time - 1000.0 >= (len(srv.served_at) - 10) / 10 - 1e-9  # 10 at once, then 10 a second
+        b.close()
+
+
+def test_server_tokens_per_minute_counts_prompt_and_allowed_completion():
+    clock = FakeClock()
+    with FakeOpenAIServer(MODEL, tpm=6000, clock=clock.now, max_lifetime=60) as srv:  # 100 tokens a second
+        b = make(srv.url, tpm=6000, max_retries=0, clock=clock)
+        out = b.generate([GenRequest("one two three", max_tokens=40) for _ in range(6)])
+        assert all(r.error is None for r in out) and b.stats["failures"] == 0
+        # 6 x (3 + 40) tokens + the probes' share: well over one second's 100 tokens, so the client waited
+        assert clock.time - 1000.0 >= 6 * 43 / 100 - 1
+        b.close()
+
+
+def test_cached_prompt_tokens_are_read_reported_and_priced():
+    with FakeOpenAIServer(MODEL, prompt_cache=4, max_lifetime=60) as srv:
+        b = make(srv.url, prices={MODEL: [2.0, 8.0, 0.5]})
+        b.check()
+        shared = "You are a careful annotator. Label the sentiment of the review as positive or negative."
+        reqs = [GenRequest("", messages=(("system", shared), ("user", f"{i}. Review: fine.")), max_tokens=4)
+                for i in range(3)]
+        first, = b.generate(reqs[:1])
+        rest = b.generate(reqs[1:])
+        assert srv.cached_tokens > 0
+        n_shared = len(tokenize(shared)) // 4 * 4  # whole 4-token blocks of the shared system message
+        assert b.stats["cached_prompt_tokens"] == srv.cached_tokens == 2 * n_shared
+        assert first.usage.usd == pytest.approx(usd(first.usage.prompt_tokens, first.usage.completion_tokens,
+                                                     (2.0, 8.0)))
+        for r in rest:
+            full = usd(r.usage.prompt_tokens, r.usage.completion_tokens, (2.0, 8.0))
+            assert r.usage.usd == pytest.approx(full - n_shared * 1.5 / 1e6)
+        b.close()
+
+
+def test_reasoning_models_get_max_completion_tokens(openai_server, backend_factory):
+    b = backend_factory(openai_server.url, max_tokens_param="max_completion_tokens")
+    r, = b.generate([GenRequest("think briefly", max_tokens=3)])
+    assert r.text == "echo: think" and r.finish_reason == "length"
+    sent = [body for body in openai_server.bodies if "messages" in body]
+    assert all("max_completion_tokens" in body and "max_tokens" not in body for body in sent)
+    assert sent[-1]["max_completion_tokens"] == 3
+    with pytest.raises(ConfigError, match="max_tokens_param"):
+        make(openai_server.url, max_tokens_param="max_length")
+
+
+def test_dry_run_estimates_usd_for_an_openai_target(tmp_path, capsys):
+    from promptopt.backends.openai.prices import estimate_task_usd
+    from promptopt.cli import main
+    from promptopt.registry import get as get_plugin
+
+    args = ["optimize", "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
+            "--backend", "openai", "--model", "gpt-4o-mini", "--set", "backend.base_url=http://127.0.0.1:9/v1",
+            "--run-dir", str(tmp_path / "runs"), "--budget", "100", "--test-limit", "10", "--no-cache", "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    task = get_plugin("tasks", "demo")()
+    # 100 search examples + (3 finalists + seed) x 24 dev + 2 x 10 test, two options each
+    est = estimate_task_usd("gpt-4o-mini", None, task, task.seed_prompts[0], 100 + 4 * 24 + 2 * 10)
+    assert est["calls"] == 2 * 216 and est["usd"] > 0
+    assert f"usd        target at most ~${est['usd']:.4f} at list price: {est['calls']} requests" in out
+    assert main([*args[:-1], "--set", "backend.prices={\"gpt-4o-mini\": [0, 0]}", "--dry-run"]) == 0
+    assert "at most ~$0.0000" in capsys.readouterr().out
+    # a route named in the config: one request an example, a one-token reply
+    assert main([*args[:-1], "--set", "backend.choose_route=chat_logprobs", "--dry-run"]) == 0
+    chat = estimate_task_usd("gpt-4o-mini", None, task, task.seed_prompts[0], 216, route="chat_logprobs")
+    assert chat["calls"] == 216 and chat["completion_tokens"] == 216 and chat["usd"] < est["usd"]
+    assert f"at most ~${chat['usd']:.4f} at list price: 216 requests" in capsys.readouterr().out
+
+
+def test_an_account_that_stays_over_its_limit_fails_after_the_cap_on_waits(monkeypatch):
+    from promptopt.backends.openai import retry
+    monkeypatch.setattr(retry, "RATE_LIMIT_WAITS", 5)
+    # The server's clock stands still: after its one request's allowance, every request draws a 429.
+    with FakeOpenAIServer(MODEL, rpm=60, clock=lambda: 0.0, max_lifetime=60) as srv:
+        b = make(srv.url, max_retries=0, clock=FakeClock())
+        out = b.generate([GenRequest("stuck")])
+        assert out[0].finish_reason == "error" and "HTTP 429" in out[0].error
+        assert b.stats["failures_by_kind"] == {"http_429": 1} and b.stats["rate_limit_waits"] >= 5
+        b.close()
+
+
+def test_pause_holds_every_waiter_until_the_latest_hold():
+    from promptopt.backends.openai.limits import Pause
+    clock = FakeClock(start=0.0)
+    pause = Pause(clock)
+
+    async def run() -> list[float]:
+        pause.hold(2.0)
+        pause.hold(1.0)  # a shorter hold does not shorten the pause
+        return list(await asyncio.gather(pause.wait(), pause.wait()))
+    assert asyncio.run(run()) == [2.0, 2.0] and clock.time == 2.0
+    assert asyncio.run(pause.wait()) == 0.0  # over: no wait
+
+
+def test_chat_prompts_put_the_shared_prefix_first_so_the_provider_cache_reads_it():
+    # A candidate's system prompt, demos and instruction come before the example in the chat messages, so
+    # every example after the first reads them from the provider's prompt cache, at the cached-input price.
+    from promptopt.scoring.scorer import Job, PromptParts, score_jobs
+    from promptopt.task import Task
+    from promptopt.types import Example
+
+    rows = [("a fine film", 1), ("dull and long", 0), ("loved every minute", 1), ("a mess", 0),
+            ("quietly moving", 1), ("too loud by half", 0), ("a small joy", 1), ("nothing works", 0)]
+    exs = tuple(Example(f"e{i}", t, ["negative", "positive"][y], label=y) for i, (t, y) in enumerate(rows))
+    task = Task(name="senti", splits={"train": exs, "dev": exs}, template="{prompt}\nReview: {input}\nSentiment:",
+                output="choose", options=(" negative", " positive"), seed_prompts=("Rate the review.",))
+    parts = PromptParts("Rate the sentiment of the review.", system="You are a careful annotator of film reviews.",
+                        demos=exs[:2])
+    queries = exs[2:]
+    with FakeOpenAIServer(MODEL, chat_only=True, prompt_cache=4, max_lifetime=60) as srv:
+        b = make(srv.url, concurrency=1, prices={MODEL: [1.0, 1.0, 0.25]})  # one at a time: the first fills the cache
+        ev, = score_jobs(task, b, [Job("c", parts.instruction, "dev", queries, parts=parts)])
+        assert b.choose_route == "chat_logprobs" and all(r.error is None for r in ev.results)
+        sent = [x["messages"] for x in srv.bodies if x.get("messages") and "Review:" in x["messages"][-1]["content"]]
+        stats = b.stats
+        b.close()
+    assert len(sent) == len(queries) and [m["role"] for m in sent[0][:-1]] == ["system", "user", "assistant",
+                                                                             "user", "assistant"]
+    before_query = sum(len(tokenize(m["content"])) for m in sent[0][:-1])  # system and demo turns
+    assert srv.cached_tokens >= (len(queries) - 1) * (before_query // 4 * 4) > 0
+    assert stats["cached_prompt_tokens"] == srv.cached_tokens
+    full = usd(ev.usage.prompt_tokens, ev.usage.completion_tokens, (1.0, 1.0))
+    assert ev.usage.usd == pytest.approx(full - srv.cached_tokens * 0.75 / 1e6)

@@ -20,7 +20,8 @@ def test_bad_proposals_are_logged_not_adopted(tmp_path):
     assert "Label the text as good or bad, carefully." in texts  # chatter and quotes stripped
     assert not any("{input}" in t for t in texts)
     import json
-    notes = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines() if '"note"' in l]
+    notes = [n for l in (tmp_path / "events.jsonl").read_text().splitlines()
+             if (n := json.loads(l))["type"] == "note" and n["kind"] == "proposal.rejected"]
     reasons = sorted(n["reason"] for n in notes)
     # The seed-prompt copy is either a copy of the parent or of the other seed, depending on ranking.
     assert reasons[0] == "contains template fields" and reasons[2] == "empty or too short"

@@ -86,14 +86,18 @@ def _ga(racing):
 
 
 def test_racing_saves_scored_examples_in_evoprompt_ga():
-    runs = {}
-    for on in (False, True):
-        run = make_run(_ga({"enabled": on, "block": 8}), task=toy_task(n_dev=40), target=HarmfulSentenceBackend(),
-                       optimizer=FakeBackend("opt", replies=_children), budget=Budget(max_examples=10**6))
-        runs[on] = (run, run.run())
-    (off, r_off), (on, r_on) = runs[False], runs[True]
-    assert on.tracker.examples < 0.8 * off.tracker.examples, (on.tracker.examples, off.tracker.examples)
-    assert r_on.best_dev == r_off.best_dev == 1.0
+    # The saving varies by seed (18-30% on seeds 0-5), so it is summed over six.
+    spent = {False: 0, True: 0}
+    for seed in range(6):
+        runs = {}
+        for on in (False, True):
+            run = make_run(_ga({"enabled": on, "block": 8}), task=toy_task(n_dev=40), target=HarmfulSentenceBackend(),
+                           optimizer=FakeBackend("opt", replies=_children), budget=Budget(max_examples=10**6), seed=seed)
+            runs[on] = (run, run.run())
+            spent[on] += run.tracker.examples
+        (off, r_off), (on, r_on) = runs[False], runs[True]
+        assert r_on.best_dev == r_off.best_dev == 1.0
+    assert spent[True] < 0.8 * spent[False], spent
     assert not [m for m in on.strategy.population if m.dropped]  # raced-out children never enter the population
     harmful = [c for c in on.history.candidates() if HARMFUL in c.text]
     assert harmful and any(on.history.n_scored(c.id, "dev") < 40 for c in harmful)

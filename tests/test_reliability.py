@@ -200,11 +200,11 @@ def test_startup_probe_has_its_own_deadline_and_says_what_it_waits_for():
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
     backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", probe_timeout=0.5)
-    started = time.monotonic()
     try:
+        # Only the probe's own deadline says this; without it the request would wait out timeout (60 s).
         with pytest.raises(BackendError, match=r"no answer within 0.5s to the start-up probe \(a 1-token chat") as e:
             backend.check()
-        assert e.value.fatal and time.monotonic() - started < 5
+        assert e.value.fatal
     finally:
         backend.close()
         listener.close()
@@ -321,7 +321,7 @@ def test_a_failed_run_dir_creation_leaves_no_staging_dir(tmp_path, monkeypatch):
 # -- hostile data (class 9) ---------------------------------------------------------------------
 
 def test_duplicate_csv_header_names_are_refused(tmp_path):
-    from promptopt.data import read_table
+    from promptopt.task.data import read_table
     from promptopt.errors import TaskError
     (tmp_path / "x.csv").write_text("text,label,label\na,1,0\n", encoding="utf-8")
     with pytest.raises(TaskError, match=r"x.csv:1: the header names 'label' more than once"):
@@ -329,13 +329,13 @@ def test_duplicate_csv_header_names_are_refused(tmp_path):
 
 
 def test_a_utf8_bom_csv_reads_its_first_column(tmp_path):
-    from promptopt.data import read_table
+    from promptopt.task.data import read_table
     (tmp_path / "x.csv").write_bytes("\ufeffquestion,answer\nq,a\n".encode("utf-8"))
     assert read_table(tmp_path / "x.csv", ",") == [{"question": "q", "answer": "a"}]
 
 
 def test_a_lone_surrogate_in_jsonl_is_refused_with_its_line(tmp_path):
-    from promptopt.data import read_jsonl
+    from promptopt.task.data import read_jsonl
     from promptopt.errors import TaskError
     (tmp_path / "x.jsonl").write_text('{"q": "ok"}\n{"q": "bad \\ud800"}\n', encoding="utf-8")
     with pytest.raises(TaskError, match=r"x.jsonl:2: text with a lone surrogate"):
@@ -410,7 +410,7 @@ def test_a_seed_prompt_longer_than_the_window_is_refused_before_any_model_call()
 
 def test_two_backends_with_one_fingerprint_keep_separate_stats():
     from promptopt.api import Backends, backend_stats
-    from promptopt.cache import CachedBackend
+    from promptopt.scoring.cache import CachedBackend
 
     class Counting(FakeBackend):
         def __init__(self, n: int):

@@ -1,7 +1,7 @@
 import math
 
 from promptopt.backends.fake import FakeBackend
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.testing import toy_task
 
 

@@ -9,8 +9,8 @@ import pytest
 import promptopt
 from promptopt.api import evaluate, warn_reused_splits
 from promptopt.cli import main
-from promptopt.errors import ConfigError, PromptOptError
-from promptopt.metrics import balanced_accuracy, choice_pair, corpus_score, dominance_warning, macro_f1
+from promptopt.errors import ConfigError
+from promptopt.measure.metrics import balanced_accuracy, choice_pair, dominance_warning, macro_f1
 from promptopt.runlog import load_run
 from promptopt.strategy import History
 from promptopt.testing import HARMFUL, HarmfulSentenceBackend

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from promptopt.backends._local import split_pairs  # noqa: E402
 from promptopt.backends.base import GenRequest, LLRequest  # noqa: E402
 from promptopt.errors import ConfigError  # noqa: E402
-from promptopt.scorer import Job, score_jobs  # noqa: E402
+from promptopt.scoring.scorer import Job, score_jobs  # noqa: E402
 from promptopt.soft_prompt import (SoftPromptBackend, SoftPromptConfig, continuation_logprobs,  # noqa: E402
                                    load_soft_prompt, nearest_tokens, project_to_text,
                                    save_soft_prompt, score_soft_prompt, train_soft_prompt)

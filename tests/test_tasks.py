@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from promptopt import registry
-from promptopt.data import DATA_DIR_ENV
+from promptopt.task.data import DATA_DIR_ENV
 from promptopt.errors import ConfigError, TaskError
 from promptopt.task import Task, last_number
-from promptopt.template import split_at_prompt
+from promptopt.task.template import split_at_prompt
 from promptopt.types import Example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,7 +367,7 @@ def test_custom_malformed_jsonl_names_file_and_line(files):
 
 
 def test_custom_empty_split(files):
-    # One rule for every builder (promptopt/task_spec.py): dev needs a row; train and test may be empty.
+    # One rule for every builder (promptopt/task/spec.py): dev needs a row; train and test may be empty.
     (files / "test.jsonl").write_text("", encoding="utf-8")
     assert build("custom", spec=_spec(files, BASE)).meta["sizes"] == {"train": 4, "dev": 4, "test": 0}
     (files / "dev.jsonl").write_text("", encoding="utf-8")

@@ -4,7 +4,7 @@ import json
 
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
-from promptopt.cache import CachedBackend, ResponseCache
+from promptopt.scoring.cache import CachedBackend, ResponseCache
 from promptopt.cli import main
 from promptopt.config import strategy_config
 from promptopt.registry import get

@@ -149,3 +149,39 @@ def test_one_token_route_matches_echo_and_reads_the_prefix_cache(vllm_server: st
     assert stats["one_token"]["scored"] - start["one_token"]["scored"] == len(reqs)
     assert [a.is_greedy for a in fast] == [b.is_greedy for b in slow]
     assert queried > 0 and hit / queried > 0.5  # the shared instruction is read from the cache
+
+
+# --- chat routes for choose tasks (promptopt/scoring/routes.py) on vLLM's /v1/chat/completions -----------------
+
+def _reviews_task():
+    from promptopt.task import Task
+    from promptopt.types import Example
+    rows = [("a warm, clever and moving film", 1), ("tedious, flat and far too long", 0),
+            ("the best thing I saw this year", 1), ("a dull mess with no story", 0)]
+    exs = [Example(f"r{i}", text, ["negative", "positive"][y], label=y) for i, (text, y) in enumerate(rows)]
+    return Task(name="reviews", splits={"dev": exs}, template="{prompt}\nReview: {input}\nSentiment:",
+                output="choose", options=(" negative", " positive"), seed_prompts=("Is the review positive?",),
+                max_tokens=12)
+
+
+@pytest.mark.parametrize("route", ["chat_logprobs", "generate"])
+def test_forced_chat_routes_score_through_the_chat_endpoint(vllm_server: str, route: str) -> None:
+    """The probe finds top_logprobs on vLLM's chat route; forced there, a choose task is scored through
+    /v1/chat/completions: a distribution over the options, or a reply matched to one (else a format failure)."""
+    import math
+
+    from promptopt.backends.openai.backend import OpenAIBackend
+    from promptopt.scoring.scorer import Job, score_jobs
+
+    task = _reviews_task()
+    with OpenAIBackend(SERVED_NAME, base_url=vllm_server, concurrency=4, timeout=300, choose_route=route) as b:
+        assert b.choose_route == route and b.top_logprobs == 20  # vLLM's default --max-logprobs
+        assert b.fingerprint().endswith(f"|route:{route}")
+        (ev,) = score_jobs(task, b, [Job("seed", task.seed_prompts[0], "dev", tuple(task.splits["dev"]))])
+    assert ev.state == "complete", ev.error
+    for r in ev.results:
+        if route == "chat_logprobs" and "fallback" not in r.flags:
+            assert r.option_logprobs is not None
+            assert math.isclose(sum(math.exp(x) for x in r.option_logprobs), 1.0, rel_tol=1e-6)
+        assert r.output in ("negative", "positive") or "format_failure" in r.flags
+    print(f"\n{route} on vLLM's chat route: " + ", ".join(f"{r.output!r} {r.flags}" for r in ev.results))

@@ -30,9 +30,13 @@ class GenRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_logprobs: int = 0  # > 0: also return the first generated token's most likely alternatives
 
     def key(self) -> str:
-        return canonical_hash({"kind": "gen", **asdict(self)})
+        d = asdict(self)
+        if not self.top_logprobs:  # requests without it keep the keys they had before it existed
+            del d["top_logprobs"]
+        return canonical_hash({"kind": "gen", **d})
 
     @property
     def cacheable(self) -> bool:
@@ -45,6 +49,8 @@ class GenResult:
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
+    # With GenRequest.top_logprobs: (token, logprob) of the first generated position, best first.
+    top_logprobs: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from promptopt.errors import ConfigError
-from promptopt.data import test_sample
+from promptopt.task.data import test_sample
 from promptopt.config import RunConfig
 from promptopt.runlog import is_task_score, load_run, write_json_atomic
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
 from promptopt.types import prompt_id
 
@@ -104,7 +104,7 @@ def compare(run_dir: str | Path, *, soft: bool = True, virtual_tokens: int = 8, 
     """Score the run's seed and best prompts and (with `soft`) tune one soft prompt per seed."""
     from promptopt.api import load_task
     from promptopt.backends.hf import HFBackend
-    from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
+    from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
 
     run = Path(run_dir)
     config, summary = _read_run(run)

@@ -17,15 +17,15 @@ from rich.table import Table
 
 from promptopt import registry
 from promptopt.api import load_task
-from promptopt.attribution import (Granularity, LossKind, SegmentImpact, default_loss, impacts, mask, split_prompt,
+from promptopt.measure.attribution import (Granularity, LossKind, SegmentImpact, default_loss, impacts, mask, split_prompt,
                           summarize, worst_first)
 from promptopt.backends.base import LOGLIKELIHOOD, Backend
-from promptopt.cache import CachedBackend, ResponseCache, default_cache_path
-from promptopt.data import sample
+from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
+from promptopt.task.data import sample
 from promptopt.errors import CapabilityError, ConfigError, PromptOptError
 from promptopt.paths import regular_or_absent
 from promptopt.runlog import write_json_atomic
-from promptopt.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
 from promptopt.types import prompt_id
 

@@ -1,4 +1,4 @@
-"""The finalists' Pareto front (several objectives, promptopt/objectives.py) for `show` and `report`,
+"""The finalists' Pareto front (several objectives, promptopt/measure/objectives.py) for `show` and `report`,
 read from summary.json's "objectives"; runs without it show nothing new."""
 from __future__ import annotations
 

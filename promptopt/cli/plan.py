@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptopt.config import BUDGET_LIMITS
 from promptopt.errors import ConfigError
+from promptopt.scoring.routes import planned
 
 if TYPE_CHECKING:
     from promptopt.resolved import ResolvedRun
@@ -24,12 +25,14 @@ def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
     return [("task", _task(run)), ("seed", repr(run.seed_prompt)),
             ("strategy", _strategy(run)),
             ("target", run.target.describe() if run.target else "none"),
+            *([("route", route)] if (route := _route(run)) else []),
             ("optimizer", run.optimizer.describe() if run.optimizer else "none"),
             ("budget", f"search: {_budget(run)}"),
             ("final", f"at most {run.final.examples_at_most} more scored examples "
                       f"(finalists on dev, then the best and the seed on test); {run.final.describe()}"),
             ("run dir", str(run.run_dir / f"{run.run_name or '<time>'}-…")),
-            ("cache", str(run.cache_path) if run.cache_path else "off")]
+            ("cache", str(run.cache_path) if run.cache_path else "off"),
+            *([("usd", usd)] if (usd := _usd(run)) else [])]
 
 
 def describe(lines: list[tuple[str, str]]) -> str:
@@ -71,3 +74,25 @@ def _budget(run: ResolvedRun) -> str:
     limits = run.budget.model_dump(mode="json")
     return ", ".join(f"{label} {limits[key]}" for key, label in BUDGET_LIMITS.values()
                      if limits.get(key) is not None) or "none (runs until the strategy stops)"
+
+
+def _route(run: ResolvedRun) -> str | None:
+    """How a choose task is scored on this target (promptopt/scoring/routes.py), when that is known before the run."""
+    return planned(run.task, run.target.options) if run.target else None
+
+
+def _usd(run: ResolvedRun) -> str | None:
+    """What an openai target may cost at list price: the search budget's examples plus the final report's."""
+    if run.target is None or run.target.config.backend != "openai":
+        return None
+    if run.budget.max_examples is None:
+        return "target cost not estimated: no max_examples budget"
+    from promptopt.backends.openai.prices import estimate_task_usd
+    est = estimate_task_usd(run.target.config.model, run.target.config.options.get("prices"), run.task,
+                            run.seed_prompt, run.budget.max_examples + run.final.examples_at_most,
+                            route=run.target.config.options.get("choose_route"))
+    if est["usd"] is None:
+        return f"target cost not estimated: {est['why']}"
+    return (f"target at most ~${est['usd']:.4f} at list price: {est['calls']} requests, "
+            f"~{est['prompt_tokens']} prompt + {est['completion_tokens']} completion tokens "
+            f"(${est['usd_per_1m_input']:g}/${est['usd_per_1m_output']:g} per 1M)")

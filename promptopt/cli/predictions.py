@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from promptopt.metrics import distribution_line, dominance_warning, prediction_counts
+from promptopt.measure.metrics import distribution_line, dominance_warning, prediction_counts
 
 
 def prediction_lines(results: Sequence[Any], what: str = "predictions") -> tuple[str, str | None]:

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from promptopt.timing import breakdown_line
-from promptopt.runlog import CONTINUABLE
+from promptopt.scoring.routes import route_line
+from promptopt.runlog import CONTINUABLE, load_run
 
 if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop
     from promptopt.loop import Report
@@ -90,6 +91,9 @@ def print_report(report: Report, console: Console | None = None) -> None:
         f"target tokens {tu.tokens:,} · optimizer tokens {ou.tokens:,} · usd {tu.usd + ou.usd:.4f}"
         f" · model calls {cache.get('model_calls', '-')} · cache hits {cache.get('hits', '-')}"
         f" · failures {report.failures} · {report.seconds:.1f}s")
+    route = route_line(load_run(report.run_dir).events) if report.run_dir else None
+    if route:
+        console.print(route)
     if report.timings:
         console.print(breakdown_line(report.timings))
     if report.run_dir:

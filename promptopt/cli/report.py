@@ -20,6 +20,7 @@ from promptopt.cli.show import meta_text
 from promptopt.config import RunConfig
 from promptopt.errors import PromptOptError
 from promptopt.paths import regular_or_absent, write_text
+from promptopt.scoring.routes import route_line
 from promptopt.runlog import RunView, load_run
 from promptopt.timing import PARTS
 from promptopt.types import Usage
@@ -137,6 +138,9 @@ def _overview(run_dir: Path, view: RunView, config: RunConfig | None) -> str:
             ("status", f"finished: {s.get('stop_reason')}" if s else "partial: no summary.json (running or stopped)"),
             ("steps", s["steps"] if s else max(view.first_step.values(), default=0)),
             ("candidates", len(view.candidates))]
+    route = route_line(view.events)
+    if route:
+        rows.append(("scoring", route))
     if s:
         rows += [("dev: seed → best", f"{fmt(s.get('seed_dev'))} → {fmt(s.get('best_dev'))}"),
                  ("test: seed → best", f"{fmt(s.get('seed_test'))} → {fmt(s.get('best_test'))}")]

@@ -11,6 +11,7 @@ from rich.table import Table
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
 from promptopt.cli.render import PARTIAL, fmt, short, significance_line
+from promptopt.scoring.routes import route_line
 from promptopt.runlog import load_run
 
 
@@ -51,7 +52,11 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
         steps.add_row(str(s), fmt(b), str(n))
     console.print(steps)
     console.print(f"candidates {len(view.candidates)} · optimizer calls {view.optimizer_calls} · "
-                  f"rejected proposals {view.rejected}")
+                  f"rejected proposals {view.rejected}"
+                  + (f" · examples the budget left unscored {view.unscored}" if view.unscored else ""))
+    route = route_line(view.events)
+    if route:
+        console.print(escape(route))
     scored = best_results(view)
     if scored:
         dist, warning = prediction_lines(scored[1], f"answers of the best prompt on {scored[0]}")

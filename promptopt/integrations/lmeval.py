@@ -19,7 +19,7 @@ what they mean to lm-eval:
   carved from train (a third, at most 100, with the run seed), or from test when there is no train split.
 - the instruction prefix stands where lm-eval's `description` stands: `{prompt}\\n\\n` + doc_to_text. The seed
   prompt is the task's own description, else a plain instruction.
-- the docs become rows of a `promptopt.task_spec.TaskSpec`, built by the same function as spec files and
+- the docs become rows of a `promptopt.task.spec.TaskSpec`, built by the same function as spec files and
   `make_task`, so the same rules hold (distinct options, no empty cells, ...); `limit` draws a split's rows
   as spec files' `limit` does (test with the fixed test sampler).
 - the config must say its `output_type`, and be a `*.yaml` file. lm-eval looks a task up by name among the
@@ -44,7 +44,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from promptopt.errors import ConfigError, TaskError
 from promptopt.paths import write_text
 from promptopt.task import SPLITS, Task
-from promptopt.task_spec import build_task, validate_spec
+from promptopt.task.spec import build_task, validate_spec
 
 PREFIX = "lmeval:"
 INSTALL_HINT = "pip install 'promptopt[lmeval]' (lm-eval)"

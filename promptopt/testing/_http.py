@@ -47,6 +47,7 @@ class LocalService:
 
     _httpd: _Server | None = None
     _timer: threading.Timer | None = None
+    stopped: threading.Event  # set once stop() has closed the port (tests wait on it instead of sleeping)
 
     @property
     def port(self) -> int:
@@ -54,6 +55,7 @@ class LocalService:
         return self._httpd.server_address[1]
 
     def start(self: S) -> S:
+        self.stopped = threading.Event()
         self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.owner = self
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -69,6 +71,7 @@ class LocalService:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self.stopped.set()
 
     def __enter__(self: S) -> S:
         return self.start()

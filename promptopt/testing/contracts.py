@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from promptopt.backends.base import GenRequest, LLRequest, LLResult
 from promptopt.backends.fake import FakeBackend
@@ -63,6 +63,39 @@ def make_run(strategy: Strategy, *, task: Task | None = None, target: Any = None
                optimizer=optimizer if optimizer is not None else fake_optimizer(), log=log)
 
 
+def every_budget(full: int, dev: int, every: bool = False) -> list[int]:
+    """Example budgets from 1 to `full`: all of them with `every`, else Fibonacci numbers, one dev pass and
+    its neighbours, and `full`."""
+    if every:
+        return list(range(1, full + 1))
+    fib, a, b = set(), 1, 2
+    while a < full:
+        fib.add(a)
+        a, b = b, a + b
+    return sorted(x for x in fib | {dev - 1, dev, dev + 1, 2 * dev + 1, full} if 1 <= x <= full)
+
+
+def check_every_budget(make_strategy: Callable[[], Strategy], task: Task, budget: Budget, every: bool = False,
+                       **run_args: Any) -> int:
+    """At every example budget from 1 to what a run with `budget` spends (see `every_budget`),
+    the strategy does not crash, the search never overspends, a spent budget is the stop reason, and the
+    final report runs. Returns how many budgets were checked."""
+    full = make_run(make_strategy(), task=task, budget=budget, **run_args)
+    full.run()
+    budgets = every_budget(full.tracker.examples, len(task.split("dev")), every)
+    for n in budgets:
+        run = make_run(make_strategy(), task=task, budget=Budget(max_examples=n), **run_args)
+        try:
+            report = run.run()
+        except Exception as e:
+            raise AssertionError(f"max_examples={n}: {type(e).__name__}: {e}") from e
+        assert run.tracker.examples <= n, (n, run.tracker.examples)
+        if run.tracker.examples == n:
+            assert report.stop_reason == "budget: examples", (n, report.stop_reason)
+        assert report.best_prompt and not math.isnan(report.best_dev), n
+    return len(budgets)
+
+
 class StrategyContract:
     """Inherit and implement `make_strategy(**options)`; set `needs_optimizer` if it uses an LLM."""
 
@@ -89,6 +122,9 @@ class StrategyContract:
         assert run.tracker.examples <= self.budget.max_examples  # type: ignore[operator]
         assert not math.isnan(report.best_dev)
         assert report.best_dev >= report.seed_dev - 1e-9  # the seed is always a finalist
+
+    def test_every_budget_fits(self) -> None:
+        check_every_budget(self.make_strategy, self.make_task(), self.budget)
 
     def test_deterministic_for_a_seed(self) -> None:
         _, a = self._run(seed=3)

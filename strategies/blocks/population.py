@@ -145,7 +145,7 @@ class IterativeSearch:
             fresh = {m.id: m.candidate for m in proposals if m.id not in ctx.history}
             room = self._room(ctx)
             if 0 < room < len(fresh):
-                # The loop ends a run whose step does not fit the budget: spend what is left instead.
+                # Fewer candidates, each on its full evaluation, rather than the last one on part of it.
                 fresh = dict(list(fresh.items())[:room])
                 proposals = [m for m in proposals if m.id in fresh or m.id in ctx.history]
             if fresh:
@@ -176,11 +176,8 @@ class IterativeSearch:
 
     def _room(self, ctx: Context) -> int:
         """How many new candidates the example budget still pays for (a large number if unlimited)."""
-        left = ctx.budget.examples_left
-        if left is None:
-            return 1 << 30
-        per = min(self.config.eval_examples or 1 << 30, len(ctx.task.split("dev")))
-        return left // max(per, 1)
+        dev = len(ctx.task.split("dev"))
+        return ctx.budget.room(min(self.config.eval_examples or dev, dev))
 
     def fitness(self, ctx: Context, candidate_id: str) -> float:
         if self._objective is None:

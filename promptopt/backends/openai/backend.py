@@ -9,6 +9,7 @@ by one generated token with `logprob_token_ids` instead, which keeps the prefix 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
@@ -26,11 +27,11 @@ from promptopt.backends.base import (CHAT, GENERATE, LOGLIKELIHOOD, BackendOptio
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.registry import register_backend
 from promptopt.types import Usage
-from promptopt.backends.openai.limits import RateLimiter
-from promptopt.backends.openai import onetoken
+from promptopt.backends.openai.limits import Clock, Pause, RateLimiter
+from promptopt.backends.openai import chat as chatroute, onetoken
 from promptopt.backends.openai.logprobs import EchoedPrompt, continuation_logprob, echoed_prompt
 from promptopt.backends.openai.aioloop import LoopThread
-from promptopt.backends.openai.prices import DEFAULT_PRICES, price_for, usd
+from promptopt.backends.openai.prices import Price, price_for, price_table, usd
 from promptopt.backends.openai.retry import CallStats, retrying
 from promptopt.backends.openai.transport import OpenAIRequestError, Server, display_url
 
@@ -56,6 +57,14 @@ class _ServerInfo:
     ll_error: str | None
     one_token: bool = False  # a vLLM server whose logprob_token_ids route matched echo on the probe
     one_token_note: str | None = None  # why not, for a server that says it is vLLM
+    chat_params: chatroute.ChatParams = chatroute.ChatParams()  # what its chat route accepts
+
+
+def _serves(info: _ServerInfo, route: str) -> bool:
+    """Whether the server can score choose tasks by `route` (promptopt/scoring/routes.py)."""
+    if route == "loglikelihood":
+        return info.ll_max_tokens is not None
+    return info.chat_error is None and (route == "generate" or info.chat_params.top_logprobs > 0)
 
 
 def _base_urls(base_url: str | Sequence[str] | None) -> list[str]:
@@ -79,6 +88,15 @@ def _usage_counts(data: Mapping[str, Any]) -> tuple[int, int]:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     except (AttributeError, TypeError, ValueError):
         return 0, 0
+
+
+def _cached_tokens(data: Mapping[str, Any]) -> int:
+    """Prompt tokens the provider read from its prompt cache (`usage.prompt_tokens_details.cached_tokens`,
+    OpenAI's field, which vLLM also fills when asked to); 0 where it is absent."""
+    try:
+        return max(0, int(data["usage"]["prompt_tokens_details"]["cached_tokens"] or 0))
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 async def _gather(coros: Iterable[Awaitable[T]]) -> list[T]:
@@ -118,13 +136,18 @@ class OpenAIOptions(BackendOptions):
     backoff: NonNegativeFloat = 0.5
     max_wait: NonNegativeFloat = 60.0
     one_token: bool = True  # on vLLM servers, score one-token continuations by one generated token
+    # Reasoning models refuse `max_tokens` and want `max_completion_tokens`; the start-up probe switches on a
+    # refusal that names it, this starts there (one refused probe fewer).
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    choose_route: Literal["auto", "loglikelihood", "chat_logprobs", "generate"] = "auto"
 
     @field_validator("prices")
     @classmethod
     def _two_prices(cls, prices: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
-        for model, pair in (prices or {}).items():
-            if len(pair) != 2:
-                raise ValueError(f"{model!r}: give [USD per 1M input tokens, USD per 1M output tokens]")
+        for model, values in (prices or {}).items():
+            if len(values) not in (2, 3):
+                raise ValueError(f"{model!r}: give [USD per 1M input tokens, USD per 1M output tokens] "
+                                 "or [input, output, cached input]")
         return prices
 
     def urls(self) -> list[str]:
@@ -137,7 +160,10 @@ class OpenAIBackend:
 
     The API key is read from the environment variable `api_key_env` and only ever sent in the
     Authorization header. `prices` maps model -> (USD per 1M input, per 1M output tokens) and
-    extends/overrides the defaults. Retry-After is honored up to `max_wait` seconds.
+    extends/overrides the defaults (a third number prices cached input). `rpm`/`tpm` cap requests and
+    tokens a minute; a 429 with Retry-After pauses every request for that long (up to `max_wait`) and
+    does not count against `max_retries`. `max_tokens_param` is the length field chat requests start
+    with (the probe switches on a refusal). `clock` is for tests (a fake clock instead of real waiting).
     """
 
     Options = OpenAIOptions
@@ -147,12 +173,16 @@ class OpenAIBackend:
                  rpm: float | None = None, tpm: float | None = None, timeout: float = 60.0,
                  max_retries: int = 6, prices: Mapping[str, Sequence[float]] | None = None,
                  backoff: float = 0.5, max_wait: float = 60.0, probe_timeout: float = 10.0,
-                 one_token: bool = True, **_: object):
+                 one_token: bool = True, choose_route: str = "auto", max_tokens_param: str = "max_tokens",
+                 clock: Clock | None = None, **_: object):
         if not model:
             raise ConfigError("openai backend: name a model, e.g. model='gpt-4o-mini'")
         if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or max_wait < 0:
             raise ConfigError("openai backend: concurrency must be >= 1, max_retries >= 0, "
                               "timeout > 0, backoff and max_wait >= 0")
+        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(f"openai backend: max_tokens_param is {max_tokens_param!r}; "
+                              "use 'max_tokens' or 'max_completion_tokens' (reasoning models)")
         urls = _base_urls(base_url)
         api_key = os.environ.get(api_key_env, "").strip() or None
         if api_key is None and any(urlsplit(u).hostname == "api.openai.com" for u in urls):
@@ -160,15 +190,25 @@ class OpenAIBackend:
                               f"set ${api_key_env}")
         self.model = model
         self._servers = [Server(u, api_key, api_key_env, timeout, concurrency) for u in urls]
-        table = {**DEFAULT_PRICES, **{k: (float(v[0]), float(v[1])) for k, v in (prices or {}).items()}}
-        self._price = price_for(model, table)
+        try:
+            self._price: Price = price_for(model, price_table(prices))
+        except ValueError as e:
+            raise ConfigError(f"openai backend: prices: {e}") from None
+        self.max_tokens_param = max_tokens_param
+        self._clock = clock or Clock()
+        self._cached = 0  # prompt tokens the provider served from its prompt cache
         self._retry = dict(max_retries=max_retries, backoff=backoff, max_wait=max_wait)
         self._probe_timeout = probe_timeout
         self._try_one_token = one_token
+        if choose_route not in chatroute.ROUTES + ("auto",):
+            raise ConfigError(f"openai backend: choose_route must be auto or one of {', '.join(chatroute.ROUTES)}, "
+                              f"not {choose_route!r}")
+        self._forced_route = None if choose_route == "auto" else choose_route
         self._limits = (concurrency, rpm, tpm)
         self._slots: asyncio.Semaphore  # these three are made with the loop, in _run
         self._rpm: RateLimiter | None
         self._tpm: RateLimiter | None
+        self._pause: Pause
         self._stats = CallStats()
         self._usage = Usage()
         self._turn = 0  # round-robin among equally loaded servers
@@ -201,17 +241,40 @@ class OpenAIBackend:
         for cap in needs:
             if cap not in self.capabilities:
                 raise self._capability_error(cap, info)
+        _ = self.choose_route  # a forced route the servers cannot serve fails here, before any example
+
+    @property
+    def choose_route(self) -> str:
+        """How a choose task is scored here (promptopt/scoring/routes.py): the forced route, else the best that every
+        server serves (loglikelihood, then chat_logprobs, then generate)."""
+        info = self._checked().values()
+        if self._forced_route is None:
+            return next((r for r in chatroute.ROUTES if all(_serves(i, r) for i in info)), "loglikelihood")
+        bad = next((i for i in info if not _serves(i, self._forced_route)), None)
+        if bad is not None:
+            why = {"loglikelihood": bad.ll_error, "chat_logprobs": bad.chat_error or bad.chat_params.logprobs_error,
+                   "generate": bad.chat_error}[self._forced_route]
+            raise CapabilityError(f"openai backend at {bad.url} (model {self.model!r}) cannot serve choose_route="
+                                  f"{self._forced_route} ({why}); use backend.choose_route=auto")
+        return self._forced_route
+
+    @property
+    def top_logprobs(self) -> int:
+        """The most top_logprobs every server gives on chat (0: none)."""
+        return min((i.chat_params.top_logprobs for i in self._checked().values()), default=0)
 
     def fingerprint(self) -> str:
-        """The model asked for plus what the servers report serving; never URLs or keys."""
+        """The model asked for plus what the servers report serving; never URLs or keys. A route other than
+        loglikelihood is part of it, so the cache keeps each route's results apart."""
         served = sorted({i.served_model for i in self._checked().values()})
-        return f"openai:{self.model}|served:{','.join(served)}"
+        route = self.choose_route
+        return f"openai:{self.model}|served:{','.join(served)}" + ("" if route == "loglikelihood" else f"|route:{route}")
 
     @property
     def stats(self) -> dict[str, Any]:
         """Requests sent, retries and failures by kind, and the summed usage (tokens, USD); on vLLM servers
         also the one-token route's counts and the prefix cache's hits since the probe (from /metrics)."""
-        out = {**self._stats.to_json(), "usage": self._usage.to_json()}
+        out = {**self._stats.to_json(), "usage": self._usage.to_json(), "cached_prompt_tokens": self._cached}
         if self._info and any(i.one_token for i in self._info.values()):
             out["one_token"] = dict(self._one_token)
             cache = self._run(self._prefix_cache())
@@ -250,8 +313,9 @@ class OpenAIBackend:
             # gets fresh ones.
             concurrency, rpm, tpm = self._limits
             self._slots = asyncio.Semaphore(concurrency)
-            self._rpm = RateLimiter(rpm) if rpm else None
-            self._tpm = RateLimiter(tpm) if tpm else None
+            self._rpm = RateLimiter(rpm, self._clock) if rpm else None
+            self._tpm = RateLimiter(tpm, self._clock) if tpm else None
+            self._pause = Pause(self._clock)
             self._loop = LoopThread()
             self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._servers)
         return self._loop.run(coro)
@@ -303,6 +367,7 @@ class OpenAIBackend:
     async def _attempt(self, server: Server, path: str, payload: dict[str, Any],
                        parse: Callable[[dict[str, Any], Server], T], est_tokens: int) -> T:
         # Limits are taken before a concurrency slot so waiting on them never holds a slot.
+        await self._pause.wait()
         if self._rpm:
             await self._rpm.acquire(1)
         if self._tpm:
@@ -335,11 +400,14 @@ class OpenAIBackend:
                 raise
 
         policy = {**self._retry, **({} if max_retries is None else {"max_retries": max_retries})}
-        return await retrying(self._stats, retry_connect=retry_connect, **policy)(once)
+        return await retrying(self._stats, retry_connect=retry_connect, clock=self._clock, pause=self._pause,
+                              **policy)(once)
 
-    def _account(self, prompt_tokens: int, completion_tokens: int, started: float) -> Usage:
+    def _account(self, prompt_tokens: int, completion_tokens: int, started: float, cached: int = 0) -> Usage:
+        """A call's usage, its cached prompt tokens priced at the cached-input price."""
         usage = Usage(1, prompt_tokens, completion_tokens, time.monotonic() - started,
-                      usd(prompt_tokens, completion_tokens, self._price))
+                      usd(prompt_tokens, completion_tokens, self._price, cached))
+        self._cached += cached
         self._usage = self._usage + usage
         return usage
 
@@ -351,32 +419,40 @@ class OpenAIBackend:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _parse_chat(self, data: dict[str, Any], server: Server) -> tuple[str, str, tuple[int, int]]:
+    def _parse_chat(self, data: dict[str, Any], server: Server,
+                    top: int = 0) -> tuple[str, str, tuple[int, int, int], tuple[tuple[str, float], ...]]:
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             raise server.malformed(self.model, "no choices[0].message") from None
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        return str(text), finish, _usage_counts(data)
+        tops: tuple[tuple[str, float], ...] = ()
+        if top:  # asked for: a reply without them is a malformed one (retried, then counted), never re-routed
+            try:
+                tops = chatroute.first_top_logprobs(choice)
+            except ValueError as e:
+                raise server.malformed(self.model, str(e)) from None
+        return str(text), finish, (*_usage_counts(data), _cached_tokens(data)), tops
 
     async def _generate_one(self, req: GenRequest) -> GenResult:
         messages = ([{"role": r, "content": c} for r, c in req.messages]
                     or [{"role": "user", "content": req.prompt}])
-        payload: dict[str, Any] = {"model": self.model, "messages": messages,
-                                   "max_tokens": req.max_tokens, "temperature": req.temperature}
-        if req.stop:
-            payload["stop"] = list(req.stop)
-        if req.seed is not None:
-            payload["seed"] = req.seed
+        info = self._info
+        assert info is not None, "check() runs before any request"
+
+        def payload(server: Server) -> dict[str, Any]:
+            return info[server].chat_params.payload(self.model, messages, req.max_tokens, req.temperature,
+                                                     req.stop, req.seed, req.top_logprobs)
+
         est = sum(len(m["content"]) for m in messages) // 4 + req.max_tokens
         started = time.monotonic()
         try:
-            text, finish, (pt, ct) = await self._call("chat/completions", lambda _: payload,
-                                                      self._parse_chat, est)
+            text, finish, (pt, ct, cached), tops = await self._call(
+                "chat/completions", payload, lambda d, s: self._parse_chat(d, s, req.top_logprobs), est)
         except OpenAIRequestError as e:
             return GenResult("", "error", self._failed(e, started), error=str(e))
-        return GenResult(text, finish, self._account(pt, ct, started))
+        return GenResult(text, finish, self._account(pt, ct, started, cached), top_logprobs=tops)
 
     # --- log-likelihood ------------------------------------------------------------------------
 
@@ -551,7 +627,7 @@ class OpenAIBackend:
         except (OpenAIRequestError, ValueError) as e:
             return False, f"its one-token route (logprob_token_ids) failed: {getattr(e, 'detail', e)}"
         lp = fast[0].get(label)
-        if lp is None or abs(lp - echo[0]) > _PROBE_ONE_TOLERANCE:
+        if lp is None or not abs(lp - echo[0]) <= _PROBE_ONE_TOLERANCE:  # written so that NaN fails too
             return False, f"its one-token logprob ({lp}) differs from echo's ({echo[0]:.4f})"
         self._cache_start[server] = onetoken.prefix_cache_counters(
             await server.get_text(server.root_url + "/metrics") or "")
@@ -575,13 +651,9 @@ class OpenAIBackend:
     async def _probe(self, server: Server) -> _ServerInfo:
         """Chat with max_tokens=1, then echo+logprobs with max_tokens=0 (or 1). A refused
         connection, bad key, unknown model or wrong URL raises; an unsupported endpoint is noted."""
-        chat_model, chat_error = None, None
-        chat = {"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
-                "max_tokens": 1, "temperature": 0.0}
+        chat_model, chat_error, params = None, None, chatroute.ChatParams()
         try:
-            chat_model = await self._call("chat/completions", lambda _: chat,
-                                          lambda d, _: str(d.get("model") or ""), 8,
-                                          server=server, retry_connect=False)
+            chat_model, params = await self._probe_chat(server)
         except OpenAIRequestError as e:
             if e.fatal or e.retryable:
                 raise
@@ -614,7 +686,50 @@ class OpenAIBackend:
         if note:
             log.warning("openai backend at %s says it is vLLM, but %s; scoring by echo", server.url, note)
         return _ServerInfo(server.url, served, chat_error, ll_max_tokens,
-                           None if ll_max_tokens is not None else ll_error, one_token, note)
+                           None if ll_max_tokens is not None else ll_error, one_token, note, params)
+
+    async def _probe_chat(self, server: Server) -> tuple[str, chatroute.ChatParams]:
+        """A 1-token chat completion, asked again without each parameter the server refuses by name (reasoning
+        models refuse temperature and max_tokens); then the most top_logprobs it gives (0: none)."""
+        params = chatroute.ChatParams(max_tokens_key=self.max_tokens_param)  # the probe switches it if refused
+        messages = [{"role": "user", "content": "Say OK."}]
+        for _ in range(3):
+            try:
+                model = await self._call("chat/completions", lambda _: params.payload(self.model, messages, 1),
+                                         lambda d, _: str(d.get("model") or ""), 8, server=server,
+                                         retry_connect=False)
+                break
+            except OpenAIRequestError as e:
+                changed = params.without(e.detail) if e.kind in ("http_400", "http_422") else None
+                if changed is None:
+                    raise
+                params = changed
+        else:
+            raise OpenAIRequestError(f"openai backend at {server.url}: chat keeps refusing the probe's parameters",
+                                     kind="unsupported")
+        error = None
+        for k in chatroute.TOP_LOGPROBS_TRIES:
+            try:
+                tops = await self._call(
+                    "chat/completions", lambda _: params.payload(self.model, messages, 1, top_logprobs=k),
+                    lambda d, _: chatroute.first_top_logprobs(d["choices"][0]), 8, server=server,
+                    retry_connect=False, max_retries=min(_PROBE_LL_RETRIES, self._retry["max_retries"]))
+            except OpenAIRequestError as e:
+                error = e.detail
+                if e.retryable:  # not a refusal: say so, as choose tasks then take the generate route
+                    log.warning("openai backend at %s: the chat logprobs probe failed (%s); choose tasks will be "
+                                "scored by generation unless backend.choose_route says otherwise", server.url, error)
+                if e.fatal or e.kind not in ("http_400", "http_422") or not chatroute.names(e.detail, "top_logprobs"):
+                    break  # logprobs refused outright, or a server error: not worth a smaller k
+                continue
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                error = f"chat completions gave no usable top_logprobs ({e})"
+                break
+            if tops:
+                return model, dataclasses.replace(params, top_logprobs=k)
+            error = "chat completions answered logprobs with no top_logprobs"
+            break
+        return model, dataclasses.replace(params, top_logprobs=0, logprobs_error=error)
 
     def _validate_probe(self, data: dict[str, Any], max_tokens: int) -> str:
         """The server's model id, if the probe's echo carries usable prompt logprobs."""

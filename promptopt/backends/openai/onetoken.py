@@ -71,16 +71,23 @@ def label_logprobs(data: Mapping[str, Any], n_prompts: int) -> list[tuple[dict[i
     choices = data.get("choices")
     if not isinstance(choices, list) or len(choices) != n_prompts:
         raise ValueError(f"expected {n_prompts} choices, got {len(choices) if isinstance(choices, list) else 0}")
-    out: list[tuple[dict[int, float], int | None]] = [({}, None)] * n_prompts
+    out: list[tuple[dict[int, float], int | None] | None] = [None] * n_prompts
     for c in choices:
         try:
             i = int(c["index"])
             tops = c["logprobs"]["top_logprobs"][0]
             sampled = _id(c["logprobs"]["tokens"][0])
-            out[i] = ({_id(k): float(v) for k, v in tops.items()}, sampled)
+            values = {_id(k): float(v) for k, v in tops.items()}
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise ValueError(f"unexpected one-token logprobs layout ({type(e).__name__}: {e})") from None
-    return out
+        # Python would read index -1 as the last prompt: an index outside 0..n-1, or one given twice,
+        # would silently pair answers with other prompts.
+        if not 0 <= i < n_prompts or out[i] is not None:
+            raise ValueError(f"choice index {i} is not one of 0..{n_prompts - 1} given once")
+        if any(math.isnan(v) for v in values.values()):  # NaN compares False with everything: never a score
+            raise ValueError("a label logprob is NaN")
+        out[i] = (values, sampled)
+    return [o for o in out if o is not None]
 
 
 def _id(token: str) -> int:

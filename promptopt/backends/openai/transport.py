@@ -48,8 +48,9 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or HTTP date)."""
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or HTTP date, counted
+    from `now`, Unix time, default the current time)."""
     if "retry-after-ms" in headers:
         try:
             return max(0.0, float(headers["retry-after-ms"]) / 1000)
@@ -66,7 +67,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _one_line(text: str) -> str:
@@ -170,7 +171,9 @@ class Server:
         if resp.status_code >= 400:
             raise self.status_error(model, path, resp.status_code, resp.headers, resp.content)
         try:
-            data = resp.json()
+            # Bytes that are not UTF-8 (a character cut in two) become U+FFFD: the reply is still an answer,
+            # one the scorer can count as unreadable, not a failed request.
+            data = json.loads(resp.content.decode("utf-8", "replace"))
         except ValueError as e:
             raise self.error(model, f"returned malformed JSON ({e})", "check the server (or proxy) logs",
                              kind="malformed", retryable=True) from None

@@ -4,7 +4,7 @@ Shared by the PMPO strategy (mask analysis that guides its rewrites) and `prompt
 A segment's effect is measured as "what changes when it is removed":
   delta_loss > 0      removing it raises the loss, so the segment helps;
   delta_loss < 0      removing it lowers the loss, so the segment hurts.
-Losses are computed from the scorer's "loss" objective (promptopt.scorer): lower is better.
+Losses are computed from the scorer's "loss" objective (promptopt.scoring.scorer): lower is better.
 """
 from __future__ import annotations
 

@@ -276,7 +276,10 @@ class ResponseCache:
 
 # Explicit encoders rather than dataclasses.asdict, which was most of the cost of a 1000-miss batch.
 def _gen_to_json(r: GenResult) -> dict[str, Any]:
-    return {"text": r.text, "finish_reason": r.finish_reason, "usage": r.usage.to_json()}
+    d: dict[str, Any] = {"text": r.text, "finish_reason": r.finish_reason, "usage": r.usage.to_json()}
+    if r.top_logprobs:
+        d["top_logprobs"] = [list(t) for t in r.top_logprobs]
+    return d
 
 
 def _ll_to_json(r: LLResult) -> dict[str, Any]:
@@ -287,7 +290,8 @@ def _ll_to_json(r: LLResult) -> dict[str, Any]:
 def _gen_from_json(d: Mapping[str, Any]) -> GenResult:
     if not isinstance(d["text"], str) or not isinstance(d["finish_reason"], str):
         raise TypeError("not a generation")
-    return GenResult(d["text"], d["finish_reason"], usage=_HIT)
+    tops = tuple((str(t), _number(lp)) for t, lp in d.get("top_logprobs") or ())
+    return GenResult(d["text"], d["finish_reason"], usage=_HIT, top_logprobs=tops)
 
 
 def _number(x: Any) -> float:

@@ -20,7 +20,7 @@ holds for all three:
 - metric: a name (`METRIC_NAMES`) or a callable `(prediction, row) -> number | (number, feedback)`. A callable
   that raises (SystemExit included) or returns anything but a finite number within +-1e300 is a MetricError
   naming the example, checked once on a gold answer when the task is built.
-- extract (generate): a name (promptopt.answers) or a callable; default `strip`, `last_number` with `numeric`.
+- extract (generate): a name (promptopt.measure.answers) or a callable; default `strip`, `last_number` with `numeric`.
 
 Every problem with the settings is reported at once, one line (`problems`).
 """
@@ -33,12 +33,12 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
 from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, SkipValidation, ValidationError, field_validator,
                       model_validator)
 
-from promptopt.answers import EXTRACTORS, exact_match, exact_match_strict, get_extractor
-from promptopt.data import carve, lone_surrogate, sample, test_sample
+from promptopt.measure.answers import EXTRACTORS, exact_match, exact_match_strict, get_extractor
+from promptopt.task.data import carve, lone_surrogate, sample, test_sample
 from promptopt.errors import ConfigError, TaskError
-from promptopt.metrics import CORPUS_METRICS
+from promptopt.measure.metrics import CORPUS_METRICS
 from promptopt.task import SPLITS, Task
-from promptopt.template import template_fields
+from promptopt.task.template import template_fields
 from promptopt.types import Example
 
 METRIC_NAMES = ("accuracy", "exact_match", "contains", "numeric", *CORPUS_METRICS)
@@ -136,7 +136,7 @@ class TaskSettings(_Model):
     options: list[str] = []
     seed_prompts: list[str] = Field(min_length=1)
     metric: Any = None  # a name in METRIC_NAMES or a callable (prediction, row)
-    extract: Any = None  # a name in promptopt.answers.EXTRACTORS, regex:PATTERN, or a callable
+    extract: Any = None  # a name in promptopt.measure.answers.EXTRACTORS, regex:PATTERN, or a callable
     strict: bool = False
     chat: bool = False
     max_tokens: PositiveInt = 256

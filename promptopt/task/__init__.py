@@ -5,16 +5,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
-from promptopt import answers as _answers
+from promptopt.measure import answers as _answers
 from promptopt.errors import TaskError
-from promptopt.template import check_template, render, split_at_prompt, template_fields
+from promptopt.task.template import check_template, render, split_at_prompt, template_fields
 from promptopt.types import Example
 
 SPLITS = ("train", "dev", "test")
 
 
 def exact_match(prediction: str, example: Example) -> float:
-    """Case-, whitespace- and surrounding-punctuation-insensitive (promptopt.answers); the strict rule
+    """Case-, whitespace- and surrounding-punctuation-insensitive (promptopt.measure.answers); the strict rule
     of earlier versions is `exact_match_strict`."""
     return _answers.exact_match(prediction, example)
 
@@ -66,9 +66,11 @@ class Task:
     description: str = ""
     meta: Mapping[str, object] = field(default_factory=dict)
     metric_on_choice: bool = False  # choose: score the chosen option's text with `metric` (else: label match)
-    # choose: "balanced_accuracy" or "macro_f1" is what a score over examples reports (promptopt.metrics);
+    # choose: "balanced_accuracy" or "macro_f1" is what a score over examples reports (promptopt.measure.metrics);
     # None keeps mean accuracy. Per-example scores stay correctness.
     corpus_metric: str | None = None
+    # On the chat routes (promptopt/scoring/routes.py): demos as user/assistant turns, or inline in the user message.
+    chat_demos: Literal["turns", "inline"] = "turns"
 
     def __post_init__(self) -> None:
         check_template(self.template)
@@ -79,13 +81,15 @@ class Task:
         if not self.seed_prompts:
             raise TaskError(f"task {self.name}: no seed prompt")
         if self.corpus_metric is not None:
-            from promptopt.metrics import CORPUS_METRICS
+            from promptopt.measure.metrics import CORPUS_METRICS
             if self.corpus_metric not in CORPUS_METRICS or self.output != "choose" or self.metric_on_choice:
                 raise TaskError(f"task {self.name}: corpus_metric {self.corpus_metric!r} needs a choose task scored "
                                 f"by label match, and one of {', '.join(CORPUS_METRICS)}")
         for split in ("dev",):
             if not self.splits.get(split):
                 raise TaskError(f"task {self.name}: the {split} split is empty")
+        if self.chat_demos not in ("turns", "inline"):
+            raise TaskError(f"task {self.name}: demo_format for chat must be 'turns' or 'inline', not {self.chat_demos!r}")
         if self.demo_format is not None:
             check_template(self.demo_format, required=("input",))
         extra = template_fields(self.template) - {"prompt", "input"}
@@ -114,6 +118,27 @@ class Task:
             return query + (self.options[example.label] if answer is None and example.label is not None else answer or "")
         # A generated answer follows the query on its own line: a worked solution when the task has one.
         return query + "\n" + (example.fields.get("reference", example.target) if answer is None else answer).strip()
+
+    def messages(self, instruction: str, example: Example, demos: Sequence[Example] = (),
+                 answers: Sequence[str | None] = (), system: str = "", answer_line: str = "") -> tuple[tuple[str, str], ...]:
+        """The prompt as chat messages: the system prompt as the system message, the demos as user/assistant
+        turns (or inline, per `chat_demos`), then the instruction (and `answer_line`) with the query as the
+        user message."""
+        out = [("system", system.strip())] if system.strip() else []
+        prompt = instruction
+        if demos and self.chat_demos == "inline":
+            prompt = self.prompt_text(instruction, demos, answers)
+        elif demos:
+            fmt = self.demo_format if self.demo_format is not None else split_at_prompt(self.template)[1]
+            for ex, answer in zip(demos, list(answers) or [None] * len(demos)):
+                out.append(("user", render(fmt, {**ex.fields, "input": ex.input}).strip()))
+                gold = self.options[ex.label] if self.output == "choose" and ex.label is not None else \
+                    ex.fields.get("reference", ex.target)
+                out.append(("assistant", (gold if answer is None else answer).strip()))
+        if answer_line:
+            prompt = f"{prompt}\n{answer_line}" if prompt.strip() else answer_line
+        out.append(("user", self.render(prompt, example).strip()))
+        return tuple(out)
 
     def prompt_text(self, instruction: str, demos: Sequence[Example] = (), answers: Sequence[str | None] = (),
                     system: str = "") -> str:

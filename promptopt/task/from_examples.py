@@ -15,12 +15,12 @@ the columns of the same name.
 and the example's original row (a dict), and returns a number or `(number, feedback text)`; the feedback
 goes into each example's result, where reflective strategies (gepa) read it. A metric may also be a name:
 accuracy, exact_match, contains, numeric, or for a choose task the corpus metrics balanced_accuracy and
-macro_f1 (promptopt.metrics). A metric that raises or returns something else is a `MetricError` naming the
+macro_f1 (promptopt.measure.metrics). A metric that raises or returns something else is a `MetricError` naming the
 example (checked once on the first example's gold answer when the task is built, so an obvious mistake
 costs no model call).
 
 The rules (options, gold answers, empty cells, split sizes, ids) are the ones spec files and the lm-eval
-bridge follow: promptopt/task_spec.py builds all three.
+bridge follow: promptopt/task/spec.py builds all three.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from promptopt.errors import ConfigError, TaskError
 from promptopt.task import Task
-from promptopt.task_spec import MetricError, build_task, check_size, count, validate_spec
+from promptopt.task.spec import MetricError, build_task, check_size, count, validate_spec
 
 IN_MEMORY = "python:"  # RunConfig.task of a run whose task was built in Python: "python:<name>"
 DEFAULT_TEMPLATE = "{prompt}\n\nInput: {input}\nAnswer:"

@@ -7,7 +7,7 @@
   is scored. The finalists are not refit per fold, so each repeat's mean is the pool's mean; the folds
   give the spread (`sd` of the fold means) that the report shows next to each finalist.
 - `keep_seed_alpha`: the seed prompt stays unless the pick beats it on the pick's examples with a paired
-  p < alpha (promptopt.significance: McNemar for 0/1 scores, else a paired bootstrap).
+  p < alpha (promptopt.measure.significance: McNemar for 0/1 scores, else a paired bootstrap).
 
 The loop scores; this module plans (what it costs, what the budget keeps back for it) and decides.
 What the final report scores beyond the dev split's finalists (the train part of the pool) and, with a
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from promptopt.budget import Budget
 from promptopt.config import FinalConfig
 from promptopt.errors import ConfigError
-from promptopt.significance import compare_paired
+from promptopt.measure.significance import compare_paired
 from promptopt.types import Candidate
 
 
