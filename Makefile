@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # These machines carry a local CPU wheel of torch 2.13.0; elsewhere set TORCH=torch (or a CUDA build).
 TORCH ?= torch==2.13.0
-EXTRAS ?= hf,openai,soft,plot,dev,mlflow,ray
+EXTRAS ?= hf,openai,soft,plot,dev,mlflow,ray,retrieval
 VLLM_VENV ?= .venv-vllm
 
 .PHONY: install demo test test-fast test-vllm clean

@@ -23,7 +23,8 @@ task = promptopt.make_task(train=df[df.split == "train"], dev=df[df.split == "de
 first = promptopt.optimize(task=task, strategy="fewshot", optimizer_model=None, budget={"max_examples": 120},
                            callbacks=[NoImprovement(1)])  # stops early, with its report
 report = promptopt.optimize(task=task, resume=first.run_dir)  # the same task object: the search goes on
-print("stopped:", first.stop_reason, "after", first.steps, "steps; resumed:", report.stop_reason, report.steps)
+print("first session ended by", first.stop_reason, "after", first.steps, "steps; the resumed one by",
+      report.stop_reason, "after", report.steps)
 print("best:", repr(report.best_prompt), "+ demos", report.best_demos, "| dev", report.best_dev)
 for name, prefix in (("seed", "Is this customer complaining?"), ("best", report.best_prefix)):
     print(name, "on the held-out rows:", promptopt.evaluate(prefix, task, split="test").score)

@@ -24,6 +24,8 @@ _LAZY = {
     "optimize": "promptopt.api", "evaluate": "promptopt.api",
     "make_task": "promptopt.task.from_examples", "Callback": "promptopt.callbacks",
     "StopSearch": "promptopt.callbacks",
+    "Program": "promptopt.program", "Result": "promptopt.program", "evaluator": "promptopt.program",
+    "Study": "promptopt.study", "Trial": "promptopt.study",
 }
 
 __all__ = ["Candidate", "Evaluation", "Example", "ExampleResult", "PromptOptError", "Usage", *_LAZY]

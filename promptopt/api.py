@@ -1,6 +1,7 @@
 """Python API: build a run from a RunConfig, run it to the end (or resume it), evaluate prompts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -14,11 +15,11 @@ from promptopt import __version__, registry
 from promptopt.scoring import routes
 from promptopt.backends.base import Backend, canonical_hash
 from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
-from promptopt.config import NONE_MODEL, RunConfig, build_config
+from promptopt.config import BUDGET_LIMITS, NONE_MODEL, RunConfig, build_config
 from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
-from promptopt.resolved import BackendSpec, load_task, resolve, warn_reused_splits
+from promptopt.resolved import BackendSpec, ResolvedRun, load_task, resolve, warn_reused_splits
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
 from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
@@ -117,22 +118,30 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
 def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             on_step: Callable[[Run], None] | None = None,
             accept_changed_inputs: bool = False, task_object: Task | None = None,
-            callbacks: Sequence[Any] = ()) -> tuple[Run, Backends]:
+            callbacks: Sequence[Any] = (), program: Any = None) -> tuple[Run, Backends]:
     """Resolve `cfg` (what --dry-run prints), create (or reopen) the run dir, load the models, and return
-    a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>")."""
+    a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>"). `program`: a
+    promptopt.program.Program, whose evaluator scores instead of the target model (none is loaded)."""
+    from promptopt.program import ProgramScorer
+    if program is not None:
+        task_object = program.task
     resolved = resolve(cfg, task=task_object)
     backends = Backends(ResponseCache(resolved.cache_path) if resolved.cache_path else None)
     assert resolved.target is not None  # for the type checker: resolve() always names the target
-    target = backends.get(resolved.target)  # first: a target that cannot load is the first thing to report
+    if resume_dir is not None:
+        resolved = _keep_recorded_route(resolved, resume_dir)
+    # first: a target that cannot load is the first thing to report
+    target = backends.get(resolved.target) if program is None else None
     optimizer = backends.get(resolved.optimizer) if resolved.optimizer is not None else None
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
-            "fingerprints": {"target": target.fingerprint(),
+            "fingerprints": {"target": target.fingerprint() if target is not None else f"program:{program.version}",
                              "optimizer": optimizer.fingerprint() if optimizer else None,
                              "task": task_fingerprint(resolved.task), **templates_fingerprint(resolved.strategy_config)},
             "scoring": routes.describe(resolved.task, target),  # the route a choose task takes on this target
             "argv": sys.argv}
     # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
-    run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks)
+    run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks,
+              program=ProgramScorer(program, backends.cache) if program is not None else None)
     if resume_dir is None:
         log = RunLog(new_run_dir(resolved.run_dir, meta, resolved.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
@@ -143,6 +152,28 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
         run.tracker.elapsed_before = log.elapsed_before  # a time budget spans resumes
     run.log = log
     return run, backends
+
+
+def _keep_recorded_route(resolved: ResolvedRun, run_dir: Path) -> ResolvedRun:
+    """A resumed run scores by the route each model started with (the `|route:X` its recorded fingerprint
+    ends in; none means loglikelihood): the start-up probe is not trusted again, since an echo probe that
+    failed once under faults must not move the run to another route halfway. A server that can no longer
+    serve that route is then refused in one line, never silently re-routed."""
+    try:
+        recorded = json.loads((run_dir / CONFIG).read_text(encoding="utf-8")).get("fingerprints") or {}
+    except (OSError, ValueError):
+        return resolved  # the resume's own checks report an unreadable config.json
+    specs = {}
+    for role in ("target", "optimizer"):
+        spec, fingerprint = getattr(resolved, role), recorded.get(role)
+        fields = getattr(type(spec.options), "model_fields", {}) if spec is not None else {}
+        if (spec is None or not isinstance(fingerprint, str) or "choose_route" not in fields
+                or spec.config.options.get("choose_route", "auto") != "auto"):
+            continue
+        route = fingerprint.rpartition("|route:")[2] if "|route:" in fingerprint else "loglikelihood"
+        config = spec.config.model_copy(update={"options": {**spec.config.options, "choose_route": route}})
+        specs[role] = BackendSpec(config, spec.cls, spec.options)
+    return dataclasses.replace(resolved, **specs) if specs else resolved
 
 
 def backend_stats(backends: Backends) -> dict[str, Any]:
@@ -173,7 +204,7 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
-                        "model_calls": sum(b.inner_calls for b in backends.cached)}
+                        "model_batches": sum(b.inner_calls for b in backends.cached)}  # runs before: model_calls
     # Backends that count retries and failures by kind (e.g. openai) report them here.
     summary["backend_stats"] = backend_stats(backends)
     if run.log:
@@ -188,10 +219,15 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
 
 def run_config(cfg: RunConfig, *, resume_dir: Path | None = None,
                on_step: Callable[[Run], None] | None = None, accept_changed_inputs: bool = False,
-               task_object: Task | None = None, callbacks: Sequence[Any] = ()) -> Report:
+               task_object: Task | None = None, callbacks: Sequence[Any] = (), program: Any = None) -> Report:
     started = time.monotonic()
     run, backends = prepare(cfg, resume_dir=resume_dir, on_step=on_step, accept_changed_inputs=accept_changed_inputs,
-                            task_object=task_object, callbacks=callbacks)
+                            task_object=task_object, callbacks=callbacks, program=program)
+    return drive(run, backends, started)
+
+
+def drive(run: Run, backends: Backends, started: float) -> Report:
+    """A prepared run to its end: the search, then the final report (or, stopped, a resumable log)."""
     try:
         try:
             while run.step_once():
@@ -221,7 +257,8 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
         run.callbacks.emit("on_run_end", run, None)
     except RunStopped as e:
         log.warning("%s", e)
-    how = (f"optimize(task=<the same task>, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
+    what = "program=<the same program>" if run.program is not None else "task=<the same task>"
+    how = (f"optimize({what}, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
            else f"promptopt optimize --resume {run.log.dir}")
     return RunStopped(f"{why}; the run is resumable: {how}")
 
@@ -252,8 +289,10 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 
 def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: str = "embedded", backend: str = "hf",
              optimizer_model: str | None = "", optimizer_backend: str | None = None,
-             budget: Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
-             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, **settings: Any) -> Report:
+             budget: int | Mapping[str, Any] | None = None, seed: int = 0, resume: str | Path | None = None,
+             callbacks: Sequence[Any] = (), mlflow: str | Path | None = None, progress: bool | None = None,
+             program: Any = None,
+             **settings: Any) -> Report:
     """Run an optimization end to end and return its Report.
 
     `task`: a registered name, a spec file, or a Task built in Python (`promptopt.make_task`); config.json
@@ -261,11 +300,21 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     `optimizer_model`, `optimizer_backend`: the optimizer LLM; each is the target's unless given, and
     `optimizer_model=None` (or "none") runs without one.
     `callbacks`: `promptopt.callbacks.Callback` instances (events, stop conditions).
+    `budget`: caps the search (the final report scores on top of it): an int is scored examples, as the
+    CLI's `--budget 500`; a mapping takes the CLI's names (examples, calls, tokens, seconds, usd) or
+    Budget's fields (max_examples, ...).
     `mlflow`: a tracking URI (e.g. "./mlruns") to log the run to MLflow (the mlflow extra; see
     promptopt/integrations/mlflow_tracking.py), checked before the run starts.
+    `progress`: the CLI's progress bar on stderr; by default shown when stderr is a terminal.
+    `program`: a `promptopt.Program` (components, examples, your evaluator) to optimize instead of a task;
+    its evaluator scores every candidate (no target model is loaded; the optimizer model is still used).
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
     if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
         callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
+    if program is not None:
+        return _optimize_program(program, strategy, model=model, backend=backend, optimizer_model=optimizer_model,
+                                 optimizer_backend=optimizer_backend, budget=budget, seed=seed, resume=resume,
+                                 callbacks=callbacks, progress=progress, settings=settings)
     task_object = task if isinstance(task, Task) else None
     if task_object is None and not isinstance(task, str):
         raise ConfigError(f"task must be a task name, a spec file or a Task (promptopt.make_task(examples, ...)), "
@@ -273,9 +322,9 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     if resume is not None:
         cfg = resume_config(resume)
         _check_task_object(cfg, task_object, resume)
-        return run_config(cfg, resume_dir=Path(resume),
-                          accept_changed_inputs=settings.pop("accept_changed_inputs", False),
-                          task_object=task_object, callbacks=callbacks)
+        return _with_progress(progress, cfg, resume_dir=Path(resume),
+                              accept_changed_inputs=settings.pop("accept_changed_inputs", False),
+                              task_object=task_object, callbacks=callbacks)
     if task_object is not None:
         if "task_options" in settings:
             raise ConfigError("task_options are for a task loaded by name; a Task object carries its own settings")
@@ -288,8 +337,88 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     else:  # what is not named here is the target's (RunConfig's rule)
         data["optimizer"] = {k: v for k, v in (("model", optimizer_model), ("backend", optimizer_backend)) if v}
     if budget is not None:
-        data["budget"] = dict(budget)
-    return run_config(build_config(data), task_object=task_object, callbacks=callbacks)
+        data["budget"] = budget_settings(budget)
+    return _with_progress(progress, build_config(data), task_object=task_object, callbacks=callbacks)
+
+
+def budget_settings(budget: Any) -> dict[str, Any]:
+    """optimize()'s `budget` as Budget fields: an int is scored examples (as `--budget 500`), and a
+    mapping may use the CLI's short names."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, Mapping)):
+        raise ConfigError(f"budget must be a number of scored examples (budget=500) or a mapping such as "
+                          f"{{'examples': 500, 'calls': 40}}, not {type(budget).__name__}")
+    if isinstance(budget, int):
+        return {"max_examples": budget}
+    fields = [field for field, _ in BUDGET_LIMITS.values()]
+    out = {}
+    for key, value in budget.items():
+        name = BUDGET_LIMITS[key][0] if key in BUDGET_LIMITS else key
+        if name in out:
+            raise ConfigError(f"budget: {key!r} and {name!r} are the same limit; give one")
+        if name not in fields:
+            raise ConfigError(f"budget: unknown limit {key!r} (use {', '.join(BUDGET_LIMITS)}, or {', '.join(fields)})")
+        out[name] = value
+    return out
+
+
+def _with_progress(progress: bool | None, cfg: RunConfig, *, callbacks: Sequence[Any] = (), **kwargs: Any) -> Report:
+    """run_config with the progress bar among the callbacks when asked (None: when stderr is a terminal)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return run_config(cfg, callbacks=callbacks, **kwargs)
+    from promptopt.progress import ProgressBar
+    bar = ProgressBar(cfg.budget.max_examples)
+    try:
+        return run_config(cfg, callbacks=[*callbacks, bar], **kwargs)
+    finally:
+        bar.close()
+
+
+def program_config(program: Any, strategy: str, *, model: str = "embedded", backend: str = "hf",
+                   optimizer_model: str | None = "", optimizer_backend: str | None = None,
+                   budget: int | Mapping[str, Any] | None = None, seed: int = 0,
+                   settings: Mapping[str, Any] | None = None) -> RunConfig:
+    """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint,
+    and the program's evaluator as the target (promptopt.program.EvaluatorTarget: nothing to load). `model`
+    and `backend` name the optimizer model unless `optimizer_model` / `optimizer_backend` do."""
+    from promptopt.program import TARGET
+    settings = dict(settings or {})
+    if "task_options" in settings:
+        raise ConfigError("task_options are for a task loaded by name; a program carries its own settings")
+    data: dict[str, Any] = {"task": IN_MEMORY + program.name, "strategy": strategy, "seed": seed,
+                            "target": {"backend": TARGET, "model": program.name},
+                            "task_options": {"fingerprint": program.fingerprint, "program": True}, **settings}
+    if optimizer_model is None or optimizer_model == NONE_MODEL:
+        data["optimizer"] = None
+    else:
+        data["optimizer"] = {"model": optimizer_model or model, "backend": optimizer_backend or backend}
+    if budget is not None:
+        data["budget"] = budget_settings(budget)
+    return build_config(data)
+
+
+def check_program(cfg: RunConfig, program: Any, run_dir: str | Path) -> None:
+    """A program run resumes only with the same program (examples, seed components, roles, version)."""
+    if not cfg.task_options.get("program"):
+        raise ResumeError(f"{run_dir} was not made with a program; resume it as it was made")
+    if program.fingerprint != cfg.task_options.get("fingerprint"):
+        raise ResumeError(f"{run_dir}: the program passed is not the one the run was made with (its examples, "
+                          "components, roles or evaluator version differ); pass the same program")
+
+
+def _optimize_program(program: Any, strategy: str, *, resume: str | Path | None, callbacks: Sequence[Any],
+                      progress: bool | None, settings: dict[str, Any], **how: Any) -> Report:
+    if program.evaluate is None:
+        raise ConfigError("this program has no evaluator: pass evaluate=..., or score its trials yourself "
+                          "with promptopt.Study(program)")
+    if resume is not None:
+        cfg = resume_config(resume)
+        check_program(cfg, program, resume)
+        return _with_progress(progress, cfg, resume_dir=Path(resume), callbacks=callbacks, program=program,
+                              accept_changed_inputs=settings.pop("accept_changed_inputs", False))
+    return _with_progress(progress, program_config(program, strategy, settings=settings, **how), callbacks=callbacks,
+                          program=program)
 
 
 def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -> None:

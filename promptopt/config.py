@@ -13,6 +13,7 @@ from promptopt import registry
 from promptopt.budget import Budget
 from promptopt.task.data import lone_surrogate
 from promptopt.errors import ConfigError
+from promptopt.measure.final_pick import FinalConfig
 from promptopt.measure.objectives import check_objectives, check_weights
 from promptopt.paths import has_password, read_text, redact
 
@@ -46,25 +47,6 @@ class ModelConfig(BaseModel):
                                      "with the run and printed: put the key in an environment variable and "
                                      "name it with api_key_env")
         return options
-
-
-class FinalConfig(BaseModel):
-    """How the final report chooses among the finalists (promptopt/final_pick.py, promptopt/selector.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pick: Literal["dev", "kfold"] = "dev"  # kfold: repeated k-fold over dev plus train examples
-    folds: int = Field(5, ge=2, strict=True)
-    repeats: int = Field(3, ge=1, strict=True)
-    # Train examples the k-fold pool adds to dev (never a finalist's demo); None: as many as dev has.
-    train_examples: int | None = Field(None, ge=1, strict=True)
-    # Keep the seed prompt unless the pick beats it on the pick's examples with a paired p < alpha.
-    keep_seed_alpha: float | None = Field(None, gt=0, lt=1)
-    selector: Literal["none", "centroid", "logistic"] = "none"  # per-input choice among the finalists
-
-    @property
-    def default(self) -> bool:
-        return self == FinalConfig()
 
 
 class RunConfig(BaseModel):
@@ -218,11 +200,12 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
     cfg = cfg.model_copy(update={"strategy": registry.canonical(cfg.strategy), "task": registry.canonical(cfg.task)})
     strategy_cls = registry.get("strategies", cfg.strategy)
     strategy_config(strategy_cls, cfg.strategy_options)
-    target_cls = registry.get("backends", cfg.target.backend)
+    target_cls = _options_owner(cfg.target)
     backend_options(target_cls, cfg.target, "target")
     if cfg.optimizer is not None:
-        optimizer_cls = registry.get("backends", cfg.optimizer.backend)
-        if cfg.optimizer.backend == cfg.target.backend:
+        inherits = cfg.optimizer.backend == cfg.target.backend and cfg.target.options
+        optimizer_cls = registry.get("backends", cfg.optimizer.backend) if inherits else _options_owner(cfg.optimizer)
+        if inherits:
             # The optimizer reaches the target's server the same way unless told otherwise (a key meant for
             # a local server must never go to a default host).
             inherited = getattr(getattr(optimizer_cls, "Options", None), "inherited", frozenset())
@@ -230,6 +213,15 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
             cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"options": options})})
         backend_options(optimizer_cls, cfg.optimizer, "optimizer")
     return cfg
+
+
+def _options_owner(model: ModelConfig) -> Any:
+    """The backend class that checks a model's options, or None when it has none to check and its name is
+    known: its module (torch and transformers for hf, 5-20 s to import) then loads when a run builds it, so
+    a dry run reports a task's missing data without waiting for it."""
+    if not model.options and not registry.is_location(model.backend) and model.backend in registry.names("backends"):
+        return None
+    return registry.get("backends", model.backend)
 
 
 def backend_options(backend_cls: Any, model: ModelConfig, role: str) -> Any:
@@ -267,6 +259,8 @@ def _one_line(e: ValidationError) -> str:
     for err in e.errors()[:3]:
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden" and err["loc"][:1] == ("budget",) and len(err["loc"]) == 2:
+            msg += f" (budget limits: {', '.join(Budget.model_fields)})"  # `examples=` is the CLI's short form
         parts.append(f"{loc}: {msg}")
     more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
     return "; ".join(parts) + more

@@ -22,6 +22,7 @@ from promptopt.measure import final_pick
 from promptopt.measure.objectives import Measurer
 from promptopt.measure.selector import Selector
 from promptopt.resolved import ResolvedRun
+from promptopt.task.retrieval import Retriever, check_embedding, check_policy
 from promptopt.runlog import RunLog
 from promptopt.scoring.routes import check_choose
 from promptopt.scoring.scorer import Job, PromptParts, score_jobs
@@ -51,6 +52,7 @@ class Report:
     candidates: int
     stop_reason: str
     search: dict[str, Any] = field(default_factory=dict)  # budget use during the search
+    final: dict[str, Any] = field(default_factory=dict)  # what the final report scored (not in the budget)
     target_usage: Usage = field(default_factory=Usage)
     optimizer_usage: Usage = field(default_factory=Usage)
     failures: int = 0
@@ -63,6 +65,8 @@ class Report:
     partial: bool = False  # a second Ctrl-C skipped the final report: dev scores as they were, no test
     final_pick: dict[str, Any] | None = None  # a final.* rule other than the dev pick: what it saw and chose
     selector: dict[str, Any] | None = None  # final.selector: per-input choice vs the pick, on test
+    best_retrieval: dict[str, Any] | None = None  # the best candidate's retrieval policy (demos per input)
+    best_components: dict[str, str] = field(default_factory=dict)  # a program's best candidate (promptopt.program)
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -72,6 +76,7 @@ class Report:
             "best_id": self.best_id, "seed_dev": num(self.seed_dev), "best_dev": num(self.best_dev),
             "seed_test": num(self.seed_test), "best_test": num(self.best_test), "steps": self.steps,
             "candidates": self.candidates, "stop_reason": self.stop_reason, "search": self.search,
+            "final": self.final,
             "target_usage": self.target_usage.to_json(), "optimizer_usage": self.optimizer_usage.to_json(),
             "failures": self.failures, "seconds": round(self.seconds, 2),
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
@@ -79,6 +84,8 @@ class Report:
             "timings": self.timings, **({"partial": True} if self.partial else {}),
             **({"final_pick": self.final_pick} if self.final_pick else {}),
             **({"selector": self.selector} if self.selector else {}),
+            **({"best_retrieval": self.best_retrieval} if self.best_retrieval else {}),
+            **({"best_components": self.best_components} if self.best_components else {}),
         }
 
 
@@ -153,21 +160,24 @@ class Run:
 
     def __init__(self, resolved: ResolvedRun, *, target: Backend | None, optimizer: Backend | None,
                  log: RunLog | None = None, on_step: Callable[["Run"], None] | None = None,
-                 callbacks: Sequence[Any] = ()):
+                 callbacks: Sequence[Any] = (), program: Any = None):
         """`resolved`: what to run (promptopt.resolved: from a RunConfig, or built in Python); `target` and
-        `optimizer`: the backends built from its specs (or the caller's own)."""
+        `optimizer`: the backends built from its specs (or the caller's own). `program`: a
+        promptopt.program.ProgramScorer that scores candidates instead of a target backend."""
         task, strategy, seed, seed_prompt, demos = (resolved.task, resolved.strategy, resolved.seed,
                                                     resolved.prompt, resolved.demos)
         self.resolved = resolved
         self.task = task
         self.strategy = strategy
         self.target = target
+        self.program = program
         self.optimizer = optimizer
         self.seed = seed
         self.log = log
         # Wall time is not replayable: the recorded run passed its time checks, so replay skips them.
         # The search gets the budget less what the final pick is paid from it (final_pick.py).
-        self.tracker = BudgetTracker(final_pick.search_budget(resolved.budget, resolved.final.counted), replaying=lambda: self.log is not None and self.log.replaying)
+        self.tracker = BudgetTracker(resolved.budget.model_copy(update={"max_examples": final_pick.search_examples(
+            resolved.budget.max_examples, resolved.final.counted)}), replaying=lambda: self.log is not None and self.log.replaying)
         self.history = History()
         self.step = 0
         self.seed_prompt = resolved.seed_prompt
@@ -180,6 +190,7 @@ class Run:
         self._best_dev = -math.inf
         self.failures = 0
         self.target_usage = Usage()  # search + final report; the tracker holds the search part
+        self.final_examples = 0  # (prompt, example) pairs the final report scored: outside the budget
         self.timings = Timings()  # wall time by part, this session only; never logged as events
         self.stop_reason = ""
         # The strategy's own stream, apart from the seed's other jobs (docs/architecture.md, "The run seed's
@@ -192,6 +203,9 @@ class Run:
         # `demos=K`: every strategy starts from the seed prompt with K train demos (drawn once, label-balanced).
         self.seed_demos = self._seed_demos(task, demos, seed)
         self._window_checked: set[str] = set()
+        # Demos retrieved per input (promptopt.task.retrieval): indexes only the train split, built on first use.
+        self.retriever = Retriever(task.split("train"), target,
+                                   resolved.cache_path.parent / "embeddings" if resolved.cache_path else None)
         self._pending: list[ScoreRequest] = []  # what the last ask() returned: the part of the step that fits
         self._asked: list[ScoreRequest] = []  # the strategy's requests of that step, whole
         self._kept: list[bool] = []  # per asked request: whether any of it is in _pending
@@ -203,6 +217,9 @@ class Run:
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,
                             history=self.history, rng=self._rng, step=0, budget=self.tracker.view(),
                             notes=self._note, seed_demos=self.seed_demos)
+        if program is not None:  # strategies start from the program's seed components
+            self._ctx.seed_program = program.program.seed
+            self._ctx.component_roles = dict(program.program.roles)
         self.objectives = self._measurer(resolved.objectives, resolved.objective_weights)  # None: the task metric only
         self._ctx.objectives = self.objectives if self.objectives is not None and self.objectives.weighted else None
         self._check_capabilities()
@@ -211,6 +228,8 @@ class Run:
             raise ConfigError(f"the seed prompt with the longest example comes to {n} tokens, over the model's "
                               f"window of {window}; shorten the prompt")
         check_task(strategy, self._ctx.task)  # a strategy may refuse a task it cannot search
+        for name in getattr(strategy, "retrieval_embeddings", ()):  # a strategy that retrieves demos: usable here?
+            check_embedding(name, target)
 
     # -- setup --
     @staticmethod
@@ -283,7 +302,8 @@ class Run:
             self.stop_reason = f"budget: {e}"
             return []
         if not raw:
-            self.stop_reason = "strategy finished"
+            why = getattr(self.strategy, "done_reason", "")  # optional: see Strategy
+            self.stop_reason = f"strategy finished: {why}" if isinstance(why, str) and why else "strategy finished"
             return []
         reqs = [self._resolve(r if isinstance(r, ScoreRequest) else ScoreRequest(r)) for r in raw]
         need, left = sum(len(r.example_ids or ()) for r in reqs), self.tracker.examples_left()
@@ -331,7 +351,21 @@ class Run:
     def _check_prompt(self, cand: Candidate) -> None:
         """Demos come from train only, and a demo set that overflows the model's window is refused
         before any model call (with its token count)."""
-        if cand.id in self._window_checked or not (cand.demos or cand.system):
+        if self.program is not None and cand.id not in self._window_checked:
+            self.program.program.check(cand)
+        if cand.id in self._window_checked or not (cand.demos or cand.system or cand.retrieval):
+            return
+        if cand.retrieval is not None:
+            if cand.demos:
+                raise PromptOptError(f"candidate {cand.id}: fixed demos and a retrieval policy; give one of them")
+            check_policy(cand.retrieval, self.task.split("train"), self.target, f"candidate {cand.id}")
+            # The window check assumes the k longest train examples are retrieved.
+            longest = sorted(self.task.split("train"), key=lambda ex: -len(self.task.demo_text(ex)))[:cand.retrieval.k]
+            n, window = self._tokens(self.task.prompt_text(cand.text, longest, (), cand.system))
+            if n > window:
+                raise PromptOptError(f"candidate {cand.id}: its instruction and {cand.retrieval.k} retrieved demos "
+                                     f"can come to {n} tokens, over the model's window of {window}; use a smaller k")
+            self._window_checked.add(cand.id)
             return
         check_demo_ids(cand.demos, self._train_ids, f"candidate {cand.id}")
         if cand.demo_answers and len(cand.demo_answers) != len(cand.demos):
@@ -358,7 +392,8 @@ class Run:
         return PromptParts(cand.text, cand.system, tuple(self._by_id[d] for d in cand.demos), tuple(cand.demo_answers))
 
     def prompt_of(self, cand: Candidate) -> str:
-        """The text that stands where the template has `{prompt}`: system prompt, instruction, demos."""
+        """The text that stands where the template has `{prompt}`: system prompt, instruction, demos (none
+        for a retrieval policy: its demos differ per input, see `_jobs`)."""
         if not cand.demos and not cand.system:
             return cand.text
         return self.task.prompt_text(cand.text, [self._by_id[d] for d in cand.demos], cand.demo_answers,
@@ -411,6 +446,8 @@ class Run:
             self.objectives.record(ev)
         if search:
             self.tracker.record_evaluation(ev)
+        else:
+            self.final_examples += len(ev.results)
         if ev.state == "failed":
             self.failures += 1
             log.warning("evaluation of %s failed: %s", ev.candidate_id, ev.error)
@@ -418,7 +455,7 @@ class Run:
     # -- scoring through the log (replay) and the backend --
     def score(self, reqs: Sequence[ScoreRequest], phase: str = "search") -> list[Evaluation]:
         """Score requests with one backend call, serving recorded evaluations while replaying."""
-        if self.target is None:
+        if self.target is None and self.program is None:
             raise PromptOptError("this run has no target backend: score prompts yourself and call tell()")
         out: list[Evaluation | None] = [None] * len(reqs)
         live = []
@@ -429,13 +466,13 @@ class Run:
                 self.log.emit("eval", step=self.step, candidate_id=r.candidate.id, split=r.split)
             else:
                 live.append(i)
-        jobs = [Job(reqs[i].candidate.id, self.prompt_of(reqs[i].candidate), reqs[i].split,
-                    tuple(self._example(reqs[i].split, x) for x in (reqs[i].example_ids or ())), reqs[i].objective,
-                    self._parts(reqs[i].candidate))
-                for i in live]
         t0, c0 = time.perf_counter(), cache_seconds(self.target)
         try:
-            evals = score_jobs(self.task, self.target, jobs)
+            jobs, owner, by_live = self._jobs([reqs[i] for i in live])
+            scored = (self.program.score([reqs[i].candidate for i in live], jobs) if self.program is not None
+                      else score_jobs(self.task, self.target, jobs))  # a program's candidates retrieve no demos
+            evals = _merge(scored, owner, [reqs[i] for i in live])
+            retrieved = {live[n]: ids for n, ids in by_live.items()}
         finally:
             self.timings.add("target_scoring", time.perf_counter() - t0, cache_seconds(self.target) - c0)
         done_reqs = [r for r, e in zip(reqs, out) if e is not None] + [reqs[i] for i in live]
@@ -443,12 +480,40 @@ class Run:
         for i, ev in zip(live, evals):
             out[i] = ev
             if self.log:
+                extra = {"retrieved": retrieved[i]} if i in retrieved else {}
                 self.log.emit("eval", step=self.step, phase=phase, **ev.to_json(),
-                              example_ids=list(reqs[i].example_ids or ()))
+                              example_ids=list(reqs[i].example_ids or ()), **extra)
         done = [e for e in out if e is not None]
         for ev in done:
             self.callbacks.emit("on_evaluation", self, ev, phase=phase)
         return done
+
+    def _jobs(self, reqs: Sequence[ScoreRequest]) -> tuple[list[Job], list[int], dict[int, dict[str, list[str]]]]:
+        """Scoring jobs for requests, and which request each job belongs to. A candidate with a retrieval policy
+        becomes one job per distinct retrieved demo set (inputs that retrieved the same demos share a prompt);
+        all jobs go to the backend in one call, whose prefix sharing keeps the instruction computed once.
+        Also each retrieval request's demo ids per example, for the run log."""
+        jobs, owner, retrieved = [], [], {}
+        for n, r in enumerate(reqs):
+            examples = tuple(self._example(r.split, x) for x in (r.example_ids or ()))
+            policy = r.candidate.retrieval
+            if policy is None:
+                jobs.append(Job(r.candidate.id, self.prompt_of(r.candidate), r.split, examples, r.objective,
+                                self._parts(r.candidate)))
+                owner.append(n)
+                continue
+            sets = self.retriever.retrieve(policy, examples)
+            retrieved[n] = {ex.id: list(ids) for ex, ids in zip(examples, sets)}
+            groups: dict[tuple[str, ...], list[Example]] = {}
+            for ex, ids in zip(examples, sets):
+                groups.setdefault(ids, []).append(ex)
+            for ids, group in groups.items():
+                demos = [self._by_id[d] for d in ids]
+                prompt = self.task.prompt_text(r.candidate.text, demos, (), r.candidate.system)
+                jobs.append(Job(r.candidate.id, prompt, r.split, tuple(group), r.objective,
+                                PromptParts(r.candidate.text, r.candidate.system, tuple(demos))))
+                owner.append(n)
+        return jobs, owner, retrieved
 
     def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str, reqs: Sequence[ScoreRequest]) -> None:
         """Failed evaluations are data during the search, but a run mostly made of them is no result: stop
@@ -515,7 +580,8 @@ class Run:
         """Final report: top candidates and the seed prompt on the full dev split, then the chosen
         prompt (and the seed, as the baseline) once on the test split. `partial` (a second Ctrl-C):
         no more scoring; the best so far by its dev score, however many dev examples it had."""
-        seed = Candidate(self.seed_prompt, origin="seed")
+        seed = self.program.program.seed if self.program is not None else Candidate(self.seed_prompt, origin="seed")
+        scoring = self.target is not None or self.program is not None
         if partial:
             ranked_so_far = self.history.ranked("dev")
             best = ranked_so_far[0][0] if ranked_so_far else seed
@@ -527,7 +593,7 @@ class Run:
         finalists = [c for c, _ in self.history.ranked("dev")[: self.final_top_k]]
         if seed.id not in {c.id for c in finalists}:
             finalists.append(seed)
-        if self.target is not None:
+        if scoring:
             reqs = [self._resolve(ScoreRequest(c, "dev")) for c in finalists]
             todo = [r for r in reqs if r.example_ids]
             if todo:
@@ -539,14 +605,14 @@ class Run:
                   if self.history.n_scored(c.id, "dev") == full] or [(seed, math.nan)]
         best = max(ranked, key=lambda cs: -math.inf if math.isnan(cs[1]) else cs[1])[0]
         front = pick = None
-        if not self.final_rule.default and self.target is not None and not math.isnan(ranked[0][1]):
+        if not self.final_rule.default and scoring and not math.isnan(ranked[0][1]):
             pool = self._final_pool([c for c, _ in ranked])
             best, pick = final_pick.choose(self.final_rule, [c for c, _ in ranked], seed, best,
                                            self._scores_on([c for c, _ in ranked], pool), pool, self.seed)
         if self.objectives is not None and not math.isnan(ranked[0][1]):  # several objectives: by the stated rule
             best, front = self.objectives.choose([c for c, _ in ranked], self.history, best)
         seed_test = best_test = significance = selection = None
-        if self.target is not None and self.task.split("test"):
+        if scoring and self.task.split("test"):
             test = list(self.task.split("test"))
             test = test_sample(test, self.test_limit)
             self._test_by_id = {ex.id: ex for ex in test}
@@ -628,9 +694,11 @@ class Run:
             best_dev=self.history.score(best.id, "dev"), seed_test=seed_test, best_test=best_test,
             steps=self.step, candidates=len(self.history), stop_reason=self.stop_reason or "done",
             search={"examples": self.tracker.examples, "optimizer_calls": self.tracker.optimizer_calls},
+            final={"examples": self.final_examples},
             target_usage=self.target_usage, optimizer_usage=self.tracker.optimizer,
             failures=self.failures, best_demos=best.demos, best_prefix=self.prompt_of(best),
-            significance=significance, objectives=front,
+            best_retrieval=best.retrieval.to_json() if best.retrieval else None,
+            significance=significance, objectives=front, best_components=dict(best.components),
             seconds=(time.monotonic() - started) if started is not None else self.tracker.seconds)
         # This session's wall time (not earlier sessions'), split by part.
         report.timings = self.timings.to_json(time.monotonic() - (started if started is not None
@@ -648,6 +716,26 @@ def _check_recorded_candidate(rec: dict[str, Any], path: Any) -> None:
 def _text(ex: Example) -> str:
     """What a selector reads of an example: its input and extra fields, never its answer."""
     return " ".join([ex.input, *map(str, ex.fields.values())])
+
+
+def _merge(evals: Sequence[Evaluation], owner: Sequence[int], reqs: Sequence[ScoreRequest]) -> list[Evaluation]:
+    """One evaluation per request from its jobs' evaluations (several for a retrieval policy), with the
+    results in the request's example order; failed if any part failed."""
+    if len(evals) == len(reqs):  # one job per request: nothing to merge
+        return list(evals)
+    parts: list[list[Evaluation]] = [[] for _ in reqs]
+    for ev, n in zip(evals, owner):
+        parts[n].append(ev)
+    out = []
+    for r, evs in zip(reqs, parts):
+        first = evs[0]
+        by_id = {res.example_id: res for ev in evs for res in ev.results}
+        results = tuple(by_id[x] for x in (r.example_ids or ()) if x in by_id)
+        failed = [ev for ev in evs if ev.state == "failed"]
+        usage = sum((ev.usage for ev in evs), Usage())
+        out.append(Evaluation(first.candidate_id, first.split, results, "failed" if failed else "complete",
+                              failed[0].error if failed else None, usage, first.objective, first.metric))
+    return out
 
 
 def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:

@@ -15,8 +15,9 @@ from promptopt import registry
 from promptopt.backends.base import Backend
 from promptopt.budget import Budget
 from promptopt.scoring.cache import default_cache_path
-from promptopt.config import FinalConfig, ModelConfig, RunConfig, backend_options, strategy_config
+from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
 from promptopt.measure import final_pick
+from promptopt.measure.final_pick import FinalConfig
 from promptopt.task.data import test_sample
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.strategy import Strategy, StrategyConfig, check_task, needs
@@ -183,5 +184,5 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
         objectives=tuple(cfg.objectives), objective_weights=dict(cfg.objective_weights),
         run_dir=Path(cfg.run_dir), run_name=cfg.run_name,
         cache_path=(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None)
-    final_pick.search_budget(run.budget, run.final.counted)  # a final pick that leaves no search is refused here
+    final_pick.search_examples(run.budget.max_examples, run.final.counted)  # a pick leaving no search: refused
     return run

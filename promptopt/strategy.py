@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence, get_args, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
@@ -155,9 +155,14 @@ class Context:
     # With `objective_weights` set: the run's objectives.Measurer, whose `scalarize` shared ranking helpers
     # use; None otherwise (rank by the strategy's own fitness).
     objectives: Measurer | None = None
+    # A program run (promptopt.program): its seed candidate and each component's one-line role.
+    seed_program: Candidate | None = None
+    component_roles: Mapping[str, str] = field(default_factory=dict)
 
     def seed_candidates(self) -> list[Candidate]:
-        """The task's seed prompts as candidates, with the run's seed demos."""
+        """The task's seed prompts as candidates, with the run's seed demos (a program: its seed components)."""
+        if self.seed_program is not None:
+            return [self.seed_program]
         return [Candidate(p, origin="seed", demos=self.seed_demos) for p in self.task.seed_prompts]
 
     def note(self, kind: str, **data: Any) -> None:
@@ -176,7 +181,11 @@ class Strategy(Protocol):
     per request, in order. A step larger than the example budget left is scored as far as it goes: the
     requests it could not pay for come back with state "unscored" (no results: treat as no information),
     and one request may come back with fewer results than it asked for. Strategies never write files or
-    see the test split."""
+    see the test split.
+
+    Optional: a strategy that ends the search itself (returns [] before the budget is spent) may first set
+    an attribute `done_reason`, a short phrase such as "no new best for 2 steps (patience=2)"; the run's
+    stop reason is then "strategy finished: <done_reason>", so a user sees why the budget was not spent."""
 
     Config: ClassVar[type[StrategyConfig]]
     # Optional capability flags (a strategy sets the ones that are True; read them through `needs()`):

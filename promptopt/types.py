@@ -6,7 +6,10 @@ import json
 import math
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, get_args
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, get_args
+
+if TYPE_CHECKING:
+    from promptopt.task.retrieval import RetrievalPolicy
 
 
 def normalize_prompt(text: str) -> str:
@@ -46,21 +49,63 @@ class Candidate:
     demos: tuple[str, ...] = ()
     system: str = ""
     demo_answers: tuple[str, ...] = ()  # bootstrapped outputs, one per demo; empty = the gold answers
+    # Demos retrieved for each input (promptopt.task.retrieval) instead of the fixed `demos`; None: fixed demos.
+    retrieval: "RetrievalPolicy | None" = None
+    # A program's named text components, in order (promptopt.program); empty for a single prompt, whose
+    # one component is `text`. A program candidate's `text` is its first component's, so a strategy that
+    # knows nothing of components edits that one (strategies/blocks/components.py picks among them).
+    components: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
-        if not self.demos and not self.system:
+        if self.components:
+            parts = json.dumps(["components", [[n, normalize_prompt(t)] for n, t in self.components],
+                                list(self.demos), normalize_prompt(self.system), list(self.demo_answers)],
+                               ensure_ascii=False)
+            return hashlib.sha256(parts.encode("utf-8")).hexdigest()[:16]
+        if not self.demos and not self.system and self.retrieval is None:
             return prompt_id(self.text)
-        parts = json.dumps([normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system),
-                            list(self.demo_answers)], ensure_ascii=False)
+        fields: list[Any] = [normalize_prompt(self.text), list(self.demos), normalize_prompt(self.system),
+                             list(self.demo_answers)]
+        if self.retrieval is not None:  # appended only when set, so fixed-demo ids stay as they were
+            fields.append(self.retrieval.to_json())
+        parts = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha256(parts.encode("utf-8")).hexdigest()[:16]
 
     def revise(self, text: str, *, origin: str, parents: tuple[str, ...] | None = None,
                meta: Mapping[str, Any] | None = None) -> "Candidate":
         """A child with a new instruction and the same demos and system prompt (what every
         instruction-editing strategy proposes)."""
+        if self.components:  # a program: `text` is the first component's
+            return self.with_component(self.components[0][0], text, origin=origin, parents=parents, meta=meta)
         return Candidate(text, (self.id,) if parents is None else parents, origin, dict(meta or {}),
-                         self.demos, self.system, self.demo_answers)
+                         self.demos, self.system, self.demo_answers, self.retrieval)
+
+    @classmethod
+    def of_components(cls, components: Mapping[str, str] | Sequence[tuple[str, str]], *, origin: str = "",
+                      parents: tuple[str, ...] = (), meta: Mapping[str, Any] | None = None,
+                      demos: tuple[str, ...] = ()) -> "Candidate":
+        """A program candidate from its named components (in the program's order)."""
+        items = tuple((str(n), str(t)) for n, t in (components.items() if isinstance(components, Mapping)
+                                                    else components))
+        if not items:
+            raise ValueError("a program candidate needs at least one component")
+        return cls(items[0][1], parents, origin, dict(meta or {}), demos, components=items)
+
+    def component(self, name: str) -> str:
+        """The text of one component; a single prompt's one component is its text, whatever the name."""
+        if not self.components:
+            return self.text
+        return dict(self.components)[name]
+
+    def with_component(self, name: str, text: str, *, origin: str, parents: tuple[str, ...] | None = None,
+                       meta: Mapping[str, Any] | None = None) -> "Candidate":
+        """A child with one component's text replaced (what a strategy proposes for a program)."""
+        if not self.components:
+            return self.revise(text, origin=origin, parents=parents, meta=meta)
+        items = [(n, text if n == name else t) for n, t in self.components]
+        return Candidate.of_components(items, origin=origin, parents=(self.id,) if parents is None else parents,
+                                       meta=meta, demos=self.demos)
 
     def to_json(self) -> dict[str, Any]:
         d = {"id": self.id, "text": self.text, "parents": list(self.parents),
@@ -71,14 +116,26 @@ class Candidate:
             d["system"] = self.system
         if self.demo_answers:
             d["demo_answers"] = list(self.demo_answers)
+        if self.retrieval is not None:
+            d["retrieval"] = self.retrieval.to_json()
+        if self.components:
+            d["components"] = [list(c) for c in self.components]
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
+        if d.get("components"):
+            return cls.of_components([tuple(c) for c in d["components"]], origin=d.get("origin", ""),
+                                     parents=tuple(d.get("parents", ())), meta=dict(d.get("meta", {})),
+                                     demos=tuple(d.get("demos", ())))
+        policy = None
+        if d.get("retrieval") is not None:
+            from promptopt.task.retrieval import RetrievalPolicy  # lazy: retrieval imports this module
+            policy = RetrievalPolicy.from_json(d["retrieval"])
         return cls(text=d["text"], parents=tuple(d.get("parents", ())),
                    origin=d.get("origin", ""), meta=dict(d.get("meta", {})),
                    demos=tuple(d.get("demos", ())), system=d.get("system", ""),
-                   demo_answers=tuple(d.get("demo_answers", ())))
+                   demo_answers=tuple(d.get("demo_answers", ())), retrieval=policy)
 
 
 @dataclass(frozen=True)
@@ -125,11 +182,14 @@ class ExampleResult:
     feedback: str | None = None  # textual feedback from the task's metric, when it gives any
     # How a chat route scored it (promptopt/scoring/routes.py): "format_failure", "floored", "fallback", "format_line"
     flags: tuple[str, ...] = ()
+    trace: Any = None  # a program evaluator's trace of this example (JSON-able), logged with the result
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"example_id": self.example_id, "output": self.output, "score": self.score}
         if self.feedback is not None:
             d["feedback"] = self.feedback
+        if self.trace is not None:
+            d["trace"] = self.trace
         if self.logprob is not None:
             d["logprob"] = self.logprob
         if self.option_logprobs is not None:
@@ -145,7 +205,7 @@ class ExampleResult:
         opts = d.get("option_logprobs")
         return cls(d["example_id"], d["output"], d["score"], d.get("logprob"),
                    tuple(opts) if opts is not None else None, d.get("error"), d.get("feedback"),
-                   tuple(d.get("flags") or ()))
+                   tuple(d.get("flags") or ()), d.get("trace"))
 
 
 Split = Literal["train", "dev", "test"]

@@ -43,6 +43,11 @@ class FewShot:
         self.selector = config.selection.make()
         self.started = False
 
+    @property
+    def done_reason(self) -> str:
+        """Why the search ended (Strategy's optional done_reason): its selection did."""
+        return self.selector.done_reason
+
     def check_task(self, task: Task) -> None:
         """Refuse before any model loads: no train split, or k larger than it."""
         train = task.split("train")

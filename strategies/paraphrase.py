@@ -9,6 +9,7 @@ from typing import Sequence
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.components import ComponentChoice, edited, text_of
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
@@ -20,10 +21,15 @@ INSTRUCTION = ("Rewrite the following instruction so that a language model follo
 
 
 REWRITE = Template("paraphrase.rewrite", INSTRUCTION, "rewrite one of the best prompts")
+COMPONENT = ("Rewrite the following instruction so that a language model follows it better. It is one step "
+             "of a program: {role}. Keep its meaning and task. Reply with the new instruction only.\n\n"
+             "Instruction: {prompt}")
+REWRITE_COMPONENT = Template("paraphrase.rewrite_component", COMPONENT,
+                             "rewrite one component of a program (a program run), given its role")
 
 
 class ParaphraseConfig(TemplateSettings):
-    TEMPLATES = (REWRITE,)
+    TEMPLATES = (REWRITE, REWRITE_COMPONENT)
 
     rounds: int = Field(4, ge=1, description="rewrite rounds after scoring the seed prompts")
     proposals: int = Field(4, ge=1, description="rewrites asked for in each round")
@@ -41,6 +47,7 @@ class Paraphrase:
         self.config = config
         self.prompts = config.templates()
         self.round = 0
+        self.choice = ComponentChoice()  # a program: which component each rewrite edits
 
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if self.round == 0:
@@ -51,29 +58,38 @@ class Paraphrase:
             proposals = self._propose(ctx)
             if proposals:
                 return proposals
+        self.done_reason = f"all {self.config.rounds} rounds made (rounds={self.config.rounds})"
         return []
 
     def _propose(self, ctx: Context) -> list[Candidate]:
         # When every evaluation so far failed nothing is ranked: rewrite the seed prompts instead.
         parents = [c for c, _ in ctx.history.ranked("dev")[: self.config.parents]] or \
-            [Candidate(p, origin="seed") for p in ctx.task.seed_prompts[: self.config.parents]]
-        reqs = [GenRequest(messages=(("user", self.prompts["rewrite"].format(prompt=parents[i % len(parents)].text)),),
+            ([ctx.seed_program] if ctx.seed_program is not None else
+             [Candidate(p, origin="seed") for p in ctx.task.seed_prompts[: self.config.parents]])
+        names = [self.choice.pick(parents[i % len(parents)]) for i in range(self.config.proposals)]
+        reqs = [GenRequest(messages=(("user", self._ask(ctx, parents[i % len(parents)], names[i])),),
                            max_tokens=self.config.max_tokens, temperature=self.config.temperature)
                 for i in range(self.config.proposals)]
         outs = ctx.require_optimizer().generate(reqs, purpose="paraphrase")
         proposals = []
         for i, out in enumerate(outs):
             parent = parents[i % len(parents)]
-            text, problem = clean_prompt(out.text, parent=parent.text, error=out.error)
+            text, problem = clean_prompt(out.text, parent=text_of(parent, names[i]), error=out.error)
             if problem:
                 ctx.note("proposal.rejected", parent=parent.id, reason=problem, raw=out.text)
                 continue
-            cand = parent.revise(text, origin="paraphrase")
+            cand = edited(parent, names[i], text, origin="paraphrase")
             if cand.id in ctx.history or cand in proposals:
                 ctx.note("proposal.rejected", parent=parent.id, reason="duplicate of an earlier candidate", raw=out.text)
                 continue
             proposals.append(cand)
         return proposals
+
+    def _ask(self, ctx: Context, parent: Candidate, name: str | None) -> str:
+        if name is None:
+            return self.prompts["rewrite"].format(prompt=parent.text)
+        role = ctx.component_roles.get(name) or f"the component named {name}"
+        return self.prompts["rewrite_component"].format(prompt=text_of(parent, name), role=role)
 
     def tell(self, ctx: Context, evals: Sequence[Evaluation]) -> None:
         """Nothing to update: the ranking lives in ctx.history."""

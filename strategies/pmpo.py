@@ -26,11 +26,13 @@ from pydantic import Field
 from promptopt.measure.attribution import (LossKind, LossSummary, Segment, SegmentImpact, default_loss, impacts,
                                    marked_segments, mask, merge_segments, split_prompt, summarize, worst_first)
 from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.components import refuse_program
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.registry import register_strategy
 from promptopt.scoring.scorer import reference_text
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
 from promptopt.strategy import Context, ScoreRequest
+from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example
 
 SEGMENT_INSTRUCTION = (
@@ -88,6 +90,10 @@ class PMPO:
         self.masked: list[tuple[Segment, Candidate]] = []
         self.pool: list[Candidate] = []  # this iteration's rewrites
         self.phase = ""  # what the last ask() asked for: "analysis", "rewrite" or "final"
+
+    def check_task(self, task: Task) -> None:
+        refuse_program(task, "pmpo", "it reads the target model's log-likelihoods of one prompt's segments, "
+                                     "and a program's evaluator gives scores only")
 
     # ---- ask / tell ---------------------------------------------------------------------------
 

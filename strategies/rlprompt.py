@@ -29,7 +29,9 @@ from pydantic import Field, model_validator
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.rl_policy import PolicyTrainer, PromptPolicy, PromptSample, load_backbone, seeded_generator
 from promptopt.strategies.blocks.rl_reward import CORRECT_COEFF, INCORRECT_COEFF, classification_reward, mean_score, zscore
+from promptopt.strategies.blocks.components import refuse_program
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
+from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation
 
 # The paper's few-shot classification settings (fsc_config.yaml; research doc §1.6).
@@ -91,6 +93,10 @@ class RLPrompt:
         self.steps_done = 0
         self.evaluated_at = -1  # steps_done when the greedy prompt was last scored on dev
         self._plan: _StepPlan | None = None
+
+    def check_task(self, task: Task) -> None:
+        refuse_program(task, "rlprompt", "its policy writes one whole prompt from scratch, with no place for "
+                                         "a program's named components")
 
     # -- ask / tell --
     def ask(self, ctx: Context) -> Sequence[ScoreRequest]:

@@ -401,12 +401,12 @@ def test_chat_logprobs_results_come_back_from_the_cache(backend, tmp_path):
 
 def test_a_resume_on_a_server_that_lost_logprobs_is_refused_not_rerouted(tmp_path, capsys):
     from promptopt.api import load_run_config, prepare
-    from promptopt.errors import ResumeError
+    from promptopt.errors import CapabilityError
     with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
         assert optimize(tmp_path, srv.url) == 0
         run = run_dir(tmp_path)
         (run / "summary.json").unlink()  # as a run killed before its end leaves it
         srv.logprobs_for = srv.chat_logprobs_served  # from now on the server answers without logprobs
-        with pytest.raises(ResumeError) as e:
+        with pytest.raises(CapabilityError) as e:  # the resume keeps the recorded route, which the server lost
             prepare(load_run_config(run), resume_dir=run)
-    assert "route:chat_logprobs -> " in str(e.value) and "route:generate" in str(e.value)
+    assert "cannot serve choose_route=chat_logprobs" in str(e.value)

@@ -45,8 +45,8 @@ def test_rerun_makes_zero_model_calls(base, tmp_path, capsys):
         d.rename(tmp_path / f"old-{d.name}")
     assert run_cli(*base, capsys=capsys)[0] == 0
     second = json.loads((the_run(tmp_path) / "summary.json").read_text())
-    assert first["cache"]["model_calls"] > 0
-    assert second["cache"]["model_calls"] == 0 and second["cache"]["hits"] > 0
+    assert first["cache"]["model_batches"] > 0
+    assert second["cache"]["model_batches"] == 0 and second["cache"]["hits"] > 0
     assert second["best_prompt"] == first["best_prompt"]
 
 

@@ -80,7 +80,7 @@ def test_unusable_replies_are_noted_and_never_adopted(cls, tmp_path):
     purpose = "evoprompt.crossover" if cls is EvoPromptGA else "evoprompt.de"
     assert all(c.meta["edit"]["op"] == purpose.split(".")[1] and c.parents for c in children)
     assert any(e["type"] == "optimizer_call" and e["purpose"] == purpose for e in events)
-    assert report.stop_reason == "strategy finished"
+    assert report.stop_reason == "strategy finished: all 3 generations made (generations=3)"  # it says why
 
 
 def test_ga_initial_population_and_elitist_survival():

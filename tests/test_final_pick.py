@@ -5,10 +5,11 @@ import json
 import pytest
 
 from promptopt.measure import final_pick
+from promptopt.measure.final_pick import FinalConfig
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.cli import main
-from promptopt.config import FinalConfig, apply_set, build_config
+from promptopt.config import apply_set, build_config
 from promptopt.errors import ConfigError
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun

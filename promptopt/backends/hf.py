@@ -189,6 +189,22 @@ class HFBackend:
         """Tokens of `text` plus the start token the scorer adds (for up-front window checks)."""
         return len(self.tokenizer(text)["input_ids"]) + 1
 
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """The last hidden state mean-pooled over each text's tokens (promptopt.task.retrieval's "hidden"
+        embedding: the target model itself, no extra model). Batches of `batch_size`, right-padded."""
+        out: list[list[float]] = []
+        with torch.inference_mode():
+            for lo in range(0, len(texts), self.batch_size):
+                ids = [self.tokenizer(t)["input_ids"][: self.max_length] or [self._pad_id]
+                       for t in texts[lo:lo + self.batch_size]]
+                width = max(len(i) for i in ids)
+                batch = torch.tensor([i + [self._pad_id] * (width - len(i)) for i in ids], device=self.device)
+                mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=self.device)
+                hidden = self.model(input_ids=batch, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                out.extend(((hidden * m).sum(1) / m.sum(1)).float().cpu().tolist())
+        return out
+
     def _model_window(self) -> int:
         config = self.model.config.get_text_config()
         window = getattr(config, "max_position_embeddings", None)

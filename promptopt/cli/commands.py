@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -96,7 +97,11 @@ def _optimize_parser(sub: Any) -> None:
     _model_flags(o)
     o.add_argument("--optimizer-model", help="optimizer LLM (default: the target model; 'none' for LLM-free strategies)")
     o.add_argument("--optimizer-backend", help="optimizer backend (default: the target's)")
-    o.add_argument("--budget", type=parse_budget, help="500 or examples=500,calls=40,seconds=600,usd=2")
+    o.add_argument("--budget", type=parse_budget,
+                   help="caps the search, not the final report: 500 (scored (prompt, example) pairs) or "
+                        "examples=500,calls=40,tokens=1e6,seconds=600,usd=2 (calls: optimizer-LLM requests); "
+                        "the final report then scores the finalists on dev and the best and the seed on test "
+                        "on top of it (--dry-run prints at most how many)")
     o.add_argument("--max-usd", type=float, help="stop when API spend reaches this many USD")
     o.add_argument("--seed", type=int)
     o.add_argument("--prompt", help="seed prompt (default: the task's)")
@@ -168,12 +173,14 @@ def _explain_parser(sub: Any) -> None:
 
 def _run_view_parsers(sub: Any) -> None:
     """The commands that read a run: show, report, export."""
-    s = sub.add_parser("show", help="top candidates, lineage and score per step of a run")
-    s.add_argument("run")
-    s.add_argument("--top", type=_positive, default=5)
+    s = sub.add_parser("show", help="top candidates, lineage and score per step of a run",
+                       description="Reads the run's events.jsonl (and summary.json once it finished); works on a "
+                                   "run that is still going or was stopped.")
+    s.add_argument("run", nargs="?", help="a run directory, runs/<id> (default: the latest run under runs/)")
+    s.add_argument("--top", type=_positive, default=5, help="how many top candidates by dev score to list (default 5)")
 
     r = sub.add_parser("report", help="self-contained HTML report of a run: plots, lineage, top candidates, cost")
-    r.add_argument("run")
+    r.add_argument("run", nargs="?", help="a run directory, runs/<id> (default: the latest run under runs/)")
     r.add_argument("--out", help="HTML file or folder to write (default: RUN/report.html); PNGs go beside it")
     r.add_argument("--top", type=_positive, default=10, help="how many top candidates to list")
 
@@ -381,7 +388,7 @@ def _list(args: argparse.Namespace) -> int:
             continue
         own = getattr(obj, "__doc__", None) if getattr(obj, "__doc__", None) != getattr(type(obj), "__doc__", 0) else None
         text = own or getattr(sys.modules.get(getattr(obj, "__module__", ""), None), "__doc__", None) or ""
-        doc = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        doc = _first_sentence(text)
         tag = ""
         if args.kind == "strategies":
             wants = needs(obj)
@@ -393,6 +400,13 @@ def _list(args: argparse.Namespace) -> int:
     for name, tag, doc in rows:
         print(f"{name:<{width}}  {tag + '  ' if tag_width else ''}{' ' * (tag_width - len(tag))}{doc}".rstrip())
     return 0
+
+
+def _first_sentence(doc: str) -> str:
+    """A docstring's first sentence, whole even when it wraps over lines (list's one line per plugin)."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    found = re.match(r"(.+?[.!?])(?=\s+[A-Z(]|$)", paragraph)
+    return found[1] if found else paragraph
 
 
 def _download_model(args: argparse.Namespace) -> int:
@@ -424,9 +438,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arg(args: argparse.Namespace) -> Path:
+    """The run named, else the latest one under runs/ (said on stderr, so a user knows which)."""
+    if args.run:
+        return Path(args.run)
+    from promptopt.cli.show import latest_run
+    run = latest_run()
+    print(f"promptopt: {args.command} {run} (the latest run; name another as RUN)", file=sys.stderr)
+    return run
+
+
 def _show(args: argparse.Namespace) -> int:
     from promptopt.cli.show import show_run
-    show_run(Path(args.run), top=args.top)
+    show_run(_run_arg(args), top=args.top)
     return 0
 
 
@@ -437,7 +461,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from promptopt.cli.report import write_report
-    print(f"report: {write_report(Path(args.run), args.out, top=args.top)}")
+    print(f"report: {write_report(_run_arg(args), args.out, top=args.top)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Compare a run's seed prompt, its best discrete prompt and soft prompts tuned on the same task.
 
-One table (dev/test score, trainable parameters, prompt length, wall time, model calls, transfer to a
+One table (dev/test score, trainable parameters, prompt length, wall time, model requests, transfer to a
 second model) and one PNG of dev score against compute, both written into the run dir. Every score
 here is measured now on the same examples with the same scorer; search cost comes from the run's log.
 """
@@ -70,7 +70,7 @@ def _score(task: Task, backend: Any, prompt: str, split: str, limit: int | None)
 
 
 def search_curve(run_dir: Path, dev_size: int) -> list[dict[str, float]]:
-    """Best dev score so far against cumulative model calls and seconds, from the run's events.
+    """Best dev score so far against cumulative model requests and seconds, from the run's events.
 
     A candidate counts once its dev results cover the whole dev split, so a lucky score on a few
     examples does not set the curve."""
@@ -187,7 +187,7 @@ def format_table(comp: Comparison) -> str:
     def num(x: float | None, fmt: str = "{:.3f}") -> str:
         return "-" if x is None else fmt.format(x)
 
-    header = ["method", "dev", "test", "trainable params", "prompt tokens", "seconds", "model calls", "transfers"]
+    header = ["method", "dev", "test", "trainable params", "prompt tokens", "seconds", "model requests", "transfers"]
     has_second = any(r.second_model_test is not None for r in comp.rows)
     if has_second:
         header.append("2nd-model test")
@@ -204,7 +204,7 @@ def format_table(comp: Comparison) -> str:
 
 
 def plot(comp: Comparison, path: Path) -> None:
-    """Dev score against model calls and against wall seconds, one line per method."""
+    """Dev score against model requests and against wall seconds, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -219,7 +219,7 @@ def plot(comp: Comparison, path: Path) -> None:
         seed_dev = next((r.dev for r in comp.rows if r.method == "seed prompt"), None)
         if seed_dev is not None:
             ax.axhline(seed_dev, color="grey", linewidth=0.8, label="seed prompt")
-        ax.set_xlabel("model calls (sequences through the model)" if x == "model_calls" else "wall seconds")
+        ax.set_xlabel("model requests (sequences through the model)" if x == "model_calls" else "wall seconds")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"dev score ({comp.task})")
     axes[1].legend(fontsize=8, loc="lower right")

@@ -36,6 +36,8 @@ def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str,
                    "seed_dev": s.get("seed_dev"), "seed_test": s.get("seed_test")},
         "seed_prompt": s.get("seed_prompt"),
     }
+    if cand.retrieval is not None:  # demos picked per input: the policy, and below the demos one example gets
+        out["retrieval"] = cand.retrieval.to_json()
     try:
         task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     except PromptOptError as e:
@@ -60,8 +62,24 @@ def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str,
         some = ", ".join(list(by_id)[:3])
         raise ConfigError(f"--example-id {example_id!r}: task {task.name} has no such example (ids look like {some})")
     out["example"] = {"id": example.id, "input": example.input, "target": example.target}
+    if cand.retrieval is not None:
+        out.update(_retrieved_for(task, cand, cand.retrieval, example))
     out["rendered"] = task.render(out["prompt"], example)
     return out
+
+
+def _retrieved_for(task: Any, cand: Candidate, policy: Any, example: Any) -> dict[str, Any]:
+    """The demos a retrieval policy gives `example` and the prompt with them; BM25 needs no model, a model
+    embedding is not loaded here (the prompt is then the instruction alone, with a note)."""
+    from promptopt.task.retrieval import Retriever
+    if policy.embedding != "bm25":
+        return {"note": f"demos are retrieved for each input with the {policy.embedding} embedding, which export "
+                        "does not load: the rendered example shows the instruction without them"}
+    train = {ex.id: ex for ex in task.split("train")}
+    ids, = Retriever(list(train.values())).retrieve(policy, [example])
+    demos = [train[i] for i in ids]
+    return {"demo_ids": list(ids), "demos": [{"id": ex.id, "text": task.demo_text(ex)} for ex in demos],
+            "prompt": task.prompt_text(cand.text, demos, (), cand.system)}
 
 
 def format_export(data: dict[str, Any], fmt: str) -> str:

@@ -28,8 +28,12 @@ def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
             *([("route", route)] if (route := _route(run)) else []),
             ("optimizer", run.optimizer.describe() if run.optimizer else "none"),
             ("budget", f"search: {_budget(run)}"),
-            ("final", f"at most {run.final.examples_at_most} more scored examples "
-                      f"(finalists on dev, then the best and the seed on test); {run.final.describe()}"),
+            ("ends", _ends(run)),
+            # What the final pick is paid from the budget (final.*) is inside it; the rest is outside.
+            ("final", f"at most {run.final.examples_at_most - run.final.counted} more scored examples, outside the "
+                      f"budget (finalists on dev, then the best and the seed on test); {run.final.describe()}"),
+            *([("total", f"at most {run.budget.max_examples + run.final.examples_at_most - run.final.counted} "
+                         "scored examples (search + final report)")] if run.budget.max_examples is not None else []),
             ("run dir", str(run.run_dir / f"{run.run_name or '<time>'}-…")),
             ("cache", str(run.cache_path) if run.cache_path else "off"),
             *([("usd", usd)] if (usd := _usd(run)) else [])]
@@ -96,3 +100,18 @@ def _usd(run: ResolvedRun) -> str | None:
     return (f"target at most ~${est['usd']:.4f} at list price: {est['calls']} requests, "
             f"~{est['prompt_tokens']} prompt + {est['completion_tokens']} completion tokens "
             f"(${est['usd_per_1m_input']:g}/${est['usd_per_1m_output']:g} per 1M)")
+
+
+# Settings by which a strategy ends its search itself, before the budget is spent (shown in the plan).
+_OWN_LIMITS = ("steps", "patience", "rounds", "generations", "iterations", "trials", "sets")
+
+
+def _ends(run: ResolvedRun) -> str:
+    """What ends the search: a budget is a cap, not a plan, and the strategy may finish first."""
+    settings: dict[str, Any] = run.strategy_config.model_dump(mode="json") if run.strategy_config is not None else {}
+    own = [f"{k}={settings[k]}" for k in _OWN_LIMITS if settings.get(k) is not None]
+    selection = settings.get("selection")
+    if isinstance(selection, dict) and selection.get("budget") is not None:
+        own.append(f"selection.budget={selection['budget']}")
+    return ("at the first budget limit spent, or sooner when the strategy finishes"
+            + (f" (its own {', '.join(own)})" if own else "") + "; the stop reason says which")

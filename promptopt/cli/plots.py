@@ -33,7 +33,7 @@ def plot_rl_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rewards, dev = rl_curves(run_dir)
     if not rewards and not dev:
         raise ValueError(f"{run_dir} has no RL training notes (was it an rlprompt run?)")
-    fig, reward_ax = plt.subplots(figsize=(7, 4))
+    fig, reward_ax = plt.subplots(figsize=(7, 4), layout="constrained")
     if rewards:
         reward_ax.plot(*zip(*rewards), color="tab:blue", alpha=0.8, label="mean sampled reward")
     reward_ax.set_xlabel("training step")
@@ -42,18 +42,18 @@ def plot_rl_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if dev:
         dev_ax.plot(*zip(*dev), color="tab:red", marker="o", label="greedy prompt, dev")
     dev_ax.set_ylabel("dev score", color="tab:red")
-    fig.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(loc="outside right upper")  # beside the axes: it never hides a point
     out = Path(out) if out is not None else Path(run_dir) / RL_CURVES
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
 
 
-def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]], out: str | Path) -> Path:
-    """Save each candidate's dev score at the step it was proposed, and the best-so-far curve over them."""
+def dev_by_step_figure(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]]) -> Any:
+    """Each candidate's dev score at the step it was proposed, and the best-so-far curve over them; the
+    legend sits outside the axes, so it never hides a point."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     if scores:
         ax.scatter(*zip(*scores), s=14, alpha=0.5, color="tab:blue", label="candidate")
     if best:
@@ -62,8 +62,14 @@ def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[i
     ax.set_xlabel("step")
     ax.set_ylabel("dev score")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(loc="outside right upper")
+    return fig
+
+
+def plot_dev_by_step(scores: Sequence[tuple[int, float]], best: Sequence[tuple[int, float]], out: str | Path) -> Path:
+    """Save dev_by_step_figure to `out`."""
+    plt = _pyplot()
+    fig = dev_by_step_figure(scores, best)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return Path(out)

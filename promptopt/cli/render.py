@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import math
 import shutil
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from promptopt.timing import breakdown_line
 from promptopt.scoring.routes import route_line
-from promptopt.runlog import CONTINUABLE, load_run
+from promptopt.runlog import CONTINUABLE, RunView, load_run
 
 if TYPE_CHECKING:  # a type only: showing a run's tables needs no loop
     from promptopt.loop import Report
@@ -64,6 +66,26 @@ PARTIAL = ("partial: Ctrl-C skipped the final report; the dev scores are as the 
            "the whole dev split) and there is no test score")
 
 
+def stop_text(reason: str | None) -> str:
+    """A stop reason for a line that already says "stop:": a stop condition's recorded "stop: why" loses its
+    prefix (the prefix stays in summary.json, where --resume reads it)."""
+    reason = reason or "-"
+    return reason[len("stop: "):] if reason.startswith("stop: ") else reason
+
+
+def cache_batches(cache: dict) -> Any:
+    """Batches sent to a model in the last session: summary.json's cache.model_batches, which runs made
+    before it was named so call model_calls."""
+    return cache.get("model_batches", cache.get("model_calls", "-"))
+
+
+def answers_warning(view: RunView) -> str | None:
+    """The best prompt's answer warnings (one answer dominates, many are empty), read from the run log."""
+    from promptopt.cli.predictions import best_results, prediction_lines
+    scored = best_results(view)
+    return prediction_lines(scored[1])[1] if scored else None
+
+
 def print_report(report: Report, console: Console | None = None) -> None:
     console = console or Console(width=max(100, shutil.get_terminal_size().columns))
     t = Table(title="promptopt result")
@@ -82,16 +104,21 @@ def print_report(report: Report, console: Console | None = None) -> None:
         console.print(significance_line(report.significance))
     for line in final_pick_lines(report):
         console.print(line)
+    view = load_run(Path(report.run_dir)) if report.run_dir else None
+    warning = answers_warning(view) if view else None
+    if warning:
+        console.print(escape(f"warning: the best prompt's answers: {warning}"), style="bold yellow")
     tu, ou = report.target_usage, report.optimizer_usage
     cache = report.search.get("cache", {})
+    console.print(f"steps {report.steps} · candidates {report.candidates} · stop: {stop_text(report.stop_reason)}")
     console.print(
-        f"steps {report.steps} · candidates {report.candidates} · scored examples {report.search.get('examples', 0)}"
-        f" · optimizer calls {report.search.get('optimizer_calls', 0)} · stop: {report.stop_reason}")
+        f"scored examples: search {report.search.get('examples', 0)} (what --budget caps) + final report "
+        f"{report.final.get('examples', 0)} · optimizer calls {report.search.get('optimizer_calls', 0)}")
     console.print(
         f"target tokens {tu.tokens:,} · optimizer tokens {ou.tokens:,} · usd {tu.usd + ou.usd:.4f}"
-        f" · model calls {cache.get('model_calls', '-')} · cache hits {cache.get('hits', '-')}"
-        f" · failures {report.failures} · {report.seconds:.1f}s")
-    route = route_line(load_run(report.run_dir).events) if report.run_dir else None
+        f" · model requests {tu.calls + ou.calls:,} · model batches {cache_batches(cache)} (this session)"
+        f" · cache hits {cache.get('hits', '-')} · failures {report.failures} · {report.seconds:.1f}s")
+    route = route_line(view.events) if view else None
     if route:
         console.print(route)
     if report.timings:

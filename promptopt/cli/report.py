@@ -15,7 +15,7 @@ from promptopt.api import load_run_config
 from promptopt.cli.front import FRONT_PLOT, front_of, front_section, plot_axes
 from promptopt.cli.plots import plot_dev_by_step, plot_front, plot_rl_curves
 from promptopt.cli.predictions import best_results, prediction_lines
-from promptopt.cli.render import fmt, significance_line
+from promptopt.cli.render import cache_batches, fmt, significance_line, stop_text
 from promptopt.cli.show import meta_text
 from promptopt.config import RunConfig
 from promptopt.errors import PromptOptError
@@ -135,7 +135,7 @@ def _overview(run_dir: Path, view: RunView, config: RunConfig | None) -> str:
             ("strategy", config.strategy if config else "?"), ("seed", config.seed if config else "?"),
             ("target model", f"{target.model} ({target.backend})" if target else "?"),
             ("optimizer model", f"{optimizer.model} ({optimizer.backend})" if optimizer else "none"),
-            ("status", f"finished: {s.get('stop_reason')}" if s else "partial: no summary.json (running or stopped)"),
+            ("status", f"finished: {stop_text(s.get('stop_reason'))}" if s else "partial: no summary.json (running or stopped)"),
             ("steps", s["steps"] if s else max(view.first_step.values(), default=0)),
             ("candidates", len(view.candidates))]
     route = route_line(view.events)
@@ -186,19 +186,22 @@ def _costs(view: RunView) -> str:
         return (name, f"{u.calls:,}", f"{u.prompt_tokens:,}", f"{u.completion_tokens:,}", f"{u.tokens:,}",
                 f"{u.usd:.4f}", f"{u.cache_hits:,}", f"{u.seconds:.1f}")
 
-    usage = _table(("model", "model calls", "prompt tokens", "completion tokens", "tokens", "USD", "cache hits",
+    usage = _table(("model", "model requests", "prompt tokens", "completion tokens", "tokens", "USD", "cache hits",
                     "model seconds"),
                    [row("target", view.target_usage), row("optimizer", view.optimizer_usage),
                     row("total", view.target_usage + view.optimizer_usage)])
     facts = [("wall time (logged, all sessions)", f"{view.wall_seconds:.1f} s"),
-             ("optimizer requests", view.optimizer_calls), ("rejected proposals", view.rejected)]
+             ("optimizer calls (what the `calls` budget counts, cache hits included)", view.optimizer_calls),
+             ("rejected proposals", view.rejected)]
     s = view.summary
     if s:
         cache = s.get("cache", {})
-        facts += [("scored examples during the search", s.get("search", {}).get("examples", "-")),
+        facts += [("scored examples during the search (what the `examples` budget caps)",
+                   s.get("search", {}).get("examples", "-")),
+                  ("scored examples in the final report (outside the budget)", s.get("final", {}).get("examples", "-")),
                   ("failed evaluations", s.get("failures", "-")),
                   ("response cache, last session: hits / misses / model batches",
-                   f"{cache.get('hits', '-')} / {cache.get('misses', '-')} / {cache.get('model_calls', '-')}")]
+                   f"{cache.get('hits', '-')} / {cache.get('misses', '-')} / {cache_batches(cache)}")]
     return "<h2>Cost</h2>" + usage + _table(("counter", "value"), facts, text_col=0) + _time_parts(s)
 
 

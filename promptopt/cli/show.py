@@ -10,9 +10,10 @@ from rich.table import Table
 
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
-from promptopt.cli.render import PARTIAL, fmt, short, significance_line
+from promptopt.cli.render import PARTIAL, fmt, short, significance_line, stop_text
+from promptopt.errors import ConfigError
 from promptopt.scoring.routes import route_line
-from promptopt.runlog import load_run
+from promptopt.runlog import CONFIG, EVENTS, load_run
 
 
 def meta_text(candidate: dict[str, Any]) -> str:
@@ -20,6 +21,22 @@ def meta_text(candidate: dict[str, Any]) -> str:
     values of its meta, one `key: value` line each, or "". Generic: no strategy's keys are known here."""
     meta = candidate.get("meta") or {}
     return "\n".join(f"{k}: {v}" for k, v in meta.items() if isinstance(v, str) and v.strip())
+
+
+def demos_cell(c: dict) -> str:
+    """How many fixed demos, or "knn k=K" for demos retrieved per input."""
+    r = c.get("retrieval")
+    return f"knn k={r['k']}" if r else str(len(c.get("demos", ())))
+
+
+def latest_run(root: Path = Path("runs")) -> Path:
+    """The run most recently started under `root` (by its config.json's time): what `show` and `report`
+    read when no run is named."""
+    runs = [p for p in root.iterdir() if (p / EVENTS).is_file() and (p / CONFIG).is_file()] if root.is_dir() else []
+    if not runs:
+        raise ConfigError(f"no run under {root}/ to show; name one (promptopt show runs/<id>) or run "
+                          "promptopt optimize first")
+    return max(runs, key=lambda p: ((p / CONFIG).stat().st_mtime, p.name))
 
 
 def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> None:
@@ -32,7 +49,7 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     for cid in ranked[:top]:
         c = view.candidates[cid]
         t.add_row(cid[:8], c.get("origin", ""), fmt(view.score(cid)), str(view.n(cid)),
-                  fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", str(len(c.get("demos", ()))),
+                  fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", demos_cell(c),
                   short(c["text"], 60))
     console.print(t)
     best = view.best_id()
@@ -45,6 +62,10 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                 console.print(escape(f"      {short(line, 100)}"))
             if c.get("demos"):
                 console.print(escape(f"      demos (train ids, in order): {', '.join(c['demos'])}"))
+            if c.get("retrieval"):
+                r = c["retrieval"]
+                console.print(escape(f"      demos retrieved per input: k={r['k']} by {r['embedding']}, MMR λ {r['mmr']}, "
+                                     f"{r['order'].replace('_', ' ')}{', label-balanced' if r['balanced'] else ''}"))
     steps = Table(title="best dev score by step")
     for col in ("step", "best dev", "candidates"):
         steps.add_column(col, justify="right")
@@ -66,8 +87,11 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
     if view.summary and view.summary.get("partial"):
         console.print(PARTIAL, style="bold yellow")
     if view.summary:
-        console.print(f"stop: {view.summary.get('stop_reason')} · seed dev {fmt(view.summary.get('seed_dev'))} "
+        console.print(f"stop: {stop_text(view.summary.get('stop_reason'))} · seed dev {fmt(view.summary.get('seed_dev'))} "
                       f"→ best dev {fmt(view.summary.get('best_dev'))}, test {fmt(view.summary.get('best_test'))}")
+        if "final" in view.summary:  # runs made before it was recorded have only the search's count
+            console.print(f"scored examples: search {view.summary.get('search', {}).get('examples', '-')} "
+                          f"(what --budget caps) + final report {view.summary['final'].get('examples', '-')}")
         if view.summary.get("significance"):
             console.print(significance_line(view.summary["significance"]))
         print_front(console, view.summary)

@@ -332,6 +332,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, task_name: str | Non
     summary = load_run(Path(run_dir)).summary
     if summary is None:
         raise ConfigError(f"{run_dir} is not a finished run (no summary.json)")
+    if summary.get("best_retrieval"):
+        raise ConfigError(f"{run_dir}: the best prompt retrieves its demos for each input, which one lm-eval "
+                          "description cannot hold; export it with `promptopt export`")
     spec = cfg.task[len(PREFIX):]
     task, name, path = load_lmeval_task(spec)
     if path is None:

@@ -17,13 +17,32 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-from promptopt.budget import Budget
-from promptopt.config import FinalConfig
+from pydantic import BaseModel, ConfigDict, Field
+
 from promptopt.errors import ConfigError
 from promptopt.measure.significance import compare_paired
 from promptopt.types import Candidate
+
+
+class FinalConfig(BaseModel):
+    """How the final report chooses among the finalists (`final.*` in RunConfig; this module and selector.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pick: Literal["dev", "kfold"] = "dev"  # kfold: repeated k-fold over dev plus train examples
+    folds: int = Field(5, ge=2, strict=True)
+    repeats: int = Field(3, ge=1, strict=True)
+    # Train examples the k-fold pool adds to dev (never a finalist's demo); None: as many as dev has.
+    train_examples: int | None = Field(None, ge=1, strict=True)
+    # Keep the seed prompt unless the pick beats it on the pick's examples with a paired p < alpha.
+    keep_seed_alpha: float | None = Field(None, gt=0, lt=1)
+    selector: Literal["none", "centroid", "logistic"] = "none"  # per-input choice among the finalists
+
+    @property
+    def default(self) -> bool:
+        return self == FinalConfig()
 
 
 def pool_train_size(rule: FinalConfig, dev: int, train: int) -> int:
@@ -56,15 +75,15 @@ def describe(rule: FinalConfig, finalists: int, dev: int, train: int) -> str:
     return text
 
 
-def search_budget(budget: Budget, counted: int) -> Budget:
-    """The budget the search gets when the final report's `counted` examples are kept back for it."""
-    if not counted or budget.max_examples is None:
-        return budget
-    if counted >= budget.max_examples:
+def search_examples(max_examples: int | None, counted: int) -> int | None:
+    """The search's example limit when the final report's `counted` examples are kept back from `max_examples`."""
+    if not counted or max_examples is None:
+        return max_examples
+    if counted >= max_examples:
         raise ConfigError(f"the final pick needs up to {counted} scored examples from the budget of "
-                          f"{budget.max_examples}, which leaves none for the search; raise budget.examples or "
+                          f"{max_examples}, which leaves none for the search; raise budget.examples or "
                           "lower final.train_examples / final_top_k")
-    return budget.model_copy(update={"max_examples": budget.max_examples - counted})
+    return max_examples - counted
 
 
 def train_pool(order: Sequence[str], finalists: Sequence[Candidate], n: int) -> tuple[str, ...]:

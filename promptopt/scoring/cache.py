@@ -112,6 +112,30 @@ def _checksum(key: str, text: str) -> str:
     return hashlib.sha256(f"{key}\x00{text}".encode("utf-8", "surrogatepass")).hexdigest()[:_SUM]
 
 
+def _verified(row: tuple[str, bytes]) -> Any:
+    """A stored value, checked against its checksum (ValueError when damaged)."""
+    key, value = row
+    text = value.decode("utf-8")
+    if text[:_SUM] != _checksum(key, text[_SUM:]):
+        raise ValueError("checksum mismatch")
+    return json.loads(text[_SUM:])
+
+
+def _decode_all(rows: Iterable[tuple[str, Any]], decode: Callable[[Any], Any], errors: Any, where: str, what: str,
+                stacklevel: int) -> dict[str, Any]:
+    """`decode` each (key, raw) pair; one that raises `errors` is left out, and all are counted in one warning."""
+    found, bad = {}, 0
+    for key, raw in rows:
+        try:
+            found[key] = decode((key, raw))
+        except errors:
+            bad += 1
+    if bad:
+        warnings.warn(f"{where}: {bad} {what} ignored; asking the model instead", CacheWarning,
+                      stacklevel=stacklevel)
+    return found
+
+
 class ResponseCache:
     """Key -> JSON object store in one SQLite file; batch reads and writes are one statement each.
 
@@ -231,19 +255,8 @@ class ResponseCache:
         query = ("SELECT key, CAST(value AS BLOB) FROM responses "
                  "WHERE key IN (SELECT value FROM json_each(?))")
         rows = self._locked(lambda: self._conn.execute(query, (json.dumps(list(keys)),)).fetchall())
-        found, damaged = {}, 0
-        for key, value in rows:
-            try:
-                text = value.decode("utf-8")
-                if text[:_SUM] != _checksum(key, text[_SUM:]):
-                    raise ValueError("checksum mismatch")
-                found[key] = json.loads(text[_SUM:])
-            except ValueError:  # damaged: treated as absent, and overwritten by the next put
-                damaged += 1
-        if damaged:
-            warnings.warn(f"response cache {self.path}: {damaged} damaged value(s) (checksum mismatch) ignored; "
-                          "asking the model instead", CacheWarning, stacklevel=3)
-        return found
+        # damaged (bad UTF-8, checksum or JSON): treated as absent, and overwritten by the next put
+        return _decode_all(rows, _verified, ValueError, f"response cache {self.path}", "damaged value(s) (checksum mismatch)", 4)
 
     def put_many(self, items: Mapping[str, Any]) -> None:
         """Store JSON-serializable values under their keys in one transaction."""
@@ -398,16 +411,9 @@ class CachedBackend:
         except CacheError as e:
             warnings.warn(f"{e}; asking the model instead", CacheWarning, stacklevel=4)
             return {}
-        found, unreadable = {}, 0
-        for key, value in stored.items():
-            try:
-                found[key] = decode(value)
-            except (KeyError, TypeError):  # a record we cannot read is a miss; the model's answer replaces it
-                unreadable += 1
-        if unreadable:
-            warnings.warn(f"response cache {self.cache.path}: {unreadable} value(s) of the wrong shape ignored; "
-                          "asking the model instead", CacheWarning, stacklevel=4)
-        return found
+        # a record we cannot read is a miss; the model's answer replaces it
+        return _decode_all(stored.items(), lambda kv: decode(kv[1]), (KeyError, TypeError),
+                           f"response cache {self.cache.path}", "value(s) of the wrong shape", 5)
 
     def _store(self, items: dict[str, Any]) -> None:
         if self.cache is None or not items:

@@ -181,18 +181,28 @@ _hub_up: bool | None = None  # the probe's answer, once per process
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers a TCP connect within `timeout` (asked once per process)."""
+    """Whether the hub's host answers a TCP connect within `timeout` (asked once per process). The name
+    lookup counts too: a socket's timeout does not bound it, and a slow resolver took 20 s, so the probe
+    runs in a daemon thread that is given up on after `timeout`."""
     global _hub_up
     if _hub_up is None:
         import socket
+        import threading
         from urllib.parse import urlparse
         url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-        try:
-            socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
-                                     timeout=timeout).close()
-            _hub_up = True
-        except OSError:
-            _hub_up = False
+        answer: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                         timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                answer.append(False)
+        thread = threading.Thread(target=probe, name="promptopt-hub-probe", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        _hub_up = bool(answer and answer[0])
     return _hub_up
 
 

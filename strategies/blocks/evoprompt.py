@@ -146,7 +146,10 @@ class Evolution(IterativeSearch):
         self.population = top(scored, max(1, self.config.population // 2))
 
     def finished(self, ctx: Context) -> bool:
-        return self.iteration > self.config.generations
+        if self.iteration > self.config.generations:
+            self.done_reason = f"all {self.config.generations} generations made (generations={self.config.generations})"
+            return True
+        return False
 
     def propose(self, ctx: Context) -> list[Member]:
         if self.iteration == 1:

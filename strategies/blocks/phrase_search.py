@@ -15,6 +15,7 @@ from pydantic import Field
 from promptopt.backends.base import GenRequest
 from promptopt.strategies.blocks.edits import (PARAPHRASE, Edit, Pieces, apply_edit, deleted_after, is_sane, plan_edit, render, segment,
                     tidy)
+from promptopt.strategies.blocks.components import ComponentChoice, edited, text_of
 from promptopt.strategies.blocks.parsing import strip_wrapping
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, best
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
@@ -58,10 +59,20 @@ class PhraseSearch(IterativeSearch):
     def __init__(self, config: PhraseSearchConfig):
         super().__init__(config)
         self.prompts = config.templates()
+        self.choice = ComponentChoice()  # a program: which component each mutant edits
+        self.done_reason = ""  # why the search ended (Strategy's optional done_reason)
+        self.unscored: tuple[int, int] | None = None  # the last mutants(): (edits not scored before, asked for)
 
     def finished(self, ctx: Context) -> bool:
         patience = self.config.patience
-        return self.iteration >= self.config.steps or (patience is not None and self.stale >= patience)
+        if self.iteration >= self.config.steps:
+            self.done_reason = f"all {self.config.steps} steps made (steps={self.config.steps})"
+        elif patience is not None and self.stale >= patience:
+            self.done_reason = f"no new best for {self.stale} steps in a row (patience={patience})"
+        if self.done_reason and self.unscored and self.unscored[0] < self.unscored[1]:
+            self.done_reason += (f"; the edits ran out: the last step found {self.unscored[0]} unscored edit(s) of "
+                                 f"the {self.unscored[1]} it asked for (a short prompt has few phrases to edit)")
+        return bool(self.done_reason)
 
     def ops(self, ctx: Context) -> list[str]:
         return [op for op in self.config.edits if op != PARAPHRASE or ctx.optimizer is not None]
@@ -83,12 +94,14 @@ class PhraseSearch(IterativeSearch):
                 if child is not None and child.id != parents[i].id and child.id not in exclude \
                         and child.id not in taken and is_sane(child.text):
                     found[i] = child
+        self.unscored = (sum(1 for m in found.values() if m.id not in ctx.history), len(parents))
         return [found[i] for i in sorted(found)]
 
     def _edit_all(self, ctx: Context, parents: Sequence[Member]) -> list[Member | None]:
         ops = self.ops(ctx)
+        names = [self.choice.pick(p.candidate) for p in parents]
         states: list[tuple[Pieces, tuple[str, ...], list[Edit]] | None] = [
-            (self.segment(p.text), p.deleted, []) for p in parents]
+            (self.segment(text_of(p.candidate, n)), p.deleted, []) for p, n in zip(parents, names)]
         for _ in range(self.config.compose):
             plans = [plan_edit(s[0], ctx.rng, ops, s[1]) if s else None for s in states]
             plans = self.fill_paraphrases(ctx, plans)
@@ -99,16 +112,16 @@ class PhraseSearch(IterativeSearch):
                 pieces, deleted, done = state
                 text = tidy(render(apply_edit(pieces, plan)))
                 states[k] = (self.segment(text), deleted_after(deleted, plan), done + [plan])
-        return [self._child(p, s) if s else None for p, s in zip(parents, states)]
+        return [self._child(p, s, n) if s else None for p, s, n in zip(parents, states, names)]
 
     @staticmethod
-    def _child(parent: Member, state: tuple[Pieces, tuple[str, ...], list[Edit]]) -> Member:
+    def _child(parent: Member, state: tuple[Pieces, tuple[str, ...], list[Edit]], name: str | None) -> Member:
         pieces, deleted, edits = state
         if len(edits) == 1:
             origin, record = f"plum.{edits[0].op}", edits[0].to_json()
         else:
             origin, record = "plum.compose", {"op": "compose", "steps": [e.to_json() for e in edits]}
-        cand = parent.candidate.revise(render(pieces), origin=origin, meta={"edit": record})
+        cand = edited(parent.candidate, name, render(pieces), origin=origin, meta={"edit": record})
         return Member(cand, deleted=deleted)
 
     def fill_paraphrases(self, ctx: Context, plans: Sequence[Edit | None]) -> list[Edit | None]:

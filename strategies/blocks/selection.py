@@ -96,6 +96,10 @@ def check_racing(racing: RacingConfig, dev_size: int) -> None:
                           "racing needs at least one full block; lower racing.block")
 
 
+METHOD_NAMES = {"bf": "brute force", "ucb": "UCB", "ucb-e": "UCB-E", "sr": "successive rejects",
+                "sh": "successive halving", "race": "racing"}
+
+
 class SelectionConfig(StrictSettings):
     """Settings of one selection step; strategies embed it (e.g. `--set apo.selection.method=sr`)."""
 
@@ -163,6 +167,14 @@ class Selector:
                 return batch
         self.done = True
         return []
+
+    @property
+    def done_reason(self) -> str:
+        """Why the selection ended, for a strategy's done_reason (the budget is a cap the plan may not reach)."""
+        if not self.done:
+            return ""
+        return (f"{METHOD_NAMES.get(self.method, self.method)} over {len(self._arms)} candidates ended after "
+                f"{self.spent} of its {self.budget} examples")
 
     def update(self, evals: Sequence[Evaluation]) -> None:
         """Take note of the last batch's results (the means themselves are read from the history)."""

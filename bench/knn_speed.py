@@ -1,0 +1,73 @@
+"""Scoring throughput: one fixed k-demo set vs k demos retrieved per input (hf backend, embedded model, no cache).
+
+    PROMPTOPT_DATA_DIR=../shared/data python bench/knn_speed.py --task agnews --n 48 --k 4
+
+Both go through the loop's scoring (`Run.score`), as in a run: a fixed set is one shared prefix for all
+inputs; retrieval groups inputs that retrieved the same demos and sends every group in one backend call,
+whose prefix sharing keeps the instruction (and each input's context across its options) computed once.
+Settings alternate (fixed, retrieved, fixed, retrieved) so a change in machine load hits both; the CPU
+seconds of this process (all its threads) are shown too, as they move less than wall time on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from promptopt.api import load_task
+from promptopt.backends.hf import HFBackend
+from promptopt.budget import Budget
+from promptopt.task.demos import sample_demo_ids
+from promptopt.loop import Run
+from promptopt.resolved import ResolvedRun
+from promptopt.task.retrieval import RetrievalPolicy
+from promptopt.strategies.fewshot import FewShot, FewShotConfig
+from promptopt.strategy import ScoreRequest
+from promptopt.types import Candidate
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="agnews")
+    p.add_argument("--n", type=int, default=48, help="dev examples scored per setting and repeat")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--embedding", default="bm25")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args(argv)
+    task = load_task(args.task)
+    backend = HFBackend()
+    run = Run(ResolvedRun(task=task, strategy=FewShot(FewShotConfig()), budget=Budget()), target=backend,
+              optimizer=None)
+    queries = list(task.split("dev"))
+    seed = task.seed_prompts[0]
+    fixed = Candidate(seed, demos=sample_demo_ids(task.split("train"), args.k, random.Random("throughput")))
+    knn = Candidate(seed, retrieval=RetrievalPolicy(k=args.k, embedding=args.embedding))
+    split = "dev"  # test ids are known to a Run only in its final report
+    run.score([ScoreRequest(fixed, split, example_ids=tuple(ex.id for ex in queries[:4]))])  # first-call overheads
+    run.retriever.index(args.embedding)  # built once per run, outside the timed part
+    print("| setting | k | examples | seconds | examples/s | CPU s / example | distinct demo sets | accuracy |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    rates: dict[str, list[float]] = {"fixed": [], "retrieved": []}
+    cpu: dict[str, list[float]] = {"fixed": [], "retrieved": []}
+    pool = [ex for ex in task.split(split)]
+    for rep in range(args.repeats):
+        ids = tuple(ex.id for ex in pool[rep * args.n:(rep + 1) * args.n])
+        for name, cand in (("fixed", fixed), ("retrieved", knn)):
+            started, cpu0 = time.perf_counter(), time.process_time()
+            ev, = run.score([ScoreRequest(cand, split, example_ids=ids)])
+            secs, cpu_secs = time.perf_counter() - started, time.process_time() - cpu0
+            sets = len({tuple(d) for d in run.retriever.retrieve(knn.retrieval, [run._example(split, i) for i in ids])}) \
+                if name == "retrieved" else 1
+            rates[name].append(len(ids) / secs)
+            cpu[name].append(cpu_secs / len(ids))
+            print(f"| {name} | {args.k} | {len(ids)} | {secs:.1f} | {len(ids) / secs:.2f} | {cpu_secs / len(ids):.2f} | "
+                  f"{sets} | {ev.score:.3f} |", flush=True)
+    fixed_rate, knn_rate = (sum(v) / len(v) for v in (rates["fixed"], rates["retrieved"]))
+    fixed_cpu, knn_cpu = (sum(v) / len(v) for v in (cpu["fixed"], cpu["retrieved"]))
+    print(f"\nretrieved / fixed examples/s: {knn_rate / fixed_rate:.2f} (wall), {fixed_cpu / knn_cpu:.2f} (CPU time)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Optimize a whole program: a two-step pipeline written as a plain Python function, making its own model calls.
+
+Step 1 (component "extract") has the model write down what matters in a LIAR record (the claim and who made
+it); step 2 (component "answer") judges, from that extract alone, whether the statement is a lie (" Yes" /
+" No" by log-likelihood). promptopt sees only `evaluate(components, examples) -> [Result]`: it proposes new
+component texts (one component per proposal, in turns), caches, logs every result with its trace, and
+reports the best program on held-out test examples.
+
+    python examples/program_pipeline.py                 # the embedded model on CPU: 40 examples, a few minutes
+    python examples/program_pipeline.py RUN_DIR         # resume a run killed midway (no result is redone)
+"""
+import sys
+
+import promptopt
+from promptopt.backends.base import GenRequest, LLRequest
+from promptopt.backends.hf import HFBackend
+from promptopt.resolved import load_task
+
+lm = HFBackend(model="embedded")  # the harness's own client; any client works, promptopt never sees it
+liar = load_task("liar", options={"dev_size": 8})  # the user's data: here LIAR's records (ProTeGi's files)
+dev, test = list(liar.split("dev")), list(liar.split("test"))[:8]
+
+
+def evaluate(components, examples):
+    """The program on a batch of examples: two model calls per example, one score each."""
+    extracts = lm.generate([GenRequest(prompt=f"{components['extract']}\n\n{ex.input}\n\nWhat matters:",
+                                       max_tokens=24, stop=("\n\n",)) for ex in examples])
+    facts = [e.text.strip() for e in extracts]
+    asks = [f"{components['answer']}\n\n{f}\n\nIs the statement a lie? Answer:" for f in facts]
+    lls = lm.loglikelihood([LLRequest(a, opt) for a in asks for opt in (" No", " Yes")])
+    results = []
+    for i, ex in enumerate(examples):
+        no, yes = lls[2 * i].logprob, lls[2 * i + 1].logprob
+        results.append(promptopt.Result(score=float((yes > no) == (ex.label == 1)), output="Yes" if yes > no else "No",
+                                        trace={"extract": facts[i], "logprob_yes": yes, "logprob_no": no}))
+    return results
+
+
+program = promptopt.Program(
+    {"extract": ("Write down the claim in this record and who made it, in one sentence.",
+                 "pulls the claim and its speaker out of a LIAR record"),
+     "answer": ("Decide whether the statement below is false.", "judges the claim from the extract alone")},
+    evaluate, dev=dev, test=test, batch_size=8, name="liar-pipeline")
+
+resume = sys.argv[1] if len(sys.argv) > 1 else None
+report = promptopt.optimize(program=program, strategy="hill_climb", optimizer_model=None, resume=resume,
+                            budget={"max_examples": 24}, strategy_options={"candidates": 2}, seed=0)
+print("run:", report.run_dir, "| stop:", report.stop_reason)
+print(f"seed program: dev {report.seed_dev:.3f} test {report.seed_test}")
+print(f"best program: dev {report.best_dev:.3f} test {report.best_test}")
+for name, text in report.best_components.items():
+    print(f"  {name}: {text}")
