@@ -161,6 +161,7 @@ def test_the_dry_run_states_the_rule_and_its_cost(capsys, tmp_path):
     assert "3x repeated 5-fold over dev 24 + train 20" in plan["final"]
     assert "keep the seed unless beaten with p < 0.05" in plan["final"]
     assert "60 of its scored examples, at most, come out of the example budget" in plan["final"]
+    assert plan["budget"].endswith("examples 300 (60 of the examples kept for the final pick)")
     code = main(["optimize", *FAKE, "--budget", "50", "--set", "final.pick=kfold", "--dry-run"])
     assert code == 2 and "leaves none for the search" in capsys.readouterr().err
 

@@ -27,7 +27,8 @@ def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
             ("target", run.target.describe() if run.target else "none"),
             *([("route", route)] if (route := _route(run)) else []),
             ("optimizer", run.optimizer.describe() if run.optimizer else "none"),
-            ("budget", f"search: {_budget(run)}"),
+            ("budget", f"search: {_budget(run)}" + (f" ({run.final.counted} of the examples kept for the final pick)"
+                                                    if run.final.counted and run.budget.max_examples else "")),
             ("ends", _ends(run)),
             # What the final pick is paid from the budget (final.*) is inside it; the rest is outside.
             ("final", f"at most {run.final.examples_at_most - run.final.counted} more scored examples, outside the "
