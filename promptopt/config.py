@@ -5,7 +5,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -13,6 +13,7 @@ from promptopt import registry
 from promptopt.budget import Budget
 from promptopt.task.data import lone_surrogate
 from promptopt.errors import ConfigError
+from promptopt.measure.final_pick import FinalConfig
 from promptopt.measure.objectives import check_objectives, check_weights
 from promptopt.paths import has_password, read_text, redact
 
@@ -75,6 +76,7 @@ class RunConfig(BaseModel):
     cache: bool = True
     cache_path: str | None = None
     final_top_k: int = Field(3, ge=1)
+    final: FinalConfig = Field(default_factory=FinalConfig)
     max_failures: int = Field(20, ge=1)
     test_limit: int | None = Field(None, ge=1)
     demos: int = Field(0, ge=0, description="train demos every seed candidate carries (label-balanced draw)")
@@ -111,6 +113,13 @@ class RunConfig(BaseModel):
         check_weights(self.objective_weights, self.objectives)
         return self
 
+    @model_validator(mode="after")
+    def _final_rule_by_the_task_metric(self) -> "RunConfig":
+        if not self.final.default and self.objectives != ["task"]:
+            raise ValueError("final.pick=kfold, final.keep_seed_alpha and final.selector choose by the task "
+                             "metric; they cannot be combined with objectives other than task")
+        return self
+
     @field_validator("prompt")
     @classmethod
     def _encodable(cls, prompt: str | None) -> str | None:
@@ -139,12 +148,13 @@ def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
 
 # Short section names accepted by --set, mapped to RunConfig fields.
 _SECTIONS = {"task": "task_options", "backend": "target.options", "target": "target",
-             "optimizer": "optimizer", "budget": "budget", "objective_weights": "objective_weights"}
+             "optimizer": "optimizer", "budget": "budget", "objective_weights": "objective_weights",
+             "final": "final"}
 
 
 def apply_set(data: dict[str, Any], assignment: str) -> None:
     """Apply one `--set a.b=c`. `<strategy>.x` sets a strategy option, `task.x` a task option,
-    `backend.x` a target backend option, `budget.x`, `target.x`, `optimizer.x` and top-level keys as named."""
+    `backend.x` a target backend option, `budget.x`, `final.x`, `target.x`, `optimizer.x` and top-level keys as named."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
@@ -159,7 +169,7 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
         _set_path(data, [*_SECTIONS[head].split("."), *parts[1:]], value)
     else:
         raise ConfigError(f"--set {key}: unknown section {head!r} (use the strategy's name, task, backend, "
-                          f"budget, target, optimizer, or a top-level key)")
+                          f"budget, final, target, optimizer, or a top-level key)")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

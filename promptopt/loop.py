@@ -18,7 +18,9 @@ from promptopt.task.data import test_sample
 from promptopt.task.demos import check_demo_ids, sample_demo_ids
 from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, ConfigError, PromptOptError, ResumeError,
                               RunStopped)
+from promptopt.measure import final_pick
 from promptopt.measure.objectives import Measurer
+from promptopt.measure.selector import Selector
 from promptopt.resolved import ResolvedRun
 from promptopt.task.retrieval import Retriever, check_embedding, check_policy
 from promptopt.runlog import RunLog
@@ -61,6 +63,8 @@ class Report:
     objectives: dict[str, Any] | None = None  # several objectives: the finalists' front (objectives.py)
     timings: dict[str, float] = field(default_factory=dict)  # this session's wall time by part (timing.py)
     partial: bool = False  # a second Ctrl-C skipped the final report: dev scores as they were, no test
+    final_pick: dict[str, Any] | None = None  # a final.* rule other than the dev pick: what it saw and chose
+    selector: dict[str, Any] | None = None  # final.selector: per-input choice vs the pick, on test
     best_retrieval: dict[str, Any] | None = None  # the best candidate's retrieval policy (demos per input)
     best_components: dict[str, str] = field(default_factory=dict)  # a program's best candidate (promptopt.program)
 
@@ -78,6 +82,8 @@ class Report:
             "best_demos": list(self.best_demos), "best_prefix": self.best_prefix,
             "significance": self.significance, **({"objectives": self.objectives} if self.objectives else {}),
             "timings": self.timings, **({"partial": True} if self.partial else {}),
+            **({"final_pick": self.final_pick} if self.final_pick else {}),
+            **({"selector": self.selector} if self.selector else {}),
             **({"best_retrieval": self.best_retrieval} if self.best_retrieval else {}),
             **({"best_components": self.best_components} if self.best_components else {}),
         }
@@ -169,11 +175,14 @@ class Run:
         self.seed = seed
         self.log = log
         # Wall time is not replayable: the recorded run passed its time checks, so replay skips them.
-        self.tracker = BudgetTracker(resolved.budget, replaying=lambda: self.log is not None and self.log.replaying)
+        # The search gets the budget less what the final pick is paid from it (final_pick.py).
+        self.tracker = BudgetTracker(resolved.budget.model_copy(update={"max_examples": final_pick.search_examples(
+            resolved.budget.max_examples, resolved.final.counted)}), replaying=lambda: self.log is not None and self.log.replaying)
         self.history = History()
         self.step = 0
         self.seed_prompt = resolved.seed_prompt
         self.final_top_k = resolved.final_top_k
+        self.final_rule = resolved.final_rule
         self.max_failures = resolved.max_failures
         self.test_limit = resolved.test_limit
         self.on_step = on_step
@@ -589,16 +598,20 @@ class Run:
             todo = [r for r in reqs if r.example_ids]
             if todo:
                 self.callbacks.emit("on_phase", self, "final", sum(len(r.example_ids or ()) for r in todo))
-            for ev in self.score(todo, phase="final"):
-                self._record(ev, search=False)
+            for ev in self.score(todo, phase="final"):  # a selector learns from these: the budget pays
+                self._record(ev, search=self.final_rule.selector != "none")
         full = len(self.task.split("dev"))
         ranked = [(c, self.history.score(c.id, "dev")) for c in finalists
                   if self.history.n_scored(c.id, "dev") == full] or [(seed, math.nan)]
         best = max(ranked, key=lambda cs: -math.inf if math.isnan(cs[1]) else cs[1])[0]
-        front = None
+        front = pick = None
+        if not self.final_rule.default and scoring and not math.isnan(ranked[0][1]):
+            pool = self._final_pool([c for c, _ in ranked])
+            best, pick = final_pick.choose(self.final_rule, [c for c, _ in ranked], seed, best,
+                                           self._scores_on([c for c, _ in ranked], pool), pool, self.seed)
         if self.objectives is not None and not math.isnan(ranked[0][1]):  # several objectives: by the stated rule
             best, front = self.objectives.choose([c for c, _ in ranked], self.history, best)
-        seed_test = best_test = significance = None
+        seed_test = best_test = significance = selection = None
         if scoring and self.task.split("test"):
             test = list(self.task.split("test"))
             test = test_sample(test, self.test_limit)
@@ -615,7 +628,63 @@ class Run:
                 by_ex = [{r.example_id: r.score for r in ev.results} for ev in evs]
                 shared = [i for i in ids if i in by_ex[0] and i in by_ex[1]]
                 significance = compare_paired([by_ex[1][i] for i in shared], [by_ex[0][i] for i in shared])
-        return self._report(seed, best, seed_test, best_test, significance, front, started)
+            if pick is not None and self.final_rule.selector != "none" and all(ev.state == "complete" for ev in evs):
+                selection = self._select([c for c, _ in ranked], best, pool, ids)
+        report = self._report(seed, best, seed_test, best_test, significance, front, started)
+        report.final_pick, report.selector = pick, selection
+        return report
+
+    def _final_pool(self, finalists: list[Candidate]) -> list[str]:
+        """The examples the final rule chooses by: dev, and with pick=kfold the train examples (no finalist's
+        demo) that every finalist is then scored on, paid from the budget."""
+        pool = [ex.id for ex in self.task.split("dev")]
+        n = final_pick.pool_train_size(self.final_rule, len(pool), len(self.task.split("train")))
+        if not n:
+            return pool
+        train = final_pick.train_pool([ex.id for ex in self._order["train"]], finalists, n)
+        reqs = [ScoreRequest(c, "train", example_ids=tuple(i for i in train if i not in self.history.results(c.id, "train")))
+                for c in finalists]
+        todo = [r for r in reqs if r.example_ids]
+        if todo:
+            self.callbacks.emit("on_phase", self, "final", sum(len(r.example_ids or ()) for r in todo))
+        for ev in self.score(todo, phase="final"):
+            self._record(ev, search=True)
+        return pool + list(train)
+
+    def _scores_on(self, cands: list[Candidate], ids: list[str], split: str | None = None) -> dict[str, dict[str, float]]:
+        """Each candidate's per-example scores on `ids` (dev or train; or all from `split`)."""
+        out = {}
+        for c in cands:
+            got = {i: r.score for s in ((split,) if split else ("dev", "train"))
+                   for i, r in self.history.results(c.id, s).items()}
+            out[c.id] = {i: got[i] for i in ids if i in got}
+        return out
+
+    def _select(self, finalists: list[Candidate], best: Candidate, pool: list[str], test_ids: tuple[str, ...]
+                ) -> dict[str, Any]:
+        """final.selector: learned on the pool's scores, each test input routed to one finalist (the inputs
+        routed away from `best` are scored now), reported against `best` on the same test examples."""
+        learned = self._scores_on(finalists, pool)
+        selector = Selector(self.final_rule.selector, [_text(self._by_id[i]) for i in pool],
+                            {c.id: [learned[c.id][i] for i in pool] for c in finalists}, default=best.id)
+        choice = {i: selector.choose(_text(self._test_by_id[i])) for i in test_ids}
+        missing: dict[str, list[str]] = {}
+        for i, cid in choice.items():
+            if i not in self.history.results(cid, "test"):
+                missing.setdefault(cid, []).append(i)
+        reqs = [ScoreRequest(self.history.candidate(cid), "test", example_ids=tuple(ids)) for cid, ids in missing.items()]
+        if reqs:
+            self.callbacks.emit("on_phase", self, "test", sum(len(ids) for ids in missing.values()))
+            for ev in self.score(reqs, phase="test"):
+                self._record(ev, search=False)
+        on_test = self._scores_on(finalists, list(test_ids), "test")
+        chosen = [on_test[choice[i]][i] for i in test_ids]
+        base = [on_test[best.id][i] for i in test_ids]
+        counts: dict[str, int] = {}
+        for cid in choice.values():
+            counts[cid] = counts.get(cid, 0) + 1
+        return {"method": self.final_rule.selector, "learned_on": len(pool), "test": sum(chosen) / len(chosen),
+                "pick_test": sum(base) / len(base), "choices": counts, "significance": compare_paired(base, chosen)}
 
     def _report(self, seed: Candidate, best: Candidate, seed_test: float | None, best_test: float | None,
                 significance: dict[str, Any] | None, front: Any, started: float | None) -> Report:
@@ -642,6 +711,11 @@ def _check_recorded_candidate(rec: dict[str, Any], path: Any) -> None:
     if Candidate.from_json(rec).id != rec["candidate_id"]:
         raise ResumeError(f"{path}: event {rec.get('seq')} (candidate {rec['candidate_id']}) does not match its "
                           "own content; the log was edited. Resume from an unedited log")
+
+
+def _text(ex: Example) -> str:
+    """What a selector reads of an example: its input and extra fields, never its answer."""
+    return " ".join([ex.input, *map(str, ex.fields.values())])
 
 
 def _merge(evals: Sequence[Evaluation], owner: Sequence[int], reqs: Sequence[ScoreRequest]) -> list[Evaluation]:

@@ -16,6 +16,8 @@ from promptopt.backends.base import Backend
 from promptopt.budget import Budget
 from promptopt.scoring.cache import default_cache_path
 from promptopt.config import ModelConfig, RunConfig, backend_options, strategy_config
+from promptopt.measure import final_pick
+from promptopt.measure.final_pick import FinalConfig
 from promptopt.task.data import test_sample
 from promptopt.errors import CapabilityError, ConfigError
 from promptopt.strategy import Strategy, StrategyConfig, check_task, needs
@@ -99,17 +101,30 @@ class BackendSpec:
 
 @dataclass(frozen=True)
 class FinalPlan:
-    """What the final report scores: the top `top_k` finalists and the seed complete the dev split, then
-    the best and the seed score the test sample."""
+    """What the final report scores, at most: the top_k finalists and the seed on the whole dev split (and,
+    with final.pick=kfold, on the pool's train examples), then the best and the seed on the test sample
+    (and, with a selector, the test inputs it routes to other finalists). `counted`: the part the example
+    budget pays for (promptopt/final_pick.py)."""
 
     top_k: int
     dev: int
     test: int  # the test sample's size (after --test-limit)
     test_of: int  # the whole test split's
+    rule: FinalConfig = field(default_factory=FinalConfig)
+    train: int = 0  # the train split's size
 
     @property
     def examples_at_most(self) -> int:
-        return self.dev * (self.top_k + 1) + 2 * self.test
+        finalists = self.top_k + 1
+        pool = self.dev + final_pick.pool_train_size(self.rule, self.dev, self.train)
+        return finalists * pool + 2 * self.test + (self.test if self.rule.selector != "none" else 0)
+
+    @property
+    def counted(self) -> int:
+        return final_pick.counted_examples(self.rule, self.top_k + 1, self.dev, self.train)
+
+    def describe(self) -> str:
+        return final_pick.describe(self.rule, self.top_k + 1, self.dev, self.train)
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,7 @@ class ResolvedRun:
     seed: int = 0
     prompt: str | None = None  # a user's seed prompt (--prompt); None: the task's first
     final_top_k: int = 3
+    final_rule: FinalConfig = field(default_factory=FinalConfig)  # how the final report picks (final_pick.py)
     max_failures: int = 20
     test_limit: int | None = None
     demos: int = 0
@@ -144,7 +160,8 @@ class ResolvedRun:
     @property
     def final(self) -> FinalPlan:
         return FinalPlan(self.final_top_k, len(self.task.split("dev")),
-                         len(test_sample(self.task.split("test"), self.test_limit)), len(self.task.split("test")))
+                         len(test_sample(self.task.split("test"), self.test_limit)), len(self.task.split("test")),
+                         self.final_rule, len(self.task.split("train")))
 
 
 def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
@@ -158,12 +175,14 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
     warn_reused_splits(task)
     check_task(strategy, task.without_test())  # settings the task cannot carry: refused before any model loads
     optimizer = optimizer_config(strategy_cls, cfg)
-    return ResolvedRun(
+    run = ResolvedRun(
         task=task, strategy=strategy, strategy_config=settings, strategy_name=cfg.strategy,
         target=BackendSpec.of(cfg.target, "target"),
         optimizer=BackendSpec.of(optimizer, "optimizer") if optimizer is not None else None,
-        budget=cfg.budget, seed=cfg.seed, prompt=cfg.prompt, final_top_k=cfg.final_top_k,
+        budget=cfg.budget, seed=cfg.seed, prompt=cfg.prompt, final_top_k=cfg.final_top_k, final_rule=cfg.final,
         max_failures=cfg.max_failures, test_limit=cfg.test_limit, demos=cfg.demos,
         objectives=tuple(cfg.objectives), objective_weights=dict(cfg.objective_weights),
         run_dir=Path(cfg.run_dir), run_name=cfg.run_name,
         cache_path=(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None)
+    final_pick.search_examples(run.budget.max_examples, run.final.counted)  # a pick leaving no search: refused
+    return run

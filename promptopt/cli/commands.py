@@ -90,7 +90,8 @@ def _optimize_parser(sub: Any) -> None:
                        description="After the search a final report runs: the top final_top_k candidates (default 3) "
                                    "and the seed prompt are scored on the whole dev split, then the best and the seed "
                                    "on the test split (--test-limit caps it). It has its own progress line, and "
-                                   "--dry-run prints how many examples it may score.")
+                                   "--dry-run prints how many examples it may score. final.* settings (--set final.pick=kfold, "
+                                   "final.keep_seed_alpha=0.05, final.selector=centroid): README, \"The final pick\".")
     o.add_argument("--task", help="task name or a task spec file (.toml/.yaml)")
     o.add_argument("--strategy", help="search strategy (promptopt list strategies)")
     _model_flags(o)

@@ -27,12 +27,14 @@ def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
             ("target", run.target.describe() if run.target else "none"),
             *([("route", route)] if (route := _route(run)) else []),
             ("optimizer", run.optimizer.describe() if run.optimizer else "none"),
-            ("budget", f"search: {_budget(run)}"),
+            ("budget", f"search: {_budget(run)}" + (f" ({run.final.counted} of the examples kept for the final pick)"
+                                                    if run.final.counted and run.budget.max_examples else "")),
             ("ends", _ends(run)),
-            ("final", f"at most {run.final.examples_at_most} more scored examples, outside the budget "
-                      "(finalists on dev, then the best and the seed on test)"),
-            *([("total", f"at most {run.budget.max_examples + run.final.examples_at_most} scored examples "
-                         "(search + final report)")] if run.budget.max_examples is not None else []),
+            # What the final pick is paid from the budget (final.*) is inside it; the rest is outside.
+            ("final", f"at most {run.final.examples_at_most - run.final.counted} more scored examples, outside the "
+                      f"budget (finalists on dev, then the best and the seed on test); {run.final.describe()}"),
+            *([("total", f"at most {run.budget.max_examples + run.final.examples_at_most - run.final.counted} "
+                         "scored examples (search + final report)")] if run.budget.max_examples is not None else []),
             ("run dir", str(run.run_dir / f"{run.run_name or '<time>'}-…")),
             ("cache", str(run.cache_path) if run.cache_path else "off"),
             *([("usd", usd)] if (usd := _usd(run)) else [])]

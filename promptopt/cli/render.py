@@ -37,6 +37,31 @@ def significance_line(sig: dict) -> str:
     return line
 
 
+def final_pick_lines(report: Report) -> list[str]:
+    """The final.* rule's choice and the selector against the pick, when the run used them."""
+    lines = []
+    pick = report.final_pick or {}
+    if pick.get("rule") == "kfold":
+        mine = pick["finalists"].get(report.best_id, {})
+        lines.append(f"final pick: {pick['repeats']}x {pick['folds']}-fold over {pick['examples']} dev + train "
+                     f"examples, {len(pick['finalists'])} finalists; the pick's held-out mean "
+                     f"{fmt(mine.get('mean'))} (sd over folds {fmt(mine.get('sd'))})")
+    keep = pick.get("keep_seed")
+    if keep and "p" not in keep:
+        lines.append(f"keep-seed rule (alpha {keep['alpha']:g}): the pick is the seed")
+    elif keep:
+        verdict = "seed kept" if keep["kept"] else "seed replaced"
+        lines.append(f"keep-seed rule: {verdict}: the pick {keep['diff']:+.3f} over the seed on {pick['examples']} "
+                     f"examples, p = {keep['p']:.3g} ({keep['test']}), alpha {keep['alpha']:g}")
+    sel = report.selector
+    if sel:
+        sig = sel["significance"]
+        lines.append(f"selector ({sel['method']}, learned on {sel['learned_on']} examples): test {fmt(sel['test'])} vs "
+                     f"the pick's {fmt(sel['pick_test'])} on {sig['n']} examples, p = {sig['p']:.3g} ({sig['test']}); "
+                     f"routed to {len(sel['choices'])} finalists")
+    return lines
+
+
 PARTIAL = ("partial: Ctrl-C skipped the final report; the dev scores are as the search left them (not all on "
            "the whole dev split) and there is no test score")
 
@@ -77,6 +102,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
         console.print(f"best prompt's demos (train ids, in order): {', '.join(report.best_demos)}")
     if report.significance:
         console.print(significance_line(report.significance))
+    for line in final_pick_lines(report):
+        console.print(line)
     view = load_run(Path(report.run_dir)) if report.run_dir else None
     warning = answers_warning(view) if view else None
     if warning:

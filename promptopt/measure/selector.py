@@ -1,0 +1,110 @@
+"""Per-input prompt selection (`final.selector`; issue #31 item 3, after "Automatic Prompt Selection for
+Large Language Models"): learn, from the finalists' scores on examples they were all scored on, which
+finalist to use for each new input, then route each test input to its finalist.
+
+Inputs are embedded as TF-IDF bags of words (lower-cased word tokens, smoothed idf, L2-normalized): it
+needs no model call and no extra package, so it works on every backend, costs nothing from the budget,
+and is deterministic. Two learners:
+- `centroid`: each finalist's centroid of the inputs it got right (weighted by score); an input goes to
+  the finalist whose centroid is most cosine-similar.
+- `logistic`: one L2-regularized logistic model per finalist predicting its score from the input;
+  an input goes to the finalist with the highest prediction.
+Ties, and an input with no known word, go to the default (the single best finalist)."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Mapping, Sequence
+
+Vector = dict[str, float]
+_WORD = re.compile(r"\w+", re.UNICODE)
+METHODS = ("centroid", "logistic")
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class TfIdf:
+    """TF-IDF vectors with the vocabulary and idf of the texts it was fit on."""
+
+    def __init__(self, texts: Sequence[str]):
+        df: Counter[str] = Counter()
+        for t in texts:
+            df.update(set(_tokens(t)))
+        n = len(texts)
+        self.idf = {w: math.log((1 + n) / (1 + c)) + 1 for w, c in df.items()}
+
+    def __call__(self, text: str) -> Vector:
+        tf = Counter(w for w in _tokens(text) if w in self.idf)
+        v = {w: c * self.idf[w] for w, c in tf.items()}
+        norm = math.sqrt(sum(x * x for x in v.values()))
+        return {w: x / norm for w, x in v.items()} if norm else {}
+
+
+def _dot(a: Vector, b: Vector) -> float:
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(x * b.get(w, 0.0) for w, x in a.items())
+
+
+class Selector:
+    """Learned on `texts` with `scores[candidate_id][i]` the candidate's score on texts[i] (in [0, 1])."""
+
+    def __init__(self, method: str, texts: Sequence[str], scores: Mapping[str, Sequence[float]], default: str,
+                 *, epochs: int = 200, lr: float = 0.5, l2: float = 0.01):
+        if method not in METHODS:
+            raise ValueError(f"selector method must be one of {', '.join(METHODS)}, not {method!r}")
+        self.method, self.default = method, default
+        self.ids = list(scores)  # candidates in the caller's order: ties go to the default, then the first
+        self.embed = TfIdf(texts)
+        xs = [self.embed(t) for t in texts]
+        self.models: dict[str, tuple[Vector, float]] = {}
+        for cid in self.ids:
+            ys = [min(1.0, max(0.0, float(s))) for s in scores[cid]]
+            self.models[cid] = (_centroid(xs, ys), 0.0) if method == "centroid" else _logistic(xs, ys, epochs, lr, l2)
+
+    def score(self, text: str) -> dict[str, float]:
+        """Each candidate's affinity to `text` (cosine to its centroid, or predicted score)."""
+        x = self.embed(text)
+        out = {}
+        for cid, (w, b) in self.models.items():
+            z = _dot(x, w) + b
+            out[cid] = z if self.method == "centroid" else 1 / (1 + math.exp(-z))
+        return out
+
+    def choose(self, text: str) -> str:
+        s = self.score(text)
+        top = max(s.values())
+        if s.get(self.default, -math.inf) >= top - 1e-12 or not self.embed(text):
+            return self.default
+        return next(cid for cid in self.ids if s[cid] >= top - 1e-12)
+
+
+def _centroid(xs: Sequence[Vector], ys: Sequence[float]) -> Vector:
+    c: Vector = {}
+    for x, y in zip(xs, ys):
+        for w, v in x.items():
+            c[w] = c.get(w, 0.0) + y * v
+    norm = math.sqrt(sum(v * v for v in c.values()))
+    return {w: v / norm for w, v in c.items()} if norm else {}
+
+
+def _logistic(xs: Sequence[Vector], ys: Sequence[float], epochs: int, lr: float, l2: float) -> tuple[Vector, float]:
+    """Full-batch gradient descent on the mean log loss plus l2/2 |w|^2 (sparse inputs, a few hundred words)."""
+    w: Vector = {}
+    b = 0.0
+    n = max(1, len(xs))
+    for _ in range(epochs):
+        gw: Vector = {}
+        gb = 0.0
+        for x, y in zip(xs, ys):
+            err = 1 / (1 + math.exp(-(_dot(x, w) + b))) - y
+            gb += err
+            for k, v in x.items():
+                gw[k] = gw.get(k, 0.0) + err * v
+        for k in set(gw) | set(w):
+            w[k] = w.get(k, 0.0) - lr * (gw.get(k, 0.0) / n + l2 * w.get(k, 0.0))
+        b -= lr * gb / n
+    return w, b
