@@ -24,8 +24,8 @@ _LAZY = {
     "optimize": "promptopt.api", "evaluate": "promptopt.api",
     "make_task": "promptopt.task.from_examples", "Callback": "promptopt.callbacks",
     "StopSearch": "promptopt.callbacks",
-    "Program": "promptopt.program", "Result": "promptopt.program", "evaluator": "promptopt.program",
-    "Study": "promptopt.study", "Trial": "promptopt.study",
+    "Program": "promptopt.harness.program", "Result": "promptopt.harness.program", "evaluator": "promptopt.harness.program",
+    "Study": "promptopt.harness.study", "Trial": "promptopt.harness.study",
 }
 
 __all__ = ["Candidate", "Evaluation", "Example", "ExampleResult", "PromptOptError", "Usage", *_LAZY]

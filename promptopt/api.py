@@ -121,8 +121,8 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
             callbacks: Sequence[Any] = (), program: Any = None) -> tuple[Run, Backends]:
     """Resolve `cfg` (what --dry-run prints), create (or reopen) the run dir, load the models, and return
     a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>"). `program`: a
-    promptopt.program.Program, whose evaluator scores instead of the target model (none is loaded)."""
-    from promptopt.program import ProgramScorer
+    promptopt.harness.program.Program, whose evaluator scores instead of the target model (none is loaded)."""
+    from promptopt.harness.program import ProgramScorer
     if program is not None:
         task_object = program.task
     resolved = resolve(cfg, task=task_object)
@@ -380,9 +380,9 @@ def program_config(program: Any, strategy: str, *, model: str = "embedded", back
                    budget: int | Mapping[str, Any] | None = None, seed: int = 0,
                    settings: Mapping[str, Any] | None = None) -> RunConfig:
     """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint,
-    and the program's evaluator as the target (promptopt.program.EvaluatorTarget: nothing to load). `model`
+    and the program's evaluator as the target (promptopt.harness.program.EvaluatorTarget: nothing to load). `model`
     and `backend` name the optimizer model unless `optimizer_model` / `optimizer_backend` do."""
-    from promptopt.program import TARGET
+    from promptopt.harness.program import TARGET
     settings = dict(settings or {})
     if "task_options" in settings:
         raise ConfigError("task_options are for a task loaded by name; a program carries its own settings")

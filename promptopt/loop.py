@@ -66,7 +66,7 @@ class Report:
     final_pick: dict[str, Any] | None = None  # a final.* rule other than the dev pick: what it saw and chose
     selector: dict[str, Any] | None = None  # final.selector: per-input choice vs the pick, on test
     best_retrieval: dict[str, Any] | None = None  # the best candidate's retrieval policy (demos per input)
-    best_components: dict[str, str] = field(default_factory=dict)  # a program's best candidate (promptopt.program)
+    best_components: dict[str, str] = field(default_factory=dict)  # a program's best candidate (promptopt.harness.program)
 
     def to_json(self) -> dict[str, Any]:
         def num(x: float | None) -> float | None:
@@ -163,7 +163,7 @@ class Run:
                  callbacks: Sequence[Any] = (), program: Any = None):
         """`resolved`: what to run (promptopt.resolved: from a RunConfig, or built in Python); `target` and
         `optimizer`: the backends built from its specs (or the caller's own). `program`: a
-        promptopt.program.ProgramScorer that scores candidates instead of a target backend."""
+        promptopt.harness.program.ProgramScorer that scores candidates instead of a target backend."""
         task, strategy, seed, seed_prompt, demos = (resolved.task, resolved.strategy, resolved.seed,
                                                     resolved.prompt, resolved.demos)
         self.resolved = resolved

@@ -155,7 +155,7 @@ class Context:
     # With `objective_weights` set: the run's objectives.Measurer, whose `scalarize` shared ranking helpers
     # use; None otherwise (rank by the strategy's own fitness).
     objectives: Measurer | None = None
-    # A program run (promptopt.program): its seed candidate and each component's one-line role.
+    # A program run (promptopt.harness.program): its seed candidate and each component's one-line role.
     seed_program: Candidate | None = None
     component_roles: Mapping[str, str] = field(default_factory=dict)
 

@@ -51,7 +51,7 @@ class Candidate:
     demo_answers: tuple[str, ...] = ()  # bootstrapped outputs, one per demo; empty = the gold answers
     # Demos retrieved for each input (promptopt.task.retrieval) instead of the fixed `demos`; None: fixed demos.
     retrieval: "RetrievalPolicy | None" = None
-    # A program's named text components, in order (promptopt.program); empty for a single prompt, whose
+    # A program's named text components, in order (promptopt.harness.program); empty for a single prompt, whose
     # one component is `text`. A program candidate's `text` is its first component's, so a strategy that
     # knows nothing of components edits that one (strategies/blocks/components.py picks among them).
     components: tuple[tuple[str, str], ...] = ()

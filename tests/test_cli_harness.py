@@ -120,7 +120,7 @@ def test_list_describes_and_says_who_needs_an_optimizer(capsys):
 def test_optimize_without_task_or_strategy_says_what_it_chose(tmp_path, capsys):
     code, out, err = run_cli("optimize", "--backend", "fake", "--model", "m", "--run-dir", tmp_path / "runs",
                              "--dry-run", capsys=capsys)
-    assert code == 0 and "using the defaults --task demo and --strategy paraphrase" in err
+    assert code == 0 and "used the defaults --task demo and --strategy paraphrase" in err
 
 
 def _ctrl_c_run(tmp_path, presses_at):

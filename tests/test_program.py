@@ -15,7 +15,7 @@ import pytest
 import promptopt
 from promptopt import Candidate, Program, Result
 from promptopt.errors import ConfigError, ResumeError
-from promptopt.program import EvaluatorError
+from promptopt.harness.program import EvaluatorError
 
 WORDS = "the a answer number short step text carefully question facts".split()
 ROWS = [{"id": f"r{i}", "key": w} for i, w in enumerate(WORDS * 3)]
@@ -242,7 +242,7 @@ def test_results_reach_the_cache_during_a_step_so_a_killed_step_is_not_redone(tm
     """With the cache on, results are written while a step runs (here after every batch): what a process
     killed mid-step had evaluated is served from the cache when that step runs again (here in a new run of
     the same program, so that only the cache, not a log's replay, can spare it)."""
-    monkeypatch.setattr("promptopt.program.FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr("promptopt.harness.program.FLUSH_SECONDS", 0.0)
     seen: list = []
 
     def stops(components, examples):

@@ -9,7 +9,7 @@ import pytest
 import promptopt
 from promptopt import Result
 from promptopt.errors import PromptOptError
-from promptopt.program import EvaluatorError
+from promptopt.harness.program import EvaluatorError
 
 from test_program import _events, _opt, _program, overlap
 

@@ -238,10 +238,15 @@ def _optimize(args: argparse.Namespace) -> int:
     tracker = tracking.tracker(args)  # --mlflow: its URI is checked here, before anything is written
     stops = parse_stops(args.stop)
     if args.dry_run:
-        return _dry_run(cfg, tracker)
-    report = _run(args, cfg, resume_dir, stops, tracker)
-    _print_result(args, report)
-    return 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
+        code = _dry_run(cfg, tracker)
+    else:
+        report = _run(args, cfg, resume_dir, stops, tracker)
+        _print_result(args, report)
+        code = 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
+    chosen = getattr(args, "defaults", [])
+    if chosen and not args.json:  # a newcomer's bare `promptopt optimize` says what it ran (after: an error stays one line)
+        print(f"promptopt: used the defaults {' and '.join(chosen)} (pass them to choose)", file=sys.stderr)
+    return code
 
 
 def _resumed_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
@@ -266,9 +271,7 @@ def _new_config(args: argparse.Namespace) -> RunConfig:
     for assignment in args.sets:
         apply_set(data, assignment)
     cfg = build_config(data)
-    chosen = [f"--{k} {getattr(cfg, k)}" for k in ("task", "strategy") if k not in data]
-    if chosen and not args.json:  # a newcomer's bare `promptopt optimize` says what it runs
-        print(f"promptopt: using the defaults {' and '.join(chosen)} (pass them to choose)", file=sys.stderr)
+    args.defaults = [f"--{k} {getattr(cfg, k)}" for k in ("task", "strategy") if k not in data]
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""Which component of a program a proposal edits (promptopt.program). Each proposal edits one component;
+"""Which component of a program a proposal edits (promptopt.harness.program). Each proposal edits one component;
 by default they take turns (round-robin, in the program's order). A single prompt has no components:
 `pick` returns None and the edit is of the candidate's text, as before programs existed."""
 from __future__ import annotations

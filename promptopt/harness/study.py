@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from promptopt.errors import PromptOptError, RunStopped
 from promptopt.loop import Report
-from promptopt.program import Program, ProgramScorer, Result
+from promptopt.harness.program import Program, ProgramScorer, Result
 from promptopt.types import Candidate, ExampleResult
 
 

@@ -27,7 +27,7 @@ from promptopt.types import Candidate, Evaluation, Example, ExampleResult, Usage
 
 SOURCE = "python"  # task.meta["source"]: a resume needs the same object passed again
 FLUSH_SECONDS = 1.0  # how often results reach the cache while a step runs
-TARGET = "promptopt.program:EvaluatorTarget"  # what a program run's config.json names as its target
+TARGET = "promptopt.harness.program:EvaluatorTarget"  # what a program run's config.json names as its target
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class Program:
             splits[split] = exs
         self.seed = Candidate.of_components(self.components, origin="seed")
         self.task = Task(name=name, splits=splits, template="{prompt}\n\n{input}", output="generate",
-                         seed_prompts=(self.seed.text,), description="a program (promptopt.program)",
+                         seed_prompts=(self.seed.text,), description="a program (promptopt.harness.program)",
                          meta={"source": SOURCE, "program": True})
 
     @property
