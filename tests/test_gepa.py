@@ -9,7 +9,7 @@ from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.config import strategy_config
 from promptopt.errors import ConfigError
-from promptopt.strategies.blocks.pareto import frontier, instance_fronts, merge_subsample, sample_parent
+from promptopt.strategies.gepa.pareto import frontier, instance_fronts, merge_subsample, sample_parent
 from promptopt.strategies.gepa import GEPA, GEPAConfig, feedback, read_instruction
 from promptopt.testing import StrategyContract, make_run, toy_task
 from promptopt.types import ExampleResult

@@ -10,7 +10,7 @@ import torch
 from promptopt.errors import ConfigError
 from promptopt.strategies.blocks.rl_policy import (PolicyTrainer, PromptPolicy, load_backbone, reinforce_loss, seeded_generator,
                                  sql_loss)
-from promptopt.strategies.blocks.rl_reward import classification_gap, classification_reward, zscore
+from promptopt.strategies.rlprompt.reward import classification_gap, classification_reward, zscore
 from promptopt.testing import TINY_LM_WORDS
 from promptopt.types import Evaluation, ExampleResult
 

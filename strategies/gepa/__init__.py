@@ -5,7 +5,7 @@ The seed prompts are scored on the Pareto set: the first `pareto_examples` dev e
 for every candidate. Each iteration then
   1. draws a parent from the instance-level Pareto frontier: the candidates best (ties included) on
      at least one Pareto example, redundant ones dropped, each drawn with probability proportional
-     to the number of examples it is best on (promptopt.strategies.blocks.pareto);
+     to the number of examples it is best on (promptopt.strategies.gepa.pareto);
   2. scores it on a minibatch of `minibatch_size` train examples and builds a trace per example:
      the input, the model's output, the score, and feedback made from the gold answer vs the
      prediction (tasks carry no textual feedback of their own yet);
@@ -42,7 +42,7 @@ from pydantic import Field
 
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.registry import register_strategy
-from promptopt.strategies.blocks.pareto import frontier, merge_subsample, sample_parent
+from promptopt.strategies.gepa.pareto import frontier, merge_subsample, sample_parent
 from promptopt.strategies.blocks.parsing import clean_prompt, extract_marked
 from promptopt.strategies.blocks.selection import RacingConfig, check_racing, paired_t_pvalue
 from promptopt.strategies.blocks.templates import Template, TemplateSettings

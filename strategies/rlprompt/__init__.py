@@ -5,7 +5,7 @@ A policy (frozen causal LM + trainable MLP adapter, promptopt.strategies.blocks.
 prompts. Each step
   1. samples `prompts_per_step` prompts (top-k sampling) and asks the loop to score all of them on
      the same `examples_per_reward` training examples (candidates with origin "rl.sample"),
-  2. turns each prompt's results into a reward (promptopt.strategies.blocks.rl_reward: the scaled probability gap
+  2. turns each prompt's results into a reward (promptopt.strategies.rlprompt.reward: the scaled probability gap
      for classification; the task metric or gold log-likelihood for generation), z-scores the
      rewards across the step's prompts and scales them by `reward_scale`,
   3. updates the adapter with on-policy soft Q-learning and a Polyak target network (the paper's
@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.rl_policy import PolicyTrainer, PromptPolicy, PromptSample, load_backbone, seeded_generator
-from promptopt.strategies.blocks.rl_reward import CORRECT_COEFF, INCORRECT_COEFF, classification_reward, mean_score, zscore
+from promptopt.strategies.rlprompt.reward import CORRECT_COEFF, INCORRECT_COEFF, classification_reward, mean_score, zscore
 from promptopt.strategies.blocks.components import refuse_program
 from promptopt.strategy import Context, ScoreRequest, StrategyConfig
 from promptopt.task import Task
