@@ -71,7 +71,7 @@ def test_grid_runs_every_cell_and_a_rerun_skips_them(tmp_path, capsys):
 
 
 def test_a_killed_cell_is_resumed_from_its_log_and_the_table_equals_an_unbroken_sweep(tmp_path):
-    slow = [*GRID, "--set", "backend.delay=0.01"]
+    slow = [*GRID, "--set", "backend.delay=0.05"]
     whole = tmp_path / "whole"
     assert subprocess.run(sweep(*slow, "--out", str(whole)), capture_output=True).returncode == 0
     broken = tmp_path / "broken"
@@ -152,7 +152,7 @@ def ray_cluster(tmp_path):
 
 
 def test_ray_gives_the_local_table_and_loses_no_cell_when_a_worker_dies(tmp_path, ray_cluster):
-    slow = [*GRID, "--set", "backend.delay=0.01"]
+    slow = [*GRID, "--set", "backend.delay=0.05"]
     local = tmp_path / "local"
     assert subprocess.run(sweep(*slow, "--out", str(local), "--jobs", "2"), capture_output=True).returncode == 0
     on_ray = tmp_path / "ray"
