@@ -9,8 +9,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from promptopt.cli.sweep import soft
 from promptopt.cli.sweep.grid import (Cell, Grid, cell_done, cell_run, cells, claim_out_dir, load_grid_file,
-                                      make_grid, new_run_argv)
+                                      make_grid, new_run_argv, soft_run_argv)
+from promptopt.cli.sweep.soft import is_soft
 from promptopt.errors import ConfigError
 
 _LISTS = {"tasks": str, "strategies": str, "seeds": int}
@@ -24,7 +26,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("grid", nargs="?", help="grid file (TOML): tasks, strategies, seeds, budget, test_limit, model, "
                                            "backend, optimizer_model, sets, num_cpus, num_gpus")
     p.add_argument("--tasks", help="comma-separated task names or spec files")
-    p.add_argument("--strategies", help="comma-separated strategies")
+    p.add_argument("--strategies", help="comma-separated strategies, `seed` (the seed prompt, no search) and "
+                                        "soft methods (prompt_tuning, p_tuning, prefix_tuning, cpt)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--budget", help="each cell's --budget, e.g. 256 or examples=256,calls=40")
     p.add_argument("--test-limit", type=int)
@@ -65,13 +68,21 @@ def _grid_values(args: argparse.Namespace) -> dict[str, Any]:
 def check_cells(grid: Grid, out: Path) -> None:
     """Every (task, strategy) pair through `optimize --dry-run`: the same checks a run makes before it
     loads a model. Seeds change no setting, so one seed stands for all."""
-    from promptopt.cli.commands import main
+    from promptopt.cli.commands import _new_config, build_parser, main
 
     errors = []
     for cell in {Cell(c.task, c.strategy, grid.seeds[0]) for c in cells(grid)}:
+        values, argv = soft_run_argv(grid, cell, out / ".check") if is_soft(cell.strategy) else \
+            ({}, new_run_argv(grid, cell, out / ".check"))
         err = io.StringIO()
         with redirect_stdout(io.StringIO()), redirect_stderr(err):
-            code = main([*new_run_argv(grid, cell, out / ".check"), "--dry-run"])
+            code = main([*argv, "--dry-run"])
+        if code == 0 and is_soft(cell.strategy):  # and what only a soft cell needs (hf, a budget, a train split)
+            try:
+                soft.check(cell.strategy, values, _new_config(build_parser().parse_args(argv)))
+            except ConfigError as e:
+                err.write(str(e).removeprefix("sweep: ") + "\n")
+                code = 2
         if code != 0:
             line = err.getvalue().strip().splitlines()[-1:] or [f"exit {code}"]
             errors.append(f"task {cell.task}, strategy {cell.strategy}: {line[0].removeprefix('promptopt: error: ')}")

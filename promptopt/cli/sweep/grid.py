@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptopt import registry
+from promptopt.cli.sweep.soft import SOFT_FILE, is_soft, split_sets
 from promptopt.errors import ConfigError
 
 GRID_FILE = "grid.json"
@@ -55,7 +56,8 @@ def make_grid(values: dict[str, Any]) -> Grid:
         where = ".".join(str(x) for x in err["loc"])
         raise ConfigError(f"sweep: {where}: {err['msg']}") from None
     for name in grid.strategies:
-        registry.get("strategies", name)  # unknown name: one line with "did you mean"
+        if not is_soft(name):  # the soft methods are the sweep's own (cli/sweep/soft.py)
+            registry.get("strategies", name)  # unknown name: one line with "did you mean"
     for s in grid.sets:
         if "=" not in s:
             raise ConfigError(f"sweep: --set {s!r}: expected KEY=VALUE")
@@ -95,12 +97,27 @@ def new_run_argv(grid: Grid, cell: Cell, out: Path) -> list[str]:
     return argv
 
 
+def soft_run_argv(grid: Grid, cell: Cell, out: Path) -> tuple[dict[str, Any], list[str]]:
+    """A soft cell's settings (its method's `--set`s) and the `optimize` arguments of its run config: the
+    cell's task, seed, model, budget and other settings, with the `seed` strategy (no search) in its place."""
+    values, rest = split_sets(grid.sets, cell.strategy)
+    argv = new_run_argv(grid.model_copy(update={"sets": rest}), Cell(cell.task, "seed", cell.seed), out)
+    return values, argv
+
+
+def soft_run_dir(out: Path, cell: Cell) -> Path:
+    return cell_root(out, cell) / f"{cell.name}-soft"
+
+
 def cell_root(out: Path, cell: Cell) -> Path:
     return out / CELLS / cell.name
 
 
 def cell_run(out: Path, cell: Cell) -> Path | None:
     """The cell's run dir, if it was started (the loop names it `<cell>-<suffix>`)."""
+    if is_soft(cell.strategy):
+        run = soft_run_dir(out, cell)
+        return run if (run / SOFT_FILE).is_file() else None
     found = sorted(cell_root(out, cell).glob(f"{cell.name}-*/config.json"))
     return found[0].parent if found else None
 

@@ -1,5 +1,11 @@
 """A sweep's results: one row per (task, method) over seeds, as JSON, CSV, a PNG of test score against
-cost, and an HTML page. The seed prompt is a row of its own (its test score, from the same runs)."""
+cost, and an HTML page. The seed prompt is a row of its own: the `seed` method's cells when the grid has
+them, else the seed's test score from the other cells (every run scores it on the same test sample).
+
+Per method also: trainable parameters (0 for a discrete prompt), prompt tokens (a discrete prompt's text
+before the input, demos included, in the target's tokenizer when it is a local model; a soft prompt's
+virtual tokens) and, for soft methods, the mean test score of the soft prompt projected to its nearest
+tokens and the share of the soft prompt's gain over the seed that the projection keeps."""
 from __future__ import annotations
 
 import base64
@@ -8,13 +14,14 @@ import html
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from promptopt.cli.sweep.grid import Grid, cell_done, cell_run, cells
 
 ALPHA = 0.05
 COLUMNS = ("task", "method", "seeds", "test_mean", "test_sd", "seed_test_mean", "gain", "seeds_p_lt_0.05",
-           "scored_examples", "usd", "wall_s")
+           "scored_examples", "usd", "wall_s", "trainable_params", "prompt_tokens", "projected_test",
+           "projection_keeps")
 
 
 def _mean_sd(xs: list[float]) -> tuple[float | None, float | None]:
@@ -35,23 +42,56 @@ def collect(out: Path, grid: Grid) -> tuple[list[dict[str, Any]], list[str]]:
         s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         by_method.setdefault((cell.task, cell.strategy), []).append({"seed": cell.seed, **s})
     rows = []
+    count = _token_counter(grid)
     for task in grid.tasks:
         seeds: dict[int, float] = {}
+        prompts: list[str] = []
         for strategy in grid.strategies:
             runs = by_method.get((task, strategy), [])
             for r in runs:
                 if r.get("seed_test") is not None:
                     seeds.setdefault(r["seed"], r["seed_test"])
-            rows.append(_row(task, strategy, runs))
+                prompts.append(r["seed_prompt"])
+            rows.append(_row(task, strategy, runs, count))
+        if "seed" in grid.strategies:  # the seed method's own cells are the seed row
+            continue
         mean, sd = _mean_sd(list(seeds.values()))
         rows.insert(len(rows) - len(grid.strategies), {
             "task": task, "method": "seed", "seeds": len(seeds), "test_mean": mean, "test_sd": sd,
             "seed_test_mean": mean, "gain": 0.0 if mean is not None else None, "seeds_p_lt_0.05": None,
-            "scored_examples": 0, "usd": 0.0, "wall_s": 0.0})
+            "scored_examples": 0, "usd": 0.0, "wall_s": 0.0, "trainable_params": 0,
+            "prompt_tokens": _mean([count(p) for p in dict.fromkeys(prompts)]) if count else None,
+            "projected_test": None, "projection_keeps": None})
     return rows, missing
 
 
-def _row(task: str, strategy: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _token_counter(grid: Grid) -> Callable[[str], int] | None:
+    """Tokens of a prompt in the target's tokenizer, when the target is a local model (hf, vllm); None for
+    others (an API's tokenizer is not at hand), whose discrete rows then show no prompt tokens."""
+    if (grid.backend or "hf") not in ("hf", "vllm"):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from promptopt.backends.models import EMBEDDED, embedded_hf_dir, quiet_transformers, resolve_model
+
+        model = grid.model or EMBEDDED
+        source = (str(embedded_hf_dir()), None) if model == EMBEDDED else (resolve_model(model).path,
+                                                                          resolve_model(model).gguf_file)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source[0], **({"gguf_file": source[1]} if source[1] else {}))
+    except Exception:  # noqa: BLE001 - no tokenizer (not installed, not found): the column stays empty
+        return None
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _row(task: str, strategy: str, runs: list[dict[str, Any]], count: Callable[[str], int] | None
+         ) -> dict[str, Any]:
     tests = [r["best_test"] for r in runs if r.get("best_test") is not None]
     seed_tests = [r["seed_test"] for r in runs if r.get("seed_test") is not None]
     mean, sd = _mean_sd(tests)
@@ -65,7 +105,12 @@ def _row(task: str, strategy: str, runs: list[dict[str, Any]]) -> dict[str, Any]
             "gain": (mean - seed_mean) if mean is not None and seed_mean is not None else None,
             "seeds_p_lt_0.05": significant,
             "scored_examples": statistics.fmean(r["search"].get("examples", 0) for r in runs) if runs else None,
-            "usd": usd, "wall_s": statistics.fmean(r["seconds"] for r in runs) if runs else None}
+            "usd": usd, "wall_s": statistics.fmean(r["seconds"] for r in runs) if runs else None,
+            "trainable_params": max((r.get("trainable_parameters", 0) for r in runs), default=None),
+            "prompt_tokens": _mean([r["prompt_tokens"] if "prompt_tokens" in r
+                                    else count(r["best_prefix"]) if count else None for r in runs]),
+            "projected_test": _mean([(r.get("projection") or {}).get("test") for r in runs]),
+            "projection_keeps": _mean([(r.get("projection") or {}).get("keeps") for r in runs])}
 
 
 def _fmt(v: Any) -> str:
@@ -77,12 +122,15 @@ def _fmt(v: Any) -> str:
 
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
-    head = ("task", "method", "seeds", "test", "gain", "p<0.05", "scored", "usd", "wall s")
+    head = ("task", "method", "seeds", "test", "gain", "p<0.05", "scored", "usd", "wall s", "params", "tokens",
+            "projected", "keeps")
     body = [(r["task"], r["method"], str(r["seeds"]),
              "-" if r["test_mean"] is None else f"{r['test_mean']:.3f} ± {r['test_sd']:.3f}",
              "-" if r["gain"] is None else f"{r['gain']:+.3f}",
              "-" if r["seeds_p_lt_0.05"] is None else f"{r['seeds_p_lt_0.05']}/{r['seeds']}",
-             _fmt(r["scored_examples"]), f"{r['usd']:.4f}", _fmt(r["wall_s"])) for r in rows]
+             _fmt(r["scored_examples"]), f"{r['usd']:.4f}", _fmt(r["wall_s"]), _fmt(r["trainable_params"]),
+             _fmt(r["prompt_tokens"]), _fmt(r["projected_test"]),
+             "-" if r["projection_keeps"] is None else f"{r['projection_keeps']:.0%}") for r in rows]
     widths = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]
     return ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in (head, *body)]
 
