@@ -175,9 +175,13 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
     warn_reused_splits(task)
     check_task(strategy, task.without_test())  # settings the task cannot carry: refused before any model loads
     optimizer = optimizer_config(strategy_cls, cfg)
+    target = BackendSpec.of(cfg.target, "target")
+    if needs(strategy_cls).local_target and target.urls():  # refused before any request goes out
+        raise CapabilityError(f"strategy {cfg.strategy} computes gradients on a local model, so the target must be "
+                              f"one too; {target.describe()} is an API (use --backend hf)")
     run = ResolvedRun(
         task=task, strategy=strategy, strategy_config=settings, strategy_name=cfg.strategy,
-        target=BackendSpec.of(cfg.target, "target"),
+        target=target,
         optimizer=BackendSpec.of(optimizer, "optimizer") if optimizer is not None else None,
         budget=cfg.budget, seed=cfg.seed, prompt=cfg.prompt, final_top_k=cfg.final_top_k, final_rule=cfg.final,
         max_failures=cfg.max_failures, test_limit=cfg.test_limit, demos=cfg.demos,

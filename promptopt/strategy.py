@@ -192,6 +192,7 @@ class Strategy(Protocol):
     needs_optimizer: ClassVar[bool]  # refuses to run without an optimizer LLM
     uses_optimizer: ClassVar[bool]  # runs without one, but uses it when configured (e.g. Plum's paraphrase)
     needs_loglikelihood: ClassVar[bool]  # scores with objective "loss": the target must give log-likelihoods
+    needs_local_target: ClassVar[bool]  # computes on a local copy of the target's weights (gradients): no API target
 
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]: ...
 
@@ -209,6 +210,7 @@ class Needs:
     optimizer: bool = False
     uses_optimizer: bool = False
     loglikelihood: bool = False
+    local_target: bool = False
 
 
 def check_task(strategy: Any, task: Task) -> None:
@@ -222,4 +224,5 @@ def needs(strategy: Any) -> Needs:
     """The one reader of the optional flags declared on `Strategy`, for a strategy class or instance."""
     return Needs(optimizer=bool(getattr(strategy, "needs_optimizer", False)),
                  uses_optimizer=bool(getattr(strategy, "uses_optimizer", False)),
-                 loglikelihood=bool(getattr(strategy, "needs_loglikelihood", False)))
+                 loglikelihood=bool(getattr(strategy, "needs_loglikelihood", False)),
+                 local_target=bool(getattr(strategy, "needs_local_target", False)))

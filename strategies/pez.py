@@ -12,8 +12,9 @@ the loop scores on dev like any other: logged, cached, resumable, and plain text
 another model. The loop's final report picks the best by dev score.
 
 The gradients come from a local causal LM (`model`, the same loading path as RLPrompt's policy),
-which should be the target's model. A target that cannot give log-likelihoods (a chat-only API) is
-refused by the loop in one line (`needs_loglikelihood`).
+which should be the target's model. An API target (a backend that sends requests to a server) is
+refused in one line when the run is resolved (`needs_local_target`), before any request; a target that
+cannot give log-likelihoods is refused by the loop (`needs_loglikelihood`).
 
 Paper settings for language models (its prompt_lm code for SST-2 on GPT-2 large): 10 prompt tokens,
 Adafactor at lr 0.3, up to 5000 steps, evaluation every 100 steps. Scaled down for CPU here: 30 steps,
@@ -161,7 +162,8 @@ class _Model:
 class PEZ:
     Config = PEZConfig
     needs_optimizer = False
-    # Gradients come from a local model; a target without log-likelihoods (a chat-only API) is not one.
+    # Gradients come from a local model: an API target is refused when the run is resolved, in one line.
+    needs_local_target = True
     needs_loglikelihood = True
 
     def __init__(self, config: PEZConfig):

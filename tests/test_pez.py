@@ -93,3 +93,20 @@ def test_loss_forward_matches_the_backend_scoring_the_projected_text(tiny_lm_dir
     hf = HFBackend(str(tiny_lm_dir), device="cpu", dtype="float32")
     theirs = hf.loglikelihood([LLRequest(task.render(text, ex), opt) for ex in examples for opt in task.options])
     assert [float(lp.sum()) for lp in ours] == pytest.approx([r.logprob for r in theirs], abs=1e-4)
+
+
+def test_an_api_target_is_refused_in_one_line_before_any_request(tmp_path: Path, capsys: Any) -> None:
+    from promptopt.cli.commands import main
+    from promptopt.strategy import needs
+
+    assert needs(PEZ).local_target
+    # Nothing listens on port 1: a request (or a probe) would fail differently; the refusal comes first.
+    argv = ["optimize", "--task", "demo", "--strategy", "pez", "--backend", "openai", "--model", "gpt-4o-mini",
+            "--set", "backend.base_url=http://127.0.0.1:1/v1", "--optimizer-model", "none",
+            "--run-dir", str(tmp_path / "runs")]
+    for extra in ([], ["--dry-run"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "strategy pez computes gradients on a local model" in err
+        assert "openai:gpt-4o-mini at http://127.0.0.1:1/v1 is an API" in err
+    assert not (tmp_path / "runs").exists()
