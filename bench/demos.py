@@ -4,9 +4,10 @@ demo strategies, at one budget of scored examples, over seeds, on the same test 
     PROMPTOPT_DATA_DIR=../shared/data python bench/demos.py --tasks sst2,mr,cr,sst5,agnews,trec \
         --methods fewshot,mipro --seeds 0,1,2 --budget 320 --test-limit 500 --k 4 --draws 2
 
-Every run is a real `promptopt` run (runs/bench-demos/<task>/<method>-seed<N>, in this process, the
-embedded model on CPU). The demo pool is the task's train split, dev is the 16-shot dev split, and the
-test sample is the loop's fixed one. For each task the seed prompt and `--draws` random label-balanced
+The method runs are one `promptopt sweep` per method (and per set of task options), tasks x seeds, the
+embedded model on CPU, in runs/bench-demos/sweeps/<method>[-<task>]/cells/...: a finished cell is read back,
+a cut-off one resumes from its log. The demo pool is the task's train split, dev is the 16-shot dev split,
+and the test sample is the loop's fixed one. For each task the seed prompt and `--draws` random label-balanced
 sets of k train demos are scored on the same test examples; a method's best prompt is compared with
 the seed (McNemar, from the run's own report) and with the per-example mean of the random sets (paired
 bootstrap). Results go to a JSON-lines file one record at a time, so a stopped bench resumes where it
@@ -16,16 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from promptopt.api import Backends, load_task, run_config
+from optimize_cli import ROOT, finished
+from promptopt.api import Backends, load_task
 from promptopt.scoring.cache import ResponseCache, default_cache_path
-from promptopt.config import ModelConfig, build_config
+from promptopt.config import ModelConfig
 from promptopt.task.demos import sample_demo_ids
 from promptopt.loop import test_sample
 from promptopt.resolved import BackendSpec
@@ -99,31 +103,48 @@ def baselines(task_name: str, args: argparse.Namespace, backend: Any) -> dict[st
             "test_n": len(test), "seconds": time.monotonic() - started}
 
 
-def run_method(task_name: str, method: str, seed: int, args: argparse.Namespace, backend: Any,
-               base: dict[str, Any]) -> dict[str, Any]:
+def sweep_method(method: str, tasks: list[str], args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
+    """One `promptopt sweep` of `method` over these tasks (same task options) and the seeds; each cell's
+    summary by (task, seed). The sweep skips finished cells and resumes cut-off ones."""
     spec = METHODS[method]
-    data: dict[str, Any] = {
-        "task": task_name, "task_options": TASK_OPTIONS.get(task_name, {}),
-        "strategy": spec["strategy"], "seed": seed, "strategy_options": spec["options"],
-        "budget": {"max_examples": args.budget}, "test_limit": args.test_limit, "demos": spec.get("demos", 0),
-        "run_dir": str(Path(args.run_dir) / task_name), "run_name": f"{method}-seed{seed}",
-        "optimizer": {"backend": "hf", "model": "embedded"} if spec.get("optimizer") else None,
-    }
-    started = time.monotonic()
-    report = run_config(build_config(data))
+    options = TASK_OPTIONS.get(tasks[0], {})
+    out = Path(args.run_dir) / "sweeps" / (method + (f"-{tasks[0]}" if options else ""))
+    argv = [sys.executable, "-m", "promptopt.cli", "sweep", "--tasks", ",".join(tasks), "--strategies", spec["strategy"],
+            "--seeds", args.seeds, "--budget", str(args.budget), "--test-limit", str(args.test_limit),
+            "--out", str(out)]
+    if not spec.get("optimizer"):
+        argv += ["--optimizer-model", "none"]
+    sets = [f"{spec['strategy']}.{k}={v}" for k, v in spec["options"].items()]
+    sets += [f"demos={spec['demos']}"] if spec.get("demos") else []
+    sets += [f"task.{k}={v}" for k, v in options.items()]
+    for s in sets:
+        argv += ["--set", s]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    print(f"-- {' '.join(argv[3:])}", flush=True)
+    if subprocess.run(argv, cwd=ROOT, env=env).returncode != 0:
+        raise SystemExit(f"bench: the sweep in {out} did not finish; run the bench again to resume it")
+    return {(t, int(seed)): finished(next((ROOT / out).glob(f"cells/{t}__{spec['strategy']}__seed{seed}/*/summary.json")),
+                                     f"{method} on {t} seed {seed}")
+            for t in tasks for seed in args.seeds.split(",")}
+
+
+def method_record(task_name: str, summary: dict[str, Any], backend: Any, base: dict[str, Any],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """A sweep cell's run against the task's baselines: the seed (the run's own paired test) and the
+    per-example mean of the random demo sets (paired bootstrap on the same test examples)."""
     task = load_task(task_name, options=TASK_OPTIONS.get(task_name))
     test = test_sample(list(task.split("test")), args.test_limit)
-    best = test_scores(task, backend, report.best_prefix, test)  # cached: the run scored this prefix
+    best = test_scores(task, backend, summary["best_prefix"], test)  # cached: the run scored this prefix
     diff = low = high = p = float("nan")
     if base["random_mean_scores"]:
         diff, low, high, p = paired_bootstrap(base["random_mean_scores"], best)
-    sig = report.significance or {"diff": 0.0, "p": 1.0}
-    return {"seed_test": report.seed_test, "best_test": report.best_test, "best_dev": report.best_dev,
-            "seed_dev": report.seed_dev, "p_vs_seed": sig["p"], "diff_vs_seed": sig["diff"],
+    sig = summary.get("significance") or {"diff": 0.0, "p": 1.0}
+    return {"seed_test": summary["seed_test"], "best_test": summary["best_test"], "best_dev": summary["best_dev"],
+            "seed_dev": summary["seed_dev"], "p_vs_seed": sig["p"], "diff_vs_seed": sig["diff"],
             "diff_vs_random": diff, "ci_vs_random": [low, high], "p_vs_random": p,
-            "scored_examples": report.search["examples"], "optimizer_calls": report.search["optimizer_calls"],
-            "demos": len(report.best_demos), "best_prompt": report.best_prompt, "run_dir": report.run_dir,
-            "seconds": time.monotonic() - started}
+            "scored_examples": summary["search"]["examples"], "optimizer_calls": summary["search"]["optimizer_calls"],
+            "demos": len(summary["best_demos"]), "best_prompt": summary["best_prompt"], "run_dir": summary["run_dir"],
+            "seconds": summary["seconds"]}
 
 
 def table(out: Path) -> str:
@@ -169,23 +190,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench/demos.py: unknown method(s) {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
-    if args.threads:
+    if args.threads:  # this process scores the baselines; the sweep's cells get OMP_NUM_THREADS
         import torch
         torch.set_num_threads(args.threads)
     backend = Backends(ResponseCache(default_cache_path())).get(BackendSpec.of(ModelConfig(), "target"))
     recs = done_keys(out)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    tasks = args.tasks.split(",")
+    for task_name in tasks:
+        if (task_name, "baseline") not in recs:
+            rec = {"key": [task_name, "baseline"], **baselines(task_name, args, backend)}
+            append(out, rec)
+            recs[(task_name, "baseline")] = rec
+    # Tasks that share their options share a sweep (a sweep's --set reaches every task).
+    groups: dict[str, list[str]] = {}
+    for t in tasks:
+        groups.setdefault(json.dumps(TASK_OPTIONS.get(t, {}), sort_keys=True), []).append(t)
     for method in args.methods.split(","):
-        for task_name in args.tasks.split(","):
-            if (task_name, "baseline") not in recs:
-                rec = {"key": [task_name, "baseline"], **baselines(task_name, args, backend)}
-                append(out, rec)
-                recs[(task_name, "baseline")] = rec
-            for seed in seeds:
+        for group in groups.values():
+            todo = [t for t in group for seed in args.seeds.split(",") if (t, method, seed) not in recs]
+            if not todo:
+                continue
+            for (task_name, seed), summary in sweep_method(method, group, args).items():
                 key = (task_name, method, str(seed))
                 if key in recs:
                     continue
-                rec = {"key": list(key), **run_method(task_name, method, seed, args, backend, recs[(task_name, "baseline")])}
+                rec = {"key": list(key), **method_record(task_name, summary, backend, recs[(task_name, "baseline")], args)}
                 append(out, rec)
                 recs[key] = rec
                 print(f"{task_name} {method} seed {seed}: test {rec['seed_test']:.3f} -> {rec['best_test']:.3f} "

@@ -44,7 +44,8 @@ log-likelihood choice. The final numbers do not depend on that: they all come fr
 
 Wall time: `search s` is the search only (promptolution: building the initial population + optimize();
 ours: from run start to the last search-phase event of the run log); `process s` is the whole
-subprocess including imports, model probe and (ours) the run's own final report. The load average
+subprocess including imports, model probe and (ours) the run's own final report. Each of our methods
+is a one-cell `promptopt sweep` (its own sweep dir, so its wall time and load stay its own). The load average
 of the machine is recorded at the start and end of each method.
 
 promptolution lives in its own venv and runs in a subprocess: a small driver script is written to a
@@ -63,7 +64,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optimize_cli import ROOT, optimize_command, run_optimize
+from optimize_cli import ROOT, finished
 from promptopt import registry
 from promptopt.api import evaluate, load_task
 from promptopt.scoring.cache import CachedBackend
@@ -229,28 +230,35 @@ def search_seconds(run_dir: Path) -> float:
 
 
 def run_ours(args: argparse.Namespace, url: str, strategy: str, out_dir: Path) -> dict[str, Any]:
-    """One `promptopt optimize` process on the server; returns its summary plus timings."""
+    """Our strategy as a one-cell `promptopt sweep` on the server (a rerun of the bench with the same
+    --run-dir would read it back); returns its summary plus timings."""
     sets = [f"backend.base_url={url}", f"backend.concurrency={CONCURRENCY}", "backend.timeout=300",
-            f"optimizer.options.base_url={url}", f"optimizer.options.concurrency={CONCURRENCY}",
-            "optimizer.options.timeout=900", f"task.test_limit={args.test_limit}"]
+            "optimizer.backend=openai", f"optimizer.options.base_url={url}",
+            f"optimizer.options.concurrency={CONCURRENCY}", "optimizer.options.timeout=900",
+            f"task.test_limit={args.test_limit}", "cache=false"]
     if strategy == "evoprompt_ga":
         sets += [f"evoprompt_ga.population={args.population}", f"evoprompt_ga.generations={args.generations}",
                  f"evoprompt_ga.eval_examples={DEV_SIZE}", f"evoprompt_ga.temperature={META_TEMPERATURE}",
                  f"evoprompt_ga.max_tokens={META_MAX_TOKENS}"]
     elif strategy == "apo":
         sets += APO_SETTINGS
-    args_ = ["--task", TASK, "--strategy", strategy,
-             "--backend", "openai", "--model", args.model, "--optimizer-backend", "openai",
-             "--optimizer-model", args.model, "--budget", f"examples={budget_of(args)}", "--seed", str(args.seed),
-             "--test-limit", str(args.test_limit), "--no-cache", "--run-dir", str(out_dir), "-q"]
+    argv = [sys.executable, "-m", "promptopt.cli", "sweep", "--tasks", TASK, "--strategies", strategy,
+            "--seeds", str(args.seed), "--backend", "openai", "--model", args.model, "--optimizer-model", args.model,
+            "--budget", f"examples={budget_of(args)}", "--test-limit", str(args.test_limit), "--out", str(out_dir)]
     for s in sets:
-        args_ += ["--set", s]
-    summary, wall = run_optimize(args_, out_dir, f"our {strategy} run")
+        argv += ["--set", s]
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=ROOT, env=os.environ.copy())
+    wall = time.monotonic() - started
+    found = list(out_dir.glob(f"cells/{TASK}__{strategy}__seed{args.seed}/*/summary.json"))
+    if proc.returncode != 0 or not found:
+        raise SystemExit(f"bench: our {strategy} sweep failed (exit {proc.returncode}); its cell log is under {out_dir}")
+    summary = finished(found[0], f"our {strategy} run")
     return {"best_prompt": summary["best_prompt"], "best_own_dev": summary["best_dev"],
             "own_test": summary["best_test"], "scored_examples": summary["search"]["examples"],
             "optimizer_calls": summary["search"]["optimizer_calls"], "stop_reason": summary["stop_reason"],
             "search_s": search_seconds(Path(summary["run_dir"])), "process_s": round(wall, 2),
-            "run_dir": summary["run_dir"], "command": " ".join(optimize_command(args_)[1:])}
+            "run_dir": summary["run_dir"], "command": " ".join(argv[3:])}
 
 
 def score(prompt: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
