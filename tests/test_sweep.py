@@ -8,8 +8,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,22 +135,43 @@ def test_an_unreachable_ray_address_is_refused_before_anything_starts(tmp_path, 
 
 @pytest.fixture
 def ray_cluster(tmp_path):
-    """A real local Ray cluster on loopback: a head node and one worker node, 1 CPU each."""
+    """A real local Ray cluster on loopback: a head node and one worker node, 1 CPU each. Each node is a
+    `ray start --block` process in a session of its own, stopped by its id: no other Ray on the machine is touched."""
     if os.environ.get("PROMPTOPT_REQUIRE_RAY") != "1":
         pytest.importorskip("ray")
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
     assert ray_cli, "the ray command is missing from this environment"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = "6391"
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 characters
+    nodes: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: Path) -> None:
+        with open(log, "wb") as out:
+            nodes.append(subprocess.Popen([ray_cli, "start", *args, *common], stdout=out, stderr=subprocess.STDOUT,
+                                          env=env, start_new_session=True))
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            assert nodes[-1].poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)  # polling another process's log: no event to wait on
+
     try:
-        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       check=True, capture_output=True, env=env, timeout=120)
-        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
-                       check=True, capture_output=True, env=env, timeout=120)
+        start(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"], tmp_path / "head.log")
+        start([f"--address=127.0.0.1:{port}"], tmp_path / "worker.log")
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        for node in reversed(nodes):
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+                try:
+                    node.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.pid, signal.SIGKILL)
+                    node.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_gives_the_local_table_and_loses_no_cell_when_a_worker_dies(tmp_path, ray_cluster):
