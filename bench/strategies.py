@@ -23,6 +23,7 @@ from typing import Any
 
 from optimize_cli import ROOT, finished
 from promptopt import registry
+from promptopt.cli.sweep.soft import SOFT_METHODS, is_soft
 from promptopt.runlog import is_task_score, load_run
 from promptopt.strategy import needs
 
@@ -30,7 +31,8 @@ from promptopt.strategy import needs
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="sst2")
-    p.add_argument("--strategies", help="comma-separated (default: every registered strategy)")
+    p.add_argument("--strategies", help="comma-separated (default: every registered strategy); soft methods "
+                                        "(prompt_tuning, p_tuning, prefix_tuning, cpt) too")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budget", type=int, default=256, help="scored examples per run (search phase)")
     p.add_argument("--test-limit", type=int, default=200)
@@ -119,6 +121,8 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], budget: int, out: Pat
     colors = plt.get_cmap("tab20").colors
     styles = ("-", "--", ":", "-.")
     for i, (strategy, runs) in enumerate(sorted(curves.items())):
+        if not runs:  # a soft method: no search curve
+            continue
         ys = []
         for x in grid:
             vals = [next((b for e, b in reversed(c) if e <= x), None) for c in runs]
@@ -142,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     if not all(s.strip().isdigit() for s in args.seeds.split(",")):
         raise SystemExit(f"bench: --seeds takes comma-separated integers, not {args.seeds!r}")
     strategies = args.strategies.split(",") if args.strategies else sorted(registry.names("strategies"))
-    unknown = sorted(set(strategies) - set(registry.names("strategies")))
+    unknown = sorted(set(strategies) - set(registry.names("strategies")) - set(SOFT_METHODS))
     if unknown:
         raise SystemExit(f"bench: unknown strategy {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(registry.names('strategies')))})")
     if not os.environ.get("PROMPTOPT_DATA_DIR"):
         raise SystemExit("bench: set PROMPTOPT_DATA_DIR (e.g. ../shared/data)")
     run_dir = (ROOT / args.run_dir / args.task).resolve()
-    llm_free = {st for st in strategies if not needs(registry.get("strategies", st)).optimizer and not args.llm_edits}
+    llm_free = {st for st in strategies if is_soft(st) or (not needs(registry.get("strategies", st)).optimizer
+                                                          and not args.llm_edits)}
     runs: dict[str, list[dict[str, Any]]] = {}
     for group, free in ((sorted(llm_free), True), ([st for st in strategies if st not in llm_free], False)):
         if group:
@@ -158,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     for strategy in strategies:
         summaries = runs[strategy]
         raw[strategy] = summaries
-        curves[strategy] = [best_so_far(Path(s["run_dir"])) for s in summaries]
+        # A soft method's cell has no search log: its training is not a curve over scored examples.
+        curves[strategy] = [] if is_soft(strategy) else [best_so_far(Path(s["run_dir"])) for s in summaries]
         row: dict[str, Any] = {"strategy": strategy, "optimizer": "none" if strategy in llm_free else "embedded"}
         for key in ("seed_dev", "best_dev", "seed_test", "best_test"):
             row[key] = mean_std([s[key] for s in summaries])
