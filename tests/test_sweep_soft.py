@@ -110,3 +110,13 @@ def test_bad_soft_settings_are_one_line_and_start_nothing(grid, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_dry_run_says_what_each_soft_cell_trains_and_starts_nothing(grid, tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", *grid, "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep: demo prompt_tuning: 2 steps of 4 train examples, the whole dev split scored at step 0 " \
+           "and 1 more times" in printed
+    assert "2 cells (1 tasks x 2 strategies x 1 seeds), 2 to run" in printed
+    assert not out.exists()

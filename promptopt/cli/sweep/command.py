@@ -65,12 +65,13 @@ def _grid_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def check_cells(grid: Grid, out: Path) -> None:
+def check_cells(grid: Grid, out: Path) -> list[str]:
     """Every (task, strategy) pair through `optimize --dry-run`: the same checks a run makes before it
-    loads a model. Seeds change no setting, so one seed stands for all."""
+    loads a model. Seeds change no setting, so one seed stands for all. Returns a line per soft
+    (task, method): what it trains."""
     from promptopt.cli.commands import _new_config, build_parser, main
 
-    errors = []
+    errors, plans = [], []
     for cell in {Cell(c.task, c.strategy, grid.seeds[0]) for c in cells(grid)}:
         values, argv = soft_run_argv(grid, cell, out / ".check") if is_soft(cell.strategy) else \
             ({}, new_run_argv(grid, cell, out / ".check"))
@@ -79,7 +80,11 @@ def check_cells(grid: Grid, out: Path) -> None:
             code = main([*argv, "--dry-run"])
         if code == 0 and is_soft(cell.strategy):  # and what only a soft cell needs (hf, a budget, a train split)
             try:
-                soft.check(cell.strategy, values, _new_config(build_parser().parse_args(argv)))
+                plan = soft.check(cell.strategy, values, _new_config(build_parser().parse_args(argv)))
+                checks = (f"the whole dev split scored at step 0 and {plan['dev_checks']} more times"
+                          if plan["dev_checks"] else "no dev checks (the last step is kept)")
+                plans.append(f"sweep: {cell.task} {cell.strategy}: {plan['steps']} steps of {plan['batch_size']} "
+                             f"train examples, {checks}")
             except ConfigError as e:
                 err.write(str(e).removeprefix("sweep: ") + "\n")
                 code = 2
@@ -88,6 +93,7 @@ def check_cells(grid: Grid, out: Path) -> None:
             errors.append(f"task {cell.task}, strategy {cell.strategy}: {line[0].removeprefix('promptopt: error: ')}")
     if errors:
         raise ConfigError("sweep: " + "; ".join(sorted(errors)))
+    return sorted(plans)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     if args.jobs < 1:
         raise ConfigError(f"--jobs: expected a whole number >= 1, got {args.jobs}")
-    check_cells(grid, out)
+    plans = check_cells(grid, out)
     todo = [c.name for c in cells(grid) if not cell_done(cell_run(out, c))]
     if args.dry_run:
+        for line in plans:
+            print(line)
         print(f"sweep: {len(cells(grid))} cells ({len(grid.tasks)} tasks x {len(grid.strategies)} strategies x "
               f"{len(grid.seeds)} seeds), {len(todo)} to run, on {args.executor}; every cell checked")
         return 0
