@@ -81,10 +81,10 @@ def _token_counter(grid: Grid) -> Callable[[str], int] | None:
         from promptopt.backends.models import EMBEDDED, embedded_hf_dir, quiet_transformers, resolve_model
 
         model = grid.model or EMBEDDED
-        source = (str(embedded_hf_dir()), None) if model == EMBEDDED else (resolve_model(model).path,
-                                                                          resolve_model(model).gguf_file)
+        path, gguf = (str(embedded_hf_dir()), None) if model == EMBEDDED else \
+            (resolve_model(model).path, resolve_model(model).gguf_file)
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source[0], **({"gguf_file": source[1]} if source[1] else {}))
+            tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
     except Exception:  # noqa: BLE001 - no tokenizer (not installed, not found): the column stays empty
         return None
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
