@@ -29,8 +29,9 @@ components (strategies/blocks/components.py); all of a step's proposals edit tha
 program. The meta-prompt (`opro.meta_component`) shows the component's texts among the best programs with
 their scores (each text once, at its best score), its name and role, the other components of the best
 program as read-only context, and `exemplars` examples of the best program's run in place of rendered task
-exemplars: input, output, score, and the evaluator's feedback and trace. Those examples are its train
-results when it has any, else its dev results (a program needs no train split; OPRO scores on dev).
+exemplars: input, output, score, and the evaluator's feedback and trace. They are drawn from its dev
+results, the only ones OPRO has (a program needs no train split), so on a program the optimizer does see
+some of the examples its proposals are judged on.
 """
 from __future__ import annotations
 
@@ -210,9 +211,8 @@ class OPRO:
             best_of[t] = s
         pairs = [self.prompts["pair"].format(instruction=t, score=round(100 * s)) for t, s in best_of.items()]
         best = trajectory[-1][0]
-        split = "train" if ctx.history.results(best.id, "train") else "dev"
-        results = ctx.history.results(best.id, split)
-        by_id = {ex.id: ex for ex in ctx.task.split(split)}
+        results = ctx.history.results(best.id, "dev")
+        by_id = {ex.id: ex for ex in ctx.task.split("dev")}
         ids = sorted(i for i in results if i in by_id)
         picked = ctx.rng.sample(ids, min(self.config.exemplars, len(ids)))
         return self.prompts["meta_component"].format(
