@@ -20,10 +20,11 @@ merge prompt; the result is scored on `merge_subsample` Pareto examples balanced
 parent wins and ties, and kept (scored on the rest of the Pareto set) if its sum there is at least
 the better parent's, as in GEPA.
 
-How the merge differs from GEPA's: GEPA merges programs of several components system-aware, taking
-each component from whichever descendant of a common ancestor changed it, and needs no LLM. A
-prompt here has one instruction, so that rule has nothing to combine; instead the optimizer LLM is
-asked to write one instruction from the two, and no common ancestor is required.
+How the merge of single prompts differs from GEPA's: GEPA merges programs of several components
+system-aware, taking each component from whichever descendant of a common ancestor changed it, and
+needs no LLM. A single prompt has one instruction, so that rule has nothing to combine; instead the
+optimizer LLM is asked to write one instruction from the two, and no common ancestor is required.
+Programs of several components are merged system-aware (below).
 
 Defaults from GEPA's code: minibatch 3, Pareto parent selection, skip_perfect_score on, strict
 minibatch acceptance, 5 merge invocations, merge subsample 5. Merge is on (gepa.optimize defaults it
@@ -404,7 +405,7 @@ class GEPA:
             took[n] = src.id
         if len(set(took.values())) < 2:
             return None  # everything from one parent: that parent again
-        if Candidate.of_components(items).id in self.ctx.history:
+        if Candidate.of_components(items, demos=a.demos).id in self.ctx.history:
             return None
         return items, took
 
