@@ -221,3 +221,19 @@ def test_every_budget_fits_on_a_program(strategy):
     optimizer = FakeBackend("opt", replies=lambda r, f=answer(): f(r.messages[-1][1]))
     check_every_budget(lambda: _make(strategy),
                        prog.task, Budget(max_examples=150), program=ProgramScorer(prog), optimizer=optimizer)
+
+
+@pytest.mark.parametrize("strategy", list(OPTIONS))
+def test_a_one_component_program_is_edited_as_a_component(tmp_path, strategy):
+    from promptopt.testing import make_run
+    prog = Program({"answer": SEED["answer"]}, overlap, dev=ROWS[:16], test=ROWS[16:], version="v1")
+    optimizer = FakeBackend("opt", replies=lambda r, f=answer(): f(r.messages[-1][1]))
+    run = make_run(_make(strategy), task=prog.task, program=ProgramScorer(prog), optimizer=optimizer,
+                   run_dir=tmp_path, budget=Budget(max_examples=300))
+    run.run()
+    run.log.close()
+    events = _events(str(tmp_path))
+    children = [c for c in _candidates(events).values() if c["parents"]]
+    assert children and all(c["meta"]["component"] == "answer" and len(c["components"]) == 1 for c in children)
+    merges = set(_asks(events, "gepa.merge"))  # one component: the LLM merges two texts, as for a single prompt
+    assert all("(none: this is the program's only component)" in a for a in _asks(events) if a not in merges)
