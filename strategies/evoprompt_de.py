@@ -34,10 +34,8 @@ class EvoPromptDE(Evolution):
             a, b = ctx.rng.sample(others, 2) if len(others) >= 2 else [ctx.rng.choice(self.population)
                                                                         for _ in range(2)]
             name = self.choice.pick(x.candidate)  # a program: the component this child edits
-
-            def part(m: Member) -> str:
-                return text_of(m.candidate, name)
-            text = self.prompts["de"].format(a=part(a), b=part(b), best=part(leader), current=part(x))
+            ta, tb, tbest, tx = (text_of(m.candidate, name) for m in (a, b, leader, x))
+            text = self.prompts["de"].format(a=ta, b=tb, best=tbest, current=tx)
             requests.append((text, (x, a, b, leader), name))
             slots.append(j)
         children = self.ask_optimizer(ctx, requests, "evoprompt.de")

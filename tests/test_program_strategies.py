@@ -15,7 +15,6 @@ import pytest
 
 import promptopt
 from promptopt import Program, Result
-from promptopt.backends.base import GenRequest
 from promptopt.backends.fake import FakeBackend
 from promptopt.budget import Budget
 from promptopt.config import strategy_config
@@ -75,11 +74,22 @@ def _make(strategy: str):
     return cls(strategy_config(cls, OPTIONS[strategy]))
 
 
+def _chat(reply: Callable[[str], str]) -> Callable[[list], str]:
+    """`reply` as the test server's chat answer (to the last message)."""
+    return lambda messages: reply(str(messages[-1]["content"]))
+
+
+def _fake_optimizer() -> FakeBackend:
+    """The same answers from an in-process backend, for the many short runs of the budget contract."""
+    reply = answer()
+    return FakeBackend("opt", replies=lambda r: reply(r.messages[-1][1]))
+
+
 @pytest.fixture
 def server(monkeypatch):
     """The test server as the optimizer (optimizer_backend="openai", model "test-model"); set .reply to change it."""
     with FakeOpenAIServer("test-model", max_lifetime=120) as s:
-        s.reply = lambda messages, r=answer(): r(str(messages[-1]["content"]))
+        s.reply = _chat(answer())
         monkeypatch.setenv("OPENAI_BASE_URL", s.url)
         yield s
 
@@ -139,7 +149,7 @@ def test_single_prompt_meta_prompts_are_unchanged(tmp_path):
     """A single prompt takes the old templates: no component template is used, and no proposal names one."""
     from promptopt.testing import make_run
     for strategy in OPTIONS:
-        optimizer = FakeBackend("opt", replies=lambda r, f=answer(): f(r.messages[-1][1]))
+        optimizer = _fake_optimizer()
         (tmp_path / strategy).mkdir()
         run = make_run(_make(strategy),
                        optimizer=optimizer, run_dir=tmp_path / strategy, budget=Budget(max_examples=300))
@@ -164,7 +174,7 @@ def test_gepa_traces_selection_edits_the_component_the_reflection_lm_blames(tmp_
 
 
 def test_gepa_blame_that_names_no_component_falls_back_to_round_robin(tmp_path, server):
-    server.reply = lambda messages, r=answer(blame="I cannot tell."): r(str(messages[-1]["content"]))
+    server.reply = _chat(answer(blame="I cannot tell."))
     report = _run(tmp_path, "gepa", component_selection="traces", use_merge=False)
     events = _events(report.run_dir)
     notes = [e for e in events if e["type"] == "note" and e["kind"] == "gepa.blame"]
@@ -218,7 +228,7 @@ def _lineage(cands: dict[str, dict], cid: str) -> set[str]:
 @pytest.mark.parametrize("strategy", list(OPTIONS))
 def test_every_budget_fits_on_a_program(strategy):
     prog = program()
-    optimizer = FakeBackend("opt", replies=lambda r, f=answer(): f(r.messages[-1][1]))
+    optimizer = _fake_optimizer()
     check_every_budget(lambda: _make(strategy),
                        prog.task, Budget(max_examples=150), program=ProgramScorer(prog), optimizer=optimizer)
 
@@ -227,7 +237,7 @@ def test_every_budget_fits_on_a_program(strategy):
 def test_a_one_component_program_is_edited_as_a_component(tmp_path, strategy):
     from promptopt.testing import make_run
     prog = Program({"answer": SEED["answer"]}, overlap, dev=ROWS[:16], test=ROWS[16:], version="v1")
-    optimizer = FakeBackend("opt", replies=lambda r, f=answer(): f(r.messages[-1][1]))
+    optimizer = _fake_optimizer()
     run = make_run(_make(strategy), task=prog.task, program=ProgramScorer(prog), optimizer=optimizer,
                    run_dir=tmp_path, budget=Budget(max_examples=300))
     run.run()
