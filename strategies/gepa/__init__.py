@@ -139,6 +139,7 @@ It did badly on these examples (the program's input, output, score, and the feed
 Which one component is most to blame for the mistakes? Reply with its name only: one of {names}.""",
                  "a program, component_selection=traces: which component to edit, from the failing traces")
 
+BLAME_MAX_TOKENS = 32  # a blame reply is a component's name: short, and greedy (temperature 0) so it is stable
 MIN_ECHO_CHARS = 20  # a reply this long found verbatim in our request is parroting, not writing
 MAX_FIELD_CHARS = 400
 
@@ -292,7 +293,7 @@ class GEPA:
             components="\n".join(f'- {n} ({role_of(ctx, n)}): "{clip(t)}"' for n, t in parent.components),
             traces=show_results(ctx.task, failing), names=", ".join(names))
         out = ctx.require_optimizer().generate(
-            [GenRequest(messages=(("user", ask),), max_tokens=32, temperature=0.0)], purpose="gepa.blame")[0]
+            [GenRequest(messages=(("user", ask),), max_tokens=BLAME_MAX_TOKENS, temperature=0.0)], purpose="gepa.blame")[0]
         named = blamed(out.text if not out.error else "", names)
         if named is None:
             named = self.choice.pick(parent)
