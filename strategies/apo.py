@@ -17,6 +17,12 @@ loop ranks finalists on, and keeping it apart from the minibatches means an edit
 some train examples gets no credit for fixing exactly those. `--set apo.selection.split=train`
 reproduces the official behaviour; the final beam is then scored on dev once, for the report.
 
+A program (promptopt.harness.program): each critique is of one component, round-robin over the program's
+components (strategies/blocks/components.py), and its edits and their paraphrases edit that component only;
+a paraphrase of a beam prompt takes the next turn. The `*_component` meta-prompts show the component's name
+and role, the other components as read-only context, and for each error the program's output, score, and the
+evaluator's feedback and trace.
+
 Every optimizer reply is parsed defensively: the meta-prompts ask for <START>...<END> tags; from a
 reply without them (a 135M model rarely complies) one paragraph is picked, preferring one that
 quotes a prompt on its own; anything empty, cut off, copied, echoed or commentary is logged as a
@@ -31,6 +37,7 @@ from typing import Sequence
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest, GenResult
+from promptopt.strategies.blocks.components import ComponentChoice, edited, program_fields, show_results, text_of
 from promptopt.strategies.blocks.parsing import clean_prompt, strip_wrapping
 from promptopt.registry import register_strategy
 from promptopt.strategies.blocks.selection import RacingConfig, SelectionConfig, Selector, check_racing
@@ -53,9 +60,29 @@ EDIT = (FRAME + "\n\nIt got these examples wrong:\n\n{errors}\n\n"
 PARAPHRASE = ("Rewrite the instruction below in other words, keeping its meaning. "
               "Reply with the new instruction only, wrapped in <START> and <END>.\n\nInstruction: {prompt}")
 
+COMPONENT_FRAME = ("I'm improving one component of a program, \"{name}\": {role}.\nIts current text is:\n\"{prompt}\"\n\n"
+                   "The program's other components (context only, not to be changed):\n{others}\n\n"
+                   "The program did badly on these examples (each with the program's output and score, and the "
+                   "feedback and trace of its run):\n\n{errors}")
+
+GRADIENT_COMPONENT = (COMPONENT_FRAME + "\n\nGive {k} reason(s) why the text of \"{name}\" could have led to these "
+                      "mistakes. Wrap each reason in <START> and <END>.")
+
+EDIT_COMPONENT = (COMPONENT_FRAME + "\n\nThe problem with it: {gradient}\n\n"
+                  "Write {k} improved text(s) for \"{name}\" that avoid this problem. "
+                  "Reply with the new text(s) only, each wrapped in <START> and <END>.")
+
+PARAPHRASE_COMPONENT = ("Rewrite the text below in other words, keeping its meaning. It is the component \"{name}\" "
+                        "of a program: {role}. The program's other components (context only):\n{others}\n\n"
+                        "Reply with the new text only, wrapped in <START> and <END>.\n\nText: {prompt}")
+
 TEMPLATES = (Template("apo.gradient", GRADIENT, "critique: {k} reasons why the instruction led to the errors"),
              Template("apo.edit", EDIT, "rewrite: {k} instructions that avoid the problem a critique names"),
-             Template("apo.paraphrase", PARAPHRASE, "Monte-Carlo paraphrase of an instruction"))
+             Template("apo.paraphrase", PARAPHRASE, "Monte-Carlo paraphrase of an instruction"),
+             Template("apo.gradient_component", GRADIENT_COMPONENT,
+                      "a program: critique of one component from the errors' outputs, feedback and traces"),
+             Template("apo.edit_component", EDIT_COMPONENT, "a program: rewrites of one component that avoid the problem"),
+             Template("apo.paraphrase_component", PARAPHRASE_COMPONENT, "a program: paraphrase of one component"))
 
 _TAGGED = re.compile(r"<\s*START\s*>(.*?)<\s*END\s*>", re.I | re.S)
 _TAG = re.compile(r"<\s*/?\s*(?:START|END)\s*>", re.I)
@@ -96,6 +123,7 @@ class _Gradient:
     parent: Candidate
     errors: tuple[tuple[Example, ExampleResult], ...]
     text: str
+    component: str | None = None  # a program: the component it critiques
 
 
 @register_strategy("apo")
@@ -111,6 +139,7 @@ class APO:
         self.minibatch: tuple[str, ...] = ()  # example ids of the current round's minibatch
         self.selector: Selector | None = None
         self.reported_on_dev = False
+        self.choice = ComponentChoice()  # a program: which component each critique is about
 
     # -- the ask/tell state machine: seeds -> (minibatch -> expansion -> selection) x rounds --
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
@@ -225,49 +254,64 @@ class APO:
 
     def _gradients(self, ctx: Context) -> list[_Gradient]:
         cfg = self.config
-        groups: list[tuple[Candidate, tuple[tuple[Example, ExampleResult], ...]]] = []
+        groups: list[tuple[Candidate, tuple[tuple[Example, ExampleResult], ...], str | None]] = []
         for parent in self.beam:
             errors = self._errors(ctx, parent)
             if not errors:
                 ctx.note("apo.no_errors", parent=parent.id, round=self.round)
                 continue
             for _ in range(cfg.n_gradients):
-                groups.append((parent, tuple(ctx.rng.sample(errors, min(len(errors), cfg.errors_per_gradient)))))
-        asks = [self.prompts["gradient"].format(job=_job(ctx.task), prompt=p.text, errors=_show_errors(ctx.task, errs),
-                                k=cfg.reasons_per_gradient) for p, errs in groups]
+                errs = tuple(ctx.rng.sample(errors, min(len(errors), cfg.errors_per_gradient)))
+                groups.append((parent, errs, self.choice.pick(parent)))
+        asks = [self._ask(ctx, "gradient", p, name, errs, k=cfg.reasons_per_gradient) for p, errs, name in groups]
         outs = ctx.require_optimizer().generate([self._request(a) for a in asks], purpose="apo.gradient")
         gradients = []
-        for (parent, errs), ask, out in zip(groups, asks, outs):
-            for text in self._parse(ctx, out, ask, parent, "apo.gradient", cfg.reasons_per_gradient):
-                gradients.append(_Gradient(parent, errs, text[:MAX_GRADIENT_CHARS]))
+        for (parent, errs, name), ask, out in zip(groups, asks, outs):
+            for text in self._parse(ctx, out, ask, parent, "apo.gradient", cfg.reasons_per_gradient, name):
+                gradients.append(_Gradient(parent, errs, text[:MAX_GRADIENT_CHARS], name))
         return gradients
 
+    def _ask(self, ctx: Context, kind: str, cand: Candidate, name: str | None,
+             errors: Sequence[tuple[Example, ExampleResult]] = (), **fields: object) -> str:
+        """One meta-prompt: the single-prompt template, or for a program its `*_component` version."""
+        if name is None:
+            if kind == "paraphrase":
+                return self.prompts[kind].format(prompt=cand.text)
+            return self.prompts[kind].format(job=_job(ctx.task), prompt=cand.text,
+                                             errors=_show_errors(ctx.task, errors), **fields)
+        if kind != "paraphrase":
+            fields["errors"] = show_results(ctx.task, errors)
+        return self.prompts[kind + "_component"].format(prompt=text_of(cand, name), **program_fields(ctx, cand, name),
+                                                        **fields)
+
     def _edits(self, ctx: Context, gradients: list[_Gradient]) -> list[Candidate]:
-        asks = [self.prompts["edit"].format(job=_job(ctx.task), prompt=g.parent.text, errors=_show_errors(ctx.task, g.errors),
-                            gradient=g.text, k=self.config.edits_per_gradient) for g in gradients]
+        asks = [self._ask(ctx, "edit", g.parent, g.component, g.errors, gradient=g.text, k=self.config.edits_per_gradient)
+                for g in gradients]
         outs = ctx.require_optimizer().generate([self._request(a) for a in asks], purpose="apo.edit")
         edits = []
         for g, ask, out in zip(gradients, asks, outs):
-            for text in self._parse(ctx, out, ask, g.parent, "apo.edit", self.config.edits_per_gradient):
-                edits.append(g.parent.revise(text, origin="apo.edit",
-                                             meta={"gradient": g.text, "round": self.round,
-                                             "errors": [ex.id for ex, _ in g.errors]}))
+            for text in self._parse(ctx, out, ask, g.parent, "apo.edit", self.config.edits_per_gradient, g.component):
+                edits.append(edited(g.parent, g.component, text, origin="apo.edit",
+                                    meta={"gradient": g.text, "round": self.round,
+                                          "errors": [ex.id for ex, _ in g.errors]}))
         return edits
 
     def _paraphrases(self, ctx: Context, edits: list[Candidate]) -> list[Candidate]:
         """Paraphrases of every edit and of every beam prompt itself, as the official code does.
         Each keeps its beam parent as lineage and, for an edit's paraphrase, the edit's gradient."""
-        sources = [(e, e.parents[0]) for e in edits] + [(p, p.id) for p in self.beam]
-        jobs = [(src, parent_id) for src, parent_id in sources for _ in range(self.config.paraphrases)]
-        asks = [self.prompts["paraphrase"].format(prompt=src.text) for src, _ in jobs]
+        sources = [(e, e.parents[0], True) for e in edits] + [(p, p.id, False) for p in self.beam]
+        # A program: an edit's paraphrases rephrase the component the edit changed; a beam prompt's take turns.
+        jobs = [(src, parent_id, src.meta.get("component") if is_edit else self.choice.pick(src))
+                for src, parent_id, is_edit in sources for _ in range(self.config.paraphrases)]
+        asks = [self._ask(ctx, "paraphrase", src, name) for src, _, name in jobs]
         outs = ctx.require_optimizer().generate([self._request(a) for a in asks], purpose="apo.paraphrase")
         out = []
-        for (src, parent_id), ask, reply in zip(jobs, asks, outs):
-            for text in self._parse(ctx, reply, ask, src, "apo.paraphrase", 1):
+        for (src, parent_id, name), ask, reply in zip(jobs, asks, outs):
+            for text in self._parse(ctx, reply, ask, src, "apo.paraphrase", 1, name):
                 meta = {"round": self.round, "paraphrase_of": src.id}
                 if "gradient" in src.meta:
                     meta["gradient"] = src.meta["gradient"]
-                out.append(src.revise(text, parents=(parent_id,), origin="apo.paraphrase", meta=meta))
+                out.append(edited(src, name, text, parents=(parent_id,), origin="apo.paraphrase", meta=meta))
         return out
 
     def _dedup_and_cap(self, ctx: Context, children: list[Candidate]) -> list[Candidate]:
@@ -276,7 +320,7 @@ class APO:
         for c in children:
             if c.id in ctx.history or c.id in fresh:
                 ctx.note("proposal.rejected", stage=c.origin, parent=c.parents[0],
-                         reason="duplicate of an earlier candidate", raw=c.text)
+                         reason="duplicate of an earlier candidate", raw=text_of(c, c.meta.get("component")))
             else:
                 fresh[c.id] = c
         kept: list[Candidate] = []
@@ -295,17 +339,20 @@ class APO:
         return GenRequest(messages=(("user", text),), max_tokens=self.config.max_tokens,
                           temperature=self.config.temperature)
 
-    def _parse(self, ctx: Context, out: GenResult, ask: str, source: Candidate, stage: str, want: int) -> list[str]:
-        """The usable items of one reply (at most `want`); each unusable one becomes a rejection note."""
-        items, problem = _reply_items(out, stage, source.text)
+    def _parse(self, ctx: Context, out: GenResult, ask: str, source: Candidate, stage: str, want: int,
+               name: str | None = None) -> list[str]:
+        """The usable items of one reply (at most `want`); each unusable one becomes a rejection note.
+        `name`: a program's component the reply rewrites (or critiques)."""
+        own = text_of(source, name)
+        items, problem = _reply_items(out, stage, own)
         accepted: list[str] = []
         if problem:
             ctx.note("proposal.rejected", stage=stage, parent=source.id, reason=problem, raw=out.text)
             return accepted
         for item in items[:want]:
             check = _check_gradient if stage == "apo.gradient" else _check_prompt
-            text, problem = check(item, source.text)
-            problem = problem or _echo(text, ask, source.text)
+            text, problem = check(item, own)
+            problem = problem or _echo(text, ask, own)
             if problem:
                 ctx.note("proposal.rejected", stage=stage, parent=source.id, reason=problem, raw=out.text)
             else:

@@ -23,6 +23,15 @@ and the reason for each in the next meta-prompt, so a model that keeps repeating
 Every meta-prompt is an editable template: `promptopt templates --strategy opro`.
 `racing` (off by default; see blocks.selection) scores each step's proposals block by block against
 the best instruction so far; a proposal dropped from the race is left out of later trajectories.
+
+A program (promptopt.harness.program): each step rewrites one component, round-robin over the program's
+components (strategies/blocks/components.py); all of a step's proposals edit that component of the best
+program. The meta-prompt (`opro.meta_component`) shows the component's texts among the best programs with
+their scores (each text once, at its best score), its name and role, the other components of the best
+program as read-only context, and `exemplars` examples of the best program's run in place of rendered task
+exemplars: input, output, score, and the evaluator's feedback and trace. They are drawn from its dev
+results, the only ones OPRO has (a program needs no train split), so on a program the optimizer does see
+some of the examples its proposals are judged on.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from pydantic import Field
 
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.registry import register_strategy
+from promptopt.strategies.blocks.components import ComponentChoice, edited, program_fields, seeds, show_results, text_of
 from promptopt.strategies.blocks.parsing import clean_prompt, extract_marked
 from promptopt.strategies.blocks.selection import Racing, RacingConfig, check_racing
 from promptopt.strategies.blocks.templates import Template, TemplateSettings
@@ -60,6 +70,25 @@ EXEMPLAR = Template("opro.exemplar", "Problem:\n{problem}\nGround truth answer:\
                     "one task exemplar in {exemplars}")
 REJECTED = Template("opro.rejected", "These recent proposals were rejected and not scored:\n{items}",
                     "{rejected} when feedback_rejected is on and the last step rejected something")
+META_COMPONENT = Template("opro.meta_component", """Your task is to write the text <INS> of the component "{name}" of a program: {role}. Below are some previous \
+texts of this component with the scores of the programs that used them. The score ranges from 0 to 100; \
+higher is better.
+
+{instructions}
+
+The program's other components (context only, not to be changed):
+{others}
+
+Below are some examples of the best program's run: the input, the program's output and score, and the \
+feedback and trace of the run.
+
+{exemplars}
+
+{rejected}
+
+Write a new text for "{name}" that is different from all the texts above and gives a higher score than all \
+of them. Begin it with <INS> and end it with </INS>. Keep it concise, effective and generally applicable to \
+all the examples above.""", "a program: the meta-prompt for one component, with the best program's traces")
 
 INS_OPEN, INS_CLOSE = "<INS>", "</INS>"
 MIN_ECHO_CHARS = 20  # a proposal this long found verbatim in the meta-prompt is a copy of it
@@ -67,7 +96,7 @@ MAX_REJECTED_CHARS = 160  # each rejected proposal is shown clipped to this
 
 
 class OPROConfig(TemplateSettings):
-    TEMPLATES = (META, PAIR, EXEMPLAR, REJECTED)
+    TEMPLATES = (META, PAIR, EXEMPLAR, REJECTED, META_COMPONENT)
 
     steps: int = Field(20, ge=1, description="optimization steps after the seeds (paper: up to 200; scaled down for CPU)")
     proposals: int = Field(8, ge=1, description="instructions sampled per step from one meta-prompt (paper: 8)")
@@ -97,6 +126,7 @@ class OPRO:
         self.rejected: list[tuple[str, str]] = []  # (proposal as read, or the raw reply; reason) of the last step
         self.race: Racing | None = None
         self.dropped: set[str] = set()  # proposals dropped from a race
+        self.choice = ComponentChoice()  # a program: which component each step rewrites
 
     def check_task(self, task: Task) -> None:
         check_racing(self.config.racing, len(task.split("dev")))
@@ -104,8 +134,7 @@ class OPRO:
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
         if not self.seeded:
             self.seeded = True
-            return [ScoreRequest(Candidate(p, origin="seed"), "dev", n=self.config.eval_examples)
-                    for p in ctx.task.seed_prompts]
+            return [ScoreRequest(c, "dev", n=self.config.eval_examples) for c in seeds(ctx)]
         if self.race is not None:
             reqs = self.race.requests()
             if reqs:
@@ -154,26 +183,48 @@ class OPRO:
         ranked = [(c, s) for c, s in ctx.history.ranked("dev") if c.id not in self.dropped]
         return ranked[: self.config.max_instructions][::-1]
 
-    def meta_prompt(self, ctx: Context, trajectory: Sequence[tuple[Candidate, float]]) -> str:
-        pairs = [self.prompts["pair"].format(instruction=c.text, score=round(100 * s)) for c, s in trajectory]
-        pool = ctx.task.split("train") or ctx.task.split("dev")
-        shown = ctx.rng.sample(list(pool), min(self.config.exemplars, len(pool)))
-        exemplars = [self.prompts["exemplar"].format(problem=ctx.task.render(INS_OPEN, ex).strip(),
-                                                     answer=_answer(ctx.task, ex)) for ex in shown]
+    def meta_prompt(self, ctx: Context, trajectory: Sequence[tuple[Candidate, float]], name: str | None = None) -> str:
+        """The step's meta-prompt; `name`: a program's component it asks to rewrite."""
         rejected = ""
         if self.config.feedback_rejected and self.rejected:
             items = [f'- "{_clip(raw) or "(empty reply)"}": {reason}'
                      for raw, reason in self.rejected[: self.config.max_rejected_shown]]
             rejected = self.prompts["rejected"].format(items="\n".join(items))
-        text = self.prompts["meta"].format(instructions="\n\n".join(pairs), exemplars="\n\n".join(exemplars),
-                                           rejected=rejected)
+        if name is not None:
+            text = self._program_meta(ctx, trajectory, name, rejected)
+        else:
+            pairs = [self.prompts["pair"].format(instruction=c.text, score=round(100 * s)) for c, s in trajectory]
+            pool = ctx.task.split("train") or ctx.task.split("dev")
+            shown = ctx.rng.sample(list(pool), min(self.config.exemplars, len(pool)))
+            exemplars = [self.prompts["exemplar"].format(problem=ctx.task.render(INS_OPEN, ex).strip(),
+                                                         answer=_answer(ctx.task, ex)) for ex in shown]
+            text = self.prompts["meta"].format(instructions="\n\n".join(pairs), exemplars="\n\n".join(exemplars),
+                                               rejected=rejected)
         return re.sub(r"\n{3,}", "\n\n", text).strip()  # an empty section leaves no gap
+
+    def _program_meta(self, ctx: Context, trajectory: Sequence[tuple[Candidate, float]], name: str,
+                      rejected: str) -> str:
+        best_of: dict[str, float] = {}  # each text of the component once, at its best score (still ascending)
+        for c, s in trajectory:
+            t = c.component(name)
+            best_of.pop(t, None)
+            best_of[t] = s
+        pairs = [self.prompts["pair"].format(instruction=t, score=round(100 * s)) for t, s in best_of.items()]
+        best = trajectory[-1][0]
+        results = ctx.history.results(best.id, "dev")
+        by_id = {ex.id: ex for ex in ctx.task.split("dev")}
+        ids = sorted(i for i in results if i in by_id)
+        picked = ctx.rng.sample(ids, min(self.config.exemplars, len(ids)))
+        return self.prompts["meta_component"].format(
+            instructions="\n\n".join(pairs), exemplars=show_results(ctx.task, [(by_id[i], results[i]) for i in picked]),
+            rejected=rejected, **program_fields(ctx, best, name))
 
     # -- proposals --
     def _propose(self, ctx: Context) -> list[Candidate]:
         trajectory = self.trajectory(ctx)
         best = trajectory[-1][0]
-        meta = self.meta_prompt(ctx, trajectory)
+        name = self.choice.pick(best)
+        meta = self.meta_prompt(ctx, trajectory, name)
         # One meta-prompt, several samples: the loop gives each sampled request its own seed.
         reqs = [GenRequest(messages=(("user", meta),), max_tokens=self.config.max_tokens,
                            temperature=self.config.temperature) for _ in range(self.config.proposals)]
@@ -181,9 +232,9 @@ class OPRO:
         self.rejected = []
         proposals: list[Candidate] = []
         for out in outs:
-            text, problem = read_proposal(out, meta, [c.text for c, _ in trajectory])
+            text, problem = read_proposal(out, meta, [text_of(c, name) for c, _ in trajectory])
             # Demos and system prompt come from the best instruction (OPRO edits the instruction only).
-            cand = best.revise(text, origin="opro", meta={"step": self.step, "shown": len(trajectory)})
+            cand = edited(best, name, text, origin="opro", meta={"step": self.step, "shown": len(trajectory)})
             if not problem and (cand.id in ctx.history or cand in proposals):
                 problem = "duplicate of an earlier instruction"
             if problem:

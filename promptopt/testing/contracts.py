@@ -56,11 +56,13 @@ class HarmfulSentenceBackend(FakeBackend):
 
 
 def make_run(strategy: Strategy, *, task: Task | None = None, target: Any = None, optimizer: Any = None,
-             budget: Budget | None = None, seed: int = 0, run_dir: Path | None = None, resume: bool = False) -> Run:
+             budget: Budget | None = None, seed: int = 0, run_dir: Path | None = None, resume: bool = False,
+             program: Any = None) -> Run:
+    """`program`: a promptopt.harness.program.ProgramScorer that scores instead of a target (task: its program's)."""
     log = RunLog(run_dir, resume=resume) if run_dir is not None else None
     resolved = ResolvedRun(task=task or toy_task(), strategy=strategy, budget=budget or Budget(max_examples=400), seed=seed)
-    return Run(resolved, target=target or FakeBackend(),
-               optimizer=optimizer if optimizer is not None else fake_optimizer(), log=log)
+    return Run(resolved, target=None if program is not None else target or FakeBackend(),
+               optimizer=optimizer if optimizer is not None else fake_optimizer(), log=log, program=program)
 
 
 def every_budget(full: int, dev: int, every: bool = False) -> list[int]:

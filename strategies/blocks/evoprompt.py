@@ -4,6 +4,12 @@ optimizer paraphrases), the meta-prompts, and defensive reading of the optimizer
 The meta-prompts follow the structure of EvoPrompt's (numbered steps, one worked example from a
 different task, the answer between <prompt> tags) in our own words. A small optimizer often ignores
 the tags, answers with the example, or repeats a parent: such replies are noted, never adopted.
+
+A program (promptopt.harness.program): each child edits one component, round-robin over the program's
+components (strategies/blocks/components.py); its meta-prompt is the usual one on that component's texts
+in the parents, after a preamble (`evoprompt.component`) with the component's name and role and the first
+parent's other components as read-only context. EvoPrompt's operators learn from parents, not from
+examples, so no example or trace is shown.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import Sequence
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest
+from promptopt.strategies.blocks.components import ComponentChoice, edited, program_fields, text_of
 from promptopt.strategies.blocks.parsing import clean_prompt
 from promptopt.strategies.blocks.plum_score import ObjectiveName
 from promptopt.strategies.blocks.population import IterativeSearch, Member, SearchConfig, top
@@ -74,6 +81,12 @@ Step 1:"""
 PARAPHRASE = Template("evoprompt.paraphrase", PARAPHRASE_REQUEST, "a paraphrase that fills the initial population")
 CROSSOVER = Template("evoprompt.crossover", GA_REQUEST, "GA: crossover of parents {a} and {b}, then mutation")
 DE = Template("evoprompt.de", DE_REQUEST, "DE: mutate where {a} and {b} differ, into {best}, crossed with {current}")
+COMPONENT = Template("evoprompt.component", """\
+The instructions below are versions of one component of a program, "{name}": {role}.
+The program's other components (context only, not to be changed):
+{others}
+
+{request}""", "a program: the component's name, role and the other components, before the {request} (GA, DE or paraphrase)")
 
 _DEMO_TEXTS = {normalize_prompt(t).casefold() for t in
                (_DEMO_A, _DEMO_B, _DEMO_BEST, _DEMO_CURRENT, _DEMO_GA_ANSWER, _DEMO_DE_ANSWER)}
@@ -115,7 +128,7 @@ class EvolutionConfig(TemplateSettings, SearchConfig):
     """EvoPrompt's defaults (population 10, 10 generations, temperature 0.5); its dev sets have 200
     examples and its fitness is the task metric."""
 
-    TEMPLATES = (PARAPHRASE, CROSSOVER, DE)
+    TEMPLATES = (PARAPHRASE, CROSSOVER, DE, COMPONENT)
 
     population: int = Field(10, ge=2, description="prompts in the population")
     generations: int = Field(10, ge=1, description="generations after the initial population")
@@ -139,6 +152,7 @@ class Evolution(IterativeSearch):
     def __init__(self, config: EvolutionConfig):
         super().__init__(config)
         self.prompts = config.templates()
+        self.choice = ComponentChoice()  # a program: which component each child edits
 
     def start(self, ctx: Context, scored: list[Member]) -> None:
         # EvoPrompt keeps the better half of its initial pool and adds one paraphrase per kept prompt;
@@ -171,19 +185,25 @@ class Evolution(IterativeSearch):
     def _paraphrases(self, ctx: Context) -> list[Member]:
         sources = [self.population[i % len(self.population)]
                    for i in range(self.config.population - len(self.population))]
-        requests = [(self.prompts["paraphrase"].format(prompt=s.text), (s,)) for s in sources]
+        requests = []
+        for s in sources:
+            name = self.choice.pick(s.candidate)
+            requests.append((self.prompts["paraphrase"].format(prompt=text_of(s.candidate, name)), (s,), name))
         return [m for m in self.ask_optimizer(ctx, requests, "evoprompt.paraphrase", tagged=False) if m]
 
-    def ask_optimizer(self, ctx: Context, requests: Sequence[tuple[str, tuple[Member, ...]]], purpose: str,
+    def ask_optimizer(self, ctx: Context, requests: Sequence[tuple[str, tuple[Member, ...], str | None]], purpose: str,
                       tagged: bool = True) -> list[Member | None]:
-        """One optimizer call for all requests (meta-prompt, parents); a child per request, or None
-        where the reply is unusable. `tagged`: the answer is between <prompt> tags (else the reply is it)."""
+        """One optimizer call for all requests (meta-prompt, parents, the program component it edits or None);
+        a child per request, or None where the reply is unusable. `tagged`: the answer is between <prompt>
+        tags (else the reply is it)."""
+        texts_in = [text if name is None else self.prompts["component"].format(
+            request=text, **program_fields(ctx, parents[0].candidate, name)) for text, parents, name in requests]
         reqs = [GenRequest(messages=(("user", text),), max_tokens=self.config.max_tokens,
-                           temperature=self.config.temperature) for text, _ in requests]
+                           temperature=self.config.temperature) for text in texts_in]
         replies = ctx.require_optimizer().generate(reqs, purpose=purpose)
         children: list[Member | None] = []
-        for (_, parents), reply in zip(requests, replies):
-            texts = [p.text for p in parents]
+        for (_, parents, name), reply in zip(requests, replies):
+            texts = [text_of(p.candidate, name) for p in parents]
             if tagged:
                 text, problem = extract_prompt(reply.text, texts, reply.error)
             else:
@@ -193,8 +213,8 @@ class Evolution(IterativeSearch):
                          raw=reply.text)
                 children.append(None)
                 continue
-            cand = parents[0].candidate.revise(text, parents=tuple(dict.fromkeys(p.id for p in parents)), origin=purpose,
-                                     meta={"edit": {"op": purpose.removeprefix("evoprompt."),
-                                            "parents": [p.id for p in parents]}})
+            cand = edited(parents[0].candidate, name, text, parents=tuple(dict.fromkeys(p.id for p in parents)),
+                          origin=purpose, meta={"edit": {"op": purpose.removeprefix("evoprompt."),
+                                                         "parents": [p.id for p in parents]}})
             children.append(Member(cand))
         return children

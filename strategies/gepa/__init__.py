@@ -20,10 +20,11 @@ merge prompt; the result is scored on `merge_subsample` Pareto examples balanced
 parent wins and ties, and kept (scored on the rest of the Pareto set) if its sum there is at least
 the better parent's, as in GEPA.
 
-How the merge differs from GEPA's: GEPA merges programs of several components system-aware, taking
-each component from whichever descendant of a common ancestor changed it, and needs no LLM. A
-prompt here has one instruction, so that rule has nothing to combine; instead the optimizer LLM is
-asked to write one instruction from the two, and no common ancestor is required.
+How the merge of single prompts differs from GEPA's: GEPA merges programs of several components
+system-aware, taking each component from whichever descendant of a common ancestor changed it, and
+needs no LLM. A single prompt has one instruction, so that rule has nothing to combine; instead the
+optimizer LLM is asked to write one instruction from the two, and no common ancestor is required.
+Programs of several components are merged system-aware (below).
 
 Defaults from GEPA's code: minibatch 3, Pareto parent selection, skip_perfect_score on, strict
 minibatch acceptance, 5 merge invocations, merge subsample 5. Merge is on (gepa.optimize defaults it
@@ -32,16 +33,35 @@ off, DSPy's GEPA on). Scaled down for CPU: `pareto_examples` (GEPA: the whole va
 and `iterations` only bounds it). Replies are read defensively: a reply that is empty, cut off,
 a copy, or not an instruction is noted as `proposal.rejected` and never scored.
 Every optimizer prompt is an editable template: `promptopt templates --strategy gepa`.
+
+A program (promptopt.harness.program): each reflection rewrites one component of the parent, and its
+prompt (`gepa.reflect_component`) shows that component's name and role, the other components as
+read-only context, and for each minibatch example the program's output, score, and the evaluator's
+feedback and trace. Which component (`component_selection`):
+  * `round_robin` (default): the components take turns (strategies/blocks/components.py);
+  * `traces`: the reflection LM is shown the whole program and the traces and feedback of the
+    minibatch's failing examples and asked which component is at fault (`gepa.blame`); the first
+    component name its reply mentions is edited. A reply naming none falls back to the round-robin
+    turn (noted as `gepa.blame`), so a small model that cannot answer still makes progress. The LM,
+    not a fixed rule, since only it can read a free-form trace (which step's output went wrong).
+The merge of two programs is GEPA's system-aware merge, with no LLM call: from their most recent
+common ancestor, each component that one parent changed and the other kept comes from the one that
+changed it; a component both changed comes from the parent with the higher Pareto-set sum (the sums
+differ only on the examples where their scores differ; a tie goes to the first parent). A pair is
+merged only if the result takes something from each parent and is new. A one-component program merges
+through the LLM, as a single prompt does.
 """
 from __future__ import annotations
 
 import re
-from typing import Generator, Iterator, Sequence
+from typing import Generator, Iterator, Literal, Sequence
 
 from pydantic import Field
 
 from promptopt.backends.base import GenRequest, GenResult
 from promptopt.registry import register_strategy
+from promptopt.strategies.blocks.components import (ComponentChoice, clip, edited, program_fields, role_of, seeds,
+                                                    show_results, text_of)
 from promptopt.strategies.gepa.pareto import frontier, merge_subsample, sample_parent
 from promptopt.strategies.blocks.parsing import clean_prompt, extract_marked
 from promptopt.strategies.blocks.selection import RacingConfig, check_racing, paired_t_pvalue
@@ -88,12 +108,44 @@ Instruction B:
 Write one instruction that keeps what makes each of them work. Reply with the new instruction only, \
 between ``` marks.""", "merge of two Pareto candidates -> one instruction")
 
+REFLECT_COMPONENT = Template("gepa.reflect_component", """\
+I am improving one component of a program, "{name}": {role}. Its current text is:
+```
+{instruction}
+```
+
+The program's other components (context only, not to be changed):
+{others}
+
+Here are some inputs, the program's outputs, scores, and the feedback and trace of each run:
+```
+{traces}
+```
+
+Write a new text for "{name}". Read the inputs and traces to work out what this component must do \
+for the program to succeed. Read the feedback on every run: note what went wrong, and any general \
+knowledge that would help on new inputs, and put it in the text.
+
+Reply with the new text only, between ``` marks.""", "a program: reflection on traces -> a new text for one component")
+BLAME = Template("gepa.blame", """\
+A program is made of these components:
+{components}
+
+It did badly on these examples (the program's input, output, score, and the feedback and trace of its run):
+```
+{traces}
+```
+
+Which one component is most to blame for the mistakes? Reply with its name only: one of {names}.""",
+                 "a program, component_selection=traces: which component to edit, from the failing traces")
+
+BLAME_MAX_TOKENS = 32  # a blame reply is a component's name: short, and greedy (temperature 0) so it is stable
 MIN_ECHO_CHARS = 20  # a reply this long found verbatim in our request is parroting, not writing
 MAX_FIELD_CHARS = 400
 
 
 class GEPAConfig(TemplateSettings):
-    TEMPLATES = (REFLECT, TRACE, MERGE)
+    TEMPLATES = (REFLECT, TRACE, MERGE, REFLECT_COMPONENT, BLAME)
 
     iterations: int = Field(50, ge=1, description="most reflection/merge iterations (GEPA: until the metric-call "
                             "budget is spent; the run's --budget caps this too)")
@@ -107,6 +159,9 @@ class GEPAConfig(TemplateSettings):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="optimizer sampling temperature (GEPA passes none, "
                                "so an API model's default of 1.0 applies)")
     max_tokens: int = Field(256, ge=16, description="longest optimizer reply")
+    component_selection: Literal["round_robin", "traces"] = Field(
+        "round_robin", description="a program: which component a reflection edits (round_robin: in turns; traces: "
+        "the reflection LM names the one at fault from the failing examples' traces and feedback)")
     racing: RacingConfig = Field(default_factory=RacingConfig, description="score an accepted child on the Pareto "
                                  "set block by block and drop it when clearly worse than the pool's best "
                                  "(blocks.selection; max_blocks does not apply: admission needs the whole set)")
@@ -128,6 +183,7 @@ class GEPA:
         self.tried_pairs: set[frozenset[str]] = set()
         self._ctx: Context | None = None
         self._plan: Iterator[list[ScoreRequest]] | None = None
+        self.choice = ComponentChoice()  # a program: the round-robin turn of the component to edit
 
     # -- the protocol: a generator plans the search; each yield is one batch for the loop to score --
     def ask(self, ctx: Context) -> Sequence[Candidate | ScoreRequest]:
@@ -146,9 +202,9 @@ class GEPA:
         return self._ctx
 
     def _search(self) -> Generator[list[ScoreRequest], None, None]:
-        seeds = [Candidate(p, origin="seed") for p in self.ctx.task.seed_prompts]
-        yield [ScoreRequest(c, "dev", n=self.config.pareto_examples) for c in seeds]
-        scored = [c for c in seeds if self.ctx.history.n_scored(c.id, "dev")]
+        first = seeds(self.ctx)
+        yield [ScoreRequest(c, "dev", n=self.config.pareto_examples) for c in first]
+        scored = [c for c in first if self.ctx.history.n_scored(c.id, "dev")]
         if not scored:
             return
         self.pareto_ids = tuple(self.ctx.history.results(scored[0].id, "dev"))
@@ -201,11 +257,17 @@ class GEPA:
         if cfg.skip_perfect_score and all(results[i].score >= 1 for i in ids):
             ctx.note("gepa.skip_perfect", parent=parent.id, examples=list(ids))
             return False
-        traces = "\n\n".join(self.prompts["trace"].format(
-            n=k + 1, input=_clip(ex.input), output=_clip(results[ex.id].output), score=_num(results[ex.id].score),
-            feedback=feedback(ctx.task, ex, results[ex.id])) for k, ex in enumerate(batch))
-        ask = self.prompts["reflect"].format(instruction=parent.text, traces=traces)
-        child = self._propose(ask, "gepa.reflect", parent, [parent.text],
+        name = self._component(parent, [(ex, results[ex.id]) for ex in batch])
+        if name is None:
+            traces = "\n\n".join(self.prompts["trace"].format(
+                n=k + 1, input=_clip(ex.input), output=_clip(results[ex.id].output), score=_num(results[ex.id].score),
+                feedback=feedback(ctx.task, ex, results[ex.id])) for k, ex in enumerate(batch))
+            ask = self.prompts["reflect"].format(instruction=parent.text, traces=traces)
+        else:
+            ask = self.prompts["reflect_component"].format(
+                instruction=text_of(parent, name), traces=show_results(ctx.task, [(ex, results[ex.id]) for ex in batch]),
+                **program_fields(ctx, parent, name))
+        child = self._propose(ask, "gepa.reflect", parent, [text_of(parent, name)], name=name,
                               meta={"iteration": self.iteration, "minibatch": list(ids)})
         if child is None:
             return False
@@ -220,6 +282,27 @@ class GEPA:
             return False
         return (yield from self._admit(child))
 
+    def _component(self, parent: Candidate, shown: list[tuple[Example, ExampleResult]]) -> str | None:
+        """The component a reflection on `parent` edits (None: a single prompt), by `component_selection`."""
+        if not parent.components or self.config.component_selection == "round_robin" or len(parent.components) == 1:
+            return self.choice.pick(parent)
+        ctx = self.ctx
+        failing = [(ex, r) for ex, r in shown if r.score < 1] or shown
+        names = [n for n, _ in parent.components]
+        ask = self.prompts["blame"].format(
+            components="\n".join(f'- {n} ({role_of(ctx, n)}): "{clip(t)}"' for n, t in parent.components),
+            traces=show_results(ctx.task, failing), names=", ".join(names))
+        out = ctx.require_optimizer().generate(
+            [GenRequest(messages=(("user", ask),), max_tokens=BLAME_MAX_TOKENS, temperature=0.0)], purpose="gepa.blame")[0]
+        named = blamed(out.text if not out.error else "", names)
+        if named is None:
+            named = self.choice.pick(parent)
+            ctx.note("gepa.blame", parent=parent.id, component=named, reason="the reply names no component: "
+                     "round-robin turn", raw=out.text)
+        else:
+            ctx.note("gepa.blame", parent=parent.id, component=named, raw=out.text)
+        return named
+
     def _merge(self) -> Generator[list[ScoreRequest], None, bool | None]:
         """One merge attempt; None when no pair can be merged (the iteration reflects instead),
         else True when the merged candidate joined the pool."""
@@ -230,19 +313,30 @@ class GEPA:
         pairs = [(a, b) for i, a in enumerate(front) for b in front[i + 1:]
                  if frozenset((a, b)) not in self.tried_pairs
                  and not self._related(by_id[a], by_id[b])]
+        system = len(self.pool[0].components) > 1  # a program of several components: the system-aware merge
+        if system:
+            combined = {p: self._combine(by_id[p[0]], by_id[p[1]], scores) for p in pairs}
+            pairs = [p for p in pairs if combined[p] is not None]
         if not pairs:
             return None
-        a, b = (by_id[x] for x in ctx.rng.choice(pairs))
+        pair = ctx.rng.choice(pairs)
+        a, b = (by_id[x] for x in pair)
         self.tried_pairs.add(frozenset((a.id, b.id)))
         ids = merge_subsample(ctx.rng, scores[a.id], scores[b.id], self.config.merge_subsample)
         if not self._fits(len(ids)):
             return None
         self.merges_due -= 1
         self.merges_tried += 1
-        ask = self.prompts["merge"].format(a=a.text, b=b.text)
-        # Demos and system prompt come from the first parent.
-        child = self._propose(ask, "gepa.merge", a, [a.text, b.text], parents=(a.id, b.id),
-                              meta={"iteration": self.iteration, "subsample": ids})
+        meta = {"iteration": self.iteration, "subsample": ids}
+        if system:
+            items, took = combined[pair]  # type: ignore[misc]
+            child = Candidate.of_components(items, origin="gepa.merge", parents=(a.id, b.id),
+                                            meta={**meta, "components_from": took}, demos=a.demos)
+        else:
+            name = a.components[0][0] if a.components else None
+            ask = self.prompts["merge"].format(a=a.text, b=b.text)
+            # Demos and system prompt come from the first parent.
+            child = self._propose(ask, "gepa.merge", a, [a.text, b.text], parents=(a.id, b.id), name=name, meta=meta)
         if child is None:
             return False
         yield [ScoreRequest(child, "dev", example_ids=tuple(ids))]
@@ -291,6 +385,31 @@ class GEPA:
             return True
         return False
 
+    def _combine(self, a: Candidate, b: Candidate, scores: dict[str, dict[str, float]]
+                 ) -> tuple[list[tuple[str, str]], dict[str, str]] | None:
+        """The system-aware merge of two programs (see the module docstring): the components, and for each
+        component the parents differ on, which parent's id it came from; None if it would add nothing new."""
+        common = self._ancestors(a) & self._ancestors(b)
+        if not common:
+            return None
+        order = {c.id: i for i, c in enumerate(self.ctx.history.candidates())}
+        anc = self.ctx.history.candidate(max(common, key=lambda c: order.get(c, -1)))
+        ids = set(scores[a.id]) & set(scores[b.id])
+        better = b if sum(scores[b.id][i] for i in ids) > sum(scores[a.id][i] for i in ids) else a
+        items, took = [], {}
+        for (n, ta), (_, tb) in zip(a.components, b.components):
+            if ta == tb:
+                items.append((n, ta))
+                continue
+            src = b if ta == anc.component(n) else a if tb == anc.component(n) else better
+            items.append((n, text_of(src, n)))
+            took[n] = src.id
+        if len(set(took.values())) < 2:
+            return None  # everything from one parent: that parent again
+        if Candidate.of_components(items, demos=a.demos).id in self.ctx.history:
+            return None
+        return items, took
+
     def _related(self, a: Candidate, b: Candidate) -> bool:
         """Whether one is an ancestor of the other (a merge of those would add nothing new)."""
         return b.id in self._ancestors(a) or a.id in self._ancestors(b)
@@ -306,14 +425,16 @@ class GEPA:
         return out
 
     def _propose(self, ask: str, purpose: str, base: Candidate, sources: list[str],
-                 parents: tuple[str, ...] | None = None, meta: dict | None = None) -> Candidate | None:
-        """Ask the optimizer once; the child (an edit of `base`'s instruction), or None if unusable."""
+                 parents: tuple[str, ...] | None = None, meta: dict | None = None,
+                 name: str | None = None) -> Candidate | None:
+        """Ask the optimizer once; the child (an edit of `base`'s instruction, or of a program's component
+        `name`), or None if unusable."""
         cfg, ctx = self.config, self.ctx
         out = ctx.require_optimizer().generate(
             [GenRequest(messages=(("user", ask),), max_tokens=cfg.max_tokens, temperature=cfg.temperature)],
             purpose=purpose)[0]
         text, problem = read_instruction(out, ask, sources)
-        child = base.revise(text, origin=purpose, parents=parents, meta=meta)
+        child = edited(base, name, text, origin=purpose, parents=parents, meta=meta)
         if not problem and child.id in ctx.history:
             problem = "duplicate of an earlier candidate"
         if problem:
@@ -348,6 +469,13 @@ def read_instruction(out: GenResult, ask: str, sources: Sequence[str]) -> tuple[
     if len(_squash(text)) >= MIN_ECHO_CHARS and _squash(text) in body:
         return text, "echo of the request"
     return text, None
+
+
+def blamed(reply: str, names: Sequence[str]) -> str | None:
+    """The component a blame reply names: the one mentioned first (whole words, any case), or None."""
+    found = [(m.start(), n) for n in names
+             if (m := re.search(rf"(?<![\w]){re.escape(n)}(?![\w])", reply, re.I)) is not None]
+    return min(found)[1] if found else None
 
 
 def feedback(task: Task, ex: Example, res: ExampleResult) -> str:
