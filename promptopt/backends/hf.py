@@ -7,6 +7,9 @@ so the requests of one call share long token prefixes. `loglikelihood` therefore
   2. groups rows by shared token prefix, runs each prefix once and expands its KV cache over a
      batch of left-padded suffixes (explicit position ids), and
   3. applies the LM head only to the last K positions of each row, where the scored tokens are.
+On CPU, for Llama-architecture models, step 2 packs the suffixes instead: one sequence without
+padding after the prefix's KV, a block-diagonal (per-suffix causal) 4-D mask, per-suffix position
+ids, and the LM head only at the scored positions (see `_score_packed`).
 """
 from __future__ import annotations
 
@@ -52,6 +55,12 @@ MAX_BATCH_TOKENS = 32768
 # bigger batches mostly add padding (SST-2 scoring: 16 rows ran as fast as 32 or 64, and padded
 # 6% instead of 14% or 29%).
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+# Tokens per packed forward. The dense mask makes attention cost grow with the pack's square, while
+# small packs give short GEMMs: on 2 CPU cores 256 ran faster than 128 or 512 (bench/scoring.py).
+PACKED_TOKENS = 256
+# Packing needs the model to take a custom 4-D mask and per-token position ids unchanged: tested on
+# Llama (SmolLM2); sliding-window or bias-adding architectures would need their own check.
+PACKED_MODEL_TYPES = frozenset({"llama"})
 SOFT_PROMPT_META = "soft_prompt.json"  # written beside PEFT's adapter files by promptopt.soft_prompt
 
 
@@ -202,6 +211,9 @@ class HFBackend:
         # Generation runs a chunk's shared prompt prefix once and expands its KV over the chunk; False
         # forces the plain left-padded path (same greedy outputs; kept as the fallback and for benches).
         self.share_generation_prefix = True
+        # Scoring packs suffixes without padding where that is faster (see _packing_applies); False forces
+        # the left-padded batches (same log-likelihoods within float rounding; kept for benches).
+        self.pack_scoring = self._packing_applies()
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -233,6 +245,15 @@ class HFBackend:
             return int(window)
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         return int(tok_max) if tok_max and tok_max < 1_000_000 else 2048
+
+    def _packing_applies(self) -> bool:
+        """Pack scoring suffixes only on CPU, where GEMMs saturate at a few hundred rows so padding costs
+        its full share, and only for tested architectures with a dense-mask attention. Elsewhere the
+        padded batches stay: on GPUs big batches are cheap and the fast SDPA kernels take no mask, and
+        flash-attention implementations take no 4-D mask at all."""
+        config = self.model.config
+        return (self.device == "cpu" and config.model_type in PACKED_MODEL_TYPES
+                and config._attn_implementation in ("sdpa", "eager"))
 
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -348,8 +369,12 @@ class HFBackend:
                 prefix_kv = self._prefix_cache(rows[0].inputs[:prefix_len]) if prefix_len or self._soft_kv else None
                 # Longest suffix first, so the biggest batch runs (and fails, if memory is short) first.
                 rows.sort(key=lambda r: len(r.inputs), reverse=True)
-                for chunk in self._chunks(rows):
-                    out.update(self._score_chunk(chunk, prefix_len, prefix_kv))
+                if self.pack_scoring:
+                    for chunk in self._packs(rows, prefix_len):
+                        out.update(self._score_packed(chunk, prefix_len, prefix_kv))
+                else:
+                    for chunk in self._chunks(rows):
+                        out.update(self._score_chunk(chunk, prefix_len, prefix_kv))
         return out
 
     @staticmethod
@@ -433,6 +458,24 @@ class HFBackend:
             chunks.append(current)
         return chunks
 
+    @staticmethod
+    def _packs(rows: list[_Row], prefix_len: int) -> list[list[_Row]]:
+        """Consecutive rows whose suffixes add up to at most PACKED_TOKENS (a longer suffix goes alone),
+        bounded by logit rows like _chunks."""
+        packs: list[list[_Row]] = []
+        current: list[_Row] = []
+        tokens = logit_rows = 0
+        for row in rows:
+            length, keep = len(row.inputs) - prefix_len, len(row.inputs) - row.first_scored
+            if current and (tokens + length > PACKED_TOKENS or logit_rows + keep > MAX_LOGIT_ROWS):
+                packs.append(current)
+                current, tokens, logit_rows = [], 0, 0
+            current.append(row)
+            tokens, logit_rows = tokens + length, logit_rows + keep
+        if current:
+            packs.append(current)
+        return packs
+
     def _prefix_cache(self, prefix: tuple[int, ...]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
         """The KV of the soft prompt (if any) followed by `prefix`."""
         if not prefix:
@@ -484,6 +527,46 @@ class HFBackend:
                 targets += wanted
                 owners.append((req.index, len(wanted)))
         picked = logits[torch.tensor(batch_rows, device=self.device), torch.tensor(columns, device=self.device)]
+        return self._collect(picked, targets, owners)
+
+    def _score_packed(self, rows: list[_Row], prefix_len: int,
+                      prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None
+                      ) -> dict[int, tuple[list[float], bool]]:
+        """Score rows as one packed sequence: their suffixes back to back after the prefix's KV (not
+        expanded: batch 1), no padding. The 4-D additive mask lets each suffix token see the whole
+        prefix and the earlier tokens of its own suffix (block-diagonal causal, as varlen attention);
+        positions restart at the prefix length for every suffix. The LM head runs only where a
+        continuation token is predicted."""
+        past = prefix_kv[0][0].shape[2] if prefix_kv is not None else 0
+        suffixes = [r.inputs[prefix_len:] for r in rows]
+        lengths = torch.tensor([len(s) for s in suffixes])
+        total = int(lengths.sum())
+        starts = lengths.cumsum(0) - lengths
+        segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+        local = torch.arange(total) - starts[segment]
+        allowed = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
+        mask = torch.zeros((1, 1, total, past + total), dtype=self.dtype)
+        mask[0, 0, :, past:].masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        columns, targets, owners = [], [], []
+        for row, start in zip(rows, starts.tolist()):
+            for req in row.requests:
+                wanted = req.tokens[req.start + 1:]
+                first = start + req.start - prefix_len  # packed position of the output predicting wanted[0]
+                columns += range(first, first + len(wanted))
+                targets += wanted
+                owners.append((req.index, len(wanted)))
+        ids = torch.tensor([t for s in suffixes for t in s], device=self.device)[None]
+        cache = DynamicCache(prefix_kv, config=self.model.config) if prefix_kv is not None else None
+        logits = self.model(input_ids=ids, attention_mask=mask.to(self.device),
+                            position_ids=(past + local)[None].to(self.device), past_key_values=cache,
+                            use_cache=cache is not None,
+                            logits_to_keep=torch.tensor(columns, device=self.device)).logits
+        return self._collect(logits[0], targets, owners)
+
+    def _collect(self, picked: "torch.Tensor", targets: list[int], owners: list[tuple[int, int]]
+                 ) -> dict[int, tuple[list[float], bool]]:
+        """Per request, the log-probabilities of its targets from the logits `picked` (one row per
+        target, in order) and whether each target was the argmax; `owners` is (index, targets)."""
         target_ids = torch.tensor(targets, device=self.device)
         logprobs = torch.log_softmax(picked.float(), dim=-1).gather(-1, target_ids[:, None])[:, 0]
         hits = (picked.argmax(-1) == target_ids).tolist()
