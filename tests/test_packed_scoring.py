@@ -1,8 +1,9 @@
 """Packed-suffix scoring in the hf backend: the suffixes of a prefix group run as one sequence with a
 block-diagonal mask, and must give the log-likelihoods of the padded batches (issue 31, item 5).
 
-Tests marked `model` run the real embedded SmolLM2-135M on CPU (fixture `hf_embedded`) on real
-SST-2 and AG News test examples (fixture `shared_data`)."""
+The fast tier runs a tiny random Llama (fixture `tiny_lm_dir`); tests marked `model` run the real
+embedded SmolLM2-135M on CPU (fixture `hf_embedded`) on real SST-2, AG News and TREC test examples
+(fixture `shared_data`)."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,8 @@ import torch
 
 from promptopt.backends import hf
 from promptopt.backends.base import LLRequest
-from promptopt.backends.hf import MAX_LOGIT_ROWS, PACKED_TOKENS, HFBackend, _Row, _Scored
+from promptopt.backends.hf import (MAX_LOGIT_ROWS, MAX_PACKED_SCORES, PACKED_ATTENTION, PACKED_TOKENS, HFBackend,
+                                  _Row, _Scored)
 
 # Packing changes only the order of float sums (observed below 2e-5 nats); the issue asks for 1e-4.
 TOLERANCE = 1e-4
@@ -60,10 +62,10 @@ def both_ways(backend: HFBackend, reqs: list[LLRequest]) -> tuple[list, list]:
 def test_packs_bound_suffix_tokens_and_keep_order() -> None:
     prefix = list(range(1000, 1040))
     rows = [_Row(tuple(prefix + [7] * n), [_Scored(i, tuple(prefix + [7] * (n + 1)), len(prefix) + n - 1)])
-            for i, n in enumerate([PACKED_TOKENS + 10, 90, 90, 90, 60, 30, 5, 5])]
-    packs = HFBackend._packs(rows, len(prefix))
+            for i, n in enumerate([PACKED_TOKENS + 10, *[PACKED_TOKENS // 2] * 3, 5, 5])]
+    packs = HFBackend._packs(rows, len(prefix), len(prefix))
     assert [r for p in packs for r in p] == rows  # every row once, in order
-    assert [len(p) for p in packs] == [1, 2, 5]  # a too-long suffix alone; then greedy up to the budget
+    assert [len(p) for p in packs] == [1, 2, 3]  # a too-long suffix alone; then greedy up to the budget
     for pack in packs[1:]:
         assert sum(len(r.inputs) - len(prefix) for r in pack) <= PACKED_TOKENS
 
@@ -72,7 +74,51 @@ def test_packs_bound_logit_rows() -> None:
     # Long continuations (scored positions) close a pack before its tokens do.
     keep = MAX_LOGIT_ROWS // 2 + 1
     rows = [_Row(tuple(range(keep + 1)), [_Scored(i, tuple(range(keep + 2)), 0)]) for i in range(3)]
-    assert [len(p) for p in HFBackend._packs(rows, 0)] == [1, 1, 1]
+    assert [len(p) for p in HFBackend._packs(rows, 0, 0)] == [1, 1, 1]
+
+
+def test_packs_bound_attention_scores_over_a_long_prefix() -> None:
+    past = MAX_PACKED_SCORES // 100  # 100 tokens of queries over this prefix fill the bound
+    rows = [_Row(tuple(range(60)), [_Scored(i, tuple(range(61)), 59)]) for i in range(3)]
+    assert [len(p) for p in HFBackend._packs(rows, 10, past)] == [1, 1, 1]  # 50 + 50 tokens would exceed it
+    assert [len(p) for p in HFBackend._packs(rows, 10, 0)] == [3]
+
+
+# ---- tiny random Llama (fast) -------------------------------------------------------------------
+
+TINY_PROMPT = "classify the sentiment of the movie review as positive or negative the answer is "
+TINY_INPUTS = ["good", "bad film", "a really great movie", "terrible plot", "the film is very bad", "not good",
+               "great", "the review is really not terrible", "the plot is not very good the film is bad"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm_dir: Path) -> HFBackend:
+    return HFBackend(str(tiny_lm_dir), device="cpu")
+
+
+def test_tiny_lm_packed_matches_padded(tiny: HFBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One prefix group, multi-token continuations, and requests sharing no prefix (the unshared pool),
+    in packs of every size from one suffix to all."""
+    reqs = [LLRequest(TINY_PROMPT + x + " sentiment", label) for x in TINY_INPUTS
+            for label in (" positive", " negative", " not very good")]
+    reqs += [LLRequest(x, " the answer is good") for x in TINY_INPUTS[:4]]
+    assert tiny.pack_scoring and tiny.model.config._attn_implementation == PACKED_ATTENTION
+    packed, padded = both_ways(tiny, reqs)
+    for size in (1, 7):
+        monkeypatch.setattr(hf, "PACKED_TOKENS", size)
+        small, _ = both_ways(tiny, reqs)
+        packed += small
+    for p, q in zip(packed, padded * 3):
+        assert p.token_logprobs == pytest.approx(q.token_logprobs, abs=TOLERANCE)
+        assert p.is_greedy == q.is_greedy
+    assert len({round(q.logprob, 3) for q in padded}) > len(padded) // 2  # the scores tell requests apart
+
+
+def test_packing_does_not_apply_to_eager_attention(tiny_lm_dir: Path) -> None:
+    eager = HFBackend(str(tiny_lm_dir), device="cpu", attn_implementation="eager")
+    assert not eager.pack_scoring and eager.model.config._attn_implementation == "eager"
+    reqs = [LLRequest(TINY_PROMPT + x, " positive") for x in TINY_INPUTS]
+    assert all(r.error is None and r.logprob < 0 for r in eager.loglikelihood(reqs))
 
 
 # ---- real model ---------------------------------------------------------------------------------
@@ -80,7 +126,7 @@ def test_packs_bound_logit_rows() -> None:
 @pytest.mark.model
 def test_packing_is_chosen_on_cpu_for_llama(hf_embedded: HFBackend) -> None:
     assert hf_embedded.model.config.model_type == "llama" and hf_embedded.device == "cpu"
-    assert hf_embedded.pack_scoring is True
+    assert hf_embedded.pack_scoring is True and hf_embedded.model.config._attn_implementation == PACKED_ATTENTION
 
 
 @pytest.mark.model

@@ -8,8 +8,9 @@ so the requests of one call share long token prefixes. `loglikelihood` therefore
      batch of left-padded suffixes (explicit position ids), and
   3. applies the LM head only to the last K positions of each row, where the scored tokens are.
 On CPU, for Llama-architecture models, step 2 packs the suffixes instead: one sequence without
-padding after the prefix's KV, a block-diagonal (per-suffix causal) 4-D mask, per-suffix position
-ids, and the LM head only at the scored positions (see `_score_packed`).
+padding after the prefix's KV (not expanded), per-suffix position ids, block-diagonal attention
+(each suffix sees the prefix and its own earlier tokens, as varlen attention does), and the LM head
+only at the scored positions (see `_score_packed`).
 """
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ try:
 except ImportError as e:  # the registry turns this into "backend 'hf' needs a missing package"
     raise ImportError(f"the hf backend needs torch and transformers: pip install 'promptopt[hf]' ({e})",
                       name=e.name) from e
+try:  # custom attention functions (transformers >= 4.54); older versions keep the padded batches
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+except ImportError:
+    AttentionInterface = None
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -55,12 +62,15 @@ MAX_BATCH_TOKENS = 32768
 # bigger batches mostly add padding (SST-2 scoring: 16 rows ran as fast as 32 or 64, and padded
 # 6% instead of 14% or 29%).
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
-# Tokens per packed forward. The dense mask makes attention cost grow with the pack's square, while
-# small packs give short GEMMs: on 2 CPU cores 256 ran faster than 128 or 512 (bench/scoring.py).
-PACKED_TOKENS = 256
-# Packing needs the model to take a custom 4-D mask and per-token position ids unchanged: tested on
-# Llama (SmolLM2); sliding-window or bias-adding architectures would need their own check.
+# Tokens per packed forward: the GEMMs ran ~6% faster per token from 384 rows up than at 256 (one
+# CPU thread); attention costs grow only with each suffix's own length, so larger packs cost nothing.
+PACKED_TOKENS = 512
+# Bounds the packed attention's score tensors (heads x this many floats): pack tokens x prefix length.
+MAX_PACKED_SCORES = 1 << 22
+# Packing needs per-token position ids and our attention function in place of SDPA: tested on Llama
+# (SmolLM2); sliding-window or bias-adding architectures would need their own check.
 PACKED_MODEL_TYPES = frozenset({"llama"})
+PACKED_ATTENTION = "promptopt_packed"  # the attention implementation's registered name
 SOFT_PROMPT_META = "soft_prompt.json"  # written beside PEFT's adapter files by promptopt.soft_prompt
 
 
@@ -84,6 +94,56 @@ class _Row:
     @property
     def first_scored(self) -> int:
         return min(r.start for r in self.requests)
+
+
+@dataclass
+class _Packing:
+    """How the packed suffixes of one forward lie: `rows` suffixes back to back, `width` the longest.
+    The padded layout (rows x width, right-padded) is used inside attention only."""
+
+    prefix: "list[tuple[torch.Tensor, torch.Tensor]] | None"  # per layer (kv heads, prefix, head dim)
+    gather: "torch.Tensor"  # rows * width: the packed position in each padded slot (0 for padding)
+    slots: "torch.Tensor"  # per packed position: its padded slot
+    future: "torch.Tensor"  # width x width: True where the key comes after the query
+    rows: int
+    width: int
+
+
+def _packed_attention(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
+                      attention_mask: Any, packing: _Packing | None = None, scaling: float | None = None,
+                      **kwargs: Any) -> tuple["torch.Tensor", None]:
+    """SDPA, except in a packed forward: then attention over the shared prefix (every query, every
+    prefix key) and over each suffix's own earlier tokens (causal, in the padded layout) run apart,
+    and are merged by their log-sum-exps, as cascade attention does. Nothing is computed between
+    different suffixes, and the prefix's KV is never copied per suffix."""
+    if packing is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    _, heads, total, dim = query.shape
+    kv_heads = key.shape[1]
+    rows, width = packing.rows, packing.width
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query[0].view(kv_heads, heads // kv_heads, total, dim)  # query heads grouped by their KV head
+    padded = (kv_heads, 1, rows, width, dim)
+    scores = torch.matmul(q[:, :, packing.gather].view(kv_heads, -1, rows, width, dim),
+                          key[0][:, packing.gather].view(padded).transpose(-1, -2))
+    scores = scores.mul_(scale).masked_fill_(packing.future, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    out = torch.matmul(scores.sub_(lse[..., None]).exp_(), value[0][:, packing.gather].view(padded))
+    out = out.flatten(2, 3)[:, :, packing.slots]
+    if packing.prefix is not None:
+        prefix_keys, prefix_values = packing.prefix[module.layer_idx]
+        prefix_scores = torch.matmul(q, prefix_keys[:, None].transpose(-1, -2)).mul_(scale)
+        prefix_lse = torch.logsumexp(prefix_scores, -1)
+        prefix_out = torch.matmul(prefix_scores.sub_(prefix_lse[..., None]).exp_(), prefix_values[:, None])
+        lse = lse.flatten(2, 3)[:, :, packing.slots]
+        both = torch.logaddexp(lse, prefix_lse)
+        out = out * (lse - both).exp_()[..., None] + prefix_out * (prefix_lse - both).exp_()[..., None]
+    return out.reshape(heads, total, dim).transpose(0, 1)[None], None
+
+
+if AttentionInterface is not None:
+    AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # unpacked forwards get SDPA's masks
 
 
 def _resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
@@ -247,13 +307,17 @@ class HFBackend:
         return int(tok_max) if tok_max and tok_max < 1_000_000 else 2048
 
     def _packing_applies(self) -> bool:
-        """Pack scoring suffixes only on CPU, where GEMMs saturate at a few hundred rows so padding costs
-        its full share, and only for tested architectures with a dense-mask attention. Elsewhere the
-        padded batches stay: on GPUs big batches are cheap and the fast SDPA kernels take no mask, and
-        flash-attention implementations take no 4-D mask at all."""
+        """Pack scoring suffixes only on CPU, where GEMMs run at full rate from a few hundred rows so
+        padding costs its full share, and only for tested architectures running SDPA: the model then
+        runs _packed_attention, which is SDPA itself for every forward that is not packed. Elsewhere
+        the padded batches stay: on GPUs big batches are cheap and fused kernels beat our attention."""
         config = self.model.config
-        return (self.device == "cpu" and config.model_type in PACKED_MODEL_TYPES
-                and config._attn_implementation in ("sdpa", "eager"))
+        if (AttentionInterface is None or self.device != "cpu" or config.model_type not in PACKED_MODEL_TYPES
+                or config._attn_implementation not in ("sdpa", PACKED_ATTENTION)):
+            return False
+        if config._attn_implementation == "sdpa":
+            self.model.set_attn_implementation(PACKED_ATTENTION)
+        return True
 
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -370,7 +434,7 @@ class HFBackend:
                 # Longest suffix first, so the biggest batch runs (and fails, if memory is short) first.
                 rows.sort(key=lambda r: len(r.inputs), reverse=True)
                 if self.pack_scoring:
-                    for chunk in self._packs(rows, prefix_len):
+                    for chunk in self._packs(rows, prefix_len, prefix_kv[0][0].shape[2] if prefix_kv else 0):
                         out.update(self._score_packed(chunk, prefix_len, prefix_kv))
                 else:
                     for chunk in self._chunks(rows):
@@ -459,19 +523,20 @@ class HFBackend:
         return chunks
 
     @staticmethod
-    def _packs(rows: list[_Row], prefix_len: int) -> list[list[_Row]]:
+    def _packs(rows: list[_Row], prefix_len: int, past: int) -> list[list[_Row]]:
         """Consecutive rows whose suffixes add up to at most PACKED_TOKENS (a longer suffix goes alone),
-        bounded by logit rows like _chunks."""
+        bounded by logit rows like _chunks and by the attention scores over the `past` cached positions."""
         packs: list[list[_Row]] = []
         current: list[_Row] = []
-        tokens = logit_rows = 0
+        tokens = logit_rows = longest = 0
         for row in rows:
             length, keep = len(row.inputs) - prefix_len, len(row.inputs) - row.first_scored
-            if current and (tokens + length > PACKED_TOKENS or logit_rows + keep > MAX_LOGIT_ROWS):
+            if current and (tokens + length > PACKED_TOKENS or logit_rows + keep > MAX_LOGIT_ROWS
+                            or (tokens + length) * (past + max(longest, length)) > MAX_PACKED_SCORES):
                 packs.append(current)
-                current, tokens, logit_rows = [], 0, 0
+                current, tokens, logit_rows, longest = [], 0, 0, 0
             current.append(row)
-            tokens, logit_rows = tokens + length, logit_rows + keep
+            tokens, logit_rows, longest = tokens + length, logit_rows + keep, max(longest, length)
         if current:
             packs.append(current)
         return packs
@@ -532,21 +597,21 @@ class HFBackend:
     def _score_packed(self, rows: list[_Row], prefix_len: int,
                       prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None
                       ) -> dict[int, tuple[list[float], bool]]:
-        """Score rows as one packed sequence: their suffixes back to back after the prefix's KV (not
-        expanded: batch 1), no padding. The 4-D additive mask lets each suffix token see the whole
-        prefix and the earlier tokens of its own suffix (block-diagonal causal, as varlen attention);
-        positions restart at the prefix length for every suffix. The LM head runs only where a
-        continuation token is predicted."""
+        """Score rows as one packed sequence: their suffixes back to back, no padding, each suffix's
+        positions starting at the prefix length, attention by _packed_attention over the prefix's KV
+        (batch 1, not expanded). The LM head runs only where a continuation token is predicted."""
         past = prefix_kv[0][0].shape[2] if prefix_kv is not None else 0
         suffixes = [r.inputs[prefix_len:] for r in rows]
         lengths = torch.tensor([len(s) for s in suffixes])
-        total = int(lengths.sum())
+        width = int(lengths.max())
         starts = lengths.cumsum(0) - lengths
         segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-        local = torch.arange(total) - starts[segment]
-        allowed = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
-        mask = torch.zeros((1, 1, total, past + total), dtype=self.dtype)
-        mask[0, 0, :, past:].masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        local = torch.arange(int(lengths.sum())) - starts[segment]
+        slot = torch.arange(width)
+        gather = torch.where(slot < lengths[:, None], starts[:, None] + slot, 0).flatten()
+        packing = _Packing([(k[0], v[0]) for k, v in prefix_kv] if prefix_kv is not None else None,
+                           gather.to(self.device), (segment * width + local).to(self.device),
+                           (slot[None, :] > slot[:, None]).to(self.device), len(rows), width)
         columns, targets, owners = [], [], []
         for row, start in zip(rows, starts.tolist()):
             for req in row.requests:
@@ -556,11 +621,8 @@ class HFBackend:
                 targets += wanted
                 owners.append((req.index, len(wanted)))
         ids = torch.tensor([t for s in suffixes for t in s], device=self.device)[None]
-        cache = DynamicCache(prefix_kv, config=self.model.config) if prefix_kv is not None else None
-        logits = self.model(input_ids=ids, attention_mask=mask.to(self.device),
-                            position_ids=(past + local)[None].to(self.device), past_key_values=cache,
-                            use_cache=cache is not None,
-                            logits_to_keep=torch.tensor(columns, device=self.device)).logits
+        logits = self.model(input_ids=ids, position_ids=(past + local)[None].to(self.device), use_cache=False,
+                            packing=packing, logits_to_keep=torch.tensor(columns, device=self.device)).logits
         return self._collect(logits[0], targets, owners)
 
     def _collect(self, picked: "torch.Tensor", targets: list[int], owners: list[tuple[int, int]]
