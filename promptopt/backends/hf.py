@@ -109,36 +109,42 @@ class _Packing:
     width: int
 
 
+def _attend(scores: "torch.Tensor", values: "torch.Tensor"
+            ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Softmax attention left unnormalized, so that parts over disjoint keys can be merged: the
+    weighted values, each row's top score, and its sum of weights (relative to that top score)."""
+    top = scores.amax(-1, keepdim=True)
+    weights = scores.sub_(top).exp_()
+    return torch.matmul(weights, values), top, weights.sum(-1, keepdim=True)
+
+
 def _packed_attention(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
                       attention_mask: Any, packing: _Packing | None = None, scaling: float | None = None,
                       **kwargs: Any) -> tuple["torch.Tensor", None]:
     """SDPA, except in a packed forward: then attention over the shared prefix (every query, every
-    prefix key) and over each suffix's own earlier tokens (causal, in the padded layout) run apart,
-    and are merged by their log-sum-exps, as cascade attention does. Nothing is computed between
-    different suffixes, and the prefix's KV is never copied per suffix."""
+    prefix key) and over each suffix's own earlier tokens (causal, in the padded layout) run apart
+    and are merged by their softmax normalizers, as cascade attention does. Nothing is computed
+    between different suffixes, and the prefix's KV is never copied per suffix."""
     if packing is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     _, heads, total, dim = query.shape
     kv_heads = key.shape[1]
     rows, width = packing.rows, packing.width
-    scale = scaling if scaling is not None else dim ** -0.5
     q = query[0].view(kv_heads, heads // kv_heads, total, dim)  # query heads grouped by their KV head
+    q = q * (scaling if scaling is not None else dim ** -0.5)
     padded = (kv_heads, 1, rows, width, dim)
     scores = torch.matmul(q[:, :, packing.gather].view(kv_heads, -1, rows, width, dim),
                           key[0][:, packing.gather].view(padded).transpose(-1, -2))
-    scores = scores.mul_(scale).masked_fill_(packing.future, float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    out = torch.matmul(scores.sub_(lse[..., None]).exp_(), value[0][:, packing.gather].view(padded))
-    out = out.flatten(2, 3)[:, :, packing.slots]
+    out, top, norm = (part.flatten(2, 3)[:, :, packing.slots] for part in _attend(
+        scores.masked_fill_(packing.future, float("-inf")), value[0][:, packing.gather].view(padded)))
     if packing.prefix is not None:
         prefix_keys, prefix_values = packing.prefix[module.layer_idx]
-        prefix_scores = torch.matmul(q, prefix_keys[:, None].transpose(-1, -2)).mul_(scale)
-        prefix_lse = torch.logsumexp(prefix_scores, -1)
-        prefix_out = torch.matmul(prefix_scores.sub_(prefix_lse[..., None]).exp_(), prefix_values[:, None])
-        lse = lse.flatten(2, 3)[:, :, packing.slots]
-        both = torch.logaddexp(lse, prefix_lse)
-        out = out * (lse - both).exp_()[..., None] + prefix_out * (prefix_lse - both).exp_()[..., None]
-    return out.reshape(heads, total, dim).transpose(0, 1)[None], None
+        prefix_out, prefix_top, prefix_norm = _attend(torch.matmul(q, prefix_keys[:, None].transpose(-1, -2)),
+                                                      prefix_values[:, None])
+        both = torch.maximum(top, prefix_top)
+        own, shared = (top - both).exp_(), (prefix_top - both).exp_()
+        out, norm = out * own + prefix_out * shared, norm * own + prefix_norm * shared
+    return (out / norm).reshape(heads, total, dim).transpose(0, 1)[None], None
 
 
 if AttentionInterface is not None:
