@@ -11,6 +11,8 @@ requests through promptopt's SQLite cache twice (a fresh file); the second pass 
 
 The roofline counts 2 x parameters FLOPs per token (`2 x params x tokens`) over the fewest tokens
 any method must run: the distinct token prefixes of all inputs (the prompt once, then each review).
+Ours is also given by CPU time (process time against the matmul peak per CPU second), which with
+--threads 1 other processes on the machine distort less than the wall clock.
 """
 from __future__ import annotations
 

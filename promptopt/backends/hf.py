@@ -63,7 +63,8 @@ MAX_BATCH_TOKENS = 32768
 # 6% instead of 14% or 29%).
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
 # Tokens per packed forward: the GEMMs ran ~6% faster per token from 384 rows up than at 256 (one
-# CPU thread); attention costs grow only with each suffix's own length, so larger packs cost nothing.
+# CPU thread); attention per token grows with the prefix and its own suffix only, not the pack.
+# batch_size bounds the padded batches, not packs (a pack's memory is bounded by its tokens).
 PACKED_TOKENS = 512
 # Bounds the packed attention's score tensors (heads x this many floats): pack tokens x prefix length.
 MAX_PACKED_SCORES = 1 << 22
