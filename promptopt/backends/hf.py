@@ -7,6 +7,10 @@ so the requests of one call share long token prefixes. `loglikelihood` therefore
   2. groups rows by shared token prefix, runs each prefix once and expands its KV cache over a
      batch of left-padded suffixes (explicit position ids), and
   3. applies the LM head only to the last K positions of each row, where the scored tokens are.
+On CPU, for Llama-architecture models, step 2 packs the suffixes instead: one sequence without
+padding after the prefix's KV (not expanded), per-suffix position ids, block-diagonal attention
+(each suffix sees the prefix and its own earlier tokens, as varlen attention does), and the LM head
+only at the scored positions (see `_score_packed`).
 """
 from __future__ import annotations
 
@@ -38,6 +42,12 @@ try:
 except ImportError as e:  # the registry turns this into "backend 'hf' needs a missing package"
     raise ImportError(f"the hf backend needs torch and transformers: pip install 'promptopt[hf]' ({e})",
                       name=e.name) from e
+try:  # custom attention functions (transformers >= 4.54); older versions keep the padded batches
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+except ImportError:
+    AttentionInterface = None
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -52,6 +62,16 @@ MAX_BATCH_TOKENS = 32768
 # bigger batches mostly add padding (SST-2 scoring: 16 rows ran as fast as 32 or 64, and padded
 # 6% instead of 14% or 29%).
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+# Tokens per packed forward: the GEMMs ran ~6% faster per token from 384 rows up than at 256 (one
+# CPU thread); attention per token grows with the prefix and its own suffix only, not the pack.
+# batch_size bounds the padded batches, not packs (a pack's memory is bounded by its tokens).
+PACKED_TOKENS = 512
+# Bounds the packed attention's score tensors (heads x this many floats): pack tokens x prefix length.
+MAX_PACKED_SCORES = 1 << 22
+# Packing needs per-token position ids and our attention function in place of SDPA: tested on Llama
+# (SmolLM2); sliding-window or bias-adding architectures would need their own check.
+PACKED_MODEL_TYPES = frozenset({"llama"})
+PACKED_ATTENTION = "promptopt_packed"  # the attention implementation's registered name
 SOFT_PROMPT_META = "soft_prompt.json"  # written beside PEFT's adapter files by promptopt.soft_prompt
 
 
@@ -75,6 +95,62 @@ class _Row:
     @property
     def first_scored(self) -> int:
         return min(r.start for r in self.requests)
+
+
+@dataclass
+class _Packing:
+    """How the packed suffixes of one forward lie: `rows` suffixes back to back, `width` the longest.
+    The padded layout (rows x width, right-padded) is used inside attention only."""
+
+    prefix: "list[tuple[torch.Tensor, torch.Tensor]] | None"  # per layer (kv heads, prefix, head dim)
+    gather: "torch.Tensor"  # rows * width: the packed position in each padded slot (0 for padding)
+    slots: "torch.Tensor"  # per packed position: its padded slot
+    future: "torch.Tensor"  # width x width: True where the key comes after the query
+    rows: int
+    width: int
+
+
+def _attend(scores: "torch.Tensor", values: "torch.Tensor"
+            ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Softmax attention left unnormalized, so that parts over disjoint keys can be merged: the
+    weighted values, each row's top score, and its sum of weights (relative to that top score)."""
+    top = scores.amax(-1, keepdim=True)
+    weights = scores.sub_(top).exp_()
+    return torch.matmul(weights, values), top, weights.sum(-1, keepdim=True)
+
+
+def _packed_attention(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
+                      attention_mask: Any, packing: _Packing | None = None, scaling: float | None = None,
+                      **kwargs: Any) -> tuple["torch.Tensor", None]:
+    """SDPA, except in a packed forward: then attention over the shared prefix (every query, every
+    prefix key) and over each suffix's own earlier tokens (causal, in the padded layout) run apart
+    and are merged by their softmax normalizers, as cascade attention does. Nothing is computed
+    between different suffixes, and the prefix's KV is never copied per suffix."""
+    if packing is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    _, heads, total, dim = query.shape
+    kv_heads = key.shape[1]
+    rows, width = packing.rows, packing.width
+    q = query[0].view(kv_heads, heads // kv_heads, total, dim)  # query heads grouped by their KV head
+    q = q * (scaling if scaling is not None else dim ** -0.5)
+    padded = (kv_heads, 1, rows, width, dim)
+    scores = torch.matmul(q[:, :, packing.gather].view(kv_heads, -1, rows, width, dim),
+                          key[0][:, packing.gather].view(padded).transpose(-1, -2))
+    out, top, norm = (part.flatten(2, 3)[:, :, packing.slots] for part in _attend(
+        scores.masked_fill_(packing.future, float("-inf")), value[0][:, packing.gather].view(padded)))
+    if packing.prefix is not None:
+        prefix_keys, prefix_values = packing.prefix[module.layer_idx]
+        prefix_out, prefix_top, prefix_norm = _attend(torch.matmul(q, prefix_keys[:, None].transpose(-1, -2)),
+                                                      prefix_values[:, None])
+        both = torch.maximum(top, prefix_top)
+        own, shared = (top - both).exp_(), (prefix_top - both).exp_()
+        out, norm = out * own + prefix_out * shared, norm * own + prefix_norm * shared
+    return (out / norm).reshape(heads, total, dim).transpose(0, 1)[None], None
+
+
+if AttentionInterface is not None:
+    AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # unpacked forwards get SDPA's masks
 
 
 def _resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
@@ -202,6 +278,9 @@ class HFBackend:
         # Generation runs a chunk's shared prompt prefix once and expands its KV over the chunk; False
         # forces the plain left-padded path (same greedy outputs; kept as the fallback and for benches).
         self.share_generation_prefix = True
+        # Scoring packs suffixes without padding where that is faster (see _packing_applies); False forces
+        # the left-padded batches (same log-likelihoods within float rounding; kept for benches).
+        self.pack_scoring = self._packing_applies()
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -233,6 +312,19 @@ class HFBackend:
             return int(window)
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         return int(tok_max) if tok_max and tok_max < 1_000_000 else 2048
+
+    def _packing_applies(self) -> bool:
+        """Pack scoring suffixes only on CPU, where GEMMs run at full rate from a few hundred rows so
+        padding costs its full share, and only for tested architectures running SDPA: the model then
+        runs _packed_attention, which is SDPA itself for every forward that is not packed. Elsewhere
+        the padded batches stay: on GPUs big batches are cheap and fused kernels beat our attention."""
+        config = self.model.config
+        if (AttentionInterface is None or self.device != "cpu" or config.model_type not in PACKED_MODEL_TYPES
+                or config._attn_implementation not in ("sdpa", PACKED_ATTENTION)):
+            return False
+        if config._attn_implementation == "sdpa":
+            self.model.set_attn_implementation(PACKED_ATTENTION)
+        return True
 
     def _eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -348,8 +440,12 @@ class HFBackend:
                 prefix_kv = self._prefix_cache(rows[0].inputs[:prefix_len]) if prefix_len or self._soft_kv else None
                 # Longest suffix first, so the biggest batch runs (and fails, if memory is short) first.
                 rows.sort(key=lambda r: len(r.inputs), reverse=True)
-                for chunk in self._chunks(rows):
-                    out.update(self._score_chunk(chunk, prefix_len, prefix_kv))
+                if self.pack_scoring:
+                    for chunk in self._packs(rows, prefix_len, prefix_kv[0][0].shape[2] if prefix_kv else 0):
+                        out.update(self._score_packed(chunk, prefix_len, prefix_kv))
+                else:
+                    for chunk in self._chunks(rows):
+                        out.update(self._score_chunk(chunk, prefix_len, prefix_kv))
         return out
 
     @staticmethod
@@ -433,6 +529,25 @@ class HFBackend:
             chunks.append(current)
         return chunks
 
+    @staticmethod
+    def _packs(rows: list[_Row], prefix_len: int, past: int) -> list[list[_Row]]:
+        """Consecutive rows whose suffixes add up to at most PACKED_TOKENS (a longer suffix goes alone),
+        bounded by logit rows like _chunks and by the attention scores over the `past` cached positions."""
+        packs: list[list[_Row]] = []
+        current: list[_Row] = []
+        tokens = logit_rows = longest = 0
+        for row in rows:
+            length, keep = len(row.inputs) - prefix_len, len(row.inputs) - row.first_scored
+            if current and (tokens + length > PACKED_TOKENS or logit_rows + keep > MAX_LOGIT_ROWS
+                            or (tokens + length) * (past + max(longest, length)) > MAX_PACKED_SCORES):
+                packs.append(current)
+                current, tokens, logit_rows, longest = [], 0, 0, 0
+            current.append(row)
+            tokens, logit_rows, longest = tokens + length, logit_rows + keep, max(longest, length)
+        if current:
+            packs.append(current)
+        return packs
+
     def _prefix_cache(self, prefix: tuple[int, ...]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
         """The KV of the soft prompt (if any) followed by `prefix`."""
         if not prefix:
@@ -484,6 +599,43 @@ class HFBackend:
                 targets += wanted
                 owners.append((req.index, len(wanted)))
         picked = logits[torch.tensor(batch_rows, device=self.device), torch.tensor(columns, device=self.device)]
+        return self._collect(picked, targets, owners)
+
+    def _score_packed(self, rows: list[_Row], prefix_len: int,
+                      prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None
+                      ) -> dict[int, tuple[list[float], bool]]:
+        """Score rows as one packed sequence: their suffixes back to back, no padding, each suffix's
+        positions starting at the prefix length, attention by _packed_attention over the prefix's KV
+        (batch 1, not expanded). The LM head runs only where a continuation token is predicted."""
+        past = prefix_kv[0][0].shape[2] if prefix_kv is not None else 0
+        suffixes = [r.inputs[prefix_len:] for r in rows]
+        lengths = torch.tensor([len(s) for s in suffixes])
+        width = int(lengths.max())
+        starts = lengths.cumsum(0) - lengths
+        segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+        local = torch.arange(int(lengths.sum())) - starts[segment]
+        slot = torch.arange(width)
+        gather = torch.where(slot < lengths[:, None], starts[:, None] + slot, 0).flatten()
+        packing = _Packing([(k[0], v[0]) for k, v in prefix_kv] if prefix_kv is not None else None,
+                           gather.to(self.device), (segment * width + local).to(self.device),
+                           (slot[None, :] > slot[:, None]).to(self.device), len(rows), width)
+        columns, targets, owners = [], [], []
+        for row, start in zip(rows, starts.tolist()):
+            for req in row.requests:
+                wanted = req.tokens[req.start + 1:]
+                first = start + req.start - prefix_len  # packed position of the output predicting wanted[0]
+                columns += range(first, first + len(wanted))
+                targets += wanted
+                owners.append((req.index, len(wanted)))
+        ids = torch.tensor([t for s in suffixes for t in s], device=self.device)[None]
+        logits = self.model(input_ids=ids, position_ids=(past + local)[None].to(self.device), use_cache=False,
+                            packing=packing, logits_to_keep=torch.tensor(columns, device=self.device)).logits
+        return self._collect(logits[0], targets, owners)
+
+    def _collect(self, picked: "torch.Tensor", targets: list[int], owners: list[tuple[int, int]]
+                 ) -> dict[int, tuple[list[float], bool]]:
+        """Per request, the log-probabilities of its targets from the logits `picked` (one row per
+        target, in order) and whether each target was the argmax; `owners` is (index, targets)."""
         target_ids = torch.tensor(targets, device=self.device)
         logprobs = torch.log_softmax(picked.float(), dim=-1).gather(-1, target_ids[:, None])[:, 0]
         hits = (picked.argmax(-1) == target_ids).tolist()
