@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import importlib
 import inspect
 import json
 import math
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from promptopt.backends.base import canonical_hash
@@ -161,6 +163,27 @@ class Program:
         if names != list(self.components):
             raise PromptOptError(f"candidate {cand.id} has components {names or '(a single prompt)'}, but the "
                                  f"program's are {list(self.components)}")
+
+
+def load_program(spec: str) -> "Program":
+    """The Program object `spec` names: `path/to/file.py:NAME` or `module:NAME` (what `--program` takes and
+    a CLI program run's config records, the file's path made absolute, so `--resume` imports it again).
+    Importing runs the file's top level: keep a run's own start under `if __name__ == "__main__":`."""
+    from promptopt import registry
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ConfigError(f"--program {spec!r}: expected path/to/file.py:NAME or module:NAME (a promptopt.Program)")
+    try:
+        module = (registry.load_file(Path(where)) if where.endswith(".py") else importlib.import_module(where))
+    except PromptOptError as e:
+        raise ConfigError(f"--program {spec!r}: {e}") from None
+    except Exception as e:  # the user's file failing on import: one line, not a traceback
+        raise ConfigError(f"--program {spec!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Program):
+        what = "nothing" if obj is None else f"a {type(obj).__name__}"
+        raise ConfigError(f"--program {spec!r}: {where} names {what} as {attr!r}, not a promptopt.Program")
+    return obj
 
 
 class EvaluatorTarget:
