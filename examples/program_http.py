@@ -68,11 +68,11 @@ def make_program(base_url: str, model: str) -> promptopt.Program:
         evaluate, dev=DEV, test=TEST, concurrency=8, name="complaint-http")
 
 
-def main(base_url: str, model: str, *, run_dir: str = "runs", resume: str | None = None,
-         budget: int = 48, seed: int = 0) -> promptopt.Report:
+def main(base_url: str, model: str, *, resume: str | None = None, budget: int = 48, **settings) -> promptopt.Report:
+    """Optimize the pipeline on the server at `base_url`; `settings`: any other optimize() settings (run_dir, seed...)."""
     return promptopt.optimize(program=make_program(base_url, model), strategy="hill_climb", optimizer_model=None,
                               resume=resume, budget={"max_examples": budget}, strategy_options={"candidates": 2},
-                              seed=seed, run_dir=run_dir)
+                              **settings)
 
 
 if __name__ == "__main__":

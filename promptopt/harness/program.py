@@ -18,6 +18,7 @@ import json
 import math
 import time
 import traceback
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -231,6 +232,7 @@ class ProgramScorer:
         self.calls = 0  # evaluator calls made (each on one batch)
         self._fresh: dict[str, Any] = {}  # results not yet written to the cache
         self._flushed_at = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None  # an async evaluator's, kept for the run
 
     def _keep(self, cand: Candidate, got: Mapping[str, ExampleResult], *, flush: bool = True) -> None:
         """Cache a batch's results (not its failures), written at most every FLUSH_SECONDS while a step runs,
@@ -313,13 +315,18 @@ class ProgramScorer:
                 self._keep(cand, got)
                 return j, cand, got
             return list(await asyncio.gather(*(one(*b) for b in batches)))
+        # One event loop for the whole run, not one per step: an async client the evaluator keeps (an
+        # AsyncOpenAI's connection pool) is bound to the loop it first ran on, and a closed one breaks it.
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            weakref.finalize(self, self._loop.close)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(all_batches())
+            return self._loop.run_until_complete(all_batches())
         # Called inside a running event loop (a notebook): run ours on a thread of its own.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, all_batches()).result()
+            return pool.submit(self._loop.run_until_complete, all_batches()).result()
 
     def _args(self, cand: Candidate, split: str, ids: Sequence[str]) -> tuple[Mapping[str, str], list[Any]]:
         return Components(cand.components), [self.program.user_example(split, i) for i in ids]
