@@ -22,8 +22,11 @@ import promptopt
 from promptopt.backends.base import GenRequest, LLRequest
 from promptopt.backends.hf import HFBackend
 from promptopt.resolved import load_task
+from promptopt.scoring.cache import CachedBackend, ResponseCache, default_cache_path
 
-lm = HFBackend(model="embedded")  # the harness's own client; any client works, promptopt never sees it
+# The harness's own client (any client works; promptopt never sees it), behind promptopt's response cache,
+# so an extract that two programs share is generated once.
+lm = CachedBackend(HFBackend(model="embedded"), ResponseCache(default_cache_path()))
 liar = load_task("liar", options={"dev_size": 8})  # the user's data: here LIAR's records (ProTeGi's files)
 dev, all_test = list(liar.split("dev")), list(liar.split("test"))
 

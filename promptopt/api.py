@@ -213,6 +213,8 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
     parts = run.resolved.components
     if parts is not None and parts.shared and not report.partial:  # each task on its own, and their mean
         report.final["tasks"] = parts.breakdown(run.history, parts.seed, run.history.candidate(report.best_id))
+    elif parts is not None and report.best_id in run.history:  # the whole prompt, system text included
+        report.best_prefix = parts.prefix(run.history.candidate(report.best_id))
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
@@ -270,7 +272,8 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
     except RunStopped as e:
         log.warning("%s", e)
     what = "program=<the same program>" if run.program is not None else "task=<the same task>"
-    how = (f"optimize({what}, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
+    in_python = run.task.meta.get("source") == "python" and load_run_config(run.log.dir).program is None
+    how = (f"optimize({what}, resume={str(run.log.dir)!r})" if in_python  # a --program run resumes from the CLI too
            else f"promptopt optimize --resume {run.log.dir}")
     return RunStopped(f"{why}; the run is resumable: {how}")
 
@@ -320,6 +323,9 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     `progress`: the CLI's progress bar on stderr; by default shown when stderr is a terminal.
     `program`: a `promptopt.Program` (components, examples, your evaluator) to optimize instead of a task;
     its evaluator scores every candidate (no target model is loaded; the optimizer model is still used).
+    `components=["system", "instruction"]` (a setting): the task's prompt as a system prompt and the instruction,
+    optimized apart; `task="sst2,trec,cr", components=["system"]`: one system prompt shared by the tasks
+    (promptopt/harness/tasks.py; the report's `final["tasks"]` gives each task).
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
     if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
         callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]

@@ -138,3 +138,21 @@ def test_the_python_api_takes_components_and_a_task_list(tmp_path, mini_data):
                                 data_dir=str(mini_data), test_limit=10, **common)
     assert set(shared.final["tasks"]) == {"sst2", "trec", "cr", "mean"}
     assert list(shared.best_components) == ["system"]
+
+
+def test_evaluate_run_scores_the_whole_components_prompt_and_refuses_a_shared_run(tmp_path, mini_data, capsys):
+    assert main(_fake(tmp_path, "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
+                      "--components", "system,instruction", "--budget", "60", "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    best = summary["best_components"]
+    assert summary["best_prefix"] == f"{best['system']}\n\n{best['instruction']}"  # what the scorer put at {prompt}
+    run = _only(tmp_path / "runs")
+    assert main(["evaluate", "--run", str(run), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"test score {summary['best_test']:.4f} on 30 examples")  # the run's own test score
+    assert main(_fake(tmp_path, "--task", "sst2,cr", "--components", "system", "--strategy", "hill_climb",
+                      "--optimizer-model", "none", "--data-dir", str(mini_data), "--budget", "40",
+                      "--test-limit", "4", runs="shared")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(_only(tmp_path / "shared"))]) == 2
+    assert "several tasks" in capsys.readouterr().err

@@ -386,6 +386,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = RunConfig()  # without --run: the defaults
     if args.run:
         cfg = load_run_config(args.run)
+        if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
+            raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
+                              "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
         summary = load_run(Path(args.run)).summary
         if summary is None:
             raise ConfigError(f"{args.run} is not a finished run (no summary.json)")

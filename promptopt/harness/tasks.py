@@ -103,6 +103,13 @@ class TaskComponents:
         return PromptParts(have.get("instruction", self.instructions[task]), have.get("system", ""),
                            tuple(self._train[d] for d in cand.demos), tuple(cand.demo_answers))
 
+    def prefix(self, cand: Candidate) -> str:
+        """What `cand` puts where the (one) task's template has `{prompt}`: system text, instruction, demos
+        (the report's `best_prefix`, which `promptopt evaluate --run` scores)."""
+        name = next(iter(self.tasks))
+        p = self.parts(cand, name)
+        return self.tasks[name].prompt_text(p.instruction, p.demos, p.answers, p.system)
+
     def check_target(self, target: Backend) -> None:
         """Each task's route on the target (a shared run's union is no task a model scores)."""
         for t in self.tasks.values():
