@@ -156,3 +156,11 @@ def test_evaluate_run_scores_the_whole_components_prompt_and_refuses_a_shared_ru
     capsys.readouterr()
     assert main(["evaluate", "--run", str(_only(tmp_path / "shared"))]) == 2
     assert "several tasks" in capsys.readouterr().err
+
+
+def test_task_mean_weighs_each_task_the_same_whatever_its_size():
+    from promptopt.measure.metrics import TASK_MEAN, corpus_score
+    from promptopt.types import ExampleResult
+    results = [ExampleResult(f"a/{i}", "", 1.0) for i in range(3)] + [ExampleResult("b/0", "", 0.0)]
+    assert corpus_score(TASK_MEAN, results) == 0.5  # (1 + 0) / 2, not 3 / 4
+    assert corpus_score(TASK_MEAN, [r.to_json() for r in results]) == 0.5  # as the run log reads it back
