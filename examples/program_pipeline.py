@@ -10,7 +10,7 @@ reports the best program on held-out test examples.
     python examples/program_pipeline.py --seed 1 --test 100   # another seed, 100 test records
     python examples/program_pipeline.py --resume RUN_DIR      # resume a run killed midway (no result is redone)
     promptopt optimize --program examples/program_pipeline.py:program --strategy hill_climb \
-        --optimizer-model none --budget 24 --set strategy_options.candidates=2     # the same from the CLI
+        --optimizer-model none --budget 24 --set hill_climb.candidates=2     # the same from the CLI
     promptopt optimize --resume RUN_DIR                                            # ... and its resume
 
 `PIPELINE_TEST=N` in the environment sets the number of test records when the CLI imports this file.
