@@ -123,6 +123,7 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     a ready Run. `task_object`: a Task built in Python (cfg.task is then "python:<name>"). `program`: a
     promptopt.harness.program.Program, whose evaluator scores instead of the target model (none is loaded)."""
     from promptopt.harness.program import ProgramScorer
+    from promptopt.harness.tasks import TaskScorer
     if program is not None:
         task_object = program.task
     resolved = resolve(cfg, task=task_object)
@@ -133,15 +134,23 @@ def prepare(cfg: RunConfig, *, resume_dir: Path | None = None,
     # first: a target that cannot load is the first thing to report
     target = backends.get(resolved.target) if program is None else None
     optimizer = backends.get(resolved.optimizer) if resolved.optimizer is not None else None
+    parts = resolved.components  # --components: the task's prompt as named components (harness/tasks.py)
     meta = {"config": cfg.model_dump(mode="json"), "versions": _versions(), "git_sha": _git_sha(),
             "fingerprints": {"target": target.fingerprint() if target is not None else f"program:{program.version}",
                              "optimizer": optimizer.fingerprint() if optimizer else None,
                              "task": task_fingerprint(resolved.task), **templates_fingerprint(resolved.strategy_config)},
-            "scoring": routes.describe(resolved.task, target),  # the route a choose task takes on this target
+            # the route a choose task takes on this target (a shared run: each task's)
+            "scoring": parts.routes(target) if parts is not None and parts.shared else routes.describe(resolved.task, target),
             "argv": sys.argv}
-    # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir.
-    run = Run(resolved, target=target, optimizer=optimizer, on_step=on_step, callbacks=callbacks,
-              program=ProgramScorer(program, backends.cache) if program is not None else None)
+    scorer: Any = ProgramScorer(program, backends.cache) if program is not None else None
+    if parts is not None:
+        assert target is not None
+        parts.check_target(target)
+        scorer = TaskScorer(parts, target)
+    # The Run checks capabilities as it is built: build it first, so a bad input leaves no run dir. A shared
+    # run's union of tasks is no task a model scores: the scorer alone holds the target (checked above).
+    run = Run(resolved, target=None if parts is not None and parts.shared else target, optimizer=optimizer,
+              on_step=on_step, callbacks=callbacks, program=scorer)
     if resume_dir is None:
         log = RunLog(new_run_dir(resolved.run_dir, meta, resolved.run_name))
         log.session("run.start", config=meta["config"], fingerprints=meta["fingerprints"])
@@ -201,6 +210,11 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
             raise
         run.stop_reason = "interrupted"
         report = run.finish(started, partial=True)
+    parts = run.resolved.components
+    if parts is not None and parts.shared and not report.partial:  # each task on its own, and their mean
+        report.final["tasks"] = parts.breakdown(run.history, parts.seed, run.history.candidate(report.best_id))
+    elif parts is not None and report.best_id in run.history:  # the whole prompt, system text included
+        report.best_prefix = parts.prefix(run.history.candidate(report.best_id))
     summary = report.to_json()
     summary["cache"] = {"hits": sum(b.hits for b in backends.cached),
                         "misses": sum(b.misses for b in backends.cached),
@@ -258,7 +272,8 @@ def _stopped(run: Run, backends: Backends, error: BaseException) -> RunStopped:
     except RunStopped as e:
         log.warning("%s", e)
     what = "program=<the same program>" if run.program is not None else "task=<the same task>"
-    how = (f"optimize({what}, resume={str(run.log.dir)!r})" if run.task.meta.get("source") == "python"
+    in_python = run.task.meta.get("source") == "python" and load_run_config(run.log.dir).program is None
+    how = (f"optimize({what}, resume={str(run.log.dir)!r})" if in_python  # a --program run resumes from the CLI too
            else f"promptopt optimize --resume {run.log.dir}")
     return RunStopped(f"{why}; the run is resumable: {how}")
 
@@ -308,6 +323,9 @@ def optimize(task: str | Task = "demo", strategy: str = "paraphrase", *, model: 
     `progress`: the CLI's progress bar on stderr; by default shown when stderr is a terminal.
     `program`: a `promptopt.Program` (components, examples, your evaluator) to optimize instead of a task;
     its evaluator scores every candidate (no target model is loaded; the optimizer model is still used).
+    `components=["system", "instruction"]` (a setting): the task's prompt as a system prompt and the instruction,
+    optimized apart; `task="sst2,trec,cr", components=["system"]`: one system prompt shared by the tasks
+    (promptopt/harness/tasks.py; the report's `final["tasks"]` gives each task).
     `settings` are any other RunConfig fields (e.g. run_dir, strategy_options, task_options, cache)."""
     if mlflow is not None:  # the tracker is a plugin (integrations/mlflow_tracking.py), found by name
         callbacks = [*callbacks, registry.get("callbacks", "mlflow")(mlflow)]
@@ -382,13 +400,10 @@ def program_config(program: Any, strategy: str, *, model: str = "embedded", back
     """The RunConfig of a program run: the program's task as "python:<name>" with the program's fingerprint,
     and the program's evaluator as the target (promptopt.harness.program.EvaluatorTarget: nothing to load). `model`
     and `backend` name the optimizer model unless `optimizer_model` / `optimizer_backend` do."""
-    from promptopt.harness.program import TARGET
     settings = dict(settings or {})
     if "task_options" in settings:
         raise ConfigError("task_options are for a task loaded by name; a program carries its own settings")
-    data: dict[str, Any] = {"task": IN_MEMORY + program.name, "strategy": strategy, "seed": seed,
-                            "target": {"backend": TARGET, "model": program.name},
-                            "task_options": {"fingerprint": program.fingerprint, "program": True}, **settings}
+    data: dict[str, Any] = {"strategy": strategy, "seed": seed, **program_fields(program), **settings}
     if optimizer_model is None or optimizer_model == NONE_MODEL:
         data["optimizer"] = None
     else:
@@ -396,6 +411,14 @@ def program_config(program: Any, strategy: str, *, model: str = "embedded", back
     if budget is not None:
         data["budget"] = budget_settings(budget)
     return build_config(data)
+
+
+def program_fields(program: Any) -> dict[str, Any]:
+    """The RunConfig fields that make a run a program's: its task as "python:<name>" with the program's
+    fingerprint, and its evaluator as the target."""
+    from promptopt.harness.program import TARGET
+    return {"task": IN_MEMORY + program.name, "target": {"backend": TARGET, "model": program.name},
+            "task_options": {"fingerprint": program.fingerprint, "program": True}}
 
 
 def check_program(cfg: RunConfig, program: Any, run_dir: str | Path) -> None:

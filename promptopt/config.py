@@ -84,6 +84,12 @@ class RunConfig(BaseModel):
     # Run objectives (promptopt/measure/objectives.py): what the final report chooses by; ["task"] = as always.
     objectives: list[str] = Field(default_factory=lambda: ["task"])
     objective_weights: dict[str, float] = Field(default_factory=dict)
+    # The task's prompt as named components (promptopt/harness/tasks.py): [] = one prompt, as always;
+    # ["system", "instruction"] optimizes the two apart; ["system"] with task "a,b,c": one shared system prompt.
+    components: list[str] = Field(default_factory=list)
+    # A program run started from the CLI: where its Program object is (file.py:NAME, module:NAME), so
+    # --resume imports it again (promptopt/harness/program.py, load_program).
+    program: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +125,11 @@ class RunConfig(BaseModel):
             raise ValueError("final.pick=kfold, final.keep_seed_alpha and final.selector choose by the task "
                              "metric; they cannot be combined with objectives other than task")
         return self
+
+    @field_validator("components", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
 
     @field_validator("prompt")
     @classmethod

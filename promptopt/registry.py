@@ -90,7 +90,7 @@ def _load_location(kind: str, name: str) -> Any:
     if not where or not attr:
         raise RegistryError(f"{what}: expected module:Name or path/to/file.py:Name")
     try:
-        module = _load_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
+        module = load_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
     except RegistryError:
         raise
     except ImportError as e:
@@ -103,7 +103,8 @@ def _load_location(kind: str, name: str) -> Any:
         raise RegistryError(f"{what}: {where} defines no {attr!r}") from None
 
 
-def _load_file(path: Path) -> ModuleType:
+def load_file(path: Path) -> ModuleType:
+    """A Python file imported as a module once per process (plugins; a CLI program, harness/program.py)."""
     path = path.expanduser().resolve()
     if path in _file_modules:
         return _file_modules[path]

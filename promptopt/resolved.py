@@ -151,6 +151,9 @@ class ResolvedRun:
     run_name: str | None = None
     cache_path: Path | None = None  # the response cache; None: off
     strategy_name: str = ""  # its registered name, when resolved from a config
+    # The task's prompt as named components, or one system prompt over several tasks
+    # (promptopt.harness.tasks.TaskComponents); None: one prompt, as always.
+    components: Any = None
 
     @property
     def seed_prompt(self) -> str:
@@ -164,13 +167,34 @@ class ResolvedRun:
                          self.final_rule, len(self.task.split("train")))
 
 
+def _components(cfg: RunConfig, task: Task | None) -> Any:
+    """The components program of `--components` or of several tasks (`--task a,b,c`), or None."""
+    from promptopt.harness.tasks import TaskComponents, check_components, task_list
+    names = task_list(cfg.task) if task is None else [task.name]
+    if not cfg.components and len(names) == 1:
+        return None
+    check_components(cfg.components, names)  # before any data is read
+    if len(names) > 1 and cfg.prompt is not None:
+        raise ConfigError("--prompt: a shared system prompt starts from a plain one, and each task keeps its "
+                          "own instruction; drop --prompt")
+    tasks = [task] if task is not None else [load_task(n, data_dir=cfg.data_dir, seed=cfg.seed,
+                                                       options=cfg.task_options) for n in names]
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ConfigError(f"--task {cfg.task}: two of these are the same task ({', '.join(t.name for t in tasks)})")
+    return TaskComponents({t.name: t for t in tasks}, cfg.components, instruction=cfg.prompt,
+                          test_limit=cfg.test_limit)
+
+
 def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
     """`cfg` resolved: the task loaded (or `task`, one built in Python), the strategy built from its checked
     config, the backends looked up and their options checked. Raises what a run refuses before any model loads."""
     strategy_cls = registry.get("strategies", cfg.strategy)
     settings = strategy_config(strategy_cls, cfg.strategy_options)
     strategy = strategy_cls(settings)
-    if task is None:
+    components = _components(cfg, task)
+    if components is not None:
+        task = components.task
+    elif task is None:
         task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     warn_reused_splits(task)
     check_task(strategy, task.without_test())  # settings the task cannot carry: refused before any model loads
@@ -184,7 +208,8 @@ def resolve(cfg: RunConfig, *, task: Task | None = None) -> ResolvedRun:
         target=target,
         optimizer=BackendSpec.of(optimizer, "optimizer") if optimizer is not None else None,
         budget=cfg.budget, seed=cfg.seed, prompt=cfg.prompt, final_top_k=cfg.final_top_k, final_rule=cfg.final,
-        max_failures=cfg.max_failures, test_limit=cfg.test_limit, demos=cfg.demos,
+        max_failures=cfg.max_failures, demos=cfg.demos, components=components,
+        test_limit=None if components is not None and components.shared else cfg.test_limit,  # applied per task
         objectives=tuple(cfg.objectives), objective_weights=dict(cfg.objective_weights),
         run_dir=Path(cfg.run_dir), run_name=cfg.run_name,
         cache_path=(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()) if cfg.cache else None)

@@ -115,6 +115,13 @@ def _optimize_parser(sub: Any) -> None:
     o.add_argument("--objectives", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], metavar="LIST",
                    help="what the final report chooses by: task (default), prompt_tokens, target_tokens, usd, e.g. "
                         "task,prompt_tokens (a Pareto front; --set objective_weights.prompt_tokens=0.001 scalarizes)")
+    o.add_argument("--components", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], metavar="LIST",
+                   help="the task's prompt as named components, each proposal editing one: system,instruction "
+                        "(a system prompt and the instruction, optimized apart); with --task a,b,c: system (one "
+                        "system prompt shared by the tasks, scored by the mean over them)")
+    o.add_argument("--program", metavar="FILE.py:NAME",
+                   help="optimize a promptopt.Program (your components, examples and evaluator) instead of a task: "
+                        "path/to/file.py:NAME or module:NAME; --model/--backend then name the optimizer model")
     o.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     o.add_argument("--plugin", action="append", default=[], help="import a module that registers plugins")
     _optimize_session_flags(o)
@@ -223,9 +230,11 @@ _RUN_FLAGS = {"--task": "task", "--strategy": "strategy", "--model": "model", "-
               "--optimizer-backend": "optimizer_backend", "--budget": "budget", "--max-usd": "max_usd",
               "--seed": "seed", "--prompt": "prompt", "--run-dir": "run_dir", "--config": "config",
               "--set": "sets", "--test-limit": "test_limit", "--no-cache": "no_cache", "--plugin": "plugin",
-              "--demos": "demos", "--objectives": "objectives"}
+              "--demos": "demos", "--objectives": "objectives", "--components": "components",
+              "--program": "program"}
 # Of those, the ones that set a RunConfig field of the same name.
-_PLAIN_FLAGS = ("task", "strategy", "seed", "prompt", "run_dir", "data_dir", "test_limit", "demos", "objectives")
+_PLAIN_FLAGS = ("task", "strategy", "seed", "prompt", "run_dir", "data_dir", "test_limit", "demos", "objectives",
+                "components")
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -235,18 +244,34 @@ def _optimize(args: argparse.Namespace) -> int:
     from promptopt.cli.interrupt import interrupted
 
     cfg, resume_dir = _resumed_config(args) if args.resume else (_new_config(args), None)
+    program = _program(cfg, resume_dir)
     tracker = tracking.tracker(args)  # --mlflow: its URI is checked here, before anything is written
     stops = parse_stops(args.stop)
     if args.dry_run:
-        code = _dry_run(cfg, tracker)
+        code = _dry_run(cfg, tracker, program)
     else:
-        report = _run(args, cfg, resume_dir, stops, tracker)
+        report = _run(args, cfg, resume_dir, stops, tracker, program)
         _print_result(args, report)
         code = 130 if interrupted(report.stop_reason) else 0  # the shell's code for Ctrl-C: the run did not end itself
     chosen = getattr(args, "defaults", [])
     if chosen and not args.json:  # a newcomer's bare `promptopt optimize` says what it ran (after: an error stays one line)
         print(f"promptopt: used the defaults {' and '.join(chosen)} (pass them to choose)", file=sys.stderr)
     return code
+
+
+def _program(cfg: RunConfig, resume_dir: Path | None) -> Any:
+    """The Program of a `--program` run (imported from where its config says), or None; a resumed run's
+    must be the one it was made with."""
+    if cfg.program is None:
+        return None
+    from promptopt.api import check_program
+    from promptopt.harness.program import load_program
+    program = load_program(cfg.program)
+    if program.evaluate is None:
+        raise ConfigError(f"--program {cfg.program}: this program has no evaluator (evaluate=None); give it one")
+    if resume_dir is not None:
+        check_program(cfg, program, resume_dir)
+    return program
 
 
 def _resumed_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
@@ -270,9 +295,27 @@ def _new_config(args: argparse.Namespace) -> RunConfig:
         data["optimizer"] = None
     for assignment in args.sets:
         apply_set(data, assignment)
+    if args.program is not None:
+        data = _program_settings(data, args.program)
     cfg = build_config(data)
     args.defaults = [f"--{k} {getattr(cfg, k)}" for k in ("task", "strategy") if k not in data]
     return cfg
+
+
+def _program_settings(data: dict[str, Any], spec: str) -> dict[str, Any]:
+    """A `--program` run's settings: the program's task and evaluator (api.program_fields) and where the
+    program is; the model flags name the optimizer model (as optimize(program=...)'s model= does)."""
+    from promptopt.api import program_fields
+    from promptopt.harness.program import load_program
+    from promptopt.registry import canonical
+    clash = [k for k in ("task", "task_options", "components") if k in data]
+    if clash:
+        raise ConfigError(f"--program brings its own examples and components; drop {', '.join(clash)}")
+    program = load_program(spec)
+    out = {**data, **program_fields(program), "program": canonical(spec)}
+    if data.get("optimizer", {}) is not None:
+        out["optimizer"] = {"backend": "hf", "model": "embedded", **data.get("target", {}), **data.get("optimizer", {})}
+    return out
 
 
 def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -294,19 +337,19 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def _dry_run(cfg: RunConfig, tracker: Any) -> int:
+def _dry_run(cfg: RunConfig, tracker: Any, program: Any) -> int:
     """Print the resolved run (the one `optimize` would run) and stop."""
     from promptopt.cli.plan import check_run_dir, describe, plan_lines
     from promptopt.paths import redact
     from promptopt.resolved import resolve
-    resolved = resolve(cfg)
+    resolved = resolve(cfg, task=program.task if program is not None else None)
     check_run_dir(resolved.run_dir)
     print(describe(plan_lines(resolved)) + (f"\nmlflow: {redact(tracker.tracking_uri)}" if tracker else ""))
     return 0
 
 
 def _run(args: argparse.Namespace, cfg: RunConfig, resume_dir: Path | None, stops: list[Any],
-         tracker: Any) -> Report:
+         tracker: Any, program: Any) -> Report:
     """The run to its end (or Ctrl-C), with a progress bar unless -q, logged to MLflow with --mlflow."""
     from promptopt.api import run_config
     from promptopt.cli.interrupt import CtrlC
@@ -316,7 +359,7 @@ def _run(args: argparse.Namespace, cfg: RunConfig, resume_dir: Path | None, stop
     try:
         with CtrlC() as ctrl_c:
             return run(cfg, resume_dir=resume_dir, on_step=None, callbacks=[*stops, ctrl_c, *([bar] if bar else [])],
-                       accept_changed_inputs=args.accept_changed_inputs)
+                       accept_changed_inputs=args.accept_changed_inputs, program=program)
     finally:
         if bar:
             bar.close()
@@ -343,6 +386,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = RunConfig()  # without --run: the defaults
     if args.run:
         cfg = load_run_config(args.run)
+        if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
+            raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
+                              "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
         summary = load_run(Path(args.run)).summary
         if summary is None:
             raise ConfigError(f"{args.run} is not a finished run (no summary.json)")

@@ -22,7 +22,12 @@ HEADER = "dry run: no model loaded, no run directory made"
 
 def plan_lines(run: ResolvedRun) -> list[tuple[str, str]]:
     """What `run` does, in print order: the task, strategy, models, budget, final report, run dir, cache."""
-    return [("task", _task(run)), ("seed", repr(run.seed_prompt)),
+    parts = run.components  # --components: the seed is the named components (promptopt/harness/tasks.py)
+    seed = (", ".join(f"{n}={t!r}" for n, t in parts.components.items()) + " (each proposal edits one, in turns)"
+            if parts is not None else repr(run.seed_prompt))
+    return [("task", _task(run) + (f" [{', '.join(parts.tasks)}: one shared system prompt, scored by the mean "
+                                   "of the per-task means]" if parts is not None and parts.shared else "")),
+            ("seed", seed),
             ("strategy", _strategy(run)),
             ("target", run.target.describe() if run.target else "none"),
             *([("route", route)] if (route := _route(run)) else []),

@@ -98,6 +98,16 @@ def print_report(report: Report, console: Console | None = None) -> None:
     console.print(t)
     if report.partial:
         console.print(PARTIAL, style="bold yellow")
+    for name, text in report.best_components.items():  # a program, or --components: the whole best candidate
+        console.print(escape(f"best {name}: {short(text)}"))
+    tasks = report.final.get("tasks")
+    if tasks:  # one system prompt over several tasks: each task on its own
+        per = Table(title="each task (seed -> best)")
+        for col in ("task", "dev seed", "dev best", "test seed", "test best"):
+            per.add_column(col, justify="left" if col == "task" else "right")
+        for name, row in tasks.items():
+            per.add_row(name, *(fmt(row[k]) for k in ("seed_dev", "best_dev", "seed_test", "best_test")))
+        console.print(per)
     if report.best_demos:
         console.print(f"best prompt's demos (train ids, in order): {', '.join(report.best_demos)}")
     if report.significance:

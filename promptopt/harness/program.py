@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import importlib
 import inspect
 import json
 import math
 import time
 import traceback
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from promptopt.backends.base import canonical_hash
@@ -163,6 +166,27 @@ class Program:
                                  f"program's are {list(self.components)}")
 
 
+def load_program(spec: str) -> "Program":
+    """The Program object `spec` names: `path/to/file.py:NAME` or `module:NAME` (what `--program` takes and
+    a CLI program run's config records, the file's path made absolute, so `--resume` imports it again).
+    Importing runs the file's top level: keep a run's own start under `if __name__ == "__main__":`."""
+    from promptopt import registry
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise ConfigError(f"--program {spec!r}: expected path/to/file.py:NAME or module:NAME (a promptopt.Program)")
+    try:
+        module = (registry.load_file(Path(where)) if where.endswith(".py") else importlib.import_module(where))
+    except PromptOptError as e:
+        raise ConfigError(f"--program {spec!r}: {e}") from None
+    except Exception as e:  # the user's file failing on import: one line, not a traceback
+        raise ConfigError(f"--program {spec!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Program):
+        what = "nothing" if obj is None else f"a {type(obj).__name__}"
+        raise ConfigError(f"--program {spec!r}: {where} names {what} as {attr!r}, not a promptopt.Program")
+    return obj
+
+
 class EvaluatorTarget:
     """The target a program run's config names: the program's evaluator, which the run is handed in Python.
     There is no model to load, so building it is refused (it is never built by a program run)."""
@@ -208,6 +232,7 @@ class ProgramScorer:
         self.calls = 0  # evaluator calls made (each on one batch)
         self._fresh: dict[str, Any] = {}  # results not yet written to the cache
         self._flushed_at = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None  # an async evaluator's, kept for the run
 
     def _keep(self, cand: Candidate, got: Mapping[str, ExampleResult], *, flush: bool = True) -> None:
         """Cache a batch's results (not its failures), written at most every FLUSH_SECONDS while a step runs,
@@ -290,13 +315,18 @@ class ProgramScorer:
                 self._keep(cand, got)
                 return j, cand, got
             return list(await asyncio.gather(*(one(*b) for b in batches)))
+        # One event loop for the whole run, not one per step: an async client the evaluator keeps (an
+        # AsyncOpenAI's connection pool) is bound to the loop it first ran on, and a closed one breaks it.
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            weakref.finalize(self, self._loop.close)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(all_batches())
+            return self._loop.run_until_complete(all_batches())
         # Called inside a running event loop (a notebook): run ours on a thread of its own.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, all_batches()).result()
+            return pool.submit(self._loop.run_until_complete, all_batches()).result()
 
     def _args(self, cand: Candidate, split: str, ids: Sequence[str]) -> tuple[Mapping[str, str], list[Any]]:
         return Components(cand.components), [self.program.user_example(split, i) for i in ids]

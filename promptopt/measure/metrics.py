@@ -20,6 +20,9 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 CORPUS_METRICS = ("balanced_accuracy", "macro_f1")
+# Several tasks' examples in one evaluation (ids "<task>/<id>", promptopt.harness.tasks): the mean of the
+# per-task mean scores, so each task weighs the same. Set by a shared run's scorer, never by a task.
+TASK_MEAN = "task_mean"
 DOMINANCE = 0.6  # one answer on more than this share of the examples is worth a warning
 
 
@@ -71,13 +74,18 @@ def check_metric(name: str | None) -> None:
 
 def corpus_score(name: str | None, results: Iterable[Any]) -> float:
     """The named corpus metric over choose results (ExampleResults or their JSON); the mean score when
-    `name` is None; NaN when there is nothing to score."""
+    `name` is None; the mean of the per-task means for TASK_MEAN; NaN when there is nothing to score."""
     results = list(results)
     if not results:
         return float("nan")
+    get = (lambda r, k: r[k]) if isinstance(results[0], Mapping) else getattr
     if name is None:
-        get = (lambda r: r["score"]) if isinstance(results[0], Mapping) else (lambda r: r.score)
-        return sum(get(r) for r in results) / len(results)
+        return sum(get(r, "score") for r in results) / len(results)
+    if name == TASK_MEAN:
+        by_task: dict[str, list[float]] = {}
+        for r in results:
+            by_task.setdefault(get(r, "example_id").split("/", 1)[0], []).append(get(r, "score"))
+        return sum(sum(s) / len(s) for s in by_task.values()) / len(by_task)
     pairs = [p for p in map(choice_pair, results) if p is not None]
     return _FUNCS[name](pairs) if pairs else float("nan")
 
