@@ -11,8 +11,10 @@ Embeddings:
 - "hidden": the target model's own last hidden states, mean-pooled (local backends that have `embed`).
 - "st:<model>": a sentence-transformers model the user has installed.
 
-Only the train split is indexed (the test split never enters it), once per run; dense vectors are
-cached on disk beside the response cache, keyed by the embedder's fingerprint and the train texts.
+Only the train split is indexed (the test split never enters it), once per run; dense vectors are cached
+on disk beside the response cache, keyed by the embedder's fingerprint and the train texts. A policy's
+`exclude` leaves some train ids out (the k-fold final pick refits a candidate on a fold's training part):
+BM25 statistics over the rest, the dense vectors reused.
 Queries are embedded in one batch per scoring call. Only `Example.input` is embedded: extra fields
 (a worked reference solution, say) may hold the answer.
 """
@@ -26,7 +28,7 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, cast
 
 from promptopt.errors import ConfigError
 from promptopt.types import Example
@@ -201,8 +203,7 @@ class Retriever:
         if name not in self._indexes:
             texts = [ex.input for ex in self.train]
             if self._parent is not None and name != "bm25":
-                whole = self._parent.index(name)
-                assert isinstance(whole, _DenseIndex)
+                whole = cast(_DenseIndex, self._parent.index(name))  # every index but bm25 is dense
                 rows = [self._parent._pos[ex.id] for ex in self.train]
                 self._indexes[name] = _DenseIndex(whole.vectors[rows], whole.embed, whole._queries)
             elif name == "bm25":
