@@ -115,9 +115,8 @@ class FinalPlan:
 
     @property
     def examples_at_most(self) -> int:
-        finalists = self.top_k + 1
-        pool = self.dev + final_pick.pool_train_size(self.rule, self.dev, self.train)
-        return finalists * pool + 2 * self.test + (self.test if self.rule.selector != "none" else 0)
+        return (final_pick.scored_examples(self.rule, self.top_k + 1, self.dev, self.train) + 2 * self.test
+                + (self.test if self.rule.selector != "none" else 0))
 
     @property
     def counted(self) -> int:

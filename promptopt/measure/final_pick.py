@@ -66,6 +66,13 @@ def counted_examples(rule: FinalConfig, finalists: int, dev: int, train: int) ->
     return finalists * (n_train + refits + (dev if rule.selector != "none" else 0))
 
 
+def scored_examples(rule: FinalConfig, finalists: int, dev: int, train: int) -> int:
+    """Scored examples of the final pick before the test split, at most: the finalists on the whole dev split,
+    and with pick=kfold on the pool's train examples and the refit prompts on every held-out fold."""
+    n_train = pool_train_size(rule, dev, train)
+    return finalists * (dev + n_train + (rule.repeats * (dev + n_train) if rule.pick == "kfold" else 0))
+
+
 def describe(rule: FinalConfig, finalists: int, dev: int, train: int) -> str:
     """The rule in words, for --dry-run."""
     n_train = pool_train_size(rule, dev, train)
@@ -91,7 +98,7 @@ def search_examples(max_examples: int | None, counted: int) -> int | None:
     if counted >= max_examples:
         raise ConfigError(f"the final pick needs up to {counted} scored examples from the budget of "
                           f"{max_examples}, which leaves none for the search; raise budget.examples or "
-                          "lower final.train_examples / final_top_k")
+                          "lower final.train_examples, final.repeats or final_top_k")
     return max_examples - counted
 
 
