@@ -169,11 +169,19 @@ def test_a_retrieval_finalist_is_refit_with_an_index_without_the_held_out_fold(t
     from promptopt.runlog import RunLog, load_run
     rule = FinalConfig(pick="kfold", folds=2, repeats=1, train_examples=6)
     knn = Candidate("Is the text good or bad?", retrieval=RetrievalPolicy(k=2))
-    resolved = ResolvedRun(task=toy_task(n_train=10), strategy=Scripted([[ScoreRequest(knn)]]),
-                           budget=Budget(max_examples=200), final_top_k=1, final_rule=rule)
-    run = Run(resolved, target=FakeBackend(), optimizer=fake_optimizer(), log=RunLog(tmp_path))
-    report = run.run()
-    run.log.close()
+
+    def run_with(target, resume):
+        resolved = ResolvedRun(task=toy_task(n_train=10), strategy=Scripted([[ScoreRequest(knn)]]),
+                               budget=Budget(max_examples=200), final_top_k=1, final_rule=rule)
+        run = Run(resolved, target=target, optimizer=fake_optimizer(), log=RunLog(tmp_path, resume=resume))
+        report = run.run()
+        run.log.close()
+        return run, report
+
+    run, report = run_with(FakeBackend(), False)
+    again_target = FakeBackend()
+    _, again = run_with(again_target, True)  # a resume replays the refit prompts and their retrieved demos
+    assert again_target.calls == 0 and again.final_pick == report.final_pick and again.best_id == report.best_id
     assert knn.id in report.final_pick["finalists"]
     refits = [c for c in run.history.candidates() if c.origin == "kfold.refit"]
     assert len(refits) == 2 and all(c.retrieval.exclude for c in refits)
