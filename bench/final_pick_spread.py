@@ -31,11 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-limit", type=int, default=200)
     p.add_argument("--dev", type=int, required=True, help="the task's dev size (for the k-fold run's budget)")
     p.add_argument("--train", type=int, required=True, help="the task's train size")
+    p.add_argument("--top-k", type=int, default=3, help="final_top_k")
+    p.add_argument("--set", action="append", default=[], help="a setting for both runs (e.g. fewshot.sets=8)")
     p.add_argument("--out", default="runs/spread")
     args = p.parse_args(argv)
     out = Path(args.out)
     rule = FinalConfig(pick="kfold", repeats=args.repeats)
-    kept = final_pick.counted_examples(rule, 4, args.dev, args.train)  # final_top_k 3 + the seed
+    kept = final_pick.counted_examples(rule, args.top_k + 1, args.dev, args.train)  # the finalists and the seed
     rows: dict[str, list[float]] = {"dev": [], "kfold": []}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for pick in ("dev", "kfold"):
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 done = subprocess.run([sys.executable, "-m", "promptopt.cli", "optimize", "--task", args.task,
                                        "--strategy", args.strategy, "--budget", str(budget), "--test-limit",
                                        str(args.test_limit), "--seed", str(seed), "--run-dir", str(out / "runs"),
-                                       "--set", f"cache_path={out / 'cache.sqlite'}", "--json", *extra],
+                                       "--set", f"cache_path={out / 'cache.sqlite'}", "--set", f"final_top_k={args.top_k}",
+                                       *[a for kv in args.set for a in ("--set", kv)], "--json", *extra],
                                       check=True, stdout=subprocess.PIPE, text=True)
                 out.mkdir(parents=True, exist_ok=True)
                 summary.write_text(done.stdout)

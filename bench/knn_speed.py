@@ -8,8 +8,9 @@ whose prefix sharing keeps the instruction (and each input's context across its 
 Settings alternate (fixed, retrieved, fixed, retrieved) so a change in machine load hits both; the CPU
 seconds of this process (all its threads) are shown too, as they move less than wall time on a shared machine.
 "positions / example" counts the token positions the model ran (padding included, read by a forward hook),
-which does not move with the load: with exact log-likelihoods, retrieval cannot run fewer positions than its
-demos' own tokens, as a causal model can reuse a demo's KV only for inputs whose prompts start the same way.
+which does not move with the load. "distinct prefixes / example" is the fewest positions any exact scorer
+could run for the same requests: the nodes of the token trie of the model inputs (a causal model can reuse
+KV only where inputs start the same way; a demo's KV after another demo is not its KV after the instruction).
 """
 from __future__ import annotations
 
@@ -56,8 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         positions[0] += int(ids.numel()) if ids is not None else 0
 
     backend.model.register_forward_pre_hook(count, with_kwargs=True)
-    print("| setting | k | examples | seconds | examples/s | CPU s / example | positions / example | distinct demo sets "
-          "| accuracy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    sent: list = []
+    score = backend.loglikelihood
+
+    def capture(reqs: list) -> list:  # the requests of one setting, for the trie bound
+        sent.extend(reqs)
+        return score(reqs)
+
+    backend.loglikelihood = capture  # type: ignore[method-assign]
+    print("| setting | k | examples | seconds | examples/s | CPU s / example | positions / example | distinct prefixes / "
+          "example | distinct demo sets | accuracy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rates: dict[str, list[float]] = {"fixed": [], "retrieved": []}
     cpu: dict[str, list[float]] = {"fixed": [], "retrieved": []}
     pool = [ex for ex in task.split(split)]
@@ -65,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = tuple(ex.id for ex in pool[rep * args.n:(rep + 1) * args.n])
         for name, cand in (("fixed", fixed), ("retrieved", knn)):
             started, cpu0, positions[0] = time.perf_counter(), time.process_time(), 0
+            sent.clear()
             ev, = run.score([ScoreRequest(cand, split, example_ids=ids)])
             secs, cpu_secs = time.perf_counter() - started, time.process_time() - cpu0
             sets = len({tuple(d) for d in run.retriever.retrieve(knn.retrieval, [run._example(split, i) for i in ids])}) \
@@ -72,11 +82,24 @@ def main(argv: list[str] | None = None) -> int:
             rates[name].append(len(ids) / secs)
             cpu[name].append(cpu_secs / len(ids))
             print(f"| {name} | {args.k} | {len(ids)} | {secs:.1f} | {len(ids) / secs:.2f} | {cpu_secs / len(ids):.2f} | "
-                  f"{positions[0] / len(ids):.0f} | {sets} | {ev.score:.3f} |", flush=True)
+                  f"{positions[0] / len(ids):.0f} | {trie_nodes(backend, sent) / len(ids):.0f} | {sets} | "
+                  f"{ev.score:.3f} |", flush=True)
     fixed_rate, knn_rate = (sum(v) / len(v) for v in (rates["fixed"], rates["retrieved"]))
     fixed_cpu, knn_cpu = (sum(v) / len(v) for v in (cpu["fixed"], cpu["retrieved"]))
     print(f"\nretrieved / fixed examples/s: {knn_rate / fixed_rate:.2f} (wall), {fixed_cpu / knn_cpu:.2f} (CPU time)")
     return 0
+
+
+def trie_nodes(backend: HFBackend, reqs: list) -> int:
+    """Distinct token prefixes of the model inputs (each request's tokens but its last): sorted, each input
+    adds the positions past its common prefix with the one before."""
+    rows = sorted({tuple(tokens[:-1]) for tokens, _ in backend.token_pairs(reqs)})
+    total, prev = 0, ()
+    for row in rows:
+        shared = next((i for i, (a, b) in enumerate(zip(row, prev)) if a != b), min(len(row), len(prev)))
+        total += len(row) - shared
+        prev = row
+    return total
 
 
 if __name__ == "__main__":
