@@ -19,6 +19,7 @@ import random
 import sys
 import time
 
+from knn_bound import distinct_prefixes  # bench/, beside this file
 from promptopt.api import load_task
 from promptopt.backends.hf import HFBackend
 from promptopt.budget import Budget
@@ -91,15 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def trie_nodes(backend: HFBackend, reqs: list) -> int:
-    """Distinct token prefixes of the model inputs (each request's tokens but its last): sorted, each input
-    adds the positions past its common prefix with the one before."""
-    rows = sorted({tuple(tokens[:-1]) for tokens, _ in backend.token_pairs(reqs)})
-    total, prev = 0, ()
-    for row in rows:
-        shared = next((i for i, (a, b) in enumerate(zip(row, prev)) if a != b), min(len(row), len(prev)))
-        total += len(row) - shared
-        prev = row
-    return total
+    """Distinct token prefixes of the model inputs (each request's tokens but its last)."""
+    return distinct_prefixes([tuple(tokens[:-1]) for tokens, _ in backend.token_pairs(reqs)])
 
 
 if __name__ == "__main__":
