@@ -163,6 +163,9 @@ def test_refit_keeps_what_the_fold_trains_on_and_redraws_the_rest_by_label():
     assert knn.retrieval == RetrievalPolicy(k=2, exclude=("train-2", "train-4")) and knn.id != Candidate("x", retrieval=policy).id
     assert final_pick.refit(Candidate("x", retrieval=policy), ("dev-1",), train, "k").retrieval == policy
     assert final_pick.refit(Candidate("zero-shot"), ("train-1",), train, "k") == Candidate("zero-shot")
+    program = Candidate.of_components({"a": "x", "b": "y"}, demos=("train-0", "train-1"))
+    refit = final_pick.refit(program, ("train-1",), train, "k")
+    assert refit.components == program.components and refit.demos[0] == "train-0" and refit.demos[1] != "train-1"
 
 
 def test_a_retrieval_finalist_is_refit_with_an_index_without_the_held_out_fold(tmp_path):

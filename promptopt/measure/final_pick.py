@@ -137,6 +137,9 @@ def refit(cand: Candidate, held_out: Sequence[str], train: Sequence[Example], ke
         else:
             demos.append(d)
             answers.append(cand.demo_answers[n] if cand.demo_answers else "")
+    if cand.components:  # a program's candidate keeps its components
+        return Candidate.of_components(cand.components, origin="kfold.refit", parents=(cand.id,),
+                                       meta={"refit_of": cand.id}, demos=tuple(demos))
     return Candidate(cand.text, (cand.id,), "kfold.refit", {"refit_of": cand.id}, tuple(demos), cand.system,
                      tuple(answers) if cand.demo_answers else ())
 
