@@ -102,7 +102,8 @@ class BackendSpec:
 @dataclass(frozen=True)
 class FinalPlan:
     """What the final report scores, at most: the top_k finalists and the seed on the whole dev split (and,
-    with final.pick=kfold, on the pool's train examples), then the best and the seed on the test sample
+    with final.pick=kfold, on the pool's train examples and their refit prompts on the held-out folds), then
+    the best and the seed on the test sample
     (and, with a selector, the test inputs it routes to other finalists). `counted`: the part the example
     budget pays for (promptopt/final_pick.py)."""
 
