@@ -7,6 +7,10 @@ inputs; retrieval groups inputs that retrieved the same demos and sends every gr
 whose prefix sharing keeps the instruction (and each input's context across its options) computed once.
 Settings alternate (fixed, retrieved, fixed, retrieved) so a change in machine load hits both; the CPU
 seconds of this process (all its threads) are shown too, as they move less than wall time on a shared machine.
+"positions / example" counts the token positions the model ran (padding included, read by a forward hook),
+which does not move with the load. "distinct prefixes / example" is the fewest positions any exact scorer
+could run for the same requests: the nodes of the token trie of the model inputs (a causal model can reuse
+KV only where inputs start the same way; a demo's KV after another demo is not its KV after the instruction).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import random
 import sys
 import time
 
+from knn_bound import distinct_prefixes  # bench/, beside this file
 from promptopt.api import load_task
 from promptopt.backends.hf import HFBackend
 from promptopt.budget import Budget
@@ -46,15 +51,31 @@ def main(argv: list[str] | None = None) -> int:
     split = "dev"  # test ids are known to a Run only in its final report
     run.score([ScoreRequest(fixed, split, example_ids=tuple(ex.id for ex in queries[:4]))])  # first-call overheads
     run.retriever.index(args.embedding)  # built once per run, outside the timed part
-    print("| setting | k | examples | seconds | examples/s | CPU s / example | distinct demo sets | accuracy |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    positions = [0]
+
+    def count(module: object, args: tuple, kwargs: dict) -> None:  # every forward of the scorer passes input_ids
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        positions[0] += int(ids.numel()) if ids is not None else 0
+
+    backend.model.register_forward_pre_hook(count, with_kwargs=True)
+    sent: list = []
+    score = backend.loglikelihood
+
+    def capture(reqs: list) -> list:  # the requests of one setting, for the trie bound
+        sent.extend(reqs)
+        return score(reqs)
+
+    backend.loglikelihood = capture  # type: ignore[method-assign]
+    print("| setting | k | examples | seconds | examples/s | CPU s / example | positions / example | distinct prefixes / "
+          "example | distinct demo sets | accuracy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rates: dict[str, list[float]] = {"fixed": [], "retrieved": []}
     cpu: dict[str, list[float]] = {"fixed": [], "retrieved": []}
     pool = [ex for ex in task.split(split)]
     for rep in range(args.repeats):
         ids = tuple(ex.id for ex in pool[rep * args.n:(rep + 1) * args.n])
         for name, cand in (("fixed", fixed), ("retrieved", knn)):
-            started, cpu0 = time.perf_counter(), time.process_time()
+            started, cpu0, positions[0] = time.perf_counter(), time.process_time(), 0
+            sent.clear()
             ev, = run.score([ScoreRequest(cand, split, example_ids=ids)])
             secs, cpu_secs = time.perf_counter() - started, time.process_time() - cpu0
             sets = len({tuple(d) for d in run.retriever.retrieve(knn.retrieval, [run._example(split, i) for i in ids])}) \
@@ -62,11 +83,17 @@ def main(argv: list[str] | None = None) -> int:
             rates[name].append(len(ids) / secs)
             cpu[name].append(cpu_secs / len(ids))
             print(f"| {name} | {args.k} | {len(ids)} | {secs:.1f} | {len(ids) / secs:.2f} | {cpu_secs / len(ids):.2f} | "
-                  f"{sets} | {ev.score:.3f} |", flush=True)
+                  f"{positions[0] / len(ids):.0f} | {trie_nodes(backend, sent) / len(ids):.0f} | {sets} | "
+                  f"{ev.score:.3f} |", flush=True)
     fixed_rate, knn_rate = (sum(v) / len(v) for v in (rates["fixed"], rates["retrieved"]))
     fixed_cpu, knn_cpu = (sum(v) / len(v) for v in (cpu["fixed"], cpu["retrieved"]))
     print(f"\nretrieved / fixed examples/s: {knn_rate / fixed_rate:.2f} (wall), {fixed_cpu / knn_cpu:.2f} (CPU time)")
     return 0
+
+
+def trie_nodes(backend: HFBackend, reqs: list) -> int:
+    """Distinct token prefixes of the model inputs (each request's tokens but its last)."""
+    return distinct_prefixes([tuple(tokens[:-1]) for tokens, _ in backend.token_pairs(reqs)])
 
 
 if __name__ == "__main__":

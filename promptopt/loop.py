@@ -606,9 +606,12 @@ class Run:
         best = max(ranked, key=lambda cs: -math.inf if math.isnan(cs[1]) else cs[1])[0]
         front = pick = None
         if not self.final_rule.default and scoring and not math.isnan(ranked[0][1]):
-            pool = self._final_pool([c for c, _ in ranked])
-            best, pick = final_pick.choose(self.final_rule, [c for c, _ in ranked], seed, best,
-                                           self._scores_on([c for c, _ in ranked], pool), pool, self.seed)
+            pool, held_out = self._final_pool([c for c, _ in ranked])
+            # The keep-seed test and a selector read one score per pool example: with k-fold, the first repeat's.
+            learned = {cid: reps[0] for cid, reps in held_out.items()} if held_out else \
+                self._scores_on([c for c, _ in ranked], pool)
+            best, pick = final_pick.choose(self.final_rule, [c for c, _ in ranked], seed, best, learned, pool,
+                                           self.seed, held_out)
         if self.objectives is not None and not math.isnan(ranked[0][1]):  # several objectives: by the stated rule
             best, front = self.objectives.choose([c for c, _ in ranked], self.history, best)
         seed_test = best_test = significance = selection = None
@@ -629,27 +632,44 @@ class Run:
                 shared = [i for i in ids if i in by_ex[0] and i in by_ex[1]]
                 significance = compare_paired([by_ex[1][i] for i in shared], [by_ex[0][i] for i in shared])
             if pick is not None and self.final_rule.selector != "none" and all(ev.state == "complete" for ev in evs):
-                selection = self._select([c for c, _ in ranked], best, pool, ids)
+                selection = self._select([c for c, _ in ranked], best, pool, learned, ids)
         report = self._report(seed, best, seed_test, best_test, significance, front, started)
         report.final_pick, report.selector = pick, selection
         return report
 
-    def _final_pool(self, finalists: list[Candidate]) -> list[str]:
-        """The examples the final rule chooses by: dev, and with pick=kfold the train examples (no finalist's
-        demo) that every finalist is then scored on, paid from the budget."""
+    def _final_pool(self, finalists: list[Candidate]) -> tuple[list[str], dict[str, list[dict[str, float]]] | None]:
+        """The examples the final rule chooses by: dev, and with pick=kfold also train examples; then, per
+        finalist and repeat, each pool example's score under the finalist refit on the fold that holds it
+        out (final_pick.refit). The refit prompts are logged as candidates and scored (paid from the budget)
+        on their held-out folds."""
         pool = [ex.id for ex in self.task.split("dev")]
         n = final_pick.pool_train_size(self.final_rule, len(pool), len(self.task.split("train")))
         if not n:
-            return pool
-        train = final_pick.train_pool([ex.id for ex in self._order["train"]], finalists, n)
-        reqs = [ScoreRequest(c, "train", example_ids=tuple(i for i in train if i not in self.history.results(c.id, "train")))
-                for c in finalists]
-        todo = [r for r in reqs if r.example_ids]
-        if todo:
-            self.callbacks.emit("on_phase", self, "final", sum(len(r.example_ids or ()) for r in todo))
-        for ev in self.score(todo, phase="final"):
+            return pool, None
+        pool += final_pick.train_pool([ex.id for ex in self._order["train"]], n)
+        dev = set(pool[:len(self.task.split("dev"))])
+        splits = final_pick.folds(pool, self.final_rule.folds, self.final_rule.repeats, self.seed)
+        refit = final_pick.refits(finalists, splits, self.task.split("train"), self.seed)
+        wanted: dict[tuple[str, str], list[str]] = {}  # (prompt id, split) -> held-out ids it is scored on
+        for (_, r, f), cand in refit.items():
+            if self.history._add_candidate(cand) and self.log:
+                self.log.emit("candidate", step=self.step, candidate_id=cand.id, **cand.to_json())
+            for i in splits[r][f]:
+                split = "dev" if i in dev else "train"
+                if i not in self.history.results(cand.id, split):
+                    wanted.setdefault((cand.id, split), []).append(i)
+        reqs = [ScoreRequest(self.history.candidate(cid), split, example_ids=tuple(dict.fromkeys(ids)))
+                for (cid, split), ids in wanted.items()]
+        if reqs:
+            self.callbacks.emit("on_phase", self, "final", sum(len(r.example_ids or ()) for r in reqs))
+        for ev in self.score(reqs, phase="final"):
             self._record(ev, search=True)
-        return pool + list(train)
+        held_out: dict[str, list[dict[str, float]]] = {c.id: [{} for _ in splits] for c in finalists}
+        for (cid, r, f), cand in refit.items():
+            for i in splits[r][f]:
+                result = self.history.results(cand.id, "dev" if i in dev else "train").get(i)
+                held_out[cid][r][i] = result.score if result is not None else 0.0  # a failed example scores 0
+        return pool, held_out
 
     def _scores_on(self, cands: list[Candidate], ids: list[str], split: str | None = None) -> dict[str, dict[str, float]]:
         """Each candidate's per-example scores on `ids` (dev or train; or all from `split`)."""
@@ -660,11 +680,10 @@ class Run:
             out[c.id] = {i: got[i] for i in ids if i in got}
         return out
 
-    def _select(self, finalists: list[Candidate], best: Candidate, pool: list[str], test_ids: tuple[str, ...]
-                ) -> dict[str, Any]:
+    def _select(self, finalists: list[Candidate], best: Candidate, pool: list[str],
+                learned: dict[str, dict[str, float]], test_ids: tuple[str, ...]) -> dict[str, Any]:
         """final.selector: learned on the pool's scores, each test input routed to one finalist (the inputs
         routed away from `best` are scored now), reported against `best` on the same test examples."""
-        learned = self._scores_on(finalists, pool)
         selector = Selector(self.final_rule.selector, [_text(self._by_id[i]) for i in pool],
                             {c.id: [learned[c.id][i] for i in pool] for c in finalists}, default=best.id)
         choice = {i: selector.choose(_text(self._test_by_id[i])) for i in test_ids}

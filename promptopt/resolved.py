@@ -102,7 +102,8 @@ class BackendSpec:
 @dataclass(frozen=True)
 class FinalPlan:
     """What the final report scores, at most: the top_k finalists and the seed on the whole dev split (and,
-    with final.pick=kfold, on the pool's train examples), then the best and the seed on the test sample
+    with final.pick=kfold, on the pool's train examples and their refit prompts on the held-out folds), then
+    the best and the seed on the test sample
     (and, with a selector, the test inputs it routes to other finalists). `counted`: the part the example
     budget pays for (promptopt/final_pick.py)."""
 
@@ -115,9 +116,8 @@ class FinalPlan:
 
     @property
     def examples_at_most(self) -> int:
-        finalists = self.top_k + 1
-        pool = self.dev + final_pick.pool_train_size(self.rule, self.dev, self.train)
-        return finalists * pool + 2 * self.test + (self.test if self.rule.selector != "none" else 0)
+        return (final_pick.scored_examples(self.rule, self.top_k + 1, self.dev, self.train) + 2 * self.test
+                + (self.test if self.rule.selector != "none" else 0))
 
     @property
     def counted(self) -> int:

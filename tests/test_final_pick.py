@@ -14,6 +14,7 @@ from promptopt.errors import ConfigError
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
 from promptopt.measure.selector import Selector, TfIdf
+from promptopt.task.retrieval import RetrievalPolicy
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import fake_optimizer
 from promptopt.testing.contracts import toy_task
@@ -106,21 +107,95 @@ def _with_demos(run_ids):
     return [Candidate("Is the text good or bad?", demos=run_ids), Candidate("Classify the text.")]
 
 
-def test_a_kfold_run_scores_the_pool_pays_from_the_budget_and_never_holds_out_a_demo():
-    demo_cand, other = _with_demos(("train-0", "train-1"))
-    strategy = Scripted([[ScoreRequest(demo_cand), ScoreRequest(other)]])
+def test_a_kfold_run_refits_each_finalist_per_fold_pays_from_the_budget_and_never_scores_a_prompt_on_its_demo():
     rule = FinalConfig(pick="kfold", folds=3, repeats=2, train_examples=10)
-    run = make(strategy, rule, budget=100)
-    counted = 3 * 10  # top 2 + the seed, on 10 train examples
-    assert run.tracker.budget.max_examples == 100 - counted
+    strategy = Scripted([])
+    run = make(strategy, rule, budget=300)
+    pool_train = [ex.id for ex in run._order["train"][:10]]
+    demo_cand = Candidate("Is the text good or bad?", demos=(pool_train[0], pool_train[1], "train-39"))
+    strategy.batches = [[ScoreRequest(demo_cand), ScoreRequest(Candidate("Classify the text."))]]
+    counted = 3 * (10 + 2 * 22)  # top 2 + the seed: 10 train examples, then refits on every fold of 2 repeats
+    assert run.tracker.budget.max_examples == 300 - counted
     report = run.run()
     assert report.final_pick["rule"] == "kfold" and report.final_pick["examples"] == 12 + 10
-    scored_train = run.history.results(demo_cand.id, "train")
-    assert len(scored_train) == 10 and not {"train-0", "train-1"} & set(scored_train)
-    assert run.tracker.examples == 24 + counted <= 100  # the search's two dev passes, then the pool
+    labels = {ex.id: ex.label for ex in run.task.split("train")}
+    splits = final_pick.folds([ex.id for ex in run.task.split("dev")] + pool_train, 3, 2, run.seed)
+    planned = final_pick.refits([demo_cand], splits, run.task.split("train"), run.seed)
+    refits = {c.id: c for c in run.history.candidates() if c.origin == "kfold.refit"}
+    # One refit for each fold that holds out one of its two pooled demos (train-39 is never in the pool).
+    holding = {(r, f) for r, repeat in enumerate(splits) for f, fold in enumerate(repeat) if set(fold) & set(demo_cand.demos)}
+    assert {k[1:] for k, c in planned.items() if c != demo_cand} == holding and len(holding) >= 2
+    assert set(refits) == {c.id for c in planned.values() if c != demo_cand}
+    for (_, r, f), cand in planned.items():
+        fold = set(splits[r][f])
+        if cand == demo_cand:
+            continue
+        assert cand.parents == (demo_cand.id,) and cand.meta["refit_of"] == demo_cand.id
+        assert not fold & set(cand.demos) and cand.demos[2] == "train-39"  # kept demos keep their place
+        for old, new in zip(demo_cand.demos, cand.demos):
+            assert labels[old] == labels[new] and (new == old) == (old not in fold)  # redrawn with the same label
+        scored = {**run.history.results(cand.id, "dev"), **run.history.results(cand.id, "train")}
+        assert fold <= set(scored)  # scored on its held-out fold (or folds, where two draws agree)
+    assert sum(len(run.history.results(c, s)) for c in refits for s in ("dev", "train")) <= \
+        sum(len(splits[r][f]) for r, f in holding)
+    for cand in run.history.candidates():  # no prompt is ever scored on one of its own demos
+        assert not set(cand.demos) & set(run.history.results(cand.id, "train"))
+    assert run.tracker.examples <= 300 and run.tracker.examples - 24 <= counted
     by_mean = max(report.final_pick["finalists"].items(), key=lambda kv: kv[1]["mean"])[0]
-    assert report.best_id == by_mean
+    assert report.best_id == by_mean and set(report.final_pick["finalists"]) == {c.id for c in run.history.candidates()
+                                                                                  if c.origin != "kfold.refit"}
     assert json.loads(json.dumps(report.to_json()))["final_pick"]["folds"] == 3
+
+
+def test_refit_keeps_what_the_fold_trains_on_and_redraws_the_rest_by_label():
+    task = toy_task(n_train=10)
+    train = task.split("train")
+    cand = Candidate("x", demos=("train-0", "train-1", "train-2"), demo_answers=("a", "b", "c"))
+    assert final_pick.refit(cand, ("dev-0", "train-5"), train, "k") is cand
+    new = final_pick.refit(cand, ("train-1", "train-3", "train-5", "train-7"), train, "k")
+    assert new.demos[0] == "train-0" and new.demos[2] == "train-2" and new.demos[1] == "train-9"  # odd = label 1
+    assert new.demo_answers == ("a", "good", "c")  # a redrawn demo shows its gold answer
+    assert new == final_pick.refit(cand, ("train-7", "train-5", "train-3", "train-1"), train, "k")
+    every_odd = tuple(f"train-{i}" for i in range(1, 10, 2))
+    assert final_pick.refit(cand, every_odd, train, "k").demos[1] in {"train-4", "train-6", "train-8"}  # no label 1 left
+    policy = RetrievalPolicy(k=2)
+    knn = final_pick.refit(Candidate("x", retrieval=policy), ("dev-1", "train-4", "train-2"), train, "k")
+    assert knn.retrieval == RetrievalPolicy(k=2, exclude=("train-2", "train-4")) and knn.id != Candidate("x", retrieval=policy).id
+    assert final_pick.refit(Candidate("x", retrieval=policy), ("dev-1",), train, "k").retrieval == policy
+    assert final_pick.refit(Candidate("zero-shot"), ("train-1",), train, "k") == Candidate("zero-shot")
+    program = Candidate.of_components({"a": "x", "b": "y"}, demos=("train-0", "train-1"))
+    refit = final_pick.refit(program, ("train-1",), train, "k")
+    assert refit.components == program.components and refit.demos[0] == "train-0" and refit.demos[1] != "train-1"
+
+
+def test_a_retrieval_finalist_is_refit_with_an_index_without_the_held_out_fold(tmp_path):
+    from promptopt.runlog import RunLog, load_run
+    rule = FinalConfig(pick="kfold", folds=2, repeats=1, train_examples=6)
+    knn = Candidate("Is the text good or bad?", retrieval=RetrievalPolicy(k=2))
+
+    def run_with(target, resume):
+        resolved = ResolvedRun(task=toy_task(n_train=10), strategy=Scripted([[ScoreRequest(knn)]]),
+                               budget=Budget(max_examples=200), final_top_k=1, final_rule=rule)
+        run = Run(resolved, target=target, optimizer=fake_optimizer(), log=RunLog(tmp_path, resume=resume))
+        report = run.run()
+        run.log.close()
+        return run, report
+
+    run, report = run_with(FakeBackend(), False)
+    again_target = FakeBackend()
+    _, again = run_with(again_target, True)  # a resume replays the refit prompts and their retrieved demos
+    assert again_target.calls == 0 and again.final_pick == report.final_pick and again.best_id == report.best_id
+    assert knn.id in report.final_pick["finalists"]
+    refits = [c for c in run.history.candidates() if c.origin == "kfold.refit"]
+    assert len(refits) == 2 and all(c.retrieval.exclude for c in refits)
+    view = load_run(tmp_path)
+    for cand in refits:
+        evals = [e for e in view.evals if e["candidate_id"] == cand.id]
+        scored = {i for e in evals for i in e["example_ids"]}
+        assert set(cand.retrieval.exclude) <= scored  # the fold's own train examples are scored too
+        for e in evals:
+            assert set(e["retrieved"]) == set(e["example_ids"])  # each held-out example's demos are logged
+            assert not {d for ids in e["retrieved"].values() for d in ids} & set(cand.retrieval.exclude)
 
 
 def test_a_selector_run_reports_against_the_pick_on_the_same_test_examples():
@@ -155,13 +230,14 @@ def test_final_settings_by_set_and_their_refusals():
 
 
 def test_the_dry_run_states_the_rule_and_its_cost(capsys, tmp_path):
-    args = [*FAKE, "--strategy", "paraphrase", "--budget", "300", "--set", "final.pick=kfold", "--set",
+    args = [*FAKE, "--strategy", "paraphrase", "--budget", "1000", "--set", "final.pick=kfold", "--set",
             "final.train_examples=20", "--set", "final.keep_seed_alpha=0.05", "--set", "final_top_k=2"]
     plan = dry_run(capsys, *args)
-    assert "3x repeated 5-fold over dev 24 + train 20" in plan["final"]
+    assert "3x repeated 5-fold over dev 24 + train 20, each finalist's demos refit on the training folds" in plan["final"]
     assert "keep the seed unless beaten with p < 0.05" in plan["final"]
-    assert "60 of its scored examples, at most, come out of the example budget" in plan["final"]
-    assert plan["budget"].endswith("examples 300 (60 of the examples kept for the final pick)")
+    counted = 3 * (20 + 3 * 44)  # 3 finalists: 20 train examples, and refit prompts on 3 repeats of the pool
+    assert f"{counted} of its scored examples, at most, come out of the example budget" in plan["final"]
+    assert plan["budget"].endswith(f"examples 1000 ({counted} of the examples kept for the final pick)")
     code = main(["optimize", *FAKE, "--budget", "50", "--set", "final.pick=kfold", "--dry-run"])
     assert code == 2 and "leaves none for the search" in capsys.readouterr().err
 
@@ -189,12 +265,12 @@ def test_a_resumed_run_replays_the_final_pick_and_the_selector_without_a_model_c
 
 
 def test_the_cli_prints_the_pick_and_the_selector(tmp_path, capsys):
-    code = main(["optimize", *FAKE, "--strategy", "paraphrase", "--budget", "200", "--test-limit", "10",
+    code = main(["optimize", *FAKE, "--strategy", "paraphrase", "--budget", "400", "--test-limit", "10",
                  "--run-dir", str(tmp_path), "--set", f"cache_path={tmp_path / 'c.sqlite'}",
-                 "--set", "final.pick=kfold", "--set", "final.train_examples=12", "--set", "final.keep_seed_alpha=0.05",
+                 "--set", "final.pick=kfold", "--set", "final.train_examples=12", "--set", "final.repeats=1", "--set", "final.keep_seed_alpha=0.05",
                  "--set", "final.selector=centroid"])
     out = " ".join(capsys.readouterr().out.split())
     assert code == 0
-    assert "final pick: 3x 5-fold over 36 dev + train examples" in out
+    assert "final pick: 1x 5-fold over 36 dev + train examples" in out
     assert "keep-seed rule" in out and "alpha 0.05" in out
     assert "selector (centroid, learned on 36 examples): test" in out and "on 10 examples" in out

@@ -1,29 +1,35 @@
 """How the final report chooses among the finalists (`final.*` in RunConfig; issue #31).
 
 - `pick=dev` (as always): the finalist with the best score on the whole dev split.
-- `pick=kfold`: the finalists are also scored on train examples, and the pick is the best mean held-out
-  score over repeated k-fold splits of that pool (dev + train). Demos must come from the training folds
-  only, so the pool leaves out every finalist's demos: no fold ever holds out a demo, whichever candidate
-  is scored. The finalists are not refit per fold, so each repeat's mean is the pool's mean; the folds
-  give the spread (`sd` of the fold means) that the report shows next to each finalist.
+- `pick=kfold`: repeated k-fold over a pool of dev and train examples, each finalist refit on every fold's
+  training part and scored on the held-out fold; the pick is the best mean held-out score. Refit means the
+  demos come from the training folds only: a fixed demo that lies in the held-out fold is replaced by a
+  train example of the same label drawn from the training part (the label-balanced draw that `fewshot`
+  and `--demos` use; the other demos keep their places), and a retrieval policy's index leaves the held-out
+  fold's train examples out. A finalist with nothing held out (no demos, or none in that fold) is scored
+  as it is. The refit prompts are candidates of their own (origin `kfold.refit`), logged and cached like
+  any other, so a resume replays them. The fold means give each finalist's spread (`sd`).
 - `keep_seed_alpha`: the seed prompt stays unless the pick beats it on the pick's examples with a paired
-  p < alpha (promptopt.measure.significance: McNemar for 0/1 scores, else a paired bootstrap).
+  p < alpha (promptopt.measure.significance: McNemar for 0/1 scores, else a paired bootstrap); with
+  pick=kfold, on the first repeat's held-out scores (one per pool example).
 
 The loop scores; this module plans (what it costs, what the budget keeps back for it) and decides.
-What the final report scores beyond the dev split's finalists (the train part of the pool) and, with a
-selector, the finalists' dev scoring (the selector learns from it) is paid from the example budget: the
-search gets the budget less that amount."""
+What the final report scores beyond the dev split's finalists (the pool's train examples and the refit
+prompts on the held-out folds, at most every pool example once per repeat) and, with a selector, the
+finalists' dev scoring (the selector learns from it) is paid from the example budget: the search gets the
+budget less that amount. The test split is never in the pool."""
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptopt.errors import ConfigError
 from promptopt.measure.significance import compare_paired
-from promptopt.types import Candidate
+from promptopt.types import Candidate, Example
 
 
 class FinalConfig(BaseModel):
@@ -34,7 +40,7 @@ class FinalConfig(BaseModel):
     pick: Literal["dev", "kfold"] = "dev"  # kfold: repeated k-fold over dev plus train examples
     folds: int = Field(5, ge=2, strict=True)
     repeats: int = Field(3, ge=1, strict=True)
-    # Train examples the k-fold pool adds to dev (never a finalist's demo); None: as many as dev has.
+    # Train examples the k-fold pool adds to dev; None: as many as dev has.
     train_examples: int | None = Field(None, ge=1, strict=True)
     # Keep the seed prompt unless the pick beats it on the pick's examples with a paired p < alpha.
     keep_seed_alpha: float | None = Field(None, gt=0, lt=1)
@@ -53,16 +59,26 @@ def pool_train_size(rule: FinalConfig, dev: int, train: int) -> int:
 
 
 def counted_examples(rule: FinalConfig, finalists: int, dev: int, train: int) -> int:
-    """Scored examples of the final report, at most, that the example budget pays for."""
-    return finalists * (pool_train_size(rule, dev, train) + (dev if rule.selector != "none" else 0))
+    """Scored examples of the final report, at most, that the example budget pays for: with pick=kfold each
+    finalist on the pool's train examples, and its refit prompts on every held-out fold of every repeat."""
+    n_train = pool_train_size(rule, dev, train)
+    refits = rule.repeats * (dev + n_train) if rule.pick == "kfold" else 0
+    return finalists * (n_train + refits + (dev if rule.selector != "none" else 0))
+
+
+def scored_examples(rule: FinalConfig, finalists: int, dev: int, train: int) -> int:
+    """Scored examples of the final pick before the test split, at most: the finalists on the whole dev split,
+    and with pick=kfold on the pool's train examples and the refit prompts on every held-out fold."""
+    n_train = pool_train_size(rule, dev, train)
+    return finalists * (dev + n_train + (rule.repeats * (dev + n_train) if rule.pick == "kfold" else 0))
 
 
 def describe(rule: FinalConfig, finalists: int, dev: int, train: int) -> str:
     """The rule in words, for --dry-run."""
     n_train = pool_train_size(rule, dev, train)
     if rule.pick == "kfold":
-        text = (f"pick by {rule.repeats}x repeated {rule.folds}-fold over dev {dev} + train {n_train} "
-                "(no finalist's demo held out)")
+        text = (f"pick by {rule.repeats}x repeated {rule.folds}-fold over dev {dev} + train {n_train}, "
+                "each finalist's demos refit on the training folds")
     else:
         text = f"pick by dev {dev}"
     if rule.keep_seed_alpha is not None:
@@ -82,14 +98,57 @@ def search_examples(max_examples: int | None, counted: int) -> int | None:
     if counted >= max_examples:
         raise ConfigError(f"the final pick needs up to {counted} scored examples from the budget of "
                           f"{max_examples}, which leaves none for the search; raise budget.examples or "
-                          "lower final.train_examples / final_top_k")
+                          "lower final.train_examples, final.repeats or final_top_k")
     return max_examples - counted
 
 
-def train_pool(order: Sequence[str], finalists: Sequence[Candidate], n: int) -> tuple[str, ...]:
-    """The first `n` train ids in the run's order that are no finalist's demo."""
-    demos = {d for c in finalists for d in c.demos}
-    return tuple([i for i in order if i not in demos][:n])
+def train_pool(order: Sequence[str], n: int) -> tuple[str, ...]:
+    """The first `n` train ids in the run's order (demos included: a fold that holds one out refits it)."""
+    return tuple(order[:n])
+
+
+def refit(cand: Candidate, held_out: Sequence[str], train: Sequence[Example], key: str) -> Candidate:
+    """`cand` refit on a fold's training part: the train split less the held-out ids. Itself when none of
+    its demos is held out (and always for a prompt without demos). `key` seeds the redraw."""
+    held = set(held_out)
+    if cand.retrieval is not None:
+        gone = sorted(held.intersection(ex.id for ex in train) | set(cand.retrieval.exclude))
+        if tuple(gone) == cand.retrieval.exclude:
+            return cand
+        return Candidate(cand.text, (cand.id,), "kfold.refit", {"refit_of": cand.id}, system=cand.system,
+                         retrieval=replace(cand.retrieval, exclude=tuple(gone)))
+    if not held.intersection(cand.demos):
+        return cand
+    rng = random.Random(key)
+    taken = set(cand.demos)
+    label = {ex.id: ex.label for ex in train}
+    demos: list[str] = []
+    answers: list[str] = []
+    for n, d in enumerate(cand.demos):
+        if d in held:
+            pool = [ex for ex in train if ex.id not in held and ex.id not in taken]
+            same = [ex for ex in pool if ex.label == label.get(d)] or pool
+            if not same:  # a training part too small to replace it: one demo fewer
+                continue
+            pick = rng.choice(same)
+            taken.add(pick.id)
+            demos.append(pick.id)
+            answers.append(pick.target)
+        else:
+            demos.append(d)
+            answers.append(cand.demo_answers[n] if cand.demo_answers else "")
+    if cand.components:  # a program's candidate keeps its components
+        return Candidate.of_components(cand.components, origin="kfold.refit", parents=(cand.id,),
+                                       meta={"refit_of": cand.id}, demos=tuple(demos))
+    return Candidate(cand.text, (cand.id,), "kfold.refit", {"refit_of": cand.id}, tuple(demos), cand.system,
+                     tuple(answers) if cand.demo_answers else ())
+
+
+def refits(finalists: Sequence[Candidate], splits: list[list[tuple[str, ...]]], train: Sequence[Example],
+           run_seed: int) -> dict[tuple[str, int, int], Candidate]:
+    """Each finalist's prompt for each (repeat, fold): the finalist refit on that fold's training part."""
+    return {(c.id, r, f): refit(c, fold, train, f"{run_seed}:refit:{c.id}:{r}:{f}")
+            for c in finalists for r, repeat in enumerate(splits) for f, fold in enumerate(repeat)}
 
 
 def folds(ids: Sequence[str], k: int, repeats: int, seed: int) -> list[list[tuple[str, ...]]]:
@@ -104,15 +163,20 @@ def folds(ids: Sequence[str], k: int, repeats: int, seed: int) -> list[list[tupl
 
 
 def choose(rule: FinalConfig, finalists: Sequence[Candidate], seed: Candidate, dev_best: Candidate,
-           scores: Mapping[str, Mapping[str, float]], pool: Sequence[str], run_seed: int
-           ) -> tuple[Candidate, dict[str, Any]]:
-    """The pick among `finalists` (all scored on every id of `pool`; the seed among them) and what the
-    report says about it. `dev_best` is the dev rule's pick, made by the loop."""
+           scores: Mapping[str, Mapping[str, float]], pool: Sequence[str], run_seed: int,
+           held_out: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> tuple[Candidate, dict[str, Any]]:
+    """The pick among `finalists` (the seed among them) and what the report says about it. `scores`: each
+    finalist's score on every id of `pool` (the keep-seed test pairs them); with pick=kfold, `held_out`
+    gives, per repeat, each pool id's score under the finalist refit on the fold that held it out (None: no
+    finalist needed a refit, so `scores` serve every repeat).
+    `dev_best` is the dev rule's pick, made by the loop."""
     best = dev_best
     info: dict[str, Any] = {"rule": rule.pick, "examples": len(pool)}
     if rule.pick == "kfold":
         splits = folds(pool, rule.folds, rule.repeats, run_seed)
-        stats = {c.id: _fold_stats(scores[c.id], splits) for c in finalists}
+        if held_out is None:  # nothing refit: a finalist's scores are its held-out scores in every repeat
+            held_out = {c.id: [scores[c.id]] * len(splits) for c in finalists}
+        stats = {c.id: _fold_stats(held_out[c.id], splits) for c in finalists}
         # Ties go to the seed, then to the better dev rank (the finalists' order).
         best = max(finalists, key=lambda c: (round(stats[c.id][0], 12), c.id == seed.id))
         info.update(folds=rule.folds, repeats=rule.repeats,
@@ -130,9 +194,11 @@ def choose(rule: FinalConfig, finalists: Sequence[Candidate], seed: Candidate, d
     return best, info
 
 
-def _fold_stats(scores: Mapping[str, float], splits: list[list[tuple[str, ...]]]) -> tuple[float, float]:
+def _fold_stats(held_out: Sequence[Mapping[str, float]], splits: list[list[tuple[str, ...]]]
+                ) -> tuple[float, float]:
     """Mean and standard deviation of the held-out fold means over every fold of every repeat."""
-    means = [sum(scores[i] for i in fold) / len(fold) for repeat in splits for fold in repeat if fold]
+    means = [sum(held_out[r][i] for i in fold) / len(fold) for r, repeat in enumerate(splits) for fold in repeat
+             if fold]
     if not means:
         return math.nan, math.nan
     mean = sum(means) / len(means)

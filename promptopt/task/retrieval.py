@@ -11,8 +11,10 @@ Embeddings:
 - "hidden": the target model's own last hidden states, mean-pooled (local backends that have `embed`).
 - "st:<model>": a sentence-transformers model the user has installed.
 
-Only the train split is indexed (the test split never enters it), once per run; dense vectors are
-cached on disk beside the response cache, keyed by the embedder's fingerprint and the train texts.
+Only the train split is indexed (the test split never enters it), once per run; dense vectors are cached
+on disk beside the response cache, keyed by the embedder's fingerprint and the train texts. A policy's
+`exclude` leaves some train ids out (the k-fold final pick refits a candidate on a fold's training part):
+BM25 statistics over the rest, the dense vectors reused.
 Queries are embedded in one batch per scoring call. Only `Example.input` is embedded: extra fields
 (a worked reference solution, say) may hold the answer.
 """
@@ -24,9 +26,9 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, cast
 
 from promptopt.errors import ConfigError
 from promptopt.types import Example
@@ -44,6 +46,9 @@ class RetrievalPolicy:
     mmr: float = 1.0  # MMR lambda: 1 = by relevance only; 0.5 weighs relevance and diversity alike
     balanced: bool = False  # round-robin over labels (choose tasks), the nearest of each label first
     order: Literal["nearest_last", "nearest_first"] = "nearest_last"
+    # Train ids left out of the index: the k-fold final pick (measure/final_pick.py) refits a retrieval
+    # candidate on each fold's training part by leaving the held-out fold's train examples out.
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -57,12 +62,16 @@ class RetrievalPolicy:
                               "use bm25, hidden, or st:<sentence-transformers model>")
 
     def to_json(self) -> dict[str, Any]:
-        return {"k": self.k, "embedding": self.embedding, "mmr": self.mmr, "balanced": self.balanced,
-                "order": self.order}
+        d: dict[str, Any] = {"k": self.k, "embedding": self.embedding, "mmr": self.mmr, "balanced": self.balanced,
+                             "order": self.order}
+        if self.exclude:  # only when set, so the ids of candidates without it stay as they were
+            d["exclude"] = list(self.exclude)
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "RetrievalPolicy":
-        return cls(int(d["k"]), str(d["embedding"]), float(d["mmr"]), bool(d["balanced"]), d["order"])
+        return cls(int(d["k"]), str(d["embedding"]), float(d["mmr"]), bool(d["balanced"]), d["order"],
+                   tuple(str(i) for i in d.get("exclude", ())))
 
 
 def _tokens(text: str) -> list[str]:
@@ -92,8 +101,11 @@ def check_policy(policy: RetrievalPolicy, train: Sequence[Example], target: Any 
     who = f"{where}: " if where else ""
     if not train:
         raise ConfigError(f"{who}a retrieval policy needs a train split to retrieve demos from, and this task has none")
-    if policy.k > len(train):
-        raise ConfigError(f"{who}retrieval k={policy.k} is larger than the train split ({len(train)} examples)")
+    left = set(policy.exclude)
+    n = sum(1 for ex in train if ex.id not in left)
+    if policy.k > n:
+        raise ConfigError(f"{who}retrieval k={policy.k} is larger than the train split ({n} examples"
+                          f"{' outside its excluded ids' if left else ''})")
     check_embedding(policy.embedding, target)
 
 
@@ -126,11 +138,12 @@ class _BM25Index(_Index):
 
 
 class _DenseIndex(_Index):
-    def __init__(self, vectors: Any, embed: Any):
+    def __init__(self, vectors: Any, embed: Any, queries: dict[str, Any] | None = None):
         self.vectors = _unit(vectors)
         self.embed = embed
         self.pairwise = self.vectors @ self.vectors.T
-        self._queries: dict[str, Any] = {}  # every candidate scores the same dev inputs: embed each once
+        # Every candidate scores the same dev inputs: embed each once (shared with the indexes of subsets).
+        self._queries: dict[str, Any] = {} if queries is None else queries
 
     def relevance(self, queries: Sequence[str]) -> Any:
         import numpy as np
@@ -156,6 +169,8 @@ class Retriever:
         self._indexes: dict[str, _Index] = {}
         self._pos = {ex.id: i for i, ex in enumerate(self.train)}
         self.embedded = 0  # train texts embedded by a model in this run (0 when served from the disk cache)
+        self._without: dict[tuple[str, ...], Retriever] = {}  # a policy's `exclude`: the train split less those ids
+        self._parent: Retriever | None = None
 
     def _embedder(self, name: str) -> tuple[Any, str]:
         """A batch text -> vectors function and its fingerprint."""
@@ -171,10 +186,27 @@ class Retriever:
             raise ConfigError(f"retrieval embedding {name!r}: cannot load the model ({first})") from e
         return (lambda texts: model.encode(list(texts), batch_size=32, show_progress_bar=False)), name
 
+    def without(self, ids: Sequence[str]) -> "Retriever":
+        """This train split less `ids`, indexed as if they had never been there (BM25 statistics over the
+        rest; dense vectors are the rows of this index, so nothing is embedded again)."""
+        key = tuple(sorted(set(ids)))
+        if not key:
+            return self
+        if key not in self._without:
+            left = set(key)
+            child = Retriever([ex for ex in self.train if ex.id not in left], self.target, self.cache_dir)
+            child._parent = self
+            self._without[key] = child
+        return self._without[key]
+
     def index(self, name: str) -> _Index:
         if name not in self._indexes:
             texts = [ex.input for ex in self.train]
-            if name == "bm25":
+            if self._parent is not None and name != "bm25":
+                whole = cast(_DenseIndex, self._parent.index(name))  # every index but bm25 is dense
+                rows = [self._parent._pos[ex.id] for ex in self.train]
+                self._indexes[name] = _DenseIndex(whole.vectors[rows], whole.embed, whole._queries)
+            elif name == "bm25":
                 check_embedding(name)
                 self._indexes[name] = _BM25Index(texts)
             else:
@@ -203,6 +235,8 @@ class Retriever:
         """Each query's demo ids, in prompt order. A query that is itself a train example never gets itself."""
         if not queries:
             return []
+        if policy.exclude:
+            return self.without(policy.exclude).retrieve(replace(policy, exclude=()), queries)
         index = self.index(policy.embedding)
         rel = index.relevance([q.input for q in queries])
         labels = [ex.label for ex in self.train]
