@@ -1,6 +1,9 @@
 """Scoring throughput: one fixed k-demo set vs k demos retrieved per input (hf backend, embedded model, no cache).
 
-    PROMPTOPT_DATA_DIR=../shared/data python bench/knn_speed.py --task agnews --n 48 --k 4
+    PROMPTOPT_DATA_DIR=../shared/data python bench/knn_speed.py --task agnews --n 48 --k 4 --shared 0,3
+
+`--shared 0,3` adds one retrieval setting per number N: N shared demos (the fixed set's first N, the same
+for every input) and k - N retrieved after them, so every setting's prompts hold k demos.
 
 Both go through the loop's scoring (`Run.score`), as in a run: a fixed set is one shared prefix for all
 inputs; retrieval groups inputs that retrieved the same demos and sends every group in one backend call,
@@ -39,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--embedding", default="bm25")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--shared", default="0", help="comma-separated: shared demos of each retrieval setting (< k)")
     args = p.parse_args(argv)
+    shares = [int(x) for x in args.shared.split(",")]
+    if any(not 0 <= n < args.k for n in shares):
+        p.error(f"--shared: each number must be within 0..{args.k - 1}")
     task = load_task(args.task)
     backend = HFBackend()
     run = Run(ResolvedRun(task=task, strategy=FewShot(FewShotConfig()), budget=Budget()), target=backend,
@@ -47,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     queries = list(task.split("dev"))
     seed = task.seed_prompts[0]
     fixed = Candidate(seed, demos=sample_demo_ids(task.split("train"), args.k, random.Random("throughput")))
-    knn = Candidate(seed, retrieval=RetrievalPolicy(k=args.k, embedding=args.embedding))
+    settings = [("fixed", fixed)] + [
+        (f"retrieved, {n} shared" if n else "retrieved",
+         Candidate(seed, retrieval=RetrievalPolicy(k=args.k - n, embedding=args.embedding, shared=fixed.demos[:n])))
+        for n in shares]
     split = "dev"  # test ids are known to a Run only in its final report
     run.score([ScoreRequest(fixed, split, example_ids=tuple(ex.id for ex in queries[:4]))])  # first-call overheads
     run.retriever.index(args.embedding)  # built once per run, outside the timed part
@@ -68,26 +78,27 @@ def main(argv: list[str] | None = None) -> int:
     backend.loglikelihood = capture  # type: ignore[method-assign]
     print("| setting | k | examples | seconds | examples/s | CPU s / example | positions / example | distinct prefixes / "
           "example | distinct demo sets | accuracy |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    rates: dict[str, list[float]] = {"fixed": [], "retrieved": []}
-    cpu: dict[str, list[float]] = {"fixed": [], "retrieved": []}
+    rates: dict[str, list[float]] = {name: [] for name, _ in settings}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in settings}
     pool = [ex for ex in task.split(split)]
     for rep in range(args.repeats):
         ids = tuple(ex.id for ex in pool[rep * args.n:(rep + 1) * args.n])
-        for name, cand in (("fixed", fixed), ("retrieved", knn)):
+        for name, cand in settings:
             started, cpu0, positions[0] = time.perf_counter(), time.process_time(), 0
             sent.clear()
             ev, = run.score([ScoreRequest(cand, split, example_ids=ids)])
             secs, cpu_secs = time.perf_counter() - started, time.process_time() - cpu0
-            sets = len({tuple(d) for d in run.retriever.retrieve(knn.retrieval, [run._example(split, i) for i in ids])}) \
-                if name == "retrieved" else 1
+            sets = len({tuple(d) for d in run.retriever.retrieve(cand.retrieval, [run._example(split, i) for i in ids])}) \
+                if cand.retrieval else 1
             rates[name].append(len(ids) / secs)
             cpu[name].append(cpu_secs / len(ids))
             print(f"| {name} | {args.k} | {len(ids)} | {secs:.1f} | {len(ids) / secs:.2f} | {cpu_secs / len(ids):.2f} | "
                   f"{positions[0] / len(ids):.0f} | {trie_nodes(backend, sent) / len(ids):.0f} | {sets} | "
                   f"{ev.score:.3f} |", flush=True)
-    fixed_rate, knn_rate = (sum(v) / len(v) for v in (rates["fixed"], rates["retrieved"]))
-    fixed_cpu, knn_cpu = (sum(v) / len(v) for v in (cpu["fixed"], cpu["retrieved"]))
-    print(f"\nretrieved / fixed examples/s: {knn_rate / fixed_rate:.2f} (wall), {fixed_cpu / knn_cpu:.2f} (CPU time)")
+    mean = {name: (sum(rates[name]) / len(rates[name]), sum(cpu[name]) / len(cpu[name])) for name, _ in settings}
+    for name, _ in settings[1:]:
+        print(f"{name} / fixed examples/s: {mean[name][0] / mean['fixed'][0]:.2f} (wall), "
+              f"{mean['fixed'][1] / mean[name][1]:.2f} (CPU time)")
     return 0
 
 

@@ -359,12 +359,16 @@ class Run:
             if cand.demos:
                 raise PromptOptError(f"candidate {cand.id}: fixed demos and a retrieval policy; give one of them")
             check_policy(cand.retrieval, self.task.split("train"), self.target, f"candidate {cand.id}")
-            # The window check assumes the k longest train examples are retrieved.
-            longest = sorted(self.task.split("train"), key=lambda ex: -len(self.task.demo_text(ex)))[:cand.retrieval.k]
-            n, window = self._tokens(self.task.prompt_text(cand.text, longest, (), cand.system))
+            # The window check assumes the k longest other train examples are retrieved after the shared ones.
+            policy = cand.retrieval
+            shared = [self._by_id[d] for d in policy.shared]
+            longest = sorted((ex for ex in self.task.split("train") if ex.id not in policy.shared),
+                             key=lambda ex: -len(self.task.demo_text(ex)))[:policy.k]
+            n, window = self._tokens(self.task.prompt_text(cand.text, [*shared, *longest], (), cand.system))
             if n > window:
-                raise PromptOptError(f"candidate {cand.id}: its instruction and {cand.retrieval.k} retrieved demos "
-                                     f"can come to {n} tokens, over the model's window of {window}; use a smaller k")
+                what = f"{len(shared)} shared and {policy.k} retrieved" if shared else f"{policy.k} retrieved"
+                raise PromptOptError(f"candidate {cand.id}: its instruction and {what} demos can come to {n} tokens, "
+                                     f"over the model's window of {window}; use a smaller k")
             self._window_checked.add(cand.id)
             return
         check_demo_ids(cand.demos, self._train_ids, f"candidate {cand.id}")

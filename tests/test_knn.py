@@ -131,6 +131,24 @@ def test_knn_beats_a_fixed_demo_seed_on_a_task_where_demos_must_match_the_input(
     assert report.seed_dev == 0.5 and report.best_dev == 1.0
 
 
+def test_shared_demos_stand_before_the_retrieved_ones_in_every_prompt(tmp_path):
+    task, target = toy_task(), NearestDemoBackend()
+    d = tmp_path / "run"
+    d.mkdir()
+    run = make_run(Knn(KnnConfig(k=[1], shared=[2], instructions=1, minibatch=4)), task=task, target=target,
+                   run_dir=d, budget=Budget(max_examples=60))
+    report = run.run()
+    run.log.close()
+    shared = report.best_retrieval["shared"]
+    labels = {ex.id: ex.label for ex in task.split("train")}
+    assert len(shared) == 2 and {labels[i] for i in shared} == {0, 1}  # one label-balanced draw
+    assert all(c.retrieval.shared == tuple(shared) for c in run.history.candidates() if c.retrieval)
+    evals = [e for e in read_events(d / "events.jsonl")[0] if e["type"] == "eval" and "retrieved" in e]
+    assert evals and all(ids[:2] == shared and len(ids) == 3 for e in evals for ids in e["retrieved"].values())
+    # The retrieved demo stands last, next to the query, so the toy target still answers right.
+    assert report.best_dev == 1.0
+
+
 def test_mipro_can_choose_retrieved_demos_as_one_demo_set():
     from promptopt.strategies.mipro import Mipro, MiproConfig
     run = make_run(Mipro(MiproConfig(k=1, instructions=1, demo_sets=2, retrieval=True, minibatch=4)), task=toy_task(),
@@ -147,6 +165,8 @@ def test_mipro_can_choose_retrieved_demos_as_one_demo_set():
     (["--set", 'knn.embedding=["glove"]'], "unknown embedding 'glove'"),
     (["--set", "knn.mmr=[1.5]"], "MMR lambda must be within 0..1"),
     (["--set", "knn.k=[2,2]"], "k: a choice is repeated"),
+    (["--set", "knn.shared=[-1]"], "a number of shared demos cannot be negative"),
+    (["--set", "knn.k=[4]", "--set", "knn.shared=[0,90]"], "shared=90 demos need 94 train examples"),
 ])
 def test_bad_retrieval_settings_are_one_line_before_any_model_call(tmp_path, capsys, args, message):
     rc = main(["optimize", "--task", "demo", "--backend", "fake", "--model", "m", "--optimizer-model", "none",

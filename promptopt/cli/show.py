@@ -24,9 +24,11 @@ def meta_text(candidate: dict[str, Any]) -> str:
 
 
 def demos_cell(c: dict) -> str:
-    """How many fixed demos, or "knn k=K" for demos retrieved per input."""
+    """How many fixed demos, or "knn k=K" for demos retrieved per input ("N + knn k=K" after N shared ones)."""
     r = c.get("retrieval")
-    return f"knn k={r['k']}" if r else str(len(c.get("demos", ())))
+    if not r:
+        return str(len(c.get("demos", ())))
+    return f"{len(r['shared'])} + knn k={r['k']}" if r.get("shared") else f"knn k={r['k']}"
 
 
 def latest_run(root: Path = Path("runs")) -> Path:
@@ -65,7 +67,8 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
             if c.get("retrieval"):
                 r = c["retrieval"]
                 console.print(escape(f"      demos retrieved per input: k={r['k']} by {r['embedding']}, MMR λ {r['mmr']}, "
-                                     f"{r['order'].replace('_', ' ')}{', label-balanced' if r['balanced'] else ''}"))
+                                     f"{r['order'].replace('_', ' ')}{', label-balanced' if r['balanced'] else ''}"
+                                     + (f", after shared demos {', '.join(r['shared'])}" if r.get("shared") else "")))
     steps = Table(title="best dev score by step")
     for col in ("step", "best dev", "candidates"):
         steps.add_column(col, justify="right")

@@ -111,37 +111,45 @@ def refit(cand: Candidate, held_out: Sequence[str], train: Sequence[Example], ke
     """`cand` refit on a fold's training part: the train split less the held-out ids. Itself when none of
     its demos is held out (and always for a prompt without demos). `key` seeds the redraw."""
     held = set(held_out)
+    rng = random.Random(key)
     if cand.retrieval is not None:
-        gone = sorted(held.intersection(ex.id for ex in train) | set(cand.retrieval.exclude))
-        if tuple(gone) == cand.retrieval.exclude:
+        policy = cand.retrieval
+        gone = tuple(sorted(held.intersection(ex.id for ex in train) | set(policy.exclude)))
+        if gone == policy.exclude:
             return cand
+        shared = tuple(d for _, d, _ in _redraw(policy.shared, set(gone), train, rng))
         return Candidate(cand.text, (cand.id,), "kfold.refit", {"refit_of": cand.id}, system=cand.system,
-                         retrieval=replace(cand.retrieval, exclude=tuple(gone)))
+                         retrieval=replace(policy, shared=shared, exclude=gone))
     if not held.intersection(cand.demos):
         return cand
-    rng = random.Random(key)
-    taken = set(cand.demos)
-    label = {ex.id: ex.label for ex in train}
-    demos: list[str] = []
-    answers: list[str] = []
-    for n, d in enumerate(cand.demos):
-        if d in held:
-            pool = [ex for ex in train if ex.id not in held and ex.id not in taken]
-            same = [ex for ex in pool if ex.label == label.get(d)] or pool
-            if not same:  # a training part too small to replace it: one demo fewer
-                continue
-            pick = rng.choice(same)
-            taken.add(pick.id)
-            demos.append(pick.id)
-            answers.append(pick.target)
-        else:
-            demos.append(d)
-            answers.append(cand.demo_answers[n] if cand.demo_answers else "")
+    kept = _redraw(cand.demos, held, train, rng)
+    demos = tuple(d for _, d, _ in kept)
     if cand.components:  # a program's candidate keeps its components
         return Candidate.of_components(cand.components, origin="kfold.refit", parents=(cand.id,),
-                                       meta={"refit_of": cand.id}, demos=tuple(demos))
-    return Candidate(cand.text, (cand.id,), "kfold.refit", {"refit_of": cand.id}, tuple(demos), cand.system,
-                     tuple(answers) if cand.demo_answers else ())
+                                       meta={"refit_of": cand.id}, demos=demos)
+    answers = tuple(cand.demo_answers[n] if new is None else new for n, _, new in kept) if cand.demo_answers else ()
+    return Candidate(cand.text, (cand.id,), "kfold.refit", {"refit_of": cand.id}, demos, cand.system, answers)
+
+
+def _redraw(demos: Sequence[str], held: set[str], train: Sequence[Example],
+            rng: random.Random) -> list[tuple[int, str, str | None]]:
+    """`demos` with each held-out one replaced by a train example of its label from the training part
+    (the others keep their places), as (position in `demos`, id, the new example's target or None when
+    kept); a demo that the training part is too small to replace is dropped."""
+    taken = set(demos)
+    label = {ex.id: ex.label for ex in train}
+    out: list[tuple[int, str, str | None]] = []
+    for n, d in enumerate(demos):
+        if d not in held:
+            out.append((n, d, None))
+            continue
+        pool = [ex for ex in train if ex.id not in held and ex.id not in taken]
+        same = [ex for ex in pool if ex.label == label.get(d)] or pool
+        if same:
+            pick = rng.choice(same)
+            taken.add(pick.id)
+            out.append((n, pick.id, pick.target))
+    return out
 
 
 def refits(finalists: Sequence[Candidate], splits: list[list[tuple[str, ...]]], train: Sequence[Example],

@@ -4,7 +4,10 @@ KATE (Liu et al. 2022, "What Makes Good In-Context Examples for GPT-3?") picks e
 nearest train examples; DSPy's KNNFewShot and LangChain's similarity / MMR example selectors do the same.
 A `RetrievalPolicy` on a candidate replaces its fixed demo ids: k, the embedding, maximal marginal
 relevance (MMR, Carbonell & Goldstein 1998: lambda 1 = nearest only, lower = more diverse), label balance
-and order (nearest last, next to the query, as KATE's reversed order; or nearest first).
+and order (nearest last, next to the query, as KATE's reversed order; or nearest first). `shared` puts a
+fixed set of train demos first, the same for every input, with the k retrieved ones after them: the
+backend computes the instruction and the shared demos once for all inputs (a common token prefix), so such
+a policy trades some of retrieval's fit to the input for the speed of a fixed set.
 
 Embeddings:
 - "bm25": BM25 over word tokens (rank_bm25, the `retrieval` extra); no model, works with any target.
@@ -46,6 +49,7 @@ class RetrievalPolicy:
     mmr: float = 1.0  # MMR lambda: 1 = by relevance only; 0.5 weighs relevance and diversity alike
     balanced: bool = False  # round-robin over labels (choose tasks), the nearest of each label first
     order: Literal["nearest_last", "nearest_first"] = "nearest_last"
+    shared: tuple[str, ...] = ()  # train ids every input gets first, in this order; never retrieved again
     # Train ids left out of the index: the k-fold final pick (measure/final_pick.py) refits a retrieval
     # candidate on each fold's training part by leaving the held-out fold's train examples out.
     exclude: tuple[str, ...] = ()
@@ -57,6 +61,8 @@ class RetrievalPolicy:
             raise ConfigError(f"retrieval policy: the MMR lambda must be within 0..1, not {self.mmr}")
         if self.order not in ORDERS:
             raise ConfigError(f"retrieval policy: order must be one of {', '.join(ORDERS)}, not {self.order!r}")
+        if len(set(self.shared)) != len(self.shared):
+            raise ConfigError(f"retrieval policy: a shared demo is repeated in {list(self.shared)}")
         if not (self.embedding in ("bm25", "hidden") or (self.embedding.startswith("st:") and len(self.embedding) > 3)):
             raise ConfigError(f"retrieval policy: unknown embedding {self.embedding!r}; "
                               "use bm25, hidden, or st:<sentence-transformers model>")
@@ -64,14 +70,16 @@ class RetrievalPolicy:
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"k": self.k, "embedding": self.embedding, "mmr": self.mmr, "balanced": self.balanced,
                              "order": self.order}
-        if self.exclude:  # only when set, so the ids of candidates without it stay as they were
+        if self.shared:  # these two only when set, so the ids of candidates without them stay as they were
+            d["shared"] = list(self.shared)
+        if self.exclude:
             d["exclude"] = list(self.exclude)
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "RetrievalPolicy":
         return cls(int(d["k"]), str(d["embedding"]), float(d["mmr"]), bool(d["balanced"]), d["order"],
-                   tuple(str(i) for i in d.get("exclude", ())))
+                   tuple(str(i) for i in d.get("shared", ())), tuple(str(i) for i in d.get("exclude", ())))
 
 
 def _tokens(text: str) -> list[str]:
@@ -102,10 +110,15 @@ def check_policy(policy: RetrievalPolicy, train: Sequence[Example], target: Any 
     if not train:
         raise ConfigError(f"{who}a retrieval policy needs a train split to retrieve demos from, and this task has none")
     left = set(policy.exclude)
-    n = sum(1 for ex in train if ex.id not in left)
+    ids = {ex.id for ex in train}
+    unknown = [i for i in policy.shared if i not in ids or i in left]
+    if unknown:
+        raise ConfigError(f"{who}shared demo {unknown[0]!r} is not in the train split"
+                          f"{' (or is one of its excluded ids)' if unknown[0] in left else ''}")
+    n = sum(1 for ex in train if ex.id not in left) - len(policy.shared)
     if policy.k > n:
         raise ConfigError(f"{who}retrieval k={policy.k} is larger than the train split ({n} examples"
-                          f"{' outside its excluded ids' if left else ''})")
+                          f"{' outside its excluded ids' if left else ''}{' and shared demos' if policy.shared else ''})")
     check_embedding(policy.embedding, target)
 
 
@@ -232,7 +245,8 @@ class Retriever:
         return vectors
 
     def retrieve(self, policy: RetrievalPolicy, queries: Sequence[Example]) -> list[tuple[str, ...]]:
-        """Each query's demo ids, in prompt order. A query that is itself a train example never gets itself."""
+        """Each query's demo ids, in prompt order: the shared ones, then the retrieved ones. A query that is
+        itself a train example never gets itself."""
         if not queries:
             return []
         if policy.exclude:
@@ -241,13 +255,14 @@ class Retriever:
         rel = index.relevance([q.input for q in queries])
         labels = [ex.label for ex in self.train]
         balanced = policy.balanced and all(label is not None for label in labels)
+        shared = [self._pos[i] for i in policy.shared]
         out = []
         for row, q in zip(rel, queries):
             own = self._pos.get(q.id)
             picked = mmr_select(row, index.pairwise, policy.k, policy.mmr, labels if balanced else None,
-                                exclude=() if own is None else (own,))
+                                exclude=shared if own is None else [*shared, own])
             ids = [self.train[i].id for i in picked]
-            out.append(tuple(reversed(ids)) if policy.order == "nearest_last" else tuple(ids))
+            out.append(policy.shared + (tuple(reversed(ids)) if policy.order == "nearest_last" else tuple(ids)))
         return out
 
 
