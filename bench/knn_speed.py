@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {name: [] for name, _ in settings}
     cpu: dict[str, list[float]] = {name: [] for name, _ in settings}
     pool = [ex for ex in task.split(split)]
+    if len(pool) < args.n * args.repeats:
+        p.error(f"--n {args.n} x --repeats {args.repeats} is more than the {len(pool)} {split} examples of {args.task}")
     for rep in range(args.repeats):
         ids = tuple(ex.id for ex in pool[rep * args.n:(rep + 1) * args.n])
         for name, cand in settings:
