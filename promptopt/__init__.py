@@ -26,6 +26,7 @@ _LAZY = {
     "StopSearch": "promptopt.callbacks",
     "Program": "promptopt.harness.program", "Result": "promptopt.harness.program", "evaluator": "promptopt.harness.program",
     "Study": "promptopt.harness.study", "Trial": "promptopt.harness.study",
+    "load_selector": "promptopt.measure.selector",
 }
 
 __all__ = ["Candidate", "Evaluation", "Example", "ExampleResult", "PromptOptError", "Usage", *_LAZY]

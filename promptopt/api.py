@@ -20,6 +20,7 @@ from promptopt.task.data import test_sample
 from promptopt.errors import BackendError, ConfigError, ResumeError, RunStopped, SkipReport, Terminated
 from promptopt.loop import Report, Run
 from promptopt.resolved import BackendSpec, ResolvedRun, load_task, resolve, warn_reused_splits
+from promptopt.measure.selector import SELECTOR_FILE
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
 from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.task import Task
@@ -225,6 +226,8 @@ def finish_run(run: Run, backends: Backends, started: float, *, partial: bool = 
         run.log.session("run.end", stop_reason=report.stop_reason, best_id=report.best_id,
                         search_events=search_events)
         write_json_atomic(run.log.dir / SUMMARY, summary)
+        if run.learned_selector is not None and report.selector:  # routes new inputs: promptopt.load_selector
+            write_json_atomic(run.log.dir / SELECTOR_FILE, run.learned_selector.to_json())
         run.log.close()
     report.search["cache"] = summary["cache"]
     run.callbacks.emit("on_run_end", run, report)

@@ -20,7 +20,7 @@ from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, Co
                               RunStopped)
 from promptopt.measure import final_pick
 from promptopt.measure.objectives import Measurer
-from promptopt.measure.selector import Selector
+from promptopt.measure.selector import RunSelector, Selector, selector_text
 from promptopt.resolved import ResolvedRun
 from promptopt.task.retrieval import Retriever, check_embedding, check_policy
 from promptopt.runlog import RunLog
@@ -193,6 +193,7 @@ class Run:
         self.final_examples = 0  # (prompt, example) pairs the final report scored: outside the budget
         self.timings = Timings()  # wall time by part, this session only; never logged as events
         self.stop_reason = ""
+        self.learned_selector: RunSelector | None = None  # final.selector's, for selector.json
         # The strategy's own stream, apart from the seed's other jobs (docs/architecture.md, "The run seed's
         # jobs"); a log from before the split replays with the old one (see _choose_streams).
         self._rng = random.Random(f"{seed}:strategy")
@@ -691,6 +692,8 @@ class Run:
         selector = Selector(self.final_rule.selector, [_text(self._by_id[i]) for i in pool],
                             {c.id: [learned[c.id][i] for i in pool] for c in finalists}, default=best.id)
         choice = {i: selector.choose(_text(self._test_by_id[i])) for i in test_ids}
+        self.learned_selector = RunSelector(selector, {c.id: self.prompt_of(c) for c in finalists},
+                                    {c.id: c.retrieval.to_json() for c in finalists if c.retrieval})
         missing: dict[str, list[str]] = {}
         for i, cid in choice.items():
             if i not in self.history.results(cid, "test"):
@@ -737,8 +740,7 @@ def _check_recorded_candidate(rec: dict[str, Any], path: Any) -> None:
 
 
 def _text(ex: Example) -> str:
-    """What a selector reads of an example: its input and extra fields, never its answer."""
-    return " ".join([ex.input, *map(str, ex.fields.values())])
+    return selector_text(ex.input, ex.fields)
 
 
 def _merge(evals: Sequence[Evaluation], owner: Sequence[int], reqs: Sequence[ScoreRequest]) -> list[Evaluation]:

@@ -274,3 +274,29 @@ def test_the_cli_prints_the_pick_and_the_selector(tmp_path, capsys):
     assert "final pick: 1x 5-fold over 36 dev + train examples" in out
     assert "keep-seed rule" in out and "alpha 0.05" in out
     assert "selector (centroid, learned on 36 examples): test" in out and "on 10 examples" in out
+
+
+def test_a_selector_run_writes_a_selector_that_routes_new_inputs_as_the_report_did(tmp_path, capsys):
+    import promptopt
+    from promptopt.api import load_task
+    from promptopt.task.data import test_sample
+    code = main(["optimize", *FAKE, "--strategy", "paraphrase", "--budget", "300", "--test-limit", "10",
+                 "--run-dir", str(tmp_path), "--set", f"cache_path={tmp_path / 'c.sqlite'}",
+                 "--set", "final.selector=logistic", "-q"])
+    assert code == 0
+    run_dir, = (p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    selector = promptopt.load_selector(run_dir)
+    test = test_sample(list(load_task("demo").split("test")), 10)
+    routed: dict[str, int] = {}
+    for ex in test:
+        cid = selector.choose(ex.input, **ex.fields)
+        routed[cid] = routed.get(cid, 0) + 1
+        assert selector.prompt(ex.input, **ex.fields) == selector.prompts[cid]
+    assert routed == summary["selector"]["choices"]
+    assert summary["best_id"] in selector.prompts and selector.prompts[summary["best_id"]] == summary["best_prefix"]
+    (run_dir / "selector.json").write_text("{")
+    with pytest.raises(ConfigError, match="not a readable selector"):
+        promptopt.load_selector(run_dir)
+    with pytest.raises(ConfigError, match="no selector.json"):
+        promptopt.load_selector(tmp_path)

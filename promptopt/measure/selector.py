@@ -9,13 +9,20 @@ and is deterministic. Two learners:
   the finalist whose centroid is most cosine-similar.
 - `logistic`: one L2-regularized logistic model per finalist predicting its score from the input;
   an input goes to the finalist with the highest prediction.
-Ties, and an input with no known word, go to the default (the single best finalist)."""
+Ties, and an input with no known word, go to the default (the single best finalist).
+
+A run with a selector writes it to `selector.json` in the run dir (`RunSelector.to_json`): the learned
+vectors and each finalist's prompt, so `promptopt.load_selector(run_dir)` routes new inputs without the
+run, the task or a model."""
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from promptopt.errors import ConfigError
 
 Vector = dict[str, float]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -26,10 +33,18 @@ def _tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def selector_text(input: str, fields: Mapping[str, Any] | None = None) -> str:
+    """What a selector reads of an example: its input and extra fields, never its answer."""
+    return " ".join([input, *map(str, (fields or {}).values())])
+
+
 class TfIdf:
     """TF-IDF vectors with the vocabulary and idf of the texts it was fit on."""
 
-    def __init__(self, texts: Sequence[str]):
+    def __init__(self, texts: Sequence[str], idf: Mapping[str, float] | None = None):
+        if idf is not None:  # a saved vocabulary (selector.json)
+            self.idf = dict(idf)
+            return
         df: Counter[str] = Counter()
         for t in texts:
             df.update(set(_tokens(t)))
@@ -64,6 +79,18 @@ class Selector:
         for cid in self.ids:
             ys = [min(1.0, max(0.0, float(s))) for s in scores[cid]]
             self.models[cid] = (_centroid(xs, ys), 0.0) if method == "centroid" else _logistic(xs, ys, epochs, lr, l2)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "default": self.default, "ids": self.ids, "idf": self.embed.idf,
+                "models": {cid: {"w": w, "b": b} for cid, (w, b) in self.models.items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Selector":
+        self = cls.__new__(cls)
+        self.method, self.default, self.ids = d["method"], d["default"], list(d["ids"])
+        self.embed = TfIdf((), idf=d["idf"])
+        self.models = {cid: ({w: float(x) for w, x in m["w"].items()}, float(m["b"])) for cid, m in d["models"].items()}
+        return self
 
     def score(self, text: str) -> dict[str, float]:
         """Each candidate's affinity to `text` (cosine to its centroid, or predicted score)."""
@@ -108,3 +135,45 @@ def _logistic(xs: Sequence[Vector], ys: Sequence[float], epochs: int, lr: float,
             w[k] = w.get(k, 0.0) - lr * (gw.get(k, 0.0) / n + l2 * w.get(k, 0.0))
         b -= lr * gb / n
     return w, b
+
+
+SELECTOR_FILE = "selector.json"
+
+
+class RunSelector:
+    """A run's learned selector with its finalists' prompts: `choose(input)` gives the id of the finalist
+    for that input, `prompt(input)` the text that finalist puts where the template has {prompt}
+    (instruction and fixed demos; a finalist whose demos are retrieved per input gives its instruction,
+    and `retrieval[id]` its policy)."""
+
+    def __init__(self, selector: Selector, prompts: Mapping[str, str],
+                 retrieval: Mapping[str, Mapping[str, Any]] | None = None):
+        self.selector, self.prompts, self.retrieval = selector, dict(prompts), dict(retrieval or {})
+
+    def choose(self, input: str, **fields: Any) -> str:
+        return self.selector.choose(selector_text(input, fields))
+
+    def prompt(self, input: str, **fields: Any) -> str:
+        return self.prompts[self.choose(input, **fields)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"selector": self.selector.to_json(), "prompts": self.prompts,
+                **({"retrieval": self.retrieval} if self.retrieval else {})}
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunSelector":
+        import json
+        path = Path(run_dir) / SELECTOR_FILE
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            return cls(Selector.from_json(d["selector"]), d["prompts"], d.get("retrieval"))
+        except FileNotFoundError:
+            raise ConfigError(f"{run_dir}: no {SELECTOR_FILE}; only a finished run with final.selector=centroid or "
+                              "logistic has one") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: not a readable selector ({type(e).__name__}: {e})") from None
+
+
+def load_selector(run_dir: str | Path) -> RunSelector:
+    """The selector a finished run learned (`final.selector`), ready to route new inputs."""
+    return RunSelector.load(run_dir)
