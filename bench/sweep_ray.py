@@ -9,7 +9,8 @@ Each phase starts its own cluster on loopback (`ray start --head --num-cpus=0`, 
 worker node, each `--num-cpus=1`, all with `--block` so the script stops exactly the processes it started,
 by their ids) and tears it down after. Every cell asks for 1 CPU and runs torch on one thread
 (OMP_NUM_THREADS=1, which Ray also sets for a 1-CPU task). Each phase writes a fresh sweep dir and a fresh
-response cache, so neither phase reads the other's scores. The wall time is the whole `promptopt sweep`
+response cache, so neither phase reads the other's scores; the embedded model's converted weights (made once
+per machine, in ~/.cache/promptopt/models) are linked into it, as a user's sweep finds them. The wall time is the whole `promptopt sweep`
 process (start-up, checks and the results files included), so the ratio is a little under the cells' own.
 Output: runs/bench-sweep-ray/<time>/{one,two}/ (the sweeps) and result.json there.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from optimize_cli import ROOT
+from promptopt.backends.models import embedded_hf_dir
 
 STARTED_LINE = "Ray runtime started"
 
@@ -106,7 +108,10 @@ def phase(args: argparse.Namespace, workers: int, root: Path) -> dict[str, Any]:
     out = root / ("one" if workers == 1 else "two" if workers == 2 else f"w{workers}")
     out.mkdir(parents=True)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PROMPTOPT_CACHE_DIR": str(out / "cache")}  # a cold cache in each phase
+           "PROMPTOPT_CACHE_DIR": str(out / "cache")}  # a cold response cache in each phase
+    if not args.model:  # but the embedded model's one-time conversion is an install step, not the sweep's
+        (out / "cache").mkdir()
+        (out / "cache" / "models").symlink_to(embedded_hf_dir().parent, target_is_directory=True)
     cluster = Cluster(workers, env, out)
     try:
         argv = [sys.executable, "-m", "promptopt.cli", "sweep", "--tasks", args.task, "--strategies", args.strategy,
