@@ -58,7 +58,8 @@ def final_pick_lines(report: Report) -> list[str]:
         sig = sel["significance"]
         lines.append(f"selector ({sel['method']}, learned on {sel['learned_on']} examples): test {fmt(sel['test'])} vs "
                      f"the pick's {fmt(sel['pick_test'])} on {sig['n']} examples, p = {sig['p']:.3g} ({sig['test']}); "
-                     f"routed to {len(sel['choices'])} finalists")
+                     f"routed to {len(sel['choices'])} finalists"
+                     + ("; to route new inputs: promptopt.load_selector(run dir)" if report.run_dir else ""))
     return lines
 
 
