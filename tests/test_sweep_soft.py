@@ -97,6 +97,28 @@ def test_a_soft_cell_finishes_skips_on_rerun_and_resumes_from_its_adapter(grid, 
         {k: s[k] for k in ("best_test", "seed_test", "projection")}
     assert again["target_usage"]["cache_hits"] > 0  # its scores came back from the response cache
 
+    # A cell cut off under an earlier promptopt, whose run config had one setting fewer, resumes too.
+    record_path = summary.parent / "soft.json"
+    record = json.loads(record_path.read_text())
+    del record["run_config"]["components"]
+    record_path.write_text(json.dumps(record))
+    summary.unlink()
+    assert main(["sweep", *grid, "--out", str(out)]) == 0
+    assert soft_summary(out)["best_test"] == s["best_test"]
+    assert (summary.parent.parent / "cell.log").read_text().count("training 2 steps of 4") == 1
+
+
+def test_a_recorded_soft_cell_with_other_settings_is_another_cell() -> None:
+    from promptopt.cli.sweep.soft import _same_cell
+    from promptopt.config import RunConfig
+    cfg = RunConfig(task="demo").model_dump(mode="json")
+    record = {"method": "cpt", "settings": {}, "plan": {"steps": 2}, "run_config": cfg}
+    older = {**record, "run_config": {k: v for k, v in cfg.items() if k != "components"}}
+    assert _same_cell(older, record, RunConfig)
+    assert not _same_cell({**record, "method": "prompt_tuning"}, record, RunConfig)
+    assert not _same_cell({**record, "run_config": {**cfg, "seed": 1}}, record, RunConfig)
+    assert not _same_cell({**record, "run_config": {"task": 3}}, record, RunConfig)
+
 
 @pytest.mark.parametrize("args, message", [
     (["--backend", "fake", "--model", "m"], "the target must use the hf backend, not 'fake'"),

@@ -121,6 +121,16 @@ def check(method: str, values: dict[str, Any], run_cfg: Any) -> dict[str, Any]:
     return plan(method, settings(method, values), run_cfg, task)
 
 
+def _same_cell(old: dict[str, Any], new: dict[str, Any], config_type: Any) -> bool:
+    """Whether a recorded soft cell is this one. The recorded run config is read again first, so a setting
+    that a later promptopt added (at its default) does not stop a cell cut off under the earlier one."""
+    try:
+        recorded = config_type.model_validate(old["run_config"]).model_dump(mode="json")
+    except (KeyError, TypeError, ValueError):
+        return False
+    return {**old, "run_config": recorded} == new
+
+
 def run_soft_cell(run_dir: Path, method: str, values: dict[str, Any], run_cfg: Any) -> int:
     """Train (or find) the cell's soft prompt, score it, the seed prompt and its projection, and write
     summary.json. Returns 0; a failure raises (the cell's process exits non-zero and is retried)."""
@@ -138,7 +148,8 @@ def run_soft_cell(run_dir: Path, method: str, values: dict[str, Any], run_cfg: A
     train_plan = plan(method, settings(method, values), run_cfg, task)
     record = {"method": method, "settings": values, "plan": train_plan, "run_config": run_cfg.model_dump(mode="json")}
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / SOFT_FILE).is_file() and json.loads((run_dir / SOFT_FILE).read_text(encoding="utf-8")) != record:
+    if (run_dir / SOFT_FILE).is_file() and not _same_cell(json.loads((run_dir / SOFT_FILE).read_text(encoding="utf-8")),
+                                                          record, type(run_cfg)):
         raise ConfigError(f"{run_dir}: {SOFT_FILE} records another soft cell; delete that folder to start over")
     write_json_atomic(run_dir / SOFT_FILE, record)
     assert resolved.target is not None
