@@ -20,7 +20,7 @@ from promptopt.errors import (BackendError, BudgetExhausted, CapabilityError, Co
                               RunStopped)
 from promptopt.measure import final_pick
 from promptopt.measure.objectives import Measurer
-from promptopt.measure.selector import RunSelector, Selector, selector_text
+from promptopt.measure.selector import RunSelector, Selector, held_out_check, selector_text
 from promptopt.resolved import ResolvedRun
 from promptopt.task.retrieval import Retriever, check_embedding, check_policy
 from promptopt.runlog import RunLog
@@ -689,8 +689,16 @@ class Run:
                 learned: dict[str, dict[str, float]], test_ids: tuple[str, ...]) -> dict[str, Any]:
         """final.selector: learned on the pool's scores, each test input routed to one finalist (the inputs
         routed away from `best` are scored now), reported against `best` on the same test examples."""
-        selector = Selector(self.final_rule.selector, [_text(self._by_id[i]) for i in pool],
-                            {c.id: [learned[c.id][i] for i in pool] for c in finalists}, default=best.id)
+        texts = [_text(self._by_id[i]) for i in pool]
+        scores = {c.id: [learned[c.id][i] for i in pool] for c in finalists}
+        selector = Selector(self.final_rule.selector, texts, scores, default=best.id)
+        check = None
+        if self.final_rule.selector_check:
+            where = {i: n for n, i in enumerate(pool)}
+            folds = final_pick.folds(pool, self.final_rule.folds, 1, self.seed)[0]
+            check = held_out_check(self.final_rule.selector, texts, scores, best.id,
+                                   [[where[i] for i in fold] for fold in folds])
+            selector.routes = bool(check["routes"])
         choice = {i: selector.choose(_text(self._test_by_id[i])) for i in test_ids}
         self.learned_selector = RunSelector(selector, {c.id: self.prompt_of(c) for c in finalists},
                                     {c.id: c.retrieval.to_json() for c in finalists if c.retrieval})
@@ -710,7 +718,8 @@ class Run:
         for cid in choice.values():
             counts[cid] = counts.get(cid, 0) + 1
         return {"method": self.final_rule.selector, "learned_on": len(pool), "test": sum(chosen) / len(chosen),
-                "pick_test": sum(base) / len(base), "choices": counts, "significance": compare_paired(base, chosen)}
+                "pick_test": sum(base) / len(base), "choices": counts, "significance": compare_paired(base, chosen),
+                **({"check": check} if check is not None else {})}
 
     def _report(self, seed: Candidate, best: Candidate, seed_test: float | None, best_test: float | None,
                 significance: dict[str, Any] | None, front: Any, started: float | None) -> Report:

@@ -13,7 +13,7 @@ from promptopt.config import apply_set, build_config
 from promptopt.errors import ConfigError
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
-from promptopt.measure.selector import Selector, TfIdf
+from promptopt.measure.selector import Selector, TfIdf, held_out_check
 from promptopt.task.retrieval import RetrievalPolicy
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import fake_optimizer
@@ -101,6 +101,27 @@ def test_selectors_route_inputs_to_the_finalist_that_gets_them_right():
         Selector("knn", texts, scores, default="films")
     v = TfIdf(texts)("movie movie soup")
     assert v["movie"] > v["soup"] > 0 and abs(sum(x * x for x in v.values()) - 1) < 1e-9
+
+
+def test_the_held_out_check_keeps_the_pick_unless_routing_beats_it_on_folds_it_did_not_learn_from():
+    topics = [("movie", "actor", "film", "scene"), ("soup", "bread", "dish", "menu")]
+    texts = [f"the {a} and the {b} were {c}" for t in topics for a in t for b in t for c in ("long", "cold")]
+    films = [1.0 if any(w in t for w in topics[0]) else 0.0 for t in texts]
+    folds = [list(range(f, len(texts), 4)) for f in range(4)]
+    for method in ("centroid", "logistic"):
+        # Each finalist right on its own topic: routing wins on every held-out fold.
+        good = held_out_check(method, texts, {"films": films, "food": [1 - y for y in films]}, "films", folds)
+        assert good["routes"] and good["routed"] == 1.0 and good["pick"] == 0.5
+        # The pick right everywhere: nothing to gain, so the selector keeps it for every input.
+        noise = [float(i % 3 == 0) for i in range(len(texts))]
+        bad = held_out_check(method, texts, {"films": [1.0] * len(texts), "other": noise}, "films", folds)
+        assert not bad["routes"] and bad["pick"] == 1.0 and bad["routed"] <= 1.0
+        sel = Selector(method, texts, {"films": films, "food": [1 - y for y in films]}, default="films")
+        sel.routes = False
+        assert sel.choose("cold soup and stale bread") == "films"
+        back = Selector.from_json(json.loads(json.dumps(sel.to_json())))
+        assert not back.routes and back.choose("cold soup and stale bread") == "films"
+        assert Selector.from_json({**sel.to_json(), "routes": True}).choose("cold soup and stale bread") == "food"
 
 
 def _with_demos(run_ids):
@@ -210,6 +231,13 @@ def test_a_selector_run_reports_against_the_pick_on_the_same_test_examples():
     for cid, n in sel["choices"].items():  # each routed input was scored for its finalist
         assert len(run.history.results(cid, "test")) >= n
     assert report.to_json()["selector"]["method"] == "centroid"
+    check = sel["check"]  # made on the 12 dev examples' scores, 5 folds
+    assert check["routes"] == (check["routed"] > check["pick"])
+    if not check["routes"]:
+        assert sel["choices"] == {report.best_id: 12} and sel["test"] == sel["pick_test"]
+    unchecked = make(Scripted([[ScoreRequest(c) for c in _with_demos(("train-0", "train-3"))]]),
+                     FinalConfig(selector="centroid", selector_check=False), budget=100).run()
+    assert "check" not in unchecked.selector
 
 
 def test_a_final_pick_that_leaves_no_search_is_refused():
@@ -274,6 +302,7 @@ def test_the_cli_prints_the_pick_and_the_selector(tmp_path, capsys):
     assert "final pick: 1x 5-fold over 36 dev + train examples" in out
     assert "keep-seed rule" in out and "alpha 0.05" in out
     assert "selector (centroid, learned on 36 examples): test" in out and "on 10 examples" in out
+    assert "selector check, held out over the folds of its examples: routed" in out
 
 
 def test_a_selector_run_writes_a_selector_that_routes_new_inputs_as_the_report_did(tmp_path, capsys):
@@ -282,7 +311,7 @@ def test_a_selector_run_writes_a_selector_that_routes_new_inputs_as_the_report_d
     from promptopt.task.data import test_sample
     code = main(["optimize", *FAKE, "--strategy", "paraphrase", "--budget", "300", "--test-limit", "10",
                  "--run-dir", str(tmp_path), "--set", f"cache_path={tmp_path / 'c.sqlite'}",
-                 "--set", "final.selector=logistic", "-q"])
+                 "--set", "final.selector=logistic", "--set", "final.selector_check=false", "-q"])
     assert code == 0
     run_dir, = (p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -60,6 +60,11 @@ def final_pick_lines(report: Report) -> list[str]:
                      f"the pick's {fmt(sel['pick_test'])} on {sig['n']} examples, p = {sig['p']:.3g} ({sig['test']}); "
                      f"routed to {len(sel['choices'])} finalists"
                      + ("; to route new inputs: promptopt.load_selector(run dir)" if report.run_dir else ""))
+        check = sel.get("check")
+        if check:
+            verdict = "it routes" if check["routes"] else "it keeps the pick for every input"
+            lines.append(f"selector check, held out over the folds of its examples: routed {fmt(check['routed'])} vs "
+                         f"the pick's {fmt(check['pick'])}; {verdict}")
     return lines
 
 

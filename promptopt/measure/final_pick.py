@@ -45,6 +45,9 @@ class FinalConfig(BaseModel):
     # Keep the seed prompt unless the pick beats it on the pick's examples with a paired p < alpha.
     keep_seed_alpha: float | None = Field(None, gt=0, lt=1)
     selector: Literal["none", "centroid", "logistic"] = "none"  # per-input choice among the finalists
+    # The selector routes only if, learned on all but one of `folds` folds of its examples, it beats the
+    # pick on the held-out one (selector.held_out_check); off: it always routes.
+    selector_check: bool = True
 
     @property
     def default(self) -> bool:
@@ -85,6 +88,8 @@ def describe(rule: FinalConfig, finalists: int, dev: int, train: int) -> str:
         text += f"; keep the seed unless beaten with p < {rule.keep_seed_alpha:g}"
     if rule.selector != "none":
         text += f"; per-input {rule.selector} selector learned on the finalists' scores, reported on test"
+        if rule.selector_check:
+            text += f" (it routes only if it beats the pick held out, over {rule.folds} folds)"
     counted = counted_examples(rule, finalists, dev, train)
     if counted:
         text += f"; {counted} of its scored examples, at most, come out of the example budget"

@@ -11,6 +11,12 @@ and is deterministic. Two learners:
   an input goes to the finalist with the highest prediction.
 Ties, and an input with no known word, go to the default (the single best finalist).
 
+A selector learned on a few dozen examples can route worse than the default would (it spreads inputs over
+finalists whose wins on the pool were luck). `held_out_check` asks first: learned on all folds but one of
+its examples and routing the held-out one, does it beat the default there? If not, the selector keeps the
+default for every input (`routes` false); it costs no model call, as every finalist's score on the pool is
+known.
+
 A run with a selector writes it to `selector.json` in the run dir (`RunSelector.to_json`): the learned
 vectors and each finalist's prompt, so `promptopt.load_selector(run_dir)` routes new inputs without the
 run, the task or a model."""
@@ -72,6 +78,7 @@ class Selector:
         if method not in METHODS:
             raise ValueError(f"selector method must be one of {', '.join(METHODS)}, not {method!r}")
         self.method, self.default = method, default
+        self.routes = True  # False: every input goes to the default (it failed its held-out check)
         self.ids = list(scores)  # candidates in the caller's order: ties go to the default, then the first
         self.embed = TfIdf(texts)
         xs = [self.embed(t) for t in texts]
@@ -81,13 +88,14 @@ class Selector:
             self.models[cid] = (_centroid(xs, ys), 0.0) if method == "centroid" else _logistic(xs, ys, epochs, lr, l2)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "default": self.default, "ids": self.ids, "idf": self.embed.idf,
-                "models": {cid: {"w": w, "b": b} for cid, (w, b) in self.models.items()}}
+        return {"method": self.method, "default": self.default, "ids": self.ids, "routes": self.routes,
+                "idf": self.embed.idf, "models": {cid: {"w": w, "b": b} for cid, (w, b) in self.models.items()}}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Selector":
         self = cls.__new__(cls)
         self.method, self.default, self.ids = d["method"], d["default"], list(d["ids"])
+        self.routes = bool(d.get("routes", True))  # files written before the check always route
         self.embed = TfIdf((), idf=d["idf"])
         self.models = {cid: ({w: float(x) for w, x in m["w"].items()}, float(m["b"])) for cid, m in d["models"].items()}
         return self
@@ -102,11 +110,34 @@ class Selector:
         return out
 
     def choose(self, text: str) -> str:
+        if not self.routes:
+            return self.default
         s = self.score(text)
         top = max(s.values())
         if s.get(self.default, -math.inf) >= top - 1e-12 or not self.embed(text):
             return self.default
         return next(cid for cid in self.ids if s[cid] >= top - 1e-12)
+
+
+def held_out_check(method: str, texts: Sequence[str], scores: Mapping[str, Sequence[float]], default: str,
+                   folds: Sequence[Sequence[int]]) -> dict[str, float | bool]:
+    """Route each input of each fold (indices into `texts`) by a selector learned on the other folds; the
+    mean score that routing gets, the default's mean on the same inputs, and whether routing is better."""
+    routed = kept = 0.0
+    n = 0
+    for fold in folds:
+        held = set(fold)
+        rest = [i for i in range(len(texts)) if i not in held]
+        if not fold or not rest:
+            continue
+        sel = Selector(method, [texts[i] for i in rest], {c: [s[i] for i in rest] for c, s in scores.items()},
+                       default)
+        for i in fold:
+            routed += scores[sel.choose(texts[i])][i]
+            kept += scores[default][i]
+            n += 1
+    routed, kept = (routed / n, kept / n) if n else (0.0, 0.0)
+    return {"routed": routed, "pick": kept, "routes": routed > kept}
 
 
 def _centroid(xs: Sequence[Vector], ys: Sequence[float]) -> Vector:
