@@ -92,6 +92,21 @@ def templates_fingerprint(settings: Any) -> dict[str, str]:
     return {"templates": "sha256:" + canonical_hash(texts)} if texts else {}
 
 
+def with_added_defaults(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                        defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`recorded` plus the settings of `current` it lacks that are at their default, at any depth (a
+    setting added to a nested block such as `final` since the run started)."""
+    out = dict(recorded)
+    for key, value in current.items():
+        default = defaults.get(key)
+        if key not in recorded:
+            if value == default:
+                out[key] = value
+        elif isinstance(value, dict) and isinstance(recorded[key], dict) and isinstance(default, dict):
+            out[key] = with_added_defaults(recorded[key], value, default)
+    return out
+
+
 def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[str]:
     """What changed since the run started (its config.json against the checksummed run.start event, and
     the task data and models against their recorded fingerprints). Refused unless `accept`."""
@@ -100,9 +115,7 @@ def _check_inputs(log: RunLog, meta: Mapping[str, Any], accept: bool) -> list[st
         return []
     recorded = start.get("config")
     if isinstance(recorded, dict):  # a setting added since the run started, at its default, changes nothing
-        defaults = RunConfig().model_dump(mode="json")
-        recorded = {**{k: v for k, v in meta["config"].items() if k not in recorded and v == defaults.get(k)},
-                    **recorded}
+        recorded = with_added_defaults(recorded, meta["config"], RunConfig().model_dump(mode="json"))
     changed = [] if recorded == meta["config"] else ["config.json differs from the config recorded at start"]
     for what, old in (start.get("fingerprints") or {}).items():
         new = meta["fingerprints"].get(what)

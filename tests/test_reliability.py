@@ -467,6 +467,32 @@ def test_resume_refuses_an_edited_config_json(tmp_path, capsys):
     assert "config.json differs from the config recorded at start" in capsys.readouterr().err
 
 
+def test_resume_accepts_a_run_from_before_a_nested_setting_was_added(tmp_path, capsys):
+    """A run written before `final.selector_check` existed (its recorded config lacks the key): the setting
+    is at its default, so the resume goes on; at another value it is a changed config."""
+    from promptopt.runlog import _line_sum
+    d = _interrupted_run(tmp_path)
+    lines = []
+    for line in (d / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "run.start":
+            event.pop("sum")
+            del event["config"]["final"]["selector_check"]
+            body = json.dumps(event, separators=(",", ":"))
+            line = body[:-1] + f',"sum":"{_line_sum(body.encode())}"}}'
+        lines.append(line)
+    (d / "events.jsonl").write_text("\n".join(lines) + "\n")
+    meta = json.loads((d / "config.json").read_text())
+    del meta["config"]["final"]["selector_check"]
+    (d / "config.json").write_text(json.dumps(meta))
+    assert main(["optimize", "--resume", str(d), "-q"]) == 0
+    (d / SUMMARY).unlink()
+    meta["config"]["final"]["selector_check"] = False
+    (d / "config.json").write_text(json.dumps(meta))
+    assert main(["optimize", "--resume", str(d), "-q"]) == 2
+    assert "config.json differs from the config recorded at start" in capsys.readouterr().err
+
+
 # -- a 401 injected mid-run by the fault proxy, then a resume after the key is fixed (class 1) -------
 
 def test_401_mid_run_stops_at_once_then_resume_after_the_fix_matches_a_clean_run(tmp_path, capsys,
