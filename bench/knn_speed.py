@@ -26,6 +26,7 @@ from knn_bound import distinct_prefixes  # bench/, beside this file
 from promptopt.api import load_task
 from promptopt.backends.hf import HFBackend
 from promptopt.budget import Budget
+from promptopt.task.data import test_sample
 from promptopt.task.demos import sample_demo_ids
 from promptopt.loop import Run
 from promptopt.resolved import ResolvedRun
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding", default="bm25")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--shared", default="0", help="comma-separated: shared demos of each retrieval setting (< k)")
+    p.add_argument("--split", choices=("dev", "test"), default="dev",
+                   help="where the inputs come from: test scores them as a run's final report does, all in one call")
     args = p.parse_args(argv)
     shares = [int(x) for x in args.shared.split(",")]
     if any(not 0 <= n < args.k for n in shares):
@@ -58,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         (f"retrieved, {n} shared" if n else "retrieved",
          Candidate(seed, retrieval=RetrievalPolicy(k=args.k - n, embedding=args.embedding, shared=fixed.demos[:n])))
         for n in shares]
-    split = "dev"  # test ids are known to a Run only in its final report
-    run.score([ScoreRequest(fixed, split, example_ids=tuple(ex.id for ex in queries[:4]))])  # first-call overheads
+    split = args.split
+    if split == "test":  # a Run knows test ids only in its final report, which sets them like this
+        run._test_by_id = {ex.id: ex for ex in task.split("test")}
+    run.score([ScoreRequest(fixed, "dev", example_ids=tuple(ex.id for ex in queries[:4]))])  # first-call overheads
     run.retriever.index(args.embedding)  # built once per run, outside the timed part
     positions = [0]
 
@@ -83,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     pool = [ex for ex in task.split(split)]
     if len(pool) < args.n * args.repeats:
         p.error(f"--n {args.n} x --repeats {args.repeats} is more than the {len(pool)} {split} examples of {args.task}")
+    if split == "test":  # the examples a run's --test-limit would score, dealt to the repeats in turn
+        pool = test_sample(pool, args.n * args.repeats)
     for rep in range(args.repeats):
-        ids = tuple(ex.id for ex in pool[rep * args.n:(rep + 1) * args.n])
+        ids = tuple(ex.id for ex in (pool[rep::args.repeats] if split == "test" else
+                                     pool[rep * args.n:(rep + 1) * args.n]))
         for name, cand in settings:
             started, cpu0, positions[0] = time.perf_counter(), time.process_time(), 0
             sent.clear()

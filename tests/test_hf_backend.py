@@ -90,6 +90,23 @@ def test_plan_groups_rows_by_shared_prefix() -> None:
     assert sum(len(m) for _, m in plan) == len(rows)
 
 
+def test_plan_nests_groups_under_a_shared_prefix() -> None:
+    """Retrieval's shape: an instruction with shared demos (100 tokens), then a demo (60) that two inputs
+    retrieved, or only one, then the input (20). The pairs run as groups of their own below the shared
+    prefix (their KV extends it), the single inputs in the group over the shared prefix, which runs first."""
+    prompt = list(range(1000, 1100))
+    rows = []
+    for d in range(12):
+        demo = list(range(2000 + 100 * d, 2060 + 100 * d))
+        for i in range(2 if d < 6 else 1):
+            text = prompt + demo + list(range(5000 + 50 * d + 20 * i, 5020 + 50 * d + 20 * i))
+            rows.append(_row(text, start=len(text) - 2, index=len(rows)))
+    rows.sort(key=lambda r: r.inputs)
+    plan = HFBackend._plan(rows)
+    assert [(prefix, len(members)) for prefix, members in plan] == [(100, 6)] + [(160, 2)] * 6
+    assert sorted(id(r) for _, members in plan for r in members) == sorted(id(r) for r in rows)
+
+
 def test_plan_keeps_prefix_before_first_scored_position() -> None:
     base = list(range(300, 400))
     rows = sorted((_row(base + [i, 1, 2], start=50) for i in range(3)), key=lambda r: r.inputs)

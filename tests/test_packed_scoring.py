@@ -114,6 +114,51 @@ def test_tiny_lm_packed_matches_padded(tiny: HFBackend, monkeypatch: pytest.Monk
     assert len({round(q.logprob, 3) for q in padded}) > len(padded) // 2  # the scores tell requests apart
 
 
+def _positions(backend: HFBackend) -> list[int]:
+    """A counter of the token positions every forward of `backend` runs (prefix forwards included)."""
+    seen = [0]
+
+    def count(module: object, args: tuple, kwargs: dict) -> None:
+        seen[0] += int(kwargs["input_ids"].numel())
+
+    backend.model.register_forward_pre_hook(count, with_kwargs=True)
+    return seen
+
+
+def _trie_nodes(backend: HFBackend, reqs: list[LLRequest]) -> int:
+    """The fewest positions an exact scorer runs: distinct token prefixes of the model inputs."""
+    return len({tokens[:i] for tokens, _ in backend.token_pairs(reqs) for i in range(1, len(tokens))})
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_nested_prefixes_run_each_shared_token_once(tiny_lm_dir: Path, soft: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retrieval's shape: instruction and shared demos, then a retrieved demo that a few inputs (or only
+    one) share, then the input. Each group's prefix extends the KV of the one before it, so the scorer runs
+    about the token trie's positions (a group per demo recomputing the shared part, or one group re-reading
+    every demo, runs far more), and every score equals the request's score alone. The tiny model's words
+    are a few tokens each, so a forward's fixed cost is set to one token here."""
+    monkeypatch.setattr(hf, "MIN_SHARED_TOKENS_SAVED", 1)
+    backend = HFBackend(str(tiny_lm_dir), device="cpu")
+    if soft:  # a soft prompt's KV comes first: the reused KV is sliced after it
+        with torch.inference_mode():
+            backend._soft_kv = backend._prefix_cache(tuple(backend.tokenizer("movie reviews follow")["input_ids"]))
+        assert backend.soft_tokens > 0
+    shared = TINY_PROMPT + " ".join(f"review {x} answer good" for x in TINY_INPUTS[:3])
+    demos = [f" review {x} answer {y}" for x in TINY_INPUTS for y in ("good", "bad")]
+    reqs = [LLRequest(f"{shared}{demo} review {x} answer", label)
+            for d, demo in enumerate(demos) for x in TINY_INPUTS[d % 3:d % 3 + (3 if d < 6 else 1)]
+            for label in (" good", " bad")]
+    seen = _positions(backend)
+    together = backend.loglikelihood(reqs)
+    ran = seen[0]
+    alone = [backend.loglikelihood([r])[0] for r in reqs]
+    for req, t, a in zip(reqs, together, alone):
+        assert t.error is None and t.logprob == pytest.approx(a.logprob, abs=TOLERANCE), req
+    bound = _trie_nodes(backend, reqs)
+    assert bound <= ran <= 1.1 * bound, (ran, bound)
+
+
 def test_packing_does_not_apply_to_eager_attention(tiny_lm_dir: Path) -> None:
     eager = HFBackend(str(tiny_lm_dir), device="cpu", attn_implementation="eager")
     assert not eager.pack_scoring and eager.model.config._attn_implementation == "eager"

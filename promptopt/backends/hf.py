@@ -5,7 +5,9 @@ so the requests of one call share long token prefixes. `loglikelihood` therefore
   1. merges requests whose model input is identical or a prefix of another's (one forward row
      serves several continuations, e.g. all single-token labels of one example),
   2. groups rows by shared token prefix, runs each prefix once and expands its KV cache over a
-     batch of left-padded suffixes (explicit position ids), and
+     batch of left-padded suffixes (explicit position ids); groups run in token order and each one's
+     prefix extends the KV of the group before it, so nested prefixes (an instruction, the demos every
+     input shares, a demo a few inputs retrieved) run once each, and
   3. applies the LM head only to the last K positions of each row, where the scored tokens are.
 On CPU, for Llama-architecture models, step 2 packs the suffixes instead: one sequence without
 padding after the prefix's KV (not expanded), per-suffix position ids, block-diagonal attention
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -435,9 +438,13 @@ class HFBackend:
 
     def _score(self, scored: list[_Scored]) -> dict[int, tuple[list[float], bool]]:
         out: dict[int, tuple[list[float], bool]] = {}
+        last: tuple[tuple[int, ...], list[tuple["torch.Tensor", "torch.Tensor"]]] | None = None
         with torch.inference_mode():
             for prefix_len, rows in self._plan(self._rows(scored)):
-                prefix_kv = self._prefix_cache(rows[0].inputs[:prefix_len]) if prefix_len or self._soft_kv else None
+                prefix = rows[0].inputs[:prefix_len]
+                prefix_kv = self._prefix_cache(prefix, last) if prefix_len or self._soft_kv else None
+                if prefix_len and prefix_kv is not None:
+                    last = (prefix, prefix_kv)
                 # Longest suffix first, so the biggest batch runs (and fails, if memory is short) first.
                 rows.sort(key=lambda r: len(r.inputs), reverse=True)
                 if self.pack_scoring:
@@ -469,47 +476,56 @@ class HFBackend:
 
     @staticmethod
     def _plan(rows: list[_Row]) -> list[tuple[int, list[_Row]]]:
-        """Split sorted rows into (shared prefix length, rows) groups; the last group has prefix 0.
+        """Split sorted rows into (shared prefix length, rows) groups, in row order; a group with
+        prefix 0 (rows that share nothing worth a forward) comes last.
 
         Sorted rows with a common prefix are contiguous, and the prefixes nest like a tree: the
-        shortest prefix shared by neighbours splits a range into sub-ranges that share more.
-        Bottom-up over that tree, a range either runs as one group over its common prefix or as
-        its sub-ranges' groups, whichever re-reads fewer tokens. A prefix never reaches a
-        scored position. Ranges that save too little join one pool of unshared rows.
+        shortest prefix shared by neighbours splits a range into sub-ranges that share more. A
+        group's prefix KV extends the previous group's (`_score` keeps it), so in row order each
+        tree level's tokens run once: a sub-range under a group's prefix pays only its own extra
+        prefix tokens. Bottom-up, each range either runs as its own group over its common prefix
+        (one more forward, counted as MIN_SHARED_TOKENS_SAVED tokens) or leaves its rows to the
+        enclosing group, which re-reads them from its shorter prefix; whichever runs fewer tokens.
+        A prefix never reaches a scored position.
         """
+        if not rows:
+            return []
         adjacent = [min(common_prefix(a.inputs, b.inputs), a.first_scored, b.first_scored)
                     for a, b in zip(rows, rows[1:])]
-        best: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}
-        stack: list[tuple[int, int, list[tuple[int, int]] | None]] = [(0, len(rows), None)] if rows else []
+        upto = [0, *itertools.accumulate(len(r.inputs) for r in rows)]  # input tokens of rows[:i]
+        Groups = list[tuple[int, list[tuple[int, int]]]]  # (prefix, row ranges), in the order they run
+        # Per range run as its own subtree below its parent's prefix: (tokens it runs, its groups).
+        done: dict[tuple[int, int], tuple[float, Groups]] = {}
+        stack: list[tuple[int, int, int, list[tuple[int, int]] | None]] = [(0, len(rows), 0, None)]
         while stack:  # post-order walk without recursion: prefix trees can be deep
-            lo, hi, parts = stack.pop()
-            if hi - lo == 1:
-                best[(lo, hi)] = (0, [(lo, hi, 0)])
+            lo, hi, above, parts = stack.pop()
+            if hi - lo == 1:  # one row is never worth a forward of its own: it joins a group above
+                done[(lo, hi)] = (math.inf, [])
                 continue
             shared = min(adjacent[lo:hi - 1])
             if parts is None:
                 cuts = [j + 1 for j in range(lo, hi - 1) if adjacent[j] == shared]
                 parts = list(zip([lo, *cuts], [*cuts, hi]))
-                stack.append((lo, hi, parts))
-                stack.extend((a, b, None) for a, b in parts)
+                stack.append((lo, hi, above, parts))
+                stack.extend((a, b, shared, None) for a, b in parts)
                 continue
-            whole = (hi - lo - 1) * shared
-            whole = whole if whole >= MIN_SHARED_TOKENS_SAVED else 0
-            split = sum(best[p][0] for p in parts)
-            best[(lo, hi)] = ((whole, [(lo, hi, shared)]) if whole >= split and whole > 0 else
-                              (split, [seg for p in parts for seg in best[p][1]]))
-            for p in parts:
-                del best[p]
-        groups: list[tuple[int, list[_Row]]] = []
-        unshared: list[_Row] = []
-        for lo, hi, prefix in (best[(0, len(rows))][1] if rows else []):
-            if prefix:
-                groups.append((prefix, rows[lo:hi]))
+            children = [(part, *done.pop(part)) for part in parts]
+            # Either every sub-range runs its own groups, or this range runs a group over its prefix
+            # (one more forward) that re-reads the rows of the sub-ranges that do not pay their way.
+            reread = {(a, b): upto[b] - upto[a] - (b - a) * shared for (a, b), _, _ in children}
+            joined = {part for part, own, _ in children if own >= reread[part]}
+            split = sum(own for _, own, _ in children)
+            mixed = MIN_SHARED_TOKENS_SAVED + sum(reread[part] if part in joined else own for part, own, _ in children)
+            if split <= mixed:
+                done[(lo, hi)] = (shared - above + split, [g for _, _, sub in children for g in sub])
             else:
-                unshared.extend(rows[lo:hi])
-        if unshared:
-            groups.append((0, unshared))
-        return groups
+                own_groups = [g for part, _, sub in children if part not in joined for g in sub]
+                done[(lo, hi)] = (shared - above + mixed, [(shared, sorted(joined)), *own_groups])
+        own, groups = done.pop((0, len(rows)))
+        if own >= upto[-1]:  # nothing saves enough: one unshared group
+            return [(0, rows)]
+        plan = [(prefix, [r for a, b in ranges for r in rows[a:b]]) for prefix, ranges in groups]
+        return [g for g in plan if g[0]] + [g for g in plan if not g[0]]  # a prefix-0 group shares nothing: last
 
     def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
         """Consecutive rows (longest first) in batches bounded by rows, tokens and logit rows."""
@@ -548,12 +564,23 @@ class HFBackend:
             packs.append(current)
         return packs
 
-    def _prefix_cache(self, prefix: tuple[int, ...]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
-        """The KV of the soft prompt (if any) followed by `prefix`."""
+    def _prefix_cache(self, prefix: tuple[int, ...],
+                      reuse: "tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None" = None
+                      ) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+        """The KV of the soft prompt (if any) followed by `prefix`. `reuse` is an earlier prefix and its KV:
+        the tokens both start with are not run again (a causal model's KV there depends on them alone)."""
         if not prefix:
             return cast("list[tuple[torch.Tensor, torch.Tensor]]", self._soft_kv)
-        ids, mask, positions = self._padded([prefix], self.soft_tokens)
-        cache = DynamicCache(self._soft_kv, config=self.model.config) if self._soft_kv else None
+        done = common_prefix(reuse[0], prefix) if reuse is not None else 0
+        if done:
+            past = self.soft_tokens + done
+            kept = [(k[:, :, :past], v[:, :, :past]) for k, v in reuse[1]]  # type: ignore[index]
+            if done == len(prefix):
+                return kept
+            cache: Any = DynamicCache(kept, config=self.model.config)
+        else:
+            past, cache = self.soft_tokens, DynamicCache(self._soft_kv, config=self.model.config) if self._soft_kv else None
+        ids, mask, positions = self._padded([prefix[done:]], past)
         cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                            use_cache=True, logits_to_keep=1).past_key_values
         return [(layer.keys, layer.values) for layer in cache.layers]
