@@ -14,7 +14,7 @@ import torch
 
 from promptopt.backends.base import CHAT, GenRequest, LLRequest
 from promptopt.backends._local import generation_prompt
-from promptopt.backends.hf import MIN_SHARED_TOKENS_SAVED, HFBackend, _Row, _Scored
+from promptopt.backends.hf import MIN_SHARED_TOKENS_SAVED, HFBackend, _Row, _Scored, _Shared
 from promptopt.errors import ModelNotFoundError
 from promptopt.backends.models import embedded_hf_dir
 from promptopt.registry import get
@@ -105,6 +105,10 @@ def test_plan_nests_groups_under_a_shared_prefix() -> None:
     plan = HFBackend._plan(rows)
     assert [(prefix, len(members)) for prefix, members in plan] == [(100, 6)] + [(160, 2)] * 6
     assert sorted(id(r) for _, members in plan for r in members) == sorted(id(r) for r in rows)
+    # Packed, each pair's demo is a segment in the shared prefix's packs instead: no forward of its own.
+    (prefix, units), = HFBackend._plan(rows, segments=True)
+    assert prefix == 100 and sorted((u.ext, len(u.rows)) for u in units if isinstance(u, _Shared)) == [(60, 2)] * 6
+    assert sorted(id(r) for u in units for r in (u.rows if isinstance(u, _Shared) else [u])) == sorted(id(r) for r in rows)
 
 
 def test_plan_keeps_prefix_before_first_scored_position() -> None:

@@ -12,7 +12,9 @@ so the requests of one call share long token prefixes. `loglikelihood` therefore
 On CPU, for Llama-architecture models, step 2 packs the suffixes instead: one sequence without
 padding after the prefix's KV (not expanded), per-suffix position ids, block-diagonal attention
 (each suffix sees the prefix and its own earlier tokens, as varlen attention does), and the LM head
-only at the scored positions (see `_score_packed`).
+only at the scored positions (see `_score_packed`). There a few suffixes that start alike (inputs that
+retrieved the same demo) need no group of their own: their shared tokens run once in the pack, as a
+segment that each of them attends to (`_Shared`).
 """
 from __future__ import annotations
 
@@ -101,9 +103,31 @@ class _Row:
 
 
 @dataclass
+class _Shared:
+    """Rows whose inputs share `ext` more tokens past their group's prefix. In a pack those tokens run
+    once, as a segment of their own, and each row attends to them as to its own earlier tokens."""
+
+    ext: int
+    rows: list[_Row]
+
+    def tokens(self, prefix_len: int) -> int:
+        return self.ext + sum(len(r.inputs) - prefix_len - self.ext for r in self.rows)
+
+
+def _unit_tokens(unit: "_Row | _Shared", prefix_len: int) -> int:
+    """Positions a pack runs for `unit` after the prefix."""
+    return unit.tokens(prefix_len) if isinstance(unit, _Shared) else len(unit.inputs) - prefix_len
+
+
+def _unit_rows(unit: "_Row | _Shared") -> list[_Row]:
+    return unit.rows if isinstance(unit, _Shared) else [unit]
+
+
+@dataclass
 class _Packing:
-    """How the packed suffixes of one forward lie: `rows` suffixes back to back, `width` the longest.
-    The padded layout (rows x width, right-padded) is used inside attention only."""
+    """How the packed tokens of one forward lie in attention's padded layout (`rows` lanes x `width`,
+    right-padded), which is used inside attention only: each lane holds the keys one suffix attends to
+    besides the prefix, causally."""
 
     prefix: "list[tuple[torch.Tensor, torch.Tensor]] | None"  # per layer (kv heads, prefix, head dim)
     gather: "torch.Tensor"  # rows * width: the packed position in each padded slot (0 for padding)
@@ -440,19 +464,19 @@ class HFBackend:
         out: dict[int, tuple[list[float], bool]] = {}
         last: tuple[tuple[int, ...], list[tuple["torch.Tensor", "torch.Tensor"]]] | None = None
         with torch.inference_mode():
-            for prefix_len, rows in self._plan(self._rows(scored)):
-                prefix = rows[0].inputs[:prefix_len]
+            for prefix_len, units in self._plan(self._rows(scored), segments=self.pack_scoring):
+                prefix = _unit_rows(units[0])[0].inputs[:prefix_len]
                 prefix_kv = self._prefix_cache(prefix, last) if prefix_len or self._soft_kv else None
                 if prefix_len and prefix_kv is not None:
                     last = (prefix, prefix_kv)
-                # Longest suffix first, so the biggest batch runs (and fails, if memory is short) first.
-                rows.sort(key=lambda r: len(r.inputs), reverse=True)
+                # Longest first, so the biggest batch runs (and fails, if memory is short) first.
+                units.sort(key=lambda u: _unit_tokens(u, prefix_len), reverse=True)
                 if self.pack_scoring:
-                    for chunk in self._packs(rows, prefix_len, prefix_kv[0][0].shape[2] if prefix_kv else 0):
+                    for chunk in self._packs(units, prefix_len, prefix_kv[0][0].shape[2] if prefix_kv else 0):
                         out.update(self._score_packed(chunk, prefix_len, prefix_kv))
-                else:
-                    for chunk in self._chunks(rows):
-                        out.update(self._score_chunk(chunk, prefix_len, prefix_kv))
+                else:  # without segments every unit is a row
+                    for batch in self._chunks(cast("list[_Row]", units)):
+                        out.update(self._score_chunk(batch, prefix_len, prefix_kv))
         return out
 
     @staticmethod
@@ -475,32 +499,35 @@ class HFBackend:
         return kept
 
     @staticmethod
-    def _plan(rows: list[_Row]) -> list[tuple[int, list[_Row]]]:
-        """Split sorted rows into (shared prefix length, rows) groups, in row order; a group with
-        prefix 0 (rows that share nothing worth a forward) comes last.
+    def _plan(rows: list[_Row], segments: bool = False) -> list[tuple[int, list[_Row | _Shared]]]:
+        """Split sorted rows into (shared prefix length, units) groups, in row order; a group with
+        prefix 0 (rows that share nothing worth a forward) comes last. A unit is a row, or with
+        `segments` (packed scoring) a _Shared: rows that share more tokens, run once in their pack.
 
         Sorted rows with a common prefix are contiguous, and the prefixes nest like a tree: the
         shortest prefix shared by neighbours splits a range into sub-ranges that share more. A
         group's prefix KV extends the previous group's (`_score` keeps it), so in row order each
         tree level's tokens run once: a sub-range under a group's prefix pays only its own extra
-        prefix tokens. Bottom-up, each range either runs as its own group over its common prefix
-        (one more forward, counted as MIN_SHARED_TOKENS_SAVED tokens) or leaves its rows to the
-        enclosing group, which re-reads them from its shorter prefix; whichever runs fewer tokens.
-        A prefix never reaches a scored position.
+        prefix tokens. Bottom-up, each sub-range of a group either runs as its own groups (one more
+        forward each, counted as MIN_SHARED_TOKENS_SAVED tokens), or as a segment in the group's
+        packs (if it fits one), or leaves its rows to the group, which re-reads them from its shorter
+        prefix; whichever runs fewer tokens. A prefix never reaches a scored position.
         """
         if not rows:
             return []
         adjacent = [min(common_prefix(a.inputs, b.inputs), a.first_scored, b.first_scored)
                     for a, b in zip(rows, rows[1:])]
         upto = [0, *itertools.accumulate(len(r.inputs) for r in rows)]  # input tokens of rows[:i]
-        Groups = list[tuple[int, list[tuple[int, int]]]]  # (prefix, row ranges), in the order they run
-        # Per range run as its own subtree below its parent's prefix: (tokens it runs, its groups).
-        done: dict[tuple[int, int], tuple[float, Groups]] = {}
+        # Groups as (prefix, [(lo, hi, ext)]): rows[lo:hi] loose (ext 0) or one segment of ext tokens.
+        Groups = list[tuple[int, list[tuple[int, int, int]]]]
+        # Per range below its parent's prefix: (its common prefix, tokens it runs as its own groups,
+        # those groups in the order they run).
+        done: dict[tuple[int, int], tuple[int, float, Groups]] = {}
         stack: list[tuple[int, int, int, list[tuple[int, int]] | None]] = [(0, len(rows), 0, None)]
         while stack:  # post-order walk without recursion: prefix trees can be deep
             lo, hi, above, parts = stack.pop()
             if hi - lo == 1:  # one row is never worth a forward of its own: it joins a group above
-                done[(lo, hi)] = (math.inf, [])
+                done[(lo, hi)] = (0, math.inf, [])
                 continue
             shared = min(adjacent[lo:hi - 1])
             if parts is None:
@@ -509,22 +536,35 @@ class HFBackend:
                 stack.append((lo, hi, above, parts))
                 stack.extend((a, b, shared, None) for a, b in parts)
                 continue
-            children = [(part, *done.pop(part)) for part in parts]
             # Either every sub-range runs its own groups, or this range runs a group over its prefix
-            # (one more forward) that re-reads the rows of the sub-ranges that do not pay their way.
-            reread = {(a, b): upto[b] - upto[a] - (b - a) * shared for (a, b), _, _ in children}
-            joined = {part for part, own, _ in children if own >= reread[part]}
-            split = sum(own for _, own, _ in children)
-            mixed = MIN_SHARED_TOKENS_SAVED + sum(reread[part] if part in joined else own for part, own, _ in children)
-            if split <= mixed:
-                done[(lo, hi)] = (shared - above + split, [g for _, _, sub in children for g in sub])
-            else:
-                own_groups = [g for part, _, sub in children if part not in joined for g in sub]
-                done[(lo, hi)] = (shared - above + mixed, [(shared, sorted(joined)), *own_groups])
-        own, groups = done.pop((0, len(rows)))
+            # (one more forward) that holds the others: as segments, or as loose rows read in full.
+            split = mixed = 0.0
+            members: list[tuple[int, int, int]] = []
+            subs: Groups = []  # every sub-range's own groups, if all run on their own
+            own_groups: Groups = []  # those of the sub-ranges that run on their own beside this group
+            for (a, b) in parts:
+                common, own, sub = done.pop((a, b))
+                split += own
+                subs += sub
+                reread = upto[b] - upto[a] - (b - a) * shared
+                segment = common - shared + upto[b] - upto[a] - (b - a) * common
+                if b - a == 1 or not segments or segment > PACKED_TOKENS:
+                    segment = math.inf
+                best = min(own, reread, segment)
+                mixed += best
+                if best == own:
+                    own_groups += sub
+                else:
+                    members.append((a, b, common - shared if best == segment else 0))
+            mixed += MIN_SHARED_TOKENS_SAVED
+            done[(lo, hi)] = ((shared, shared - above + split, subs) if split <= mixed else
+                              (shared, shared - above + mixed, [(shared, members), *own_groups]))
+        _, own, groups = done.pop((0, len(rows)))
         if own >= upto[-1]:  # nothing saves enough: one unshared group
-            return [(0, rows)]
-        plan = [(prefix, [r for a, b in ranges for r in rows[a:b]]) for prefix, ranges in groups]
+            return [(0, list(rows))]
+        plan = [(prefix, [unit for a, b, ext in ranges
+                          for unit in ([_Shared(ext, rows[a:b])] if ext else rows[a:b])])
+                for prefix, ranges in groups]
         return [g for g in plan if g[0]] + [g for g in plan if not g[0]]  # a prefix-0 group shares nothing: last
 
     def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
@@ -546,20 +586,23 @@ class HFBackend:
         return chunks
 
     @staticmethod
-    def _packs(rows: list[_Row], prefix_len: int, past: int) -> list[list[_Row]]:
-        """Consecutive rows whose suffixes add up to at most PACKED_TOKENS (a longer suffix goes alone),
+    def _packs(units: "Sequence[_Row | _Shared]", prefix_len: int, past: int) -> "list[list[_Row | _Shared]]":
+        """Consecutive units whose tokens add up to at most PACKED_TOKENS (a longer unit goes alone),
         bounded by logit rows like _chunks and by the attention scores over the `past` cached positions."""
-        packs: list[list[_Row]] = []
-        current: list[_Row] = []
+        packs: list[list[_Row | _Shared]] = []
+        current: list[_Row | _Shared] = []
         tokens = logit_rows = longest = 0
-        for row in rows:
-            length, keep = len(row.inputs) - prefix_len, len(row.inputs) - row.first_scored
+        for unit in units:
+            rows = _unit_rows(unit)
+            length = _unit_tokens(unit, prefix_len)
+            keep = sum(len(r.inputs) - r.first_scored for r in rows)
+            widest = max(len(r.inputs) for r in rows) - prefix_len  # a row's keys: its segment, then its own
             if current and (tokens + length > PACKED_TOKENS or logit_rows + keep > MAX_LOGIT_ROWS
-                            or (tokens + length) * (past + max(longest, length)) > MAX_PACKED_SCORES):
+                            or (tokens + length) * (past + max(longest, widest)) > MAX_PACKED_SCORES):
                 packs.append(current)
                 current, tokens, logit_rows, longest = [], 0, 0, 0
-            current.append(row)
-            tokens, logit_rows, longest = tokens + length, logit_rows + keep, max(longest, length)
+            current.append(unit)
+            tokens, logit_rows, longest = tokens + length, logit_rows + keep, max(longest, widest)
         if current:
             packs.append(current)
         return packs
@@ -628,34 +671,52 @@ class HFBackend:
         picked = logits[torch.tensor(batch_rows, device=self.device), torch.tensor(columns, device=self.device)]
         return self._collect(picked, targets, owners)
 
-    def _score_packed(self, rows: list[_Row], prefix_len: int,
+    def _score_packed(self, units: "list[_Row | _Shared]", prefix_len: int,
                       prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]] | None
                       ) -> dict[int, tuple[list[float], bool]]:
-        """Score rows as one packed sequence: their suffixes back to back, no padding, each suffix's
-        positions starting at the prefix length, attention by _packed_attention over the prefix's KV
-        (batch 1, not expanded). The LM head runs only where a continuation token is predicted."""
+        """Score units as one packed sequence: their tokens back to back (a segment's shared tokens once,
+        then each of its rows' own), no padding, positions counted from the prefix, attention by
+        _packed_attention over the prefix's KV (batch 1, not expanded). In attention's padded layout each
+        row is a lane of its segment's tokens and then its own, and a segment a lane of its own tokens.
+        The LM head runs only where a continuation token is predicted."""
         past = prefix_kv[0][0].shape[2] if prefix_kv is not None else 0
-        suffixes = [r.inputs[prefix_len:] for r in rows]
-        lengths = torch.tensor([len(s) for s in suffixes])
-        width = int(lengths.max())
-        starts = lengths.cumsum(0) - lengths
-        segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-        local = torch.arange(int(lengths.sum())) - starts[segment]
+        ids: list[int] = []
+        positions: list[int] = []
+        lanes: list[list[int]] = []  # per lane, the packed positions of its keys in order
+        queries: list[tuple[int, int]] = []  # per packed position: the (lane, offset) whose output it keeps
+        columns: list[int] = []
+        targets: list[int] = []
+        owners: list[tuple[int, int]] = []
+        for unit in units:
+            ext = unit.ext if isinstance(unit, _Shared) else 0
+            shared = list(range(len(ids), len(ids) + ext))
+            if ext:
+                ids += _unit_rows(unit)[0].inputs[prefix_len:prefix_len + ext]
+                positions += range(past, past + ext)
+                queries += [(len(lanes), i) for i in range(ext)]
+                lanes.append(shared)
+            for row in _unit_rows(unit):
+                own = row.inputs[prefix_len + ext:]
+                start = len(ids)
+                ids += own
+                positions += range(past + ext, past + ext + len(own))
+                queries += [(len(lanes), ext + i) for i in range(len(own))]
+                lanes.append(shared + list(range(start, start + len(own))))
+                for req in row.requests:
+                    wanted = req.tokens[req.start + 1:]
+                    first = start + req.start - prefix_len - ext  # packed position of the output predicting wanted[0]
+                    columns += range(first, first + len(wanted))
+                    targets += wanted
+                    owners.append((req.index, len(wanted)))
+        width = max(len(lane) for lane in lanes)
+        gather = torch.tensor([lane + [0] * (width - len(lane)) for lane in lanes]).flatten()
+        slots = [lane * width + offset for lane, offset in queries]
         slot = torch.arange(width)
-        gather = torch.where(slot < lengths[:, None], starts[:, None] + slot, 0).flatten()
         packing = _Packing([(k[0], v[0]) for k, v in prefix_kv] if prefix_kv is not None else None,
-                           gather.to(self.device), (segment * width + local).to(self.device),
-                           (slot[None, :] > slot[:, None]).to(self.device), len(rows), width)
-        columns, targets, owners = [], [], []
-        for row, start in zip(rows, starts.tolist()):
-            for req in row.requests:
-                wanted = req.tokens[req.start + 1:]
-                first = start + req.start - prefix_len  # packed position of the output predicting wanted[0]
-                columns += range(first, first + len(wanted))
-                targets += wanted
-                owners.append((req.index, len(wanted)))
-        ids = torch.tensor([t for s in suffixes for t in s], device=self.device)[None]
-        logits = self.model(input_ids=ids, position_ids=(past + local)[None].to(self.device), use_cache=False,
+                           gather.to(self.device), torch.tensor(slots, device=self.device),
+                           (slot[None, :] > slot[:, None]).to(self.device), len(lanes), width)
+        logits = self.model(input_ids=torch.tensor(ids, device=self.device)[None],
+                            position_ids=torch.tensor(positions, device=self.device)[None], use_cache=False,
                             packing=packing, logits_to_keep=torch.tensor(columns, device=self.device)).logits
         return self._collect(logits[0], targets, owners)
 
