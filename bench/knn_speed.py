@@ -3,7 +3,9 @@
     PROMPTOPT_DATA_DIR=../shared/data python bench/knn_speed.py --task agnews --n 48 --k 4 --shared 0,3
 
 `--shared 0,3` adds one retrieval setting per number N: N shared demos (the fixed set's first N, the same
-for every input) and k - N retrieved after them, so every setting's prompts hold k demos.
+for every input) and k - N retrieved after them, so every setting's prompts hold k demos. `--split test`
+takes the inputs from the test split (the `--test-limit` sample a run's final report scores, all in one
+call, as there); the default is dev, in its file order.
 
 Both go through the loop's scoring (`Run.score`), as in a run: a fixed set is one shared prefix for all
 inputs; retrieval groups inputs that retrieved the same demos and sends every group in one backend call,
