@@ -396,6 +396,13 @@ class Run:
         """The candidate's pieces, for targets that take the prompt as chat messages."""
         return PromptParts(cand.text, cand.system, tuple(self._by_id[d] for d in cand.demos), tuple(cand.demo_answers))
 
+    def leaders(self, k: int) -> list[Candidate]:
+        """The k candidates most likely best on dev (the final report's finalists): dev scores weighed by
+        how many dev examples each rests on (final_pick.shortlist)."""
+        scored = {c.id: (self.history.score(c.id, "dev"), [r.score for r in self.history.results(c.id, "dev").values()])
+                  for c in self.history.candidates() if self.history.n_scored(c.id, "dev")}
+        return [self.history.candidate(cid) for cid in final_pick.shortlist(scored, k)]
+
     def prompt_of(self, cand: Candidate) -> str:
         """The text that stands where the template has `{prompt}`: system prompt, instruction, demos (none
         for a retrieval policy: its demos differ per input, see `_jobs`)."""
@@ -584,18 +591,18 @@ class Run:
     def finish(self, started: float | None = None, *, partial: bool = False) -> Report:
         """Final report: top candidates and the seed prompt on the full dev split, then the chosen
         prompt (and the seed, as the baseline) once on the test split. `partial` (a second Ctrl-C):
-        no more scoring; the best so far by its dev score, however many dev examples it had."""
+        no more scoring; the best so far by its dev score weighed by its examples (`leaders`)."""
         seed = self.program.program.seed if self.program is not None else Candidate(self.seed_prompt, origin="seed")
         scoring = self.target is not None or self.program is not None
         if partial:
-            ranked_so_far = self.history.ranked("dev")
-            best = ranked_so_far[0][0] if ranked_so_far else seed
+            leader = self.leaders(1)
+            best = leader[0] if leader else seed
             report = self._report(seed, best, None, None, None, None, started)
             report.partial = True
             return report
         if self.history._add_candidate(seed) and self.log:
             self.log.emit("candidate", step=self.step, candidate_id=seed.id, **seed.to_json())
-        finalists = [c for c, _ in self.history.ranked("dev")[: self.final_top_k]]
+        finalists = self.leaders(self.final_top_k)
         if seed.id not in {c.id for c in finalists}:
             finalists.append(seed)
         if scoring:

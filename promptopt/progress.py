@@ -50,8 +50,9 @@ class ProgressBar(Callback):
         if not self._planned:
             self._plan(run)
         self._bar.n = run.tracker.examples
-        best = run.history.ranked("dev")
-        post: dict[str, Any] = {"step": run.step, "cands": len(run.history), "best": f"{best[0][1]:.3f}" if best else "-"}
+        best = run.leaders(1)  # as the final report would rank it: a score on 1 example is not the best yet
+        post: dict[str, Any] = {"step": run.step, "cands": len(run.history),
+                                "best": f"{run.history.score(best[0].id, 'dev'):.3f}" if best else "-"}
         if self.budget and self._bar.total is None:
             post["budget"] = f"{run.tracker.examples}/{self.budget}"
         self._bar.set_postfix(**post, refresh=False)

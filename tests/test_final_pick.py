@@ -77,6 +77,41 @@ def test_kfold_picks_by_the_pool_not_by_dev_and_ties_go_to_the_seed():
     assert final_pick.choose(FinalConfig(), [a, b, seed], seed, a, scores, dev, 0)[0] == a
 
 
+def test_the_shortlist_weighs_a_dev_score_by_the_examples_it_rests_on():
+    right = {f"once-{i}": (1.0, [1.0]) for i in range(3)}  # successive halving's first round: one example each
+    wrong = {f"out-{i}": (0.0, [0.0]) for i in range(6)}
+    survivor = {"survivor": (27 / 32, [1.0] * 27 + [0.0] * 5)}
+    seed = {"seed": (17 / 32, [1.0] * 17 + [0.0] * 15)}
+    halves = {f"half-{i}": (0.6, [1.0] * 6 + [0.0] * 4) for i in range(2)}
+    scored = {**right, **wrong, **halves, **seed, **survivor}
+    assert sorted(scored, key=lambda c: -scored[c][0])[:3] == list(right)  # the raw mean's finalists
+    assert final_pick.shortlist(scored, 3)[0] == "survivor"
+    assert "seed" not in final_pick.shortlist(scored, 5) or final_pick.shortlist(scored, 5).index("seed") > 0
+    # Candidates scored on equally many examples keep the raw order; ties keep the order they came in.
+    even = {"a": (0.5, [1.0, 0.0]), "b": (1.0, [1.0, 1.0]), "c": (0.5, [0.0, 1.0]), "d": (0.0, [0.0, 0.0])}
+    assert final_pick.shortlist(even, 4) == ["b", "a", "c", "d"]
+    # No candidate with two examples (no noise estimate): the raw order, and unscored ones never.
+    assert final_pick.shortlist({"x": (0.0, [0.0]), "y": (1.0, [1.0]), "z": (float("nan"), [])}, 3) == ["y", "x"]
+    # Candidates no further apart than their noise: more examples above the mean rank first.
+    alike = {"few": (0.75, [1.0, 1.0, 1.0, 0.0]), "many": (0.55, [1.0] * 22 + [0.0] * 18),
+             "low": (0.45, [1.0] * 18 + [0.0] * 22)}
+    assert final_pick.shortlist(alike, 3) == ["many", "few", "low"]
+
+
+def test_the_run_scores_the_shortlist_as_its_finalists():
+    once = [Candidate(f"Say good or bad, take {i}.") for i in range(8)]
+    full = Candidate("Decide whether the text is good or bad.")
+    run = make(Scripted([[ScoreRequest(c, n=1) for c in once], [ScoreRequest(full)]]), FinalConfig())
+    while run.step_once():
+        pass
+    expected = [c.id for c in run.leaders(2)]
+    report = run.finish()
+    finalists = {c.id for c in run.history.candidates() if run.history.n_scored(c.id, "dev") == 12}
+    assert set(expected) <= finalists <= set(expected) | {full.id, run.history.candidate(report.best_id).id} | {
+        c.id for c in run.history.candidates() if c.origin == "seed"}
+    assert report.best_id in finalists
+
+
 def test_keep_seed_unless_beaten_with_p_below_alpha():
     seed, a = Candidate("seed"), Candidate("a")
     ids = [f"d{i}" for i in range(30)]
