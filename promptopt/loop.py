@@ -212,7 +212,7 @@ class Run:
         self._kept: list[bool] = []  # per asked request: whether any of it is in _pending
         self._legacy_log = False  # resuming a log made before the loop took in what fits (see _choose_streams)
         view = task.without_test()
-        if seed_prompt:  # a user's seed prompt is where every strategy starts
+        if seed_prompt is not None:  # a user's seed prompt ("" too) is where every strategy starts
             view = dataclasses.replace(view, seed_prompts=(seed_prompt, *[p for p in view.seed_prompts if p != seed_prompt]))
         self._ctx = Context(task=view,
                             optimizer=_OptimizerChannel(self, optimizer) if optimizer is not None else None,

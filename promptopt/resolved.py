@@ -158,7 +158,7 @@ class ResolvedRun:
     @property
     def seed_prompt(self) -> str:
         """Where the search starts: the user's prompt, else the task's first seed prompt."""
-        return self.prompt or self.task.seed_prompts[0]
+        return self.prompt if self.prompt is not None else self.task.seed_prompts[0]  # "": no instruction
 
     @property
     def final(self) -> FinalPlan:

@@ -172,3 +172,16 @@ def test_resume_refuses_flags_it_would_ignore(base, tmp_path, capsys, flags):
     assert all(f in err for f in flags if f.startswith("--"))
     assert (d / "events.jsonl").read_bytes() == before and not (d / "summary.json").exists()
     assert run_cli("optimize", "--resume", str(d), "-q", capsys=capsys)[0] == 0
+
+
+def test_an_empty_prompt_starts_the_search_from_no_instruction(tmp_path, capsys):
+    args = ["optimize", "--task", "demo", "--strategy", "fewshot", "--backend", "fake", "--model", "m", "--prompt", "",
+            "--run-dir", str(tmp_path / "runs"), "--set", f"cache_path={tmp_path / 'cache.sqlite'}", "-q",
+            "--budget", "200", "--optimizer-model", "none"]
+    code, out, err = run_cli(*args, "--dry-run", capsys=capsys)
+    assert code == 0 and "seed       ''" in out, err
+    code, out, err = run_cli(*args, capsys=capsys)
+    assert code == 0, err
+    summary = json.loads((the_run(tmp_path) / "summary.json").read_text())
+    assert summary["seed_prompt"] == "" and summary["seed_test"] is not None
+    assert summary["best_prompt"] == ""  # fewshot searches demos only: the instruction stays empty

@@ -104,7 +104,7 @@ def _optimize_parser(sub: Any) -> None:
                         "on top of it (--dry-run prints at most how many)")
     o.add_argument("--max-usd", type=float, help="stop when API spend reaches this many USD")
     o.add_argument("--seed", type=int)
-    o.add_argument("--prompt", help="seed prompt (default: the task's)")
+    o.add_argument("--prompt", help="seed prompt (default: the task's; \"\" for no instruction, e.g. to search demos alone)")
     o.add_argument("--run-dir", help="where runs are written (default: runs/)")
     o.add_argument("--config", metavar="FILE", help="TOML config file")
     o.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
