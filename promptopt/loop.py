@@ -397,8 +397,8 @@ class Run:
         return PromptParts(cand.text, cand.system, tuple(self._by_id[d] for d in cand.demos), tuple(cand.demo_answers))
 
     def leaders(self, k: int) -> list[Candidate]:
-        """The k candidates most likely best on dev (the final report's finalists): dev scores weighed by
-        how many dev examples each rests on (final_pick.shortlist)."""
+        """The k candidates the final report takes as finalists now: dev scores less one standard error, so that
+        a score on a few examples counts for less (final_pick.shortlist)."""
         scored = {c.id: (self.history.score(c.id, "dev"), [r.score for r in self.history.results(c.id, "dev").values()])
                   for c in self.history.candidates() if self.history.n_scored(c.id, "dev")}
         return [self.history.candidate(cid) for cid in final_pick.shortlist(scored, k)]
@@ -551,7 +551,9 @@ class Run:
         count tokens before the run, the server says so at its first evaluation) makes the final report
         impossible, and no retry or resume can change that: bad input (exit 2), not a resumable stop."""
         for ev, req in zip(batch, reqs):
-            if ev.state != "failed" or req.candidate.text != self.seed_prompt or req.split == "train":
+            cand = req.candidate  # the seed itself: a fewshot set carries the seed's text with demos of its own
+            if ev.state != "failed" or req.split == "train" or cand.text != self.seed_prompt or \
+                    cand.demos not in ((), self.seed_demos) or cand.retrieval is not None:
                 continue
             errors = [r.error for r in ev.results if r.error] or [ev.error or ""]
             if all(TOO_LONG in e for e in errors):

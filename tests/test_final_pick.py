@@ -18,7 +18,7 @@ from promptopt.task.retrieval import RetrievalPolicy
 from promptopt.strategy import ScoreRequest, StrategyConfig
 from promptopt.testing import fake_optimizer
 from promptopt.testing.contracts import toy_task
-from promptopt.types import Candidate
+from promptopt.types import Candidate, Evaluation, ExampleResult
 
 from test_resolve import FAKE, dry_run
 
@@ -85,31 +85,42 @@ def test_the_shortlist_weighs_a_dev_score_by_the_examples_it_rests_on():
     halves = {f"half-{i}": (0.6, [1.0] * 6 + [0.0] * 4) for i in range(2)}
     scored = {**right, **wrong, **halves, **seed, **survivor}
     assert sorted(scored, key=lambda c: -scored[c][0])[:3] == list(right)  # the raw mean's finalists
-    assert final_pick.shortlist(scored, 3)[0] == "survivor"
-    assert "seed" not in final_pick.shortlist(scored, 5) or final_pick.shortlist(scored, 5).index("seed") > 0
+    assert final_pick.shortlist(scored, 13) == ["survivor", *right, *halves, "seed", *wrong]
+    # Every candidate right on the one easy example all of them got: the survivors still come first.
+    easy = {**{f"once-{i}": (1.0, [1.0]) for i in range(8)}, **survivor,
+            "runner-up": (26 / 32, [1.0] * 26 + [0.0] * 6)}
+    assert final_pick.shortlist(easy, 3) == ["survivor", "runner-up", "once-0"]
     # Candidates scored on equally many examples keep the raw order; ties keep the order they came in.
     even = {"a": (0.5, [1.0, 0.0]), "b": (1.0, [1.0, 1.0]), "c": (0.5, [0.0, 1.0]), "d": (0.0, [0.0, 0.0])}
     assert final_pick.shortlist(even, 4) == ["b", "a", "c", "d"]
-    # No candidate with two examples (no noise estimate): the raw order, and unscored ones never.
+    # No candidate on two examples (no noise estimate): the raw order; no results or no finite score: left out.
     assert final_pick.shortlist({"x": (0.0, [0.0]), "y": (1.0, [1.0]), "z": (float("nan"), [])}, 3) == ["y", "x"]
-    # Candidates no further apart than their noise: more examples above the mean rank first.
-    alike = {"few": (0.75, [1.0, 1.0, 1.0, 0.0]), "many": (0.55, [1.0] * 22 + [0.0] * 18),
-             "low": (0.45, [1.0] * 18 + [0.0] * 22)}
-    assert final_pick.shortlist(alike, 3) == ["many", "few", "low"]
+    macro = {"a": (0.5, [1.0, 0.0]), "b": (0.9, [1.0, 1.0]), "c": (float("nan"), [1.0, 1.0]), "d": (0.1, [0.0, 0.0])}
+    assert final_pick.shortlist(macro, 4) == ["b", "a", "d"]
+    # Every candidate alike on all its examples: the spread over all example scores still weighs n.
+    flat = {"one": (1.0, [1.0]), "many": (1.0, [1.0] * 30), "none": (0.0, [0.0] * 10)}
+    assert final_pick.shortlist(flat, 3) == ["many", "one", "none"]
+
+
+def _dev_results(run, cand, scores):
+    run.history._add_candidate(cand)
+    ids = [ex.id for ex in run.task.split("dev")]
+    run.history._add_evaluation(Evaluation(cand.id, "dev", tuple(ExampleResult(i, "", s) for i, s in zip(ids, scores))))
 
 
 def test_the_run_scores_the_shortlist_as_its_finalists():
-    once = [Candidate(f"Say good or bad, take {i}.") for i in range(8)]
-    full = Candidate("Decide whether the text is good or bad.")
-    run = make(Scripted([[ScoreRequest(c, n=1) for c in once], [ScoreRequest(full)]]), FinalConfig())
-    while run.step_once():
-        pass
-    expected = [c.id for c in run.leaders(2)]
-    report = run.finish()
-    finalists = {c.id for c in run.history.candidates() if run.history.n_scored(c.id, "dev") == 12}
-    assert set(expected) <= finalists <= set(expected) | {full.id, run.history.candidate(report.best_id).id} | {
-        c.id for c in run.history.candidates() if c.origin == "seed"}
-    assert report.best_id in finalists
+    run = make(Scripted([]), FinalConfig())  # final_top_k=2, 12 dev examples
+    lucky = [Candidate(f"Say good or bad, take {i}.") for i in range(3)]
+    for cand in lucky:
+        _dev_results(run, cand, [1.0])
+    steady = Candidate("Decide whether the text is good or bad.")
+    _dev_results(run, steady, [1.0] * 10 + [0.0] * 2)
+    assert [c for c, _ in run.history.ranked("dev")[:2]] == lucky[:2]  # the raw mean's choice
+    assert [c.id for c in run.leaders(2)] == [steady.id, lucky[0].id]
+    report = run.finish()  # the finalists (and the seed) are scored on the whole dev split, nothing else is
+    scored_in_full = {c.id for c in run.history.candidates() if run.history.n_scored(c.id, "dev") == 12}
+    seed = next(c for c in run.history.candidates() if c.origin == "seed")
+    assert scored_in_full == {steady.id, lucky[0].id, seed.id} and report.best_id in scored_in_full
 
 
 def test_keep_seed_unless_beaten_with_p_below_alpha():

@@ -244,3 +244,19 @@ def test_the_strategy_rng_is_its_own_stream_and_old_logs_replay_with_theirs(tmp_
     resumed = again.run()
     assert (resumed.best_prompt, resumed.best_dev, resumed.stop_reason) == (full.best_prompt, full.best_dev, full.stop_reason)
     assert again.tracker.examples == 96
+
+
+def test_only_the_seed_itself_over_the_window_stops_the_run():
+    from promptopt.errors import ConfigError
+    from promptopt.loop import TOO_LONG
+    from promptopt.types import Evaluation, ExampleResult
+
+    run = make_run(Scripted([]))
+    too_long = (ExampleResult("dev-0", "", 0.0, error=f"4,000 tokens over 2,048; {TOO_LONG} or the input"),)
+    fewshot_set = Candidate(run.seed_prompt, demos=("train-0", "train-1"))  # the seed's text, demos of its own
+    req = ScoreRequest(fewshot_set, "dev", example_ids=("dev-0",))
+    run._refuse_a_seed_too_long([Evaluation(fewshot_set.id, "dev", too_long, state="failed")], [req])  # no raise
+    seed = Candidate(run.seed_prompt)
+    with pytest.raises(ConfigError, match="the seed prompt does not fit"):
+        run._refuse_a_seed_too_long([Evaluation(seed.id, "dev", too_long, state="failed")],
+                                    [ScoreRequest(seed, "dev", example_ids=("dev-0",))])

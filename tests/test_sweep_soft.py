@@ -125,6 +125,7 @@ def test_a_recorded_soft_cell_with_other_settings_is_another_cell() -> None:
     (["--set", "prompt_tuning.steps=3"], "steps follow from --budget"),
     (["--set", "prompt_tuning.bogus=1"], "prompt_tuning.bogus: Extra inputs are not permitted"),
     (["--set", "prompt_tuning.batch_size=16"], "--budget 8 is under one batch of 16"),
+    (["--set", "prompt_tuning.init=text", "--set", "prompt="], "the seed prompt, which is empty here"),
 ])
 def test_bad_soft_settings_are_one_line_and_start_nothing(grid, tmp_path, capsys, args, message):
     out = tmp_path / "sw"

@@ -55,28 +55,28 @@ class FinalConfig(BaseModel):
 
 
 def shortlist(scored: Mapping[str, tuple[float, Sequence[float]]], k: int) -> list[str]:
-    """The `k` candidates most likely best on the whole dev split, from each one's dev score and example scores
-    so far (insertion order breaks ties). A raw mean ranks a candidate right on the 1 dev example that
-    successive halving gave it above one right on 27 of 32; so each score is pulled toward the run's mean by
-    the empirical-Bayes weight n / (n + m), m = the examples' variance within a candidate over the variance
-    of the candidates' true scores (moment estimates, as Efron and Morris). Where the candidates differ no more
-    than their noise (m infinite), the limit ranks by n x (score - mean). Equal n: the raw order."""
-    ids = [c for c in scored if scored[c][1]]
-    n = {c: len(scored[c][1]) for c in ids}
-    pairs = sum(n[c] - 1 for c in ids if n[c] > 1)
-    total = sum(n.values())
+    """The `k` candidates to score on the whole dev split as finalists, from each one's dev score and example
+    scores so far: best first by the score less one standard error, sqrt(v / n), with v the variance of
+    example scores within candidates (pooled; where that is 0, over all example scores; with no candidate on
+    two examples or more, the raw order). A raw mean ranks a candidate right on the 1 dev example that
+    successive halving gave it above one right on 27 of 32, even when every candidate got that first example
+    right. Equal n keeps the raw order, equal bounds the order given; a candidate without a finite score is
+    left out. For a corpus metric (macro F1, ...) the score is the metric and v comes from the example
+    scores: an approximation."""
+    ids = [c for c in scored if scored[c][1] and math.isfinite(scored[c][0])]
+    examples = [scored[c][1] for c in ids]
+    pairs = sum(len(xs) - 1 for xs in examples)
     if not pairs:
         return sorted(ids, key=lambda c: -scored[c][0])[:k]
-    mean = sum(scored[c][0] * n[c] for c in ids) / total
-    within = sum(sum(x * x for x in xs) - sum(xs) ** 2 / len(xs) for _, xs in scored.values() if len(xs) > 1) / pairs
-    between = sum((scored[c][0] - mean) ** 2 - within / n[c] for c in ids) / len(ids)
+    v = sum(_squares(xs) for xs in examples) / pairs
+    if v <= 0:  # every candidate scored alike on all its examples: the spread over all example scores instead
+        v = _squares([x for xs in examples for x in xs]) / sum(len(xs) for xs in examples)
+    return sorted(ids, key=lambda c: -(scored[c][0] - math.sqrt(max(v, 0.0) / len(scored[c][1]))))[:k]
 
-    def estimate(c: str) -> float:
-        if between <= 0:
-            return n[c] * (scored[c][0] - mean)
-        return mean + (scored[c][0] - mean) * n[c] / (n[c] + within / between)
 
-    return sorted(ids, key=lambda c: -estimate(c))[:k]
+def _squares(xs: Sequence[float]) -> float:
+    """Sum of squared deviations from the mean."""
+    return sum(x * x for x in xs) - sum(xs) ** 2 / len(xs)
 
 
 def pool_train_size(rule: FinalConfig, dev: int, train: int) -> int:

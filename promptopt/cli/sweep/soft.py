@@ -105,7 +105,11 @@ def plan(method: str, soft: SoftSettings, run_cfg: Any, task: Any) -> dict[str, 
         init = soft.init or ("labels" if task.output == "choose" else "text")
         if init == "labels" and task.output != "choose":
             raise ConfigError(f"sweep: prompt_tuning.init=labels needs a choose task; {task.name} generates text")
-        init_text = soft.init_text or ((run_cfg.prompt or task.seed_prompts[0]) if init == "text" else "")
+        seed = run_cfg.prompt if run_cfg.prompt is not None else task.seed_prompts[0]
+        init_text = soft.init_text or (seed if init == "text" else "")
+        if init == "text" and not init_text.strip():
+            raise ConfigError("sweep: prompt_tuning.init=text starts from the seed prompt, which is empty here; "
+                              "set prompt_tuning.init_text or prompt_tuning.init=labels")
     dev_checks = min(soft.dev_checks, steps)
     return {"method": method, "num_virtual_tokens": soft.num_virtual_tokens, "init": init, "init_text": init_text,
             "optimizer": soft.optimizer, "lr": soft.lr, "steps": steps, "batch_size": soft.batch_size,
