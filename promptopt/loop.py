@@ -593,7 +593,7 @@ class Run:
     def finish(self, started: float | None = None, *, partial: bool = False) -> Report:
         """Final report: top candidates and the seed prompt on the full dev split, then the chosen
         prompt (and the seed, as the baseline) once on the test split. `partial` (a second Ctrl-C):
-        no more scoring; the best so far by its dev score weighed by its examples (`leaders`)."""
+        no more scoring; the best so far by dev score less one standard error (`leaders`)."""
         seed = self.program.program.seed if self.program is not None else Candidate(self.seed_prompt, origin="seed")
         scoring = self.target is not None or self.program is not None
         if partial:
