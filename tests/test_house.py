@@ -238,3 +238,26 @@ def test_a_duplicate_name_is_an_error_naming_both_sources(tmp_path):
                                        "@register_task('house_twice')\ndef b():\n    pass\n")
     with pytest.raises(RegistryError, match=r"twice: by .*twice\.py:a and by .*twice\.py:b"):
         registry.get("tasks", f"{tmp_path / 'twice.py'}:a")
+
+
+def test_evaluate_a_runs_candidate_scores_it_as_the_run_did(tmp_path, capsys):
+    cache = f"cache_path={tmp_path / 'cache.sqlite'}"
+    assert main(["optimize", "--task", "demo", "--strategy", "fewshot", "--backend", "fake", "--model", "m",
+                 "--optimizer-model", "none", "--run-dir", str(tmp_path / "runs"), "--set", cache, "-q",
+                 "--budget", "200", "--test-limit", "10"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    view = load_run(run)
+    summary = view.summary
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--candidate", summary["best_id"][:8], "--split", "test", "--no-cache"]) == 0
+    assert capsys.readouterr().out.startswith(f"test score {summary['best_test']:.4f} on 10 examples")
+    dev_size = len(api.load_task("demo").split("dev"))
+    whole = [cid for cid, c in view.candidates.items() if c.get("demos") and view.n(cid) == dev_size]
+    assert whole, "the run scored no demo set on the whole dev split"
+    for cid in whole:  # each one's dev score, from its instruction and demos rendered again
+        assert main(["evaluate", "--run", str(run), "--candidate", cid, "--no-cache"]) == 0
+        assert capsys.readouterr().out.startswith(f"dev score {view.score(cid):.4f} ")
+    assert main(["evaluate", "--run", str(run), "--candidate", "zzzz"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["evaluate", "--task", "demo", "--prompt", "Hi.", "--candidate", "ab"]) == 2
+    assert "give the run with --run" in capsys.readouterr().err

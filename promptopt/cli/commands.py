@@ -154,6 +154,8 @@ def _evaluate_parser(sub: Any) -> None:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--run", help="use the best prompt of this run and its settings (flags given here override)")
+    e.add_argument("--candidate", metavar="ID", help="with --run: score this candidate of the run (its id or the start "
+                   "of it, as `show` lists them) instead of the best; the run need not have finished")
     e.add_argument("--split", default="dev", choices=["train", "dev", "test"],
                    help="which split to score (default: dev, as the Python API's evaluate; --split test for "
                         "the held-out score)")
@@ -384,23 +386,35 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     prompt = args.prompt
     cfg = RunConfig()  # without --run: the defaults
+    if args.candidate is not None and not args.run:
+        raise ConfigError("--candidate names a candidate of a run: give the run with --run")
+    task: Any = args.task or cfg.task  # a name, or with --candidate the loaded Task its demos come from
     if args.run:
         cfg = load_run_config(args.run)
         if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
             raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
                               "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
-        summary = load_run(Path(args.run)).summary
-        if summary is None:
-            raise ConfigError(f"{args.run} is not a finished run (no summary.json)")
-        # What the run scored: the best instruction with its demos and system prompt, when it has them.
-        prompt = summary.get("best_prefix") or summary["best_prompt"]
+        view = load_run(Path(args.run))
+        task = args.task or cfg.task
+        if args.candidate is not None:
+            from promptopt.api import load_task
+            from promptopt.cli.export import candidate_prompt, find_candidate
+            cand = find_candidate(args.run, view, args.candidate)
+            task = load_task(task, data_dir=args.data_dir or cfg.data_dir, seed=_or(args.seed, cfg.seed),
+                             options=cfg.task_options if not args.task else None)
+            prompt = candidate_prompt(task, cand)
+        elif view.summary is None:
+            raise ConfigError(f"{args.run} is not a finished run (no summary.json); --candidate ID scores one of its "
+                              "candidates")
+        else:  # what the run scored: the best instruction with its demos and system prompt, when it has them
+            prompt = view.summary.get("best_prefix") or view.summary["best_prompt"]
     backend = args.backend or cfg.target.backend
     options = cfg.target.options if backend == cfg.target.backend else {}
     limit = args.limit if args.limit is not None else (cfg.test_limit if args.split == "test" else None)
-    ev = evaluate(prompt, args.task or cfg.task, split=args.split, model=args.model or cfg.target.model,
+    ev = evaluate(prompt, task, split=args.split, model=args.model or cfg.target.model,
                   backend=backend, backend_options=options, data_dir=args.data_dir or cfg.data_dir,
-                  task_options=cfg.task_options if not args.task else None,
-                  seed=args.seed if args.seed is not None else cfg.seed, limit=limit, cache=not args.no_cache)
+                  task_options=cfg.task_options if not args.task else None, seed=_or(args.seed, cfg.seed), limit=limit,
+                  cache=not args.no_cache)
     if ev.state == "failed":
         raise PromptOptError(f"evaluation failed: {ev.error}")
     from promptopt.cli.predictions import prediction_lines
@@ -410,6 +424,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _or(given: Any, recorded: Any) -> Any:
+    """A flag given on the command line, else the run's value (0 is a given seed, not a missing one)."""
+    return recorded if given is None else given
 
 
 def _explain(args: argparse.Namespace) -> int:

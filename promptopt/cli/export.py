@@ -68,6 +68,30 @@ def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str,
     return out
 
 
+def find_candidate(run_dir: str | Path, view: Any, key: str) -> Candidate:
+    """The candidate of a run whose id is `key` or starts with it (`show` lists ids by their first 8 characters)."""
+    found = [cid for cid in view.candidates if cid.startswith(key)] if key else []
+    if len(found) != 1:
+        why = f"matches {len(found)} candidates ({', '.join(found[:3])}...)" if found else "matches no candidate"
+        raise ConfigError(f"--candidate {key!r} {why} of {run_dir}; `promptopt show {run_dir}` lists them")
+    return Candidate.from_json(view.candidates[found[0]])
+
+
+def candidate_prompt(task: Any, cand: Candidate) -> str:
+    """What `cand` puts where the task's template has {prompt}: its system prompt, instruction and demos, as the
+    run that logged it scored it."""
+    if cand.retrieval is not None or cand.components:
+        kind = "retrieves its demos for each input" if cand.retrieval is not None else "is a program of several prompts"
+        raise ConfigError(f"candidate {cand.id} {kind}, so it is no one prompt that evaluate can score")
+    if not cand.demos and not cand.system:
+        return cand.text
+    by_id = {ex.id: ex for split in ("train", "dev", "test") for ex in task.split(split)}
+    missing = [i for i in cand.demos if i not in by_id]
+    if missing:
+        raise ConfigError(f"candidate {cand.id}: demo id(s) {missing[:3]} are not in task {task.name}'s data")
+    return task.prompt_text(cand.text, [by_id[i] for i in cand.demos], cand.demo_answers, cand.system)
+
+
 def _retrieved_for(task: Any, cand: Candidate, policy: Any, example: Any) -> dict[str, Any]:
     """The demos a retrieval policy gives `example` and the prompt with them; BM25 needs no model, a model
     embedding is not loaded here (the prompt is then the instruction alone, with a note)."""
