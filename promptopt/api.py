@@ -22,7 +22,7 @@ from promptopt.loop import Report, Run
 from promptopt.resolved import BackendSpec, ResolvedRun, load_task, resolve, warn_reused_splits
 from promptopt.measure.selector import SELECTOR_FILE
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
-from promptopt.scoring.scorer import Job, score_jobs
+from promptopt.scoring.scorer import Job, PromptParts, score_jobs
 from promptopt.task import Task
 from promptopt.task.from_examples import IN_MEMORY, MetricError
 from promptopt.types import Evaluation
@@ -478,8 +478,11 @@ def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -
 def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", model: str = "embedded",
              backend: str = "hf", backend_options: Mapping[str, Any] | None = None, data_dir: str | None = None,
              limit: int | None = None, cache: bool = True, seed: int = 0,
-             task_options: Mapping[str, Any] | None = None, target: Backend | None = None) -> Evaluation:
-    """Score one prompt on a split of a task (through the cache unless cache=False)."""
+             task_options: Mapping[str, Any] | None = None, target: Backend | None = None,
+             parts: PromptParts | None = None) -> Evaluation:
+    """Score one prompt on a split of a task (through the cache unless cache=False). `parts`: the prompt's
+    instruction, system prompt and demos apart, which a chat model gets as messages of their own (as a run sends
+    a candidate's); without it the whole prompt is the instruction."""
     t = task if isinstance(task, Task) else load_task(task, data_dir=data_dir, seed=seed, options=task_options)
     warn_reused_splits(t)
     examples = tuple(t.split(split))
@@ -493,5 +496,5 @@ def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", mode
         inner = registry.get("backends", backend)(model=model, **dict(backend_options or {}))
         target = CachedBackend(inner, ResponseCache(default_cache_path()) if cache else None)
     from promptopt.types import prompt_id
-    return score_jobs(t, target, [Job(prompt_id(prompt), prompt, split, examples)])[0]
+    return score_jobs(t, target, [Job(prompt_id(prompt), prompt, split, examples, parts=parts)])[0]
 

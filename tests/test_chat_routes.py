@@ -410,3 +410,18 @@ def test_a_resume_on_a_server_that_lost_logprobs_is_refused_not_rerouted(tmp_pat
         with pytest.raises(CapabilityError) as e:  # the resume keeps the recorded route, which the server lost
             prepare(load_run_config(run), resume_dir=run)
     assert "cannot serve choose_route=chat_logprobs" in str(e.value)
+
+
+def test_evaluate_run_sends_the_best_candidates_demos_as_turns_as_the_run_did(tmp_path, capsys):
+    with FakeOpenAIServer(MODEL, chat_only=True, max_lifetime=60) as srv:
+        assert optimize(tmp_path, srv.url, "--demos", "2") == 0
+        summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+        assert len(summary["best_demos"]) == 2
+        capsys.readouterr()
+        sent = len(srv.bodies)
+        assert main(["evaluate", "--run", str(run_dir(tmp_path)), "--split", "dev", "--no-cache"]) == 0
+        asked = [b for b in srv.bodies[sent:] if "messages" in b]
+    assert capsys.readouterr().out.startswith(f"dev score {summary['best_dev']:.4f} ")
+    scored = [b for b in asked if b["messages"][-1]["content"] != "Say OK."]  # the start-up probe's left out
+    roles = [tuple(m["role"] for m in b["messages"]) for b in scored]
+    assert roles and set(roles) == {("user", "assistant", "user", "assistant", "user")}  # two demo turns, the query
