@@ -54,6 +54,8 @@ def test_show_and_list(base, tmp_path, capsys):
     assert run_cli(*base, capsys=capsys)[0] == 0
     code, out, _ = run_cli("show", str(the_run(tmp_path)), capsys=capsys)
     assert code == 0 and "lineage" in out and "best dev score by step" in out
+    hint = next(line for line in out.splitlines() if line.startswith("score another on test: "))
+    assert run_cli(*hint.split(": ", 1)[1].split()[1:], capsys=capsys)[0] == 0  # the command it prints runs
     code, out, _ = run_cli("list", "strategies", capsys=capsys)
     assert code == 0 and "paraphrase" in out.split()
 

@@ -1,6 +1,7 @@
 """`promptopt show RUN`: top candidates, the best prompt's lineage, and score per step, from events.jsonl."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                   fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", demos_cell(c),
                   short(c["text"], 60))
     console.print(t)
+    if len(ranked) > 1:
+        console.print(escape(f"score another on test: promptopt evaluate --run {shlex.quote(str(run_dir))} --candidate {ranked[1][:8]} "
+                             "--split test"), style="dim", soft_wrap=True)  # one line: a command to copy
     best = view.best_id()
     if best:
         console.print("[bold]lineage of the best prompt[/bold] (newest first):")
