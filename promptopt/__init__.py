@@ -21,7 +21,7 @@ _LAZY = {
     "ResolvedRun": "promptopt.resolved",
     "register_strategy": "promptopt.registry", "register_task": "promptopt.registry",
     "register_backend": "promptopt.registry",
-    "optimize": "promptopt.api", "evaluate": "promptopt.api",
+    "optimize": "promptopt.api", "evaluate": "promptopt.api", "evaluate_candidate": "promptopt.api",
     "make_task": "promptopt.task.from_examples", "Callback": "promptopt.callbacks",
     "StopSearch": "promptopt.callbacks",
     "Program": "promptopt.harness.program", "Result": "promptopt.harness.program", "evaluator": "promptopt.harness.program",

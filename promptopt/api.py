@@ -22,10 +22,12 @@ from promptopt.loop import Report, Run
 from promptopt.resolved import BackendSpec, ResolvedRun, load_task, resolve, warn_reused_splits
 from promptopt.measure.selector import SELECTOR_FILE
 from promptopt.runlog import CONFIG, SUMMARY, RunLog, continuable, new_run_dir, write_json_atomic
-from promptopt.scoring.scorer import Job, PromptParts, score_jobs
+from promptopt.scoring import candidates
+from promptopt.scoring.scorer import score_jobs
+from promptopt.task.retrieval import Retriever, check_policy
 from promptopt.task import Task
 from promptopt.task.from_examples import IN_MEMORY, MetricError
-from promptopt.types import Evaluation
+from promptopt.types import Candidate, Evaluation
 
 
 log = logging.getLogger("promptopt")
@@ -478,11 +480,20 @@ def _check_task_object(cfg: RunConfig, task: Task | None, run_dir: str | Path) -
 def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", model: str = "embedded",
              backend: str = "hf", backend_options: Mapping[str, Any] | None = None, data_dir: str | None = None,
              limit: int | None = None, cache: bool = True, seed: int = 0,
-             task_options: Mapping[str, Any] | None = None, target: Backend | None = None,
-             parts: PromptParts | None = None) -> Evaluation:
-    """Score one prompt on a split of a task (through the cache unless cache=False). `parts`: the prompt's
-    instruction, system prompt and demos apart, which a chat model gets as messages of their own (as a run sends
-    a candidate's); without it the whole prompt is the instruction."""
+             task_options: Mapping[str, Any] | None = None, target: Backend | None = None) -> Evaluation:
+    """Score one prompt on a split of a task (through the cache unless cache=False)."""
+    return evaluate_candidate(Candidate(prompt), task, split=split, model=model, backend=backend,
+                              backend_options=backend_options, data_dir=data_dir, limit=limit, cache=cache, seed=seed,
+                              task_options=task_options, target=target)
+
+
+def evaluate_candidate(cand: Candidate, task: str | Task = "demo", *, split: str = "dev", model: str = "embedded",
+                       backend: str = "hf", backend_options: Mapping[str, Any] | None = None,
+                       data_dir: str | None = None, limit: int | None = None, cache: bool = True, seed: int = 0,
+                       task_options: Mapping[str, Any] | None = None, target: Backend | None = None) -> Evaluation:
+    """Score a candidate (a run's, or one built here) on a split as a run scores it: its system prompt and
+    demos (train ids) with the instruction, apart for a chat model, and a retrieval policy's demos retrieved
+    from the train split for each input."""
     t = task if isinstance(task, Task) else load_task(task, data_dir=data_dir, seed=seed, options=task_options)
     warn_reused_splits(t)
     examples = tuple(t.split(split))
@@ -492,9 +503,17 @@ def evaluate(prompt: str, task: str | Task = "demo", *, split: str = "dev", mode
         if limit < 1:  # examples[:-3] would quietly drop three, [:0] score nothing
             raise ConfigError(f"limit must be at least 1, got {limit}")
         examples = tuple(test_sample(examples, limit)) if split == "test" else examples[:limit]
+    train = {ex.id: ex for s in ("train", "dev") for ex in t.split(s)}  # where a run's demo ids come from
+    missing = [d for d in cand.demos if d not in train]
+    if missing:
+        raise ConfigError(f"candidate {cand.id}: demo id(s) {missing[:3]} are not in task {t.name}'s train or dev split")
+    cache_path = default_cache_path()
     if target is None:
         inner = registry.get("backends", backend)(model=model, **dict(backend_options or {}))
-        target = CachedBackend(inner, ResponseCache(default_cache_path()) if cache else None)
-    from promptopt.types import prompt_id
-    return score_jobs(t, target, [Job(prompt_id(prompt), prompt, split, examples, parts=parts)])[0]
-
+        target = CachedBackend(inner, ResponseCache(cache_path) if cache else None)
+    retriever = None
+    if cand.retrieval is not None:
+        check_policy(cand.retrieval, t.split("train"), target)
+        retriever = Retriever(t.split("train"), target, cache_path.parent / "embeddings" if cache else None)
+    jobs, _ = candidates.jobs(t, cand, split, examples, train, retriever)
+    return candidates.merged(score_jobs(t, target, jobs), [ex.id for ex in examples])

@@ -25,7 +25,8 @@ from promptopt.resolved import ResolvedRun
 from promptopt.task.retrieval import Retriever, check_embedding, check_policy
 from promptopt.runlog import RunLog
 from promptopt.scoring.routes import check_choose
-from promptopt.scoring.scorer import Job, PromptParts, score_jobs
+from promptopt.scoring import candidates
+from promptopt.scoring.scorer import Job, score_jobs
 from promptopt.measure.significance import compare_paired
 from promptopt.strategy import OBJECTIVES, Context, History, ScoreRequest, check_task, needs
 from promptopt.task import Task
@@ -392,10 +393,6 @@ class Run:
             return 0, 0
         return count(self.task.render(prompt, self._longest)), window
 
-    def _parts(self, cand: Candidate) -> PromptParts:
-        """The candidate's pieces, for targets that take the prompt as chat messages."""
-        return PromptParts(cand.text, cand.system, tuple(self._by_id[d] for d in cand.demos), tuple(cand.demo_answers))
-
     def leaders(self, k: int) -> list[Candidate]:
         """The k candidates the final report takes as finalists now: dev scores less one standard error, so that
         a score on a few examples counts for less (final_pick.shortlist)."""
@@ -406,10 +403,7 @@ class Run:
     def prompt_of(self, cand: Candidate) -> str:
         """The text that stands where the template has `{prompt}`: system prompt, instruction, demos (none
         for a retrieval policy: its demos differ per input, see `_jobs`)."""
-        if not cand.demos and not cand.system:
-            return cand.text
-        return self.task.prompt_text(cand.text, [self._by_id[d] for d in cand.demos], cand.demo_answers,
-                                     cand.system)
+        return candidates.prompt_text(self.task, cand, self._by_id)
 
     @functools.cached_property
     def _longest(self) -> Example | None:
@@ -501,30 +495,18 @@ class Run:
         return done
 
     def _jobs(self, reqs: Sequence[ScoreRequest]) -> tuple[list[Job], list[int], dict[int, dict[str, list[str]]]]:
-        """Scoring jobs for requests, and which request each job belongs to. A candidate with a retrieval policy
-        becomes one job per distinct retrieved demo set (inputs that retrieved the same demos share a prompt);
-        all jobs go to the backend in one call, whose prefix sharing keeps the instruction computed once.
-        Also each retrieval request's demo ids per example, for the run log."""
+        """Scoring jobs for requests (scoring/candidates.py: one per distinct retrieved demo set for a retrieval
+        policy), and which request each job belongs to; all go to the backend in one call, whose prefix sharing
+        keeps the instruction computed once. Also each retrieval request's demo ids per example, for the run log."""
         jobs, owner, retrieved = [], [], {}
         for n, r in enumerate(reqs):
             examples = tuple(self._example(r.split, x) for x in (r.example_ids or ()))
-            policy = r.candidate.retrieval
-            if policy is None:
-                jobs.append(Job(r.candidate.id, self.prompt_of(r.candidate), r.split, examples, r.objective,
-                                self._parts(r.candidate)))
-                owner.append(n)
-                continue
-            sets = self.retriever.retrieve(policy, examples)
-            retrieved[n] = {ex.id: list(ids) for ex, ids in zip(examples, sets)}
-            groups: dict[tuple[str, ...], list[Example]] = {}
-            for ex, ids in zip(examples, sets):
-                groups.setdefault(ids, []).append(ex)
-            for ids, group in groups.items():
-                demos = [self._by_id[d] for d in ids]
-                prompt = self.task.prompt_text(r.candidate.text, demos, (), r.candidate.system)
-                jobs.append(Job(r.candidate.id, prompt, r.split, tuple(group), r.objective,
-                                PromptParts(r.candidate.text, r.candidate.system, tuple(demos))))
-                owner.append(n)
+            made, ids = candidates.jobs(self.task, r.candidate, r.split, examples, self._by_id, self.retriever,
+                                        r.objective)
+            jobs += made
+            owner += [n] * len(made)
+            if ids is not None:
+                retrieved[n] = ids
         return jobs, owner, retrieved
 
     def _stop_if_failing(self, batch: Sequence[Evaluation], phase: str, reqs: Sequence[ScoreRequest]) -> None:
@@ -762,23 +744,11 @@ def _text(ex: Example) -> str:
 
 
 def _merge(evals: Sequence[Evaluation], owner: Sequence[int], reqs: Sequence[ScoreRequest]) -> list[Evaluation]:
-    """One evaluation per request from its jobs' evaluations (several for a retrieval policy), with the
-    results in the request's example order; failed if any part failed."""
-    if len(evals) == len(reqs):  # one job per request: nothing to merge
-        return list(evals)
+    """One evaluation per request from its jobs' evaluations (several for a retrieval policy)."""
     parts: list[list[Evaluation]] = [[] for _ in reqs]
     for ev, n in zip(evals, owner):
         parts[n].append(ev)
-    out = []
-    for r, evs in zip(reqs, parts):
-        first = evs[0]
-        by_id = {res.example_id: res for ev in evs for res in ev.results}
-        results = tuple(by_id[x] for x in (r.example_ids or ()) if x in by_id)
-        failed = [ev for ev in evs if ev.state == "failed"]
-        usage = sum((ev.usage for ev in evs), Usage())
-        out.append(Evaluation(first.candidate_id, first.split, results, "failed" if failed else "complete",
-                              failed[0].error if failed else None, usage, first.objective, first.metric))
-    return out
+    return [candidates.merged(evs, r.example_ids or ()) for r, evs in zip(reqs, parts)]
 
 
 def _shuffled(items: Sequence[Example], rng: random.Random) -> list[Example]:

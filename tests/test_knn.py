@@ -221,3 +221,16 @@ def test_export_shows_the_policy_and_the_demos_one_example_retrieves(tmp_path, c
     assert main(["show", str(run)]) == 0
     shown = capsys.readouterr().out
     assert f"knn k={data['retrieval']['k']}" in shown and "demos retrieved per input" in shown
+
+
+def test_evaluate_run_retrieves_the_best_policys_demos_for_each_input(tmp_path, capsys):
+    args = ["optimize", "--task", "demo", "--backend", "fake", "--model", "m", "--optimizer-model", "none",
+            "--strategy", "knn", "--run-dir", str(tmp_path / "runs"), "--no-cache", "-q", "--budget", "200"]
+    assert main(args) == 0
+    (run,) = sorted((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_retrieval"] is not None  # on this seed a retrieval candidate wins
+    capsys.readouterr()
+    for split in ("dev", "test"):  # as the final report scored it, not its instruction alone
+        assert main(["evaluate", "--run", str(run), "--split", split, "--no-cache"]) == 0
+        assert capsys.readouterr().out.startswith(f"{split} score {summary[f'best_{split}']:.4f} ")

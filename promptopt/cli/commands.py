@@ -380,42 +380,38 @@ def _print_result(args: argparse.Namespace, report: Report) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from promptopt.api import evaluate, load_run_config
+    from promptopt.api import evaluate_candidate, load_run_config
     from promptopt.config import RunConfig
     from promptopt.runlog import load_run
+    from promptopt.types import Candidate
 
-    prompt, parts = args.prompt, None
+    cand = Candidate(args.prompt or "")
     cfg = RunConfig()  # without --run: the defaults
     if args.candidate is not None and not args.run:
         raise ConfigError("--candidate names a candidate of a run: give the run with --run")
-    task: Any = args.task or cfg.task  # a name; from a run's candidate, the loaded Task its demos come from
     if args.run:
         cfg = load_run_config(args.run)
         if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
             raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
                               "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
         view = load_run(Path(args.run))
-        task = args.task or cfg.task
         if args.candidate is None and view.summary is None:
             raise ConfigError(f"{args.run} is not a finished run (no summary.json); --candidate ID scores one of its "
                               "candidates")
-        best = view.candidates.get(view.summary["best_id"]) if args.candidate is None else None
-        if args.candidate is None and (best is None or best.get("retrieval") or best.get("components")):
-            prompt = view.summary.get("best_prefix") or view.summary["best_prompt"]  # as the summary gives it
-        else:  # what the run scored: the instruction with its demos and system prompt, apart for a chat model
-            from promptopt.api import load_task
-            from promptopt.cli.export import candidate_prompt, find_candidate
-            cand = find_candidate(args.run, view, args.candidate or view.summary["best_id"])
-            task = load_task(task, data_dir=args.data_dir or cfg.data_dir, seed=_or(args.seed, cfg.seed),
-                             options=cfg.task_options if not args.task else None)
-            prompt, parts = candidate_prompt(task, cand)
+        from promptopt.cli.export import find_candidate
+        if args.candidate is not None:
+            cand = find_candidate(args.run, view, args.candidate)
+        else:  # the best, as the run scored it: with its demos and system prompt (a --components run: its prefix)
+            best = view.candidates.get(view.summary["best_id"])
+            cand = Candidate.from_json(best) if best and not best.get("components") else \
+                Candidate(view.summary.get("best_prefix") or view.summary["best_prompt"])
     backend = args.backend or cfg.target.backend
     options = cfg.target.options if backend == cfg.target.backend else {}
     limit = args.limit if args.limit is not None else (cfg.test_limit if args.split == "test" else None)
-    ev = evaluate(prompt, task, split=args.split, model=args.model or cfg.target.model,
-                  backend=backend, backend_options=options, data_dir=args.data_dir or cfg.data_dir,
-                  task_options=cfg.task_options if not args.task else None, seed=_or(args.seed, cfg.seed), limit=limit,
-                  cache=not args.no_cache, parts=parts)
+    ev = evaluate_candidate(cand, args.task or cfg.task, split=args.split, model=args.model or cfg.target.model,
+                            backend=backend, backend_options=options, data_dir=args.data_dir or cfg.data_dir,
+                            task_options=cfg.task_options if not args.task else None,
+                            seed=args.seed if args.seed is not None else cfg.seed, limit=limit, cache=not args.no_cache)
     if ev.state == "failed":
         raise PromptOptError(f"evaluation failed: {ev.error}")
     from promptopt.cli.predictions import prediction_lines
@@ -425,11 +421,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
-
-
-def _or(given: Any, recorded: Any) -> Any:
-    """A flag given on the command line, else the run's value (0 is a given seed, not a missing one)."""
-    return recorded if given is None else given
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ from typing import Any
 
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.paths import write_text
-from promptopt.scoring.scorer import PromptParts
 from promptopt.types import Candidate
 
 FORMATS = ("json", "yaml", "text")
@@ -76,23 +75,6 @@ def find_candidate(run_dir: str | Path, view: Any, key: str) -> Candidate:
         why = f"matches {len(found)} candidates ({', '.join(found[:3])}...)" if found else "matches no candidate"
         raise ConfigError(f"--candidate {key!r} {why} of {run_dir}; `promptopt show {run_dir}` lists them")
     return Candidate.from_json(view.candidates[found[0]])
-
-
-def candidate_prompt(task: Any, cand: Candidate) -> tuple[str, PromptParts]:
-    """What `cand` puts where the task's template has {prompt} (its system prompt, instruction and demos), and
-    the same in parts for a chat model, as the run that logged it scored it."""
-    if cand.retrieval is not None or cand.components:
-        kind = "retrieves its demos for each input" if cand.retrieval is not None else "is a program of several prompts"
-        raise ConfigError(f"candidate {cand.id} {kind}, so it is no one prompt that evaluate can score")
-    by_id = {ex.id: ex for split in ("train", "dev", "test") for ex in task.split(split)}
-    missing = [i for i in cand.demos if i not in by_id]
-    if missing:
-        raise ConfigError(f"candidate {cand.id}: demo id(s) {missing[:3]} are not in task {task.name}'s data")
-    demos = tuple(by_id[i] for i in cand.demos)
-    parts = PromptParts(cand.text, cand.system, demos, tuple(cand.demo_answers))
-    if not demos and not cand.system:
-        return cand.text, parts
-    return task.prompt_text(cand.text, demos, cand.demo_answers, cand.system), parts
 
 
 def _retrieved_for(task: Any, cand: Candidate, policy: Any, example: Any) -> dict[str, Any]:
