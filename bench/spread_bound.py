@@ -3,7 +3,7 @@
     PROMPTOPT_DATA_DIR=../shared/data python bench/spread_bound.py --spread runs/spread --task sst2 --strategy fewshot
 
 Reads the dev-pick runs that `bench/final_pick_spread.py` left in SPREAD (one per seed), scores every candidate each
-run logged on that run's test sample (through the run's response cache, so a prompt already scored costs nothing),
+run scored on dev (and the seed prompt) on that run's test sample (through the run's response cache, so a prompt already scored costs nothing),
 and then asks, by an exact search over one candidate per seed: what is the least seed-to-seed standard deviation of
 the test gain that keeps the mean gain no lower than the baseline's? A final rule (dev, k-fold, a shortlist)
 only ever chooses among the searched candidates, so if no choice at all reaches half the baseline's sd, none of
@@ -31,24 +31,28 @@ from promptopt.types import Candidate
 
 
 def test_gains(run_dir: Path) -> tuple[dict[str, float], str, list[str]]:
-    """Each candidate's test gain over the seed prompt (points), the dev pick's id, and the finalists the final
-    report took (the shortlist of the search's dev scores, before the final phase scored them on all of dev)."""
+    """Test gain over the seed prompt (points) of each candidate a rule could pick (those the search scored on
+    dev, and the seed), the dev pick's id, and the finalists the final report took: the shortlist of the search's
+    dev scores, before the final phase scored them on all of dev, ties in the order the run logged them."""
     view, cfg = load_run(run_dir), load_run_config(run_dir)
+    assert view.summary is not None, f"{run_dir} has no summary"
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed, options=cfg.task_options)
     target = CachedBackend(registry.get("backends", cfg.target.backend)(model=cfg.target.model, **cfg.target.options),
                            ResponseCache(Path(cfg.cache_path) if cfg.cache_path else default_cache_path()))
-    assert view.summary is not None, f"{run_dir} has no summary"
     seed_id = Candidate(view.summary["seed_prompt"]).id  # the final report's baseline: the seed prompt, no demos
-    scores: dict[str, float] = {}
-    for cid, rec in view.candidates.items():
-        ev = evaluate_candidate(Candidate.from_json(rec), task, split="test", limit=cfg.test_limit, target=target)
-        scores[cid] = ev.score
     search: dict[str, dict[str, float]] = {}
     for e in view.events:
-        if e["type"] == "eval" and e.get("phase") == "search" and e["split"] == "dev" and e.get("state") == "complete":
+        if (e["type"] == "eval" and e.get("phase") == "search" and e["split"] == "dev" and e.get("state") == "complete"
+                and e.get("objective", "task") == "task"):
             search.setdefault(e["candidate_id"], {}).update({r["example_id"]: r["score"] for r in e["results"]})
-    top_k = cfg.final_top_k
-    finalists = shortlist({c: (statistics.mean(s.values()), list(s.values())) for c, s in search.items()}, top_k)
+    logged = [c for c in view.candidates if c in search]
+    # the mean is the run's dev score for a per-example metric (accuracy: SST-2, CR, TREC), not for a corpus metric
+    finalists = shortlist({c: (statistics.mean(search[c].values()), list(search[c].values())) for c in logged},
+                          cfg.final_top_k)
+    pool = {c: Candidate.from_json(view.candidates[c]) for c in logged}
+    pool[seed_id] = Candidate(view.summary["seed_prompt"])
+    scores = {c: evaluate_candidate(cand, task, split="test", limit=cfg.test_limit, target=target).score
+              for c, cand in pool.items()}
     gains = {c: 100 * (s - scores[seed_id]) for c, s in scores.items()}
     return gains, view.summary["best_id"], list(dict.fromkeys([*finalists, seed_id]))
 
@@ -80,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "gains in SPREAD)")
     p.add_argument("--out", help="JSON path (default SPREAD/<task>-<strategy>-bound.json)")
     args = p.parse_args(argv)
+    if len(args.seeds.split(",")) < 2:
+        p.error("--seeds: a spread needs at least two seeds")
     spread = Path(args.spread)
     every, finals, picks = [], [], []
     for seed in [int(s) for s in args.seeds.split(",")]:

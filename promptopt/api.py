@@ -503,6 +503,9 @@ def evaluate_candidate(cand: Candidate, task: str | Task = "demo", *, split: str
         if limit < 1:  # examples[:-3] would quietly drop three, [:0] score nothing
             raise ConfigError(f"limit must be at least 1, got {limit}")
         examples = tuple(test_sample(examples, limit)) if split == "test" else examples[:limit]
+    if cand.components:
+        raise ConfigError(f"candidate {cand.id} is a program of named components: its own evaluator scores it")
+    candidates.check_shape(cand)
     train = {ex.id: ex for s in ("train", "dev") for ex in t.split(s)}  # where a run's demo ids come from
     missing = [d for d in cand.demos if d not in train]
     if missing:

@@ -357,9 +357,8 @@ class Run:
             self.program.program.check(cand)
         if cand.id in self._window_checked or not (cand.demos or cand.system or cand.retrieval):
             return
+        candidates.check_shape(cand)
         if cand.retrieval is not None:
-            if cand.demos:
-                raise PromptOptError(f"candidate {cand.id}: fixed demos and a retrieval policy; give one of them")
             check_policy(cand.retrieval, self.task.split("train"), self.target, f"candidate {cand.id}")
             # The window check assumes the k longest other train examples are retrieved after the shared ones.
             policy = cand.retrieval
@@ -374,9 +373,6 @@ class Run:
             self._window_checked.add(cand.id)
             return
         check_demo_ids(cand.demos, self._train_ids, f"candidate {cand.id}")
-        if cand.demo_answers and len(cand.demo_answers) != len(cand.demos):
-            raise PromptOptError(f"candidate {cand.id}: {len(cand.demo_answers)} demo answers for "
-                                 f"{len(cand.demos)} demos")
         n, window = self._tokens(self.prompt_of(cand))
         if n > window:
             raise PromptOptError(f"candidate {cand.id}: its instruction and {len(cand.demos)} demos with the "

@@ -150,12 +150,25 @@ def test_evaluate_run_scores_the_whole_components_prompt_and_refuses_a_shared_ru
     assert main(["evaluate", "--run", str(run), "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"test score {summary['best_test']:.4f} on 30 examples")  # the run's own test score
+    for split in ("dev", "test"):  # a candidate named by id: its system text and instruction, not the first alone
+        assert main(["evaluate", "--run", str(run), "--candidate", summary["best_id"][:8], "--split", split]) == 0
+        assert capsys.readouterr().out.startswith(f"{split} score {summary[f'best_{split}']:.4f} ")
+    assert main(_fake(tmp_path, "--task", "demo", "--strategy", "hill_climb", "--optimizer-model", "none",
+                      "--components", "system", "--budget", "60", "--json", runs="system")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--run", str(_only(tmp_path / "system")), "--split", "test"]) == 0  # + the seed instruction
+    assert capsys.readouterr().out.startswith(f"test score {summary['best_test']:.4f} ")
+    with pytest.raises(promptopt.PromptOptError, match="its own evaluator"):
+        promptopt.evaluate_candidate(promptopt.Candidate.of_components({"system": "Be brief."}), "demo",
+                                     backend="fake", model="m", cache=False)
     assert main(_fake(tmp_path, "--task", "sst2,cr", "--components", "system", "--strategy", "hill_climb",
                       "--optimizer-model", "none", "--data-dir", str(mini_data), "--budget", "40",
                       "--test-limit", "4", runs="shared")) == 0
     capsys.readouterr()
     assert main(["evaluate", "--run", str(_only(tmp_path / "shared"))]) == 2
     assert "several tasks" in capsys.readouterr().err
+    assert main(["show", str(_only(tmp_path / "shared"))]) == 0
+    assert "score another on test" not in capsys.readouterr().out  # show offers no command that would be refused
 
 
 def test_task_mean_weighs_each_task_the_same_whatever_its_size():

@@ -380,38 +380,26 @@ def _print_result(args: argparse.Namespace, report: Report) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from promptopt.api import evaluate_candidate, load_run_config
+    from promptopt.api import evaluate_candidate, load_run_config, load_task
     from promptopt.config import RunConfig
-    from promptopt.runlog import load_run
     from promptopt.types import Candidate
 
-    cand = Candidate(args.prompt or "")
-    cfg = RunConfig()  # without --run: the defaults
     if args.candidate is not None and not args.run:
         raise ConfigError("--candidate names a candidate of a run: give the run with --run")
-    if args.run:
-        cfg = load_run_config(args.run)
-        if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
-            raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
-                              "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
-        view = load_run(Path(args.run))
-        if args.candidate is None and view.summary is None:
-            raise ConfigError(f"{args.run} is not a finished run (no summary.json); --candidate ID scores one of its "
-                              "candidates")
-        from promptopt.cli.export import find_candidate
-        if args.candidate is not None:
-            cand = find_candidate(args.run, view, args.candidate)
-        else:  # the best, as the run scored it: with its demos and system prompt (a --components run: its prefix)
-            best = view.candidates.get(view.summary["best_id"])
-            cand = Candidate.from_json(best) if best and not best.get("components") else \
-                Candidate(view.summary.get("best_prefix") or view.summary["best_prompt"])
+    cfg = load_run_config(args.run) if args.run else RunConfig()  # without --run: the defaults
+    cand = _run_candidate(args, cfg) if args.run else Candidate(args.prompt)
+    task = load_task(args.task or cfg.task, data_dir=args.data_dir or cfg.data_dir,
+                     seed=args.seed if args.seed is not None else cfg.seed,
+                     options=cfg.task_options if not args.task else None)
+    if cand.components:  # a --components run's candidate: its system text and instruction (harness/tasks.py)
+        have = dict(cand.components)
+        instruction = have.get("instruction", cfg.prompt if cfg.prompt is not None else task.seed_prompts[0])
+        cand = Candidate(instruction, system=have.get("system", ""), demos=cand.demos, demo_answers=cand.demo_answers)
     backend = args.backend or cfg.target.backend
     options = cfg.target.options if backend == cfg.target.backend else {}
     limit = args.limit if args.limit is not None else (cfg.test_limit if args.split == "test" else None)
-    ev = evaluate_candidate(cand, args.task or cfg.task, split=args.split, model=args.model or cfg.target.model,
-                            backend=backend, backend_options=options, data_dir=args.data_dir or cfg.data_dir,
-                            task_options=cfg.task_options if not args.task else None,
-                            seed=args.seed if args.seed is not None else cfg.seed, limit=limit, cache=not args.no_cache)
+    ev = evaluate_candidate(cand, task, split=args.split, model=args.model or cfg.target.model, backend=backend,
+                            backend_options=options, limit=limit, cache=not args.no_cache)
     if ev.state == "failed":
         raise PromptOptError(f"evaluation failed: {ev.error}")
     from promptopt.cli.predictions import prediction_lines
@@ -421,6 +409,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _run_candidate(args: argparse.Namespace, cfg: Any) -> Any:
+    """The candidate `evaluate --run` scores: --candidate ID, else the run's best as the run scored it."""
+    from promptopt.cli.export import find_candidate
+    from promptopt.runlog import load_run
+    from promptopt.types import Candidate
+
+    if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
+        raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
+                          "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
+    view = load_run(Path(args.run))
+    if args.candidate is not None:
+        return find_candidate(args.run, view, args.candidate)
+    if view.summary is None:
+        raise ConfigError(f"{args.run} is not a finished run (no summary.json); --candidate ID scores one of its "
+                          "candidates")
+    if view.summary["best_id"] in view.candidates:  # with its demos and system prompt
+        return Candidate.from_json(view.candidates[view.summary["best_id"]])
+    return Candidate(view.summary.get("best_prefix") or view.summary["best_prompt"])  # a partial run's unlogged seed
 
 
 def _explain(args: argparse.Namespace) -> int:

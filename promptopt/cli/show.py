@@ -55,7 +55,9 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                   fmt(view.score(cid, "test")) if view.n(cid, "test") else "-", demos_cell(c),
                   short(c["text"], 60))
     console.print(t)
-    if len(ranked) > 1:
+    config = next((e.get("config") or {} for e in view.events if e["type"] == "run.start"), {})
+    scorable = "," not in config.get("task", "") and not (config.get("task_options") or {}).get("program")
+    if len(ranked) > 1 and scorable:  # what `evaluate --run` takes: not a program, not one prompt over several tasks
         console.print(escape(f"score another on test: promptopt evaluate --run {shlex.quote(str(run_dir))} --candidate {ranked[1][:8]} "
                              "--split test"), style="dim", soft_wrap=True)  # one line: a command to copy
     best = view.best_id()

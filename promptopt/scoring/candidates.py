@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from promptopt.errors import ConfigError
 from promptopt.scoring.scorer import Job, PromptParts
 from promptopt.task import Task
 from promptopt.types import Candidate, Evaluation, Example, Usage
+
+
+def check_shape(cand: Candidate) -> None:
+    """Refuse a candidate whose parts do not fit together (before any model call)."""
+    if cand.retrieval is not None and cand.demos:
+        raise ConfigError(f"candidate {cand.id}: fixed demos and a retrieval policy; give one of them")
+    if cand.demo_answers and len(cand.demo_answers) != len(cand.demos):
+        raise ConfigError(f"candidate {cand.id}: {len(cand.demo_answers)} demo answers for {len(cand.demos)} demos")
 
 
 def prompt_text(task: Task, cand: Candidate, demos_by_id: Mapping[str, Example]) -> str:
@@ -23,9 +32,10 @@ def jobs(task: Task, cand: Candidate, split: str, examples: Sequence[Example], d
     """The jobs that score `cand` on `examples`, and for a retrieval policy each example's retrieved demo ids
     (inputs that retrieved the same demos share a job, and so a prompt)."""
     policy = cand.retrieval
-    if policy is None:
+    if policy is None or not examples:  # no inputs: one empty job, as for fixed demos (its evaluation has no results)
         parts = PromptParts(cand.text, cand.system, tuple(demos_by_id[d] for d in cand.demos), tuple(cand.demo_answers))
-        return [Job(cand.id, prompt_text(task, cand, demos_by_id), split, tuple(examples), objective, parts)], None
+        return [Job(cand.id, prompt_text(task, cand, demos_by_id), split, tuple(examples), objective, parts)], \
+            None if policy is None else {}
     sets = retriever.retrieve(policy, examples)
     groups: dict[tuple[str, ...], list[Example]] = {}
     for ex, ids in zip(examples, sets):
