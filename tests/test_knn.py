@@ -122,6 +122,9 @@ def test_inputs_that_retrieved_the_same_demos_share_one_job():
     assert sum(len(j.examples) for j in jobs) == len(ids)
     ev, = run.score([ScoreRequest(cand, "dev", example_ids=ids)])
     assert ev.example_ids == ids  # merged back in the request's order
+    # A request with no examples left (a used-up split) beside one split into several jobs: each its own result.
+    empty, full = run.score([ScoreRequest(cand, "dev", example_ids=()), ScoreRequest(cand, "dev", example_ids=ids)])
+    assert empty.results == () and empty.state == "complete" and full.example_ids == ids
 
 
 def test_knn_beats_a_fixed_demo_seed_on_a_task_where_demos_must_match_the_input():
