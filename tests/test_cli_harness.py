@@ -81,6 +81,26 @@ def test_export_with_demos(base, tmp_path, capsys):
     assert len(data["demo_ids"]) == 2 and all(d["text"] in data["prompt"] for d in data["demos"])
 
 
+def test_export_a_named_candidate_renders_it_as_the_run_did(base, tmp_path, capsys):
+    from promptopt.runlog import load_run
+    code, _, err = run_cli(*base, "--budget", "200", "--demos", "2", capsys=capsys)
+    assert code == 0, err
+    (run,) = runs(tmp_path)
+    best = json.loads(run_cli("export", run, capsys=capsys)[1])
+    same = json.loads(run_cli("export", run, "--candidate", best["best_id"][:8], capsys=capsys)[1])
+    assert same["candidate_id"] == best["best_id"] and same["prompt"] == best["prompt"]
+    assert same["rendered"] == best["rendered"] and same["scores"] == best["scores"]
+    view = load_run(run)
+    other = next(cid for cid in view.ranked() if cid != best["best_id"] and view.candidates[cid].get("demos"))
+    data = json.loads(run_cli("export", run, "--candidate", other, capsys=capsys)[1])
+    assert data["demo_ids"] == view.candidates[other]["demos"] and all(d["text"] in data["prompt"] for d in data["demos"])
+    assert data["scores"]["dev"] == round(view.score(other), 6) and data["prompt"].startswith(view.candidates[other]["text"])
+    text = run_cli("export", run, "--candidate", other, "--format", "text", capsys=capsys)[1]
+    assert text.startswith(f"# candidate {other} of ")
+    code, _, err = run_cli("export", run, "--candidate", "nope", capsys=capsys)
+    assert code == 2 and "matches no candidate" in err
+
+
 def test_progress_final_phase_has_its_own_line(base, tmp_path, capsys):
     from promptopt.cli.progress import ProgressBar
     from promptopt.api import optimize

@@ -199,6 +199,8 @@ def _run_view_parsers(sub: Any) -> None:
     ex.add_argument("--format", choices=["json", "yaml", "text"], default="json")
     ex.add_argument("--example-id", metavar="ID", help="render the template for this example (default: the first test one)")
     ex.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    ex.add_argument("--candidate", metavar="ID", help="export this candidate of the run (its id or the start of it, "
+                    "as `show` lists them) instead of the best; the run need not have finished")
 
 
 def _compare_parser(sub: Any) -> None:
@@ -381,6 +383,7 @@ def _print_result(args: argparse.Namespace, report: Report) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from promptopt.api import evaluate_candidate, load_run_config, load_task
+    from promptopt.cli.export import plain_candidate
     from promptopt.config import RunConfig
     from promptopt.types import Candidate
 
@@ -391,10 +394,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     task = load_task(args.task or cfg.task, data_dir=args.data_dir or cfg.data_dir,
                      seed=args.seed if args.seed is not None else cfg.seed,
                      options=cfg.task_options if not args.task else None)
-    if cand.components:  # a --components run's candidate: its system text and instruction (harness/tasks.py)
-        have = dict(cand.components)
-        instruction = have.get("instruction", cfg.prompt if cfg.prompt is not None else task.seed_prompts[0])
-        cand = Candidate(instruction, system=have.get("system", ""), demos=cand.demos, demo_answers=cand.demo_answers)
+    cand = plain_candidate(cand, cfg, task)  # a --components run's: its system text and instruction
     backend = args.backend or cfg.target.backend
     options = cfg.target.options if backend == cfg.target.backend else {}
     limit = args.limit if args.limit is not None else (cfg.test_limit if args.split == "test" else None)

@@ -3,37 +3,49 @@ and the full text the model reads for one example (the task's template rendered)
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.paths import write_text
+from promptopt.scoring import candidates
 from promptopt.types import Candidate
 
 FORMATS = ("json", "yaml", "text")
 
 
-def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str, Any]:
-    """What `export` writes: the best candidate (instruction, demos, system prompt), what stands where the
-    template has {prompt}, scores, and the template rendered for one example (`example_id`, default the
-    first test example; None when the task cannot be loaded by name, e.g. one built in Python)."""
+def export_data(run_dir: str | Path, example_id: str | None = None, candidate: str | None = None) -> dict[str, Any]:
+    """What `export` writes: the best candidate (or `candidate`, an id or its start: any the run logged; the run
+    need not have finished) with its instruction, demos and system prompt, what stands where the template has
+    {prompt}, scores, and the template rendered for one example (`example_id`, default the first test example;
+    None when the task cannot be loaded by name, e.g. one built in Python)."""
     from promptopt.api import load_run_config, load_task
     from promptopt.runlog import load_run
 
     d = Path(run_dir)
     view = load_run(d)
-    if view.summary is None:
-        raise ConfigError(f"{d} is not a finished run (no summary.json); export reads its best prompt from there")
-    s = view.summary
-    cand_json = view.candidates.get(s["best_id"])
-    cand = Candidate.from_json(cand_json) if cand_json else Candidate(s["best_prompt"])
-    demos = list(s.get("best_demos") or cand.demos)
+    s = view.summary or {}
     cfg = load_run_config(d)
+    if candidate is not None:
+        cand = find_candidate(d, view, candidate)
+        who = {"candidate_id": cand.id}
+        scores = {split: _score(view, cand.id, split) for split in ("dev", "test")}
+        prompt = None  # rendered below, once the task is loaded
+    elif view.summary is None:
+        raise ConfigError(f"{d} is not a finished run (no summary.json); export reads its best prompt from there "
+                          "(--candidate ID exports one of its candidates)")
+    else:
+        cand_json = view.candidates.get(s["best_id"])
+        cand = Candidate.from_json(cand_json) if cand_json else Candidate(s["best_prompt"])
+        who = {"best_id": s["best_id"]}
+        scores = {"dev": s.get("best_dev"), "test": s.get("best_test")}
+        prompt = s.get("best_prefix") or s["best_prompt"]
+    demos = list(s.get("best_demos") or cand.demos) if candidate is None else list(cand.demos)
     out: dict[str, Any] = {
-        "run": str(d), "task": cfg.task, "best_id": s["best_id"], "instruction": s["best_prompt"],
-        "system": cand.system or None, "demo_ids": demos, "prompt": s.get("best_prefix") or s["best_prompt"],
-        "scores": {"dev": s.get("best_dev"), "test": s.get("best_test"),
-                   "seed_dev": s.get("seed_dev"), "seed_test": s.get("seed_test")},
+        "run": str(d), "task": cfg.task, **who, "instruction": cand.text if candidate else s["best_prompt"],
+        "system": cand.system or None, "demo_ids": demos, "prompt": prompt,
+        "scores": {**scores, "seed_dev": s.get("seed_dev"), "seed_test": s.get("seed_test")},
         "seed_prompt": s.get("seed_prompt"),
     }
     if cand.retrieval is not None:  # demos picked per input: the policy, and below the demos one example gets
@@ -45,11 +57,15 @@ def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str,
             raise ConfigError(f"--example-id needs the run's task, which cannot be loaded: {e}") from None
         out.update(template=None, output=None, options=None, demos=None, example=None, rendered=None,
                    note=f"the task could not be loaded, so nothing is rendered: {e}")
+        out["prompt"] = out["prompt"] or cand.text
         return out
     by_id = {ex.id: ex for split in ("train", "dev", "test") for ex in task.split(split)}
     missing = [i for i in demos if i not in by_id]
     if missing:
         raise ConfigError(f"{d}: demo id(s) {missing[:3]} are not in task {cfg.task}'s data any more")
+    if out["prompt"] is None:  # a named candidate: as the run put it where the template has {prompt}
+        cand = plain_candidate(cand, cfg, task)
+        out["prompt"] = candidates.prompt_text(task, cand, by_id)
     answers = list(cand.demo_answers) or [None] * len(demos)
     out.update(template=task.template, output=task.output, options=list(task.options) or None,
                demos=[{"id": i, "text": task.demo_text(by_id[i], a)} for i, a in zip(demos, answers)])
@@ -66,6 +82,22 @@ def export_data(run_dir: str | Path, example_id: str | None = None) -> dict[str,
         out.update(_retrieved_for(task, cand, cand.retrieval, example))
     out["rendered"] = task.render(out["prompt"], example)
     return out
+
+
+def _score(view: Any, cid: str, split: str) -> float | None:
+    """A candidate's score on a split as a summary gives one: rounded, None where it has none."""
+    score = view.score(cid, split) if view.n(cid, split) else math.nan
+    return round(score, 6) if math.isfinite(score) else None
+
+
+def plain_candidate(cand: Candidate, cfg: Any, task: Any) -> Candidate:
+    """A --components run's candidate as one prompt: its system text and its (or the run's) instruction, as
+    harness/tasks.py renders them; any other candidate as it is."""
+    if not cand.components:
+        return cand
+    have = dict(cand.components)
+    instruction = have.get("instruction", cfg.prompt if cfg.prompt is not None else task.seed_prompts[0])
+    return Candidate(instruction, system=have.get("system", ""), demos=cand.demos, demo_answers=cand.demo_answers)
 
 
 def find_candidate(run_dir: str | Path, view: Any, key: str) -> Candidate:
@@ -101,7 +133,8 @@ def format_export(data: dict[str, Any], fmt: str) -> str:
             raise ConfigError("--format yaml needs PyYAML (pip install pyyaml); or use --format json") from None
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     if fmt == "text":
-        parts = [f"# best prompt of {data['run']} (dev {data['scores']['dev']}, test {data['scores']['test']})",
+        who = f"candidate {data['candidate_id']}" if "candidate_id" in data else "best prompt"
+        parts = [f"# {who} of {data['run']} (dev {data['scores']['dev']}, test {data['scores']['test']})",
                  "", data["prompt"]]
         if data.get("rendered") is not None:
             parts += ["", f"# rendered for example {data['example']['id']}", "", data["rendered"]]
@@ -116,7 +149,7 @@ def write_export(text: str, out: str | Path) -> Path:
 
 
 def export_command(args: Any) -> int:
-    text = format_export(export_data(args.run, args.example_id), args.format)
+    text = format_export(export_data(args.run, args.example_id, args.candidate), args.format)
     if args.out:
         print(f"export: {write_export(text, args.out)}")
     else:
