@@ -506,8 +506,8 @@ def evaluate_candidate(cand: Candidate, task: str | Task = "demo", *, split: str
     if cand.components:
         raise ConfigError(f"candidate {cand.id} is a program of named components: its own evaluator scores it")
     candidates.check_shape(cand)
-    train = {ex.id: ex for s in ("train", "dev") for ex in t.split(s)}  # where a run's demo ids come from
-    missing = [d for d in cand.demos if d not in train]
+    demos_by_id = {ex.id: ex for s in ("train", "dev") for ex in t.split(s)}  # a run's demo ids, under any --seed
+    missing = [d for d in cand.demos if d not in demos_by_id]
     if missing:
         raise ConfigError(f"candidate {cand.id}: demo id(s) {missing[:3]} are not in task {t.name}'s train or dev split")
     cache_path = default_cache_path()
@@ -518,5 +518,5 @@ def evaluate_candidate(cand: Candidate, task: str | Task = "demo", *, split: str
     if cand.retrieval is not None:
         check_policy(cand.retrieval, t.split("train"), target)
         retriever = Retriever(t.split("train"), target, cache_path.parent / "embeddings" if cache else None)
-    jobs, _ = candidates.jobs(t, cand, split, examples, train, retriever)
+    jobs, _ = candidates.jobs(t, cand, split, examples, demos_by_id, retriever)
     return candidates.merged(score_jobs(t, target, jobs), [ex.id for ex in examples])

@@ -413,11 +413,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _run_candidate(args: argparse.Namespace, cfg: Any) -> Any:
     """The candidate `evaluate --run` scores: --candidate ID, else the run's best as the run scored it."""
-    from promptopt.cli.export import find_candidate
+    from promptopt.cli.export import find_candidate, one_prompt_run
     from promptopt.runlog import load_run
     from promptopt.types import Candidate
 
-    if cfg.task_options.get("program") or len(cfg.task.split(",")) > 1:
+    if not one_prompt_run(cfg.task, cfg.task_options):
         raise ConfigError(f"evaluate --run: {args.run} optimized a program or one system prompt over several "
                           "tasks; score a prompt with --task and --prompt (a program: with its own evaluator)")
     view = load_run(Path(args.run))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from promptopt.errors import ConfigError, PromptOptError
 from promptopt.paths import write_text
@@ -91,13 +91,20 @@ def _score(view: Any, cid: str, split: str) -> float | None:
 
 
 def plain_candidate(cand: Candidate, cfg: Any, task: Any) -> Candidate:
-    """A --components run's candidate as one prompt: its system text and its (or the run's) instruction, as
-    harness/tasks.py renders them; any other candidate as it is."""
+    """A --components run's candidate as one prompt: its system text and its (or the run's) instruction, as the
+    run's TaskComponents gives them; any other candidate as it is."""
     if not cand.components:
         return cand
-    have = dict(cand.components)
-    instruction = have.get("instruction", cfg.prompt if cfg.prompt is not None else task.seed_prompts[0])
-    return Candidate(instruction, system=have.get("system", ""), demos=cand.demos, demo_answers=cand.demo_answers)
+    from promptopt.harness.tasks import TaskComponents
+    names = [n for n, _ in cand.components]
+    parts = TaskComponents({task.name: task}, names, instruction=cfg.prompt).parts(cand, task.name)
+    return Candidate(parts.instruction, system=parts.system, demos=cand.demos, demo_answers=cand.demo_answers)
+
+
+def one_prompt_run(task: str, task_options: Mapping[str, Any]) -> bool:
+    """Whether a run optimized one task's prompt, which `evaluate --run` scores: not a program, nor one system
+    prompt shared by several tasks."""
+    return "," not in task and not task_options.get("program")
 
 
 def find_candidate(run_dir: str | Path, view: Any, key: str) -> Candidate:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from promptopt.cli.export import one_prompt_run
 from promptopt.cli.predictions import best_results, prediction_lines
 from promptopt.cli.front import print_front
 from promptopt.cli.render import PARTIAL, fmt, short, significance_line, stop_text
@@ -56,8 +57,7 @@ def show_run(run_dir: Path, top: int = 5, console: Console | None = None) -> Non
                   short(c["text"], 60))
     console.print(t)
     config = next((e.get("config") or {} for e in view.events if e["type"] == "run.start"), {})
-    scorable = "," not in config.get("task", "") and not (config.get("task_options") or {}).get("program")
-    if len(ranked) > 1 and scorable:  # what `evaluate --run` takes: not a program, not one prompt over several tasks
+    if len(ranked) > 1 and one_prompt_run(config.get("task", ""), config.get("task_options") or {}):
         console.print(escape(f"score another on test: promptopt evaluate --run {shlex.quote(str(run_dir))} --candidate {ranked[1][:8]} "
                              "--split test"), style="dim", soft_wrap=True)  # one line: a command to copy
     best = view.best_id()
